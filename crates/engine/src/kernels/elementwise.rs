@@ -1,0 +1,107 @@
+//! Row-wise LayerNorm (with the residual add fused in) and the exact erf GELU.
+
+use rayon::prelude::*;
+
+/// Rows per parallel task: enough work per task to amortise the scheduling.
+const ROWS_PER_TASK: usize = 16;
+
+/// `x = LayerNorm(x + residual)` row by row, in place (post-LN block).
+pub fn add_residual_layer_norm(
+    x: &mut [f32],
+    residual: &[f32],
+    width: usize,
+    weight: &[f32],
+    bias: &[f32],
+    eps: f32,
+) {
+    assert_eq!(x.len(), residual.len());
+    x.par_chunks_mut(width * ROWS_PER_TASK)
+        .zip(residual.par_chunks(width * ROWS_PER_TASK))
+        .for_each(|(xs, rs)| {
+            for (row, res) in xs.chunks_exact_mut(width).zip(rs.chunks_exact(width)) {
+                for (v, r) in row.iter_mut().zip(res) {
+                    *v += *r;
+                }
+                normalize_row(row, weight, bias, eps);
+            }
+        });
+}
+
+/// `x = LayerNorm(x)` row by row, in place.
+pub fn layer_norm_in_place(x: &mut [f32], width: usize, weight: &[f32], bias: &[f32], eps: f32) {
+    x.par_chunks_mut(width * ROWS_PER_TASK).for_each(|xs| {
+        for row in xs.chunks_exact_mut(width) {
+            normalize_row(row, weight, bias, eps);
+        }
+    });
+}
+
+/// One LayerNorm row: mean and biased variance accumulated in f64 (more exact than the
+/// reference's f32, so the two differ by rounding only), then `(x - mean) / sqrt(var + eps)`.
+fn normalize_row(row: &mut [f32], weight: &[f32], bias: &[f32], eps: f32) {
+    let n = row.len() as f64;
+    let mean = row.iter().map(|&v| v as f64).sum::<f64>() / n;
+    let var = row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
+    let inv_std = (1.0 / (var + eps as f64).sqrt()) as f32;
+    let mean = mean as f32;
+    for ((v, w), b) in row.iter_mut().zip(weight).zip(bias) {
+        *v = (*v - mean) * inv_std * w + b;
+    }
+}
+
+/// Exact GELU, `x · Φ(x) = 0.5 · x · (1 + erf(x / √2))`, in place (not the tanh approximation).
+pub fn gelu_erf_in_place(x: &mut [f32]) {
+    x.par_chunks_mut(1 << 14).for_each(|chunk| {
+        for v in chunk {
+            *v = gelu_erf(*v);
+        }
+    });
+}
+
+/// Exact GELU of one value.
+#[inline]
+pub fn gelu_erf(x: f32) -> f32 {
+    // erf in f64 (musl's, via the `libm` crate), rounded once at the end.
+    let erf = libm::erf(x as f64 * std::f64::consts::FRAC_1_SQRT_2);
+    (0.5 * x as f64 * (1.0 + erf)) as f32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn erf_matches_known_values() {
+        // erf values from tables (to 15 digits).
+        let cases = [
+            (0.0, 0.0),
+            (0.1, 0.112462916018285),
+            (0.5, 0.520499877813047),
+            (1.0, 0.842700792949715),
+            (2.0, 0.995322265018953),
+            (3.5, 0.999999256901628),
+            (5.0, 0.999999999998463),
+            (-1.0, -0.842700792949715),
+        ];
+        for (x, want) in cases {
+            assert!((libm::erf(x) - want).abs() < 1e-13, "erf({x}) = {}", libm::erf(x));
+        }
+    }
+
+    #[test]
+    fn gelu_is_exact_not_tanh() {
+        // gelu(1) = 0.5 · (1 + erf(1/√2)) = 0.841344746…; the tanh form gives 0.841191…
+        assert!((gelu_erf(1.0) - 0.841_344_75).abs() < 1e-7);
+        assert!((gelu_erf(-3.0) - (-0.004_049_694)).abs() < 1e-8);
+    }
+
+    #[test]
+    fn layer_norm_matches_definition() {
+        let mut x = vec![1.0, 2.0, 3.0, 4.0];
+        layer_norm_in_place(&mut x, 4, &[1.0; 4], &[0.5; 4], 1e-5);
+        let inv = 1.0 / (1.25f64 + 1e-5).sqrt();
+        for (v, raw) in x.iter().zip([1.0, 2.0, 3.0, 4.0]) {
+            assert!((*v as f64 - ((raw - 2.5) * inv + 0.5)).abs() < 1e-6);
+        }
+    }
+}

@@ -1,0 +1,315 @@
+/*!
+The jina-embeddings-v3 model in plain Rust: it loads the official Hugging Face checkpoint folder
+unchanged and computes the official Python code's embeddings. No HTTP, no async runtime.
+
+# How a request flows
+
+```text
+EmbedRequest ──Model::plan──▶ Plan { Sequence { ids, adapter, spans } … }     (tokenize)
+             ──Model::run───▶ SpanSum per span (forward pass + sums)          (model, pooling)
+             ──pooling::finish▶ mean → truncate to `dimensions` → L2-normalise
+             ──output::encode▶ float / base64 / binary / ubinary
+```
+
+[`Model::embed`] does all of it for one request. A server that batches many requests together
+calls the three steps itself: [`Model::plan`] per request, [`Model::run`] on sequences drawn from
+several plans (tasks may differ, every sequence carries its own adapter), and
+[`pooling::finish`] per plan. Sequences are packed without padding, so a result never depends on
+what it was batched with.
+
+# Example
+
+```no_run
+use jina_engine::{EmbedRequest, Model};
+
+let model = Model::load("jina-embeddings-v3".as_ref())?;
+let request = EmbedRequest::new(vec!["What is the capital of France?".into()])
+    .with_task("retrieval.query")
+    .with_dimensions(256);
+let result = model.embed(&request)?;
+assert_eq!(result.embeddings[0].len(), 256);
+# Ok::<(), jina_engine::Error>(())
+```
+
+# Choices
+- float32 throughout, with the bf16 weights up-cast exactly, as the official code runs on a CPU.
+- LoRA adapters are applied as a rank-r side product rather than merged into the weights, so
+  one batch may mix tasks and no per-task copy of the weights is kept.
+- The 250002-row word-embedding table stays memory-mapped; only the rows a batch uses are read.
+- Attention is tiled with an online softmax: memory stays linear in the sequence length.
+*/
+#![deny(missing_docs)]
+
+pub mod batch;
+pub mod config;
+pub mod error;
+pub mod fixture;
+pub mod kernels;
+pub mod model;
+pub mod output;
+pub mod pooling;
+pub mod tokenize;
+pub mod weights;
+
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+
+pub use config::Config;
+pub use error::{Error, Result};
+pub use output::{EmbeddingType, Encoded};
+pub use pooling::{Finish, SpanSum};
+pub use tokenize::{LateChunking, Plan, Sequence, Span, DEFAULT_LONG_OVERLAP};
+
+use model::{Encoder, EncoderInput};
+use tokenize::{PlanParams, TextTokenizer};
+use weights::Weights;
+
+/// The task used when a request names none (decisions.md: the launch announcement's default).
+pub const DEFAULT_TASK: &str = "text-matching";
+
+/// The task name that selects the base weights, without adapter or prefix.
+pub const NO_TASK: &str = "none";
+
+/// Default token budget of one forward pass in [`Model::embed`].
+pub const DEFAULT_MAX_BATCH_TOKENS: usize = 16384;
+
+/// One embedding request, as both the server and the CLI build it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EmbedRequest {
+    /// The texts; an empty string is valid.
+    pub inputs: Vec<String>,
+    /// A task name, [`NO_TASK`] for the base weights, or `None` for the model's default task.
+    pub task: Option<String>,
+    /// Matryoshka size, 1 to the hidden size; `None` keeps all.
+    pub dimensions: Option<usize>,
+    /// L2-normalise (default true).
+    pub normalized: bool,
+    /// Late chunking mode.
+    pub late_chunking: LateChunking,
+    /// Cut inputs over the token limit instead of refusing them.
+    pub truncate: bool,
+}
+
+impl EmbedRequest {
+    /// A request with the defaults: default task, all dimensions, normalised, no late chunking,
+    /// no truncation.
+    pub fn new(inputs: Vec<String>) -> Self {
+        EmbedRequest {
+            inputs,
+            task: None,
+            dimensions: None,
+            normalized: true,
+            late_chunking: LateChunking::Off,
+            truncate: false,
+        }
+    }
+
+    /// Sets the task.
+    pub fn with_task(mut self, task: &str) -> Self {
+        self.task = Some(task.to_string());
+        self
+    }
+
+    /// Sets `dimensions`.
+    pub fn with_dimensions(mut self, dimensions: usize) -> Self {
+        self.dimensions = Some(dimensions);
+        self
+    }
+}
+
+/// Embeddings of one request, in input order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Embeddings {
+    /// One vector per input.
+    pub embeddings: Vec<Vec<f32>>,
+    /// Tokens fed to the model (`<s>`, `</s>` and prefixes included): the request's usage.
+    pub total_tokens: usize,
+}
+
+/// A loaded model folder: config, tokenizer and encoder.
+pub struct Model {
+    dir: PathBuf,
+    config: Config,
+    tokenizer: TextTokenizer,
+    encoder: Encoder,
+    weights_dtype: weights::StoredDtype,
+    parameter_count: usize,
+    default_task: Option<usize>,
+    max_batch_tokens: usize,
+}
+
+impl Model {
+    /// Loads `config.json`, `tokenizer.json` and `model.safetensors` from `dir`.
+    pub fn load(dir: &Path) -> Result<Self> {
+        let config_path = dir.join("config.json");
+        if !config_path.exists() {
+            return Err(Error::MissingFile { path: config_path });
+        }
+        let config = Config::from_file(&config_path)?;
+        let tokenizer = TextTokenizer::from_file(&dir.join("tokenizer.json"))?;
+        if tokenizer.vocab_size() > config.vocab_size {
+            return Err(Error::Tokenizer {
+                path: dir.join("tokenizer.json"),
+                message: format!(
+                    "the tokenizer has {} ids but config.json vocab_size is {}",
+                    tokenizer.vocab_size(),
+                    config.vocab_size
+                ),
+            });
+        }
+        let weights = Weights::open(&dir.join("model.safetensors"), &config)?;
+        let encoder = Encoder::load(&weights, &config)?;
+        let default_task = config.lora_adaptations.iter().position(|t| t == DEFAULT_TASK);
+        Ok(Model {
+            dir: dir.to_path_buf(),
+            weights_dtype: weights.dtype(),
+            parameter_count: weights.parameter_count(),
+            config,
+            tokenizer,
+            encoder,
+            default_task,
+            max_batch_tokens: DEFAULT_MAX_BATCH_TOKENS,
+        })
+    }
+
+    /// The folder the model was loaded from.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The checkpoint's config.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The tokenizer.
+    pub fn tokenizer(&self) -> &TextTokenizer {
+        &self.tokenizer
+    }
+
+    /// Storage dtype of the checkpoint.
+    pub fn weights_dtype(&self) -> &'static str {
+        self.weights_dtype.name()
+    }
+
+    /// Number of stored parameters (the pooler included).
+    pub fn parameter_count(&self) -> usize {
+        self.parameter_count
+    }
+
+    /// Longest sequence, `<s>` and `</s>` included.
+    pub fn max_tokens(&self) -> usize {
+        self.config.max_position_embeddings
+    }
+
+    /// Task names, in adapter order.
+    pub fn tasks(&self) -> &[String] {
+        &self.config.lora_adaptations
+    }
+
+    /// Sets the task used when a request names none; [`NO_TASK`] selects the base weights.
+    pub fn set_default_task(&mut self, task: &str) -> Result<()> {
+        self.default_task = self.adapter_of(task)?;
+        Ok(())
+    }
+
+    /// Name of the default task ([`NO_TASK`] for the base weights).
+    pub fn default_task(&self) -> &str {
+        self.default_task.map_or(NO_TASK, |i| &self.config.lora_adaptations[i])
+    }
+
+    /// Sets the token budget of one forward pass in [`Model::embed`].
+    pub fn set_max_batch_tokens(&mut self, tokens: usize) {
+        self.max_batch_tokens = tokens.max(1);
+    }
+
+    /// The adapter index of a task name (`None` for [`NO_TASK`]).
+    pub fn adapter_of(&self, task: &str) -> Result<Option<usize>> {
+        if task == NO_TASK {
+            return Ok(None);
+        }
+        match self.config.lora_adaptations.iter().position(|t| t == task) {
+            Some(i) => Ok(Some(i)),
+            None => Err(Error::UnknownTask {
+                task: task.to_string(),
+                accepted: self.config.lora_adaptations.join(", ") + ", " + NO_TASK,
+            }),
+        }
+    }
+
+    /// The instruction prefix of an adapter ("" for none).
+    pub fn prefix_of(&self, adapter: Option<usize>) -> &str {
+        adapter
+            .and_then(|i| self.config.task_instructions.get(&self.config.lora_adaptations[i]))
+            .map_or("", |s| s.as_str())
+    }
+
+    /// Checks `dimensions` against the hidden size.
+    pub fn check_dimensions(&self, dimensions: Option<usize>) -> Result<()> {
+        match dimensions {
+            Some(d) if d == 0 || d > self.config.hidden_size => {
+                Err(Error::Dimensions { value: d as i64, max: self.config.hidden_size })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Validates a request and tokenises it into sequences.
+    pub fn plan(&self, request: &EmbedRequest) -> Result<Plan> {
+        self.check_dimensions(request.dimensions)?;
+        let adapter = match &request.task {
+            Some(task) => self.adapter_of(task)?,
+            None => self.default_task,
+        };
+        let params = PlanParams {
+            adapter,
+            prefix: self.prefix_of(adapter),
+            max_tokens: self.max_tokens().min(self.encoder.max_positions()),
+            truncate: request.truncate,
+            late_chunking: request.late_chunking,
+            bos: self.config.bos_token_id,
+            eos: self.config.eos_token_id,
+        };
+        tokenize::plan(&self.tokenizer, &request.inputs, &params)
+    }
+
+    /// Runs one batch of sequences (from any plans, tasks mixed) and returns the span sums of
+    /// each, in the order given.
+    pub fn run(&self, batch: &[&Sequence]) -> Vec<Vec<SpanSum>> {
+        let inputs: Vec<EncoderInput> =
+            batch.iter().map(|s| EncoderInput { ids: &s.ids, adapter: s.adapter }).collect();
+        let states = self.encoder.forward(&inputs);
+        let h = self.encoder.hidden_size();
+        let mut offsets = Vec::with_capacity(batch.len());
+        let mut start = 0;
+        for seq in batch {
+            offsets.push(start);
+            start += seq.ids.len();
+        }
+        batch
+            .par_iter()
+            .zip(offsets.par_iter())
+            .map(|(seq, &offset)| {
+                let rows = &states[offset * h..(offset + seq.ids.len()) * h];
+                pooling::sum_spans(seq, rows, h)
+            })
+            .collect()
+    }
+
+    /// Embeds one request: plan, batches of at most the token budget, finish.
+    pub fn embed(&self, request: &EmbedRequest) -> Result<Embeddings> {
+        let plan = self.plan(request)?;
+        let lengths: Vec<usize> = plan.sequences.iter().map(|s| s.ids.len()).collect();
+        let mut sums = Vec::new();
+        for batch in batch::pack_by_tokens(&lengths, self.max_batch_tokens) {
+            let seqs: Vec<&Sequence> = batch.iter().map(|&i| &plan.sequences[i]).collect();
+            sums.extend(self.run(&seqs).into_iter().flatten());
+        }
+        let finish = Finish { dimensions: request.dimensions, normalized: request.normalized };
+        Ok(Embeddings {
+            embeddings: pooling::finish(&plan, sums, self.config.hidden_size, finish),
+            total_tokens: plan.total_tokens,
+        })
+    }
+}

@@ -1,0 +1,346 @@
+//! The jina-embeddings-v3 encoder: XLM-RoBERTa with rotary positions, post-LayerNorm blocks and
+//! per-sequence task LoRA adapters (spec §3).
+//!
+//! Sequences are packed one after another into a `tokens × hidden` matrix: no padding, so no
+//! mask, and a sequence's result cannot depend on what it is batched with. Each sequence carries
+//! its own adapter, so one batch can mix tasks. The file reads top to bottom: the layers from the
+//! smallest (a LoRA linear) to the whole encoder, weight names only in the `load` functions.
+
+use rayon::prelude::*;
+
+use crate::config::Config;
+use crate::error::Result;
+use crate::kernels::{self, MatmulInit, RotaryTable, SequenceRange};
+use crate::weights::{MappedTable, Weights};
+
+/// One sequence of a batch as the encoder sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct EncoderInput<'a> {
+    /// Token ids, `<s>` and `</s>` included where the sequence has them.
+    pub ids: &'a [u32],
+    /// Task adapter index, or `None` for the base weights.
+    pub adapter: Option<usize>,
+}
+
+/// Contiguous rows of a batch that share one adapter.
+#[derive(Debug, Clone, Copy)]
+struct Segment {
+    start: usize,
+    len: usize,
+    adapter: Option<usize>,
+}
+
+/// A linear layer `y = x·Wᵀ + b` with one rank-r LoRA adapter per task.
+///
+/// The official code adds `s·B[t]·A[t]` to `W` before the product; here the adapter is applied as
+/// the side product `s·(x·A[t]ᵀ)·B[t]ᵀ`, which is the same up to rounding, costs `2r/in` of the
+/// main product, and lets every sequence of a batch use its own adapter.
+struct Linear {
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+    lora_a: Vec<f32>,
+    lora_b: Vec<f32>,
+    n_in: usize,
+    n_out: usize,
+    rank: usize,
+    scaling: f32,
+}
+
+impl Linear {
+    fn load(w: &Weights, prefix: &str, config: &Config) -> Result<Self> {
+        let base = format!("{prefix}.parametrizations.weight");
+        let weight = w.f32(&format!("{base}.original"))?;
+        let bias = w.f32(&format!("{prefix}.bias"))?;
+        let n_out = bias.len();
+        Ok(Linear {
+            n_in: weight.len() / n_out,
+            n_out,
+            weight,
+            bias,
+            lora_a: w.f32(&format!("{base}.0.lora_A"))?,
+            lora_b: w.f32(&format!("{base}.0.lora_B"))?,
+            rank: config.lora_rank,
+            scaling: config.lora_scaling(),
+        })
+    }
+
+    /// `out = x·Wᵀ + b (+ LoRA per segment)`; `x` is `tokens × n_in`, `out` is `tokens × n_out`.
+    fn forward(&self, x: &[f32], segments: &[Segment], out: &mut [f32]) {
+        let tokens = x.len() / self.n_in;
+        let out = &mut out[..tokens * self.n_out];
+        kernels::matmul_transposed(
+            x,
+            self.n_in,
+            tokens,
+            self.n_in,
+            &self.weight,
+            self.n_out,
+            out,
+            MatmulInit::Bias(&self.bias),
+            true,
+        );
+        for seg in segments {
+            let Some(task) = seg.adapter else { continue };
+            let xs = &x[seg.start * self.n_in..(seg.start + seg.len) * self.n_in];
+            let a = &self.lora_a[task * self.rank * self.n_in..(task + 1) * self.rank * self.n_in];
+            let b = &self.lora_b[task * self.n_out * self.rank..(task + 1) * self.n_out * self.rank];
+            let mut low = vec![0f32; seg.len * self.rank];
+            kernels::matmul_transposed(xs, self.n_in, seg.len, self.n_in, a, self.rank, &mut low, MatmulInit::Zero, true);
+            low.iter_mut().for_each(|v| *v *= self.scaling);
+            let dst = &mut out[seg.start * self.n_out..(seg.start + seg.len) * self.n_out];
+            kernels::matmul_transposed(&low, self.rank, seg.len, self.rank, b, self.n_out, dst, MatmulInit::Accumulate, true);
+        }
+    }
+}
+
+/// LayerNorm weights.
+struct Norm {
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+    eps: f32,
+}
+
+impl Norm {
+    fn load(w: &Weights, prefix: &str, config: &Config) -> Result<Self> {
+        Ok(Norm {
+            weight: w.f32(&format!("{prefix}.weight"))?,
+            bias: w.f32(&format!("{prefix}.bias"))?,
+            eps: config.layer_norm_eps as f32,
+        })
+    }
+}
+
+/// Word and token-type embeddings (each with its LoRA), then the embedding LayerNorm.
+struct Embeddings {
+    /// `vocab × hidden`, left in the memory mapping.
+    words: MappedTable,
+    /// `adapters·vocab × rank`: the embedding LoRA's `A`, stored `[vocab, r]` per adapter.
+    words_lora_a: MappedTable,
+    /// `adapters × rank × hidden`.
+    words_lora_b: Vec<f32>,
+    /// Token-type row 0 with each adapter's delta folded in; index 0 is the base row,
+    /// index `t + 1` adapter `t`.
+    token_type: Vec<Vec<f32>>,
+    norm: Norm,
+    hidden: usize,
+    rank: usize,
+    scaling: f32,
+}
+
+impl Embeddings {
+    fn load(w: &Weights, config: &Config) -> Result<Self> {
+        let h = config.hidden_size;
+        let r = config.lora_rank;
+        let scaling = config.lora_scaling();
+        let tt = "roberta.embeddings.token_type_embeddings.parametrizations.weight";
+        let tt_base = w.f32(&format!("{tt}.original"))?;
+        let tt_a = w.f32(&format!("{tt}.0.lora_A"))?;
+        let tt_b = w.f32(&format!("{tt}.0.lora_B"))?;
+        let rows = config.type_vocab_size;
+        let mut token_type = vec![tt_base[..h].to_vec()];
+        for t in 0..config.num_adapters() {
+            // Row 0 of E + s·(A[t]·B[t]), as the reference materialises it.
+            let a_row = &tt_a[t * rows * r..t * rows * r + r];
+            let b = &tt_b[t * r * h..(t + 1) * r * h];
+            token_type.push(lora_row(&tt_base[..h], a_row, b, scaling));
+        }
+        let word = "roberta.embeddings.word_embeddings.parametrizations.weight";
+        Ok(Embeddings {
+            words: w.table(&format!("{word}.original"))?,
+            words_lora_a: w.table(&format!("{word}.0.lora_A"))?,
+            words_lora_b: w.f32(&format!("{word}.0.lora_B"))?,
+            token_type,
+            norm: Norm::load(w, "roberta.emb_ln", config)?,
+            hidden: h,
+            rank: r,
+            scaling,
+        })
+    }
+
+    /// Fills `out` (`tokens × hidden`) with the normalised embeddings of every sequence.
+    fn forward(&self, batch: &[EncoderInput], segments: &[Segment], out: &mut [f32]) {
+        let h = self.hidden;
+        let vocab = self.words.rows();
+        let mut jobs = Vec::with_capacity(out.len() / h.max(1));
+        for (seq, seg) in batch.iter().zip(segments) {
+            for &id in seq.ids {
+                jobs.push((id as usize, seg.adapter));
+            }
+        }
+        out.par_chunks_mut(h).zip(jobs.par_iter()).for_each(|(row, &(id, adapter))| {
+            self.words.read_row(id, row);
+            if let Some(t) = adapter {
+                let mut a = vec![0f32; self.rank];
+                self.words_lora_a.read_row(t * vocab + id, &mut a);
+                let b = &self.words_lora_b[t * self.rank * h..(t + 1) * self.rank * h];
+                add_lora_row(row, &a, b, self.scaling);
+            }
+            let tt = &self.token_type[adapter.map_or(0, |t| t + 1)];
+            for (v, t) in row.iter_mut().zip(tt) {
+                *v += t;
+            }
+        });
+        kernels::layer_norm_in_place(out, h, &self.norm.weight, &self.norm.bias, self.norm.eps);
+    }
+}
+
+/// `base + s·(a·B)` for one row: `a` is `[r]`, `B` is `[r, width]`.
+fn lora_row(base: &[f32], a: &[f32], b: &[f32], scaling: f32) -> Vec<f32> {
+    let mut row = base.to_vec();
+    add_lora_row(&mut row, a, b, scaling);
+    row
+}
+
+/// `row += s·(a·B)` in place, with the sum over the rank taken first, as the reference does.
+fn add_lora_row(row: &mut [f32], a: &[f32], b: &[f32], scaling: f32) {
+    let width = row.len();
+    for (j, v) in row.iter_mut().enumerate() {
+        let mut dot = 0f32;
+        for (k, &ak) in a.iter().enumerate() {
+            dot += ak * b[k * width + j];
+        }
+        *v += dot * scaling;
+    }
+}
+
+/// One post-LN encoder block.
+struct Block {
+    wqkv: Linear,
+    out_proj: Linear,
+    norm1: Norm,
+    fc1: Linear,
+    fc2: Linear,
+    norm2: Norm,
+}
+
+impl Block {
+    fn load(w: &Weights, layer: usize, config: &Config) -> Result<Self> {
+        let p = format!("roberta.encoder.layers.{layer}");
+        Ok(Block {
+            wqkv: Linear::load(w, &format!("{p}.mixer.Wqkv"), config)?,
+            out_proj: Linear::load(w, &format!("{p}.mixer.out_proj"), config)?,
+            norm1: Norm::load(w, &format!("{p}.norm1"), config)?,
+            fc1: Linear::load(w, &format!("{p}.mlp.fc1"), config)?,
+            fc2: Linear::load(w, &format!("{p}.mlp.fc2"), config)?,
+            norm2: Norm::load(w, &format!("{p}.norm2"), config)?,
+        })
+    }
+}
+
+/// Buffers of one forward pass, sized for the batch and reused by every block.
+struct Activations {
+    qkv: Vec<f32>,
+    ctx: Vec<f32>,
+    attn_out: Vec<f32>,
+    mlp_hidden: Vec<f32>,
+    mlp_out: Vec<f32>,
+}
+
+/// The whole encoder.
+pub struct Encoder {
+    embeddings: Embeddings,
+    blocks: Vec<Block>,
+    rotary: RotaryTable,
+    hidden: usize,
+    heads: usize,
+    head_dim: usize,
+    intermediate: usize,
+}
+
+impl Encoder {
+    /// Converts the checked weights into the encoder (the base linear weights to f32; the word
+    /// table stays mapped). The pooler is not loaded: embeddings do not use it.
+    pub fn load(weights: &Weights, config: &Config) -> Result<Self> {
+        let blocks = (0..config.num_hidden_layers)
+            .map(|layer| Block::load(weights, layer, config))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Encoder {
+            embeddings: Embeddings::load(weights, config)?,
+            blocks,
+            rotary: RotaryTable::new(config.head_dim(), config.rotary_emb_base, config.max_position_embeddings),
+            hidden: config.hidden_size,
+            heads: config.num_attention_heads,
+            head_dim: config.head_dim(),
+            intermediate: config.intermediate_size,
+        })
+    }
+
+    /// Width of a token vector.
+    pub fn hidden_size(&self) -> usize {
+        self.hidden
+    }
+
+    /// Longest sequence the rotary table covers.
+    pub fn max_positions(&self) -> usize {
+        self.rotary.positions()
+    }
+
+    /// Runs the batch and returns the last layer's token vectors, packed: sequence after
+    /// sequence, `total tokens × hidden`.
+    pub fn forward(&self, batch: &[EncoderInput]) -> Vec<f32> {
+        let mut segments = Vec::with_capacity(batch.len());
+        let mut start = 0;
+        for seq in batch {
+            assert!(seq.ids.len() <= self.max_positions(), "sequence longer than the rotary table");
+            segments.push(Segment { start, len: seq.ids.len(), adapter: seq.adapter });
+            start += seq.ids.len();
+        }
+        let tokens = start;
+        let h = self.hidden;
+        let mut x = vec![0f32; tokens * h];
+        self.embeddings.forward(batch, &segments, &mut x);
+        let ranges: Vec<SequenceRange> =
+            segments.iter().map(|s| SequenceRange { start: s.start, len: s.len }).collect();
+        let mut act = Activations {
+            qkv: vec![0f32; tokens * 3 * h],
+            ctx: vec![0f32; tokens * h],
+            attn_out: vec![0f32; tokens * h],
+            mlp_hidden: vec![0f32; tokens * self.intermediate],
+            mlp_out: vec![0f32; tokens * h],
+        };
+        for block in &self.blocks {
+            self.block_forward(block, &mut x, &segments, &ranges, &mut act);
+        }
+        x
+    }
+
+    fn block_forward(
+        &self,
+        block: &Block,
+        x: &mut [f32],
+        segments: &[Segment],
+        ranges: &[SequenceRange],
+        act: &mut Activations,
+    ) {
+        let h = self.hidden;
+        // Attention: packed QKV, rotary on Q and K, tiled softmax attention, output projection.
+        block.wqkv.forward(x, segments, &mut act.qkv);
+        self.apply_rotary(&mut act.qkv, segments);
+        kernels::attention(&act.qkv, &mut act.ctx, ranges, self.heads, self.head_dim);
+        block.out_proj.forward(&act.ctx, segments, &mut act.attn_out);
+        // Post-LN: x = LN(attn + x).
+        kernels::add_residual_layer_norm(&mut act.attn_out, x, h, &block.norm1.weight, &block.norm1.bias, block.norm1.eps);
+        x.copy_from_slice(&act.attn_out);
+        // MLP: fc1 → exact GELU → fc2, then x = LN(mlp + x).
+        block.fc1.forward(x, segments, &mut act.mlp_hidden);
+        kernels::gelu_erf_in_place(&mut act.mlp_hidden);
+        block.fc2.forward(&act.mlp_hidden, segments, &mut act.mlp_out);
+        kernels::add_residual_layer_norm(&mut act.mlp_out, x, h, &block.norm2.weight, &block.norm2.bias, block.norm2.eps);
+        x.copy_from_slice(&act.mlp_out);
+    }
+
+    /// Rotates every Q and K head vector by its position inside its own sequence (from 0).
+    fn apply_rotary(&self, qkv: &mut [f32], segments: &[Segment]) {
+        let (h, d) = (self.hidden, self.head_dim);
+        let mut positions = Vec::with_capacity(qkv.len() / (3 * h));
+        for seg in segments {
+            positions.extend(0..seg.len);
+        }
+        qkv.par_chunks_mut(3 * h).zip(positions.par_iter()).for_each(|(row, &pos)| {
+            // Q and K are the first 2·hidden values of the row, one head after another.
+            for head in row[..2 * h].chunks_exact_mut(d) {
+                self.rotary.rotate(head, pos);
+            }
+        });
+    }
+}

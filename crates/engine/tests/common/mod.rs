@@ -1,0 +1,63 @@
+//! Shared test helpers: the small formula checkpoint, generated once per test binary, and the
+//! golden file of the official Python outputs.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use jina_engine::fixture::{write_fixture, FixtureShape};
+use jina_engine::Model;
+use serde::Deserialize;
+
+/// A folder holding the `small` checkpoint with seed 1 (generated on first use).
+pub fn small_fixture_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("jina-engine-small-{}", std::process::id()));
+        write_fixture(&dir, FixtureShape::SMALL, 1).expect("write the small fixture");
+        dir
+    })
+}
+
+/// The small model, loaded once.
+pub fn small_model() -> &'static Model {
+    static MODEL: OnceLock<Model> = OnceLock::new();
+    MODEL.get_or_init(|| Model::load(small_fixture_dir()).expect("load the small fixture"))
+}
+
+/// One case of `golden-small.json`.
+#[derive(Debug, Deserialize)]
+pub struct GoldenCase {
+    pub task: Option<String>,
+    pub dimensions: Option<usize>,
+    pub normalized: bool,
+    pub late_chunking: bool,
+    pub input: Vec<String>,
+    pub tokens: Option<Vec<usize>>,
+    pub total_tokens: Option<usize>,
+    pub embeddings: Vec<Vec<f32>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Golden {
+    pub variant: String,
+    pub seed: u64,
+    pub cases: Vec<GoldenCase>,
+}
+
+/// The vendored golden file.
+pub fn golden() -> Golden {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/golden-small.json");
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// Largest absolute difference between two vectors.
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+/// Euclidean norm.
+pub fn norm(v: &[f32]) -> f32 {
+    v.iter().map(|x| x * x).sum::<f32>().sqrt()
+}

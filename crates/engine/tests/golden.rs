@@ -1,0 +1,55 @@
+//! Every case of the official outputs (`tests/fixtures/golden-small.json`) within the tolerances
+//! of the fixtures README: 2e-5 per component for normalised vectors, 2e-5 × ‖v‖ otherwise.
+
+mod common;
+
+use common::{golden, max_abs_diff, norm, small_model};
+use jina_engine::{EmbedRequest, LateChunking, NO_TASK};
+
+#[test]
+fn every_golden_case_matches_the_official_outputs() {
+    let golden = golden();
+    assert_eq!(golden.variant, "small");
+    assert_eq!(golden.seed, 1);
+    let model = small_model();
+    let mut failures = Vec::new();
+    for (n, case) in golden.cases.iter().enumerate() {
+        let request = EmbedRequest {
+            inputs: case.input.clone(),
+            // The golden `null` task is the official encode() without a task: base weights.
+            task: Some(case.task.clone().unwrap_or_else(|| NO_TASK.to_string())),
+            dimensions: case.dimensions,
+            normalized: case.normalized,
+            late_chunking: if case.late_chunking { LateChunking::On } else { LateChunking::Off },
+            truncate: false,
+        };
+        let got = model.embed(&request).unwrap();
+        if let Some(tokens) = &case.tokens {
+            let plan = model.plan(&request).unwrap();
+            let counts: Vec<usize> = plan.sequences.iter().map(|s| s.ids.len()).collect();
+            assert_eq!(&counts, tokens, "case {n}: token counts");
+            assert_eq!(got.total_tokens, tokens.iter().sum::<usize>(), "case {n}: usage");
+        }
+        if let Some(total) = case.total_tokens {
+            assert_eq!(got.total_tokens, total, "case {n}: late-chunking total tokens");
+        }
+        assert_eq!(got.embeddings.len(), case.embeddings.len(), "case {n}: number of outputs");
+        let mut worst = 0f32;
+        for (i, (ours, theirs)) in got.embeddings.iter().zip(&case.embeddings).enumerate() {
+            let scale = if case.normalized { 1.0 } else { norm(theirs) };
+            let diff = max_abs_diff(ours, theirs);
+            worst = worst.max(diff / scale);
+            if diff > 2e-5 * scale {
+                failures.push(format!("case {n} ({:?}, input {i}): max |diff| {diff:e} > {:e}", case.task, 2e-5 * scale));
+            }
+        }
+        println!(
+            "case {n:2}: task {:<18} dims {:>4} normalized {:<5} late {:<5} worst relative diff {worst:.2e}",
+            case.task.as_deref().unwrap_or("null"),
+            case.dimensions.map_or("-".into(), |d| d.to_string()),
+            case.normalized,
+            case.late_chunking
+        );
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
