@@ -1,1 +1,58 @@
-fn main(){}
+//! `jina-embed`: the command-line tool. Each subcommand is a thin layer over the `jina-engine`
+//! and `jina-server` libraries; errors are printed once, with their causes, and exit with 2.
+
+mod embed;
+mod fixture;
+
+use clap::{Parser, Subcommand};
+
+/// Run the jina-embeddings-v3 text-embedding model locally: embed files, serve an API,
+/// generate test checkpoints.
+#[derive(Parser)]
+#[command(name = "jina-embed", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Write a checkpoint folder whose weights follow the fixtures formula (no download needed).
+    ///
+    /// Example: jina-embed fixture --out /tmp/jina-small --variant small
+    Fixture(fixture::FixtureArgs),
+    /// Embed texts from a file or stdin and write JSONL embeddings.
+    ///
+    /// Example: jina-embed embed --model /tmp/jina-small --task retrieval.passage --input docs.txt --output vectors.jsonl
+    Embed(embed::EmbedArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Fixture(args) => fixture::run(args),
+        Command::Embed(args) => embed::run(args),
+    };
+    if let Err(err) = result {
+        if is_broken_pipe(&err) {
+            std::process::exit(0);
+        }
+        eprintln!("error: {err:#}");
+        std::process::exit(2);
+    }
+}
+
+/// A closed stdout (`jina-embed embed … | head`) is not a failure.
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// Sizes the rayon pool that every kernel runs on; 0 keeps rayon's default (one per core).
+pub(crate) fn init_threads(threads: usize) -> anyhow::Result<()> {
+    if threads > 0 {
+        rayon::ThreadPoolBuilder::new().num_threads(threads).build_global()?;
+    }
+    Ok(())
+}

@@ -121,9 +121,15 @@ impl Config {
 
     /// Parses and checks the text of a `config.json`.
     pub fn from_json(text: &str) -> Result<Self> {
-        let config: Config = serde_json::from_str(text).map_err(|e| Error::Config {
+        // serde_path_to_error names the field of a type error ("hidden_size: invalid type …").
+        let de = &mut serde_json::Deserializer::from_str(text);
+        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| Error::Config {
             path: "config.json".into(),
-            message: e.to_string(),
+            message: if e.path().to_string() == "." {
+                e.inner().to_string()
+            } else {
+                format!("field {}: {}", e.path(), e.inner())
+            },
         })?;
         config.validate()?;
         Ok(config)

@@ -94,7 +94,7 @@ mod tests {
     fn bits_are_msb_first_and_padded() {
         let v = [1.0, -1.0, 0.0, 2.0, 0.5, -0.1, 3.0, 1.0, 0.7];
         assert_eq!(pack_bits(&v), vec![0b1001_1011, 0b1000_0000]);
-        assert_eq!(encode(&v, EmbeddingType::Binary), Encoded::Binary(vec![0b1001_1011 - 128, 0]));
+        assert_eq!(encode(&v, EmbeddingType::Binary), Encoded::Binary(vec![(0b1001_1011u8 as i16 - 128) as i8, 0]));
     }
 
     #[test]

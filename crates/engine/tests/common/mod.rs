@@ -13,7 +13,9 @@ use serde::Deserialize;
 pub fn small_fixture_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("jina-engine-small-{}", std::process::id()));
+        // One folder per test binary under target/tmp, overwritten on each run.
+        let binary = std::env::current_exe().ok().and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()));
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{}-small-fixture", binary.unwrap_or_default()));
         write_fixture(&dir, FixtureShape::SMALL, 1).expect("write the small fixture");
         dir
     })
