@@ -1,6 +1,7 @@
 //! `jina-embed`: the command-line tool. Each subcommand is a thin layer over the `jina-engine`
 //! and `jina-server` libraries; errors are printed once, with their causes, and exit with 2.
 
+mod bench;
 mod embed;
 mod fixture;
 
@@ -25,6 +26,14 @@ enum Command {
     ///
     /// Example: jina-embed embed --model /tmp/jina-small --task retrieval.passage --input docs.txt --output vectors.jsonl
     Embed(embed::EmbedArgs),
+    /// Measure tokens per second of the forward pass on inputs of exact lengths.
+    ///
+    /// Example: jina-embed bench --model /tmp/jina-full --shape 8x128,1x8192 --precision bf16
+    Bench(bench::BenchArgs),
+    /// Serve the Jina- and OpenAI-compatible embeddings API (POST /v1/embeddings).
+    ///
+    /// Example: jina-embed serve --model /tmp/jina-small --port 8080 --api-key "$KEY"
+    Serve(jina_server::ServeArgs),
 }
 
 fn main() {
@@ -32,6 +41,8 @@ fn main() {
     let result = match cli.command {
         Command::Fixture(args) => fixture::run(args),
         Command::Embed(args) => embed::run(args),
+        Command::Bench(args) => bench::run(args),
+        Command::Serve(args) => jina_server::run(args),
     };
     if let Err(err) = result {
         if is_broken_pipe(&err) {

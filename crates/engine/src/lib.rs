@@ -48,6 +48,7 @@ pub mod kernels;
 pub mod model;
 pub mod output;
 pub mod pooling;
+pub mod precision;
 pub mod tokenize;
 pub mod weights;
 
@@ -59,6 +60,7 @@ pub use config::Config;
 pub use error::{Error, Result};
 pub use output::{EmbeddingType, Encoded};
 pub use pooling::{Finish, SpanSum};
+pub use precision::Precision;
 pub use tokenize::{LateChunking, Plan, Sequence, Span, DEFAULT_LONG_OVERLAP};
 
 use model::{Encoder, EncoderInput};
@@ -127,6 +129,13 @@ pub struct Embeddings {
     pub total_tokens: usize,
 }
 
+/// How to load a model.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Precision of the linear layers.
+    pub precision: Precision,
+}
+
 /// A loaded model folder: config, tokenizer and encoder.
 pub struct Model {
     dir: PathBuf,
@@ -140,8 +149,13 @@ pub struct Model {
 }
 
 impl Model {
-    /// Loads `config.json`, `tokenizer.json` and `model.safetensors` from `dir`.
+    /// Loads `config.json`, `tokenizer.json` and `model.safetensors` from `dir` in f32.
     pub fn load(dir: &Path) -> Result<Self> {
+        Self::load_with(dir, LoadOptions::default())
+    }
+
+    /// Loads a model folder with the given options.
+    pub fn load_with(dir: &Path, options: LoadOptions) -> Result<Self> {
         let config_path = dir.join("config.json");
         if !config_path.exists() {
             return Err(Error::MissingFile { path: config_path });
@@ -159,7 +173,7 @@ impl Model {
             });
         }
         let weights = Weights::open(&dir.join("model.safetensors"), &config)?;
-        let encoder = Encoder::load(&weights, &config)?;
+        let encoder = Encoder::load(&weights, &config, options.precision)?;
         let default_task = config.lora_adaptations.iter().position(|t| t == DEFAULT_TASK);
         Ok(Model {
             dir: dir.to_path_buf(),
@@ -186,6 +200,11 @@ impl Model {
     /// The tokenizer.
     pub fn tokenizer(&self) -> &TextTokenizer {
         &self.tokenizer
+    }
+
+    /// Precision of the linear layers.
+    pub fn precision(&self) -> Precision {
+        self.encoder.precision()
     }
 
     /// Storage dtype of the checkpoint.

@@ -10,7 +10,9 @@ use rayon::prelude::*;
 
 use crate::config::Config;
 use crate::error::Result;
+use crate::kernels::packed::{self, PackedMatrix, PackedType};
 use crate::kernels::{self, MatmulInit, RotaryTable, SequenceRange};
+use crate::precision::Precision;
 use crate::weights::{MappedTable, Weights};
 
 /// One sequence of a batch as the encoder sees it.
@@ -36,7 +38,7 @@ struct Segment {
 /// the side product `s·(x·A[t]ᵀ)·B[t]ᵀ`, which is the same up to rounding, costs `2r/in` of the
 /// main product, and lets every sequence of a batch use its own adapter.
 struct Linear {
-    weight: Vec<f32>,
+    weight: LinearWeight,
     bias: Vec<f32>,
     lora_a: Vec<f32>,
     lora_b: Vec<f32>,
@@ -47,13 +49,21 @@ struct Linear {
 }
 
 impl Linear {
-    fn load(w: &Weights, prefix: &str, config: &Config) -> Result<Self> {
+    fn load(w: &Weights, prefix: &str, config: &Config, precision: Precision) -> Result<Self> {
         let base = format!("{prefix}.parametrizations.weight");
         let weight = w.f32(&format!("{base}.original"))?;
         let bias = w.f32(&format!("{prefix}.bias"))?;
         let n_out = bias.len();
+        let n_in = weight.len() / n_out;
+        let weight = match precision {
+            Precision::F32 if packed::avx512_available() => {
+                LinearWeight::Packed(PackedMatrix::pack(&weight, n_out, n_in, PackedType::F32))
+            }
+            Precision::F32 => LinearWeight::Plain(weight),
+            Precision::Bf16 => LinearWeight::Packed(PackedMatrix::pack(&weight, n_out, n_in, PackedType::Bf16)),
+        };
         Ok(Linear {
-            n_in: weight.len() / n_out,
+            n_in,
             n_out,
             weight,
             bias,
@@ -68,17 +78,22 @@ impl Linear {
     fn forward(&self, x: &[f32], segments: &[Segment], out: &mut [f32]) {
         let tokens = x.len() / self.n_in;
         let out = &mut out[..tokens * self.n_out];
-        kernels::matmul_transposed(
-            x,
-            self.n_in,
-            tokens,
-            self.n_in,
-            &self.weight,
-            self.n_out,
-            out,
-            MatmulInit::Bias(&self.bias),
-            true,
-        );
+        match &self.weight {
+            LinearWeight::Plain(w) => kernels::matmul_transposed(
+                x,
+                self.n_in,
+                tokens,
+                self.n_in,
+                w,
+                self.n_out,
+                out,
+                MatmulInit::Bias(&self.bias),
+                true,
+            ),
+            LinearWeight::Packed(w) => {
+                packed::matmul(x, self.n_in, tokens, w, out, self.n_out, MatmulInit::Bias(&self.bias), true)
+            }
+        }
         for seg in segments {
             let Some(task) = seg.adapter else { continue };
             let xs = &x[seg.start * self.n_in..(seg.start + seg.len) * self.n_in];
@@ -91,6 +106,14 @@ impl Linear {
             kernels::matmul_transposed(&low, self.rank, seg.len, self.rank, b, self.n_out, dst, MatmulInit::Accumulate, true);
         }
     }
+}
+
+/// The base weight of a linear layer, in the storage its precision needs.
+enum LinearWeight {
+    /// Row-major `[out, in]` f32, multiplied with the `gemm` crate (CPUs without AVX-512).
+    Plain(Vec<f32>),
+    /// Panels for the AVX-512 kernels: f32 (exact) or bf16.
+    Packed(PackedMatrix),
 }
 
 /// LayerNorm weights.
@@ -214,14 +237,14 @@ struct Block {
 }
 
 impl Block {
-    fn load(w: &Weights, layer: usize, config: &Config) -> Result<Self> {
+    fn load(w: &Weights, layer: usize, config: &Config, precision: Precision) -> Result<Self> {
         let p = format!("roberta.encoder.layers.{layer}");
         Ok(Block {
-            wqkv: Linear::load(w, &format!("{p}.mixer.Wqkv"), config)?,
-            out_proj: Linear::load(w, &format!("{p}.mixer.out_proj"), config)?,
+            wqkv: Linear::load(w, &format!("{p}.mixer.Wqkv"), config, precision)?,
+            out_proj: Linear::load(w, &format!("{p}.mixer.out_proj"), config, precision)?,
             norm1: Norm::load(w, &format!("{p}.norm1"), config)?,
-            fc1: Linear::load(w, &format!("{p}.mlp.fc1"), config)?,
-            fc2: Linear::load(w, &format!("{p}.mlp.fc2"), config)?,
+            fc1: Linear::load(w, &format!("{p}.mlp.fc1"), config, precision)?,
+            fc2: Linear::load(w, &format!("{p}.mlp.fc2"), config, precision)?,
             norm2: Norm::load(w, &format!("{p}.norm2"), config)?,
         })
     }
@@ -245,14 +268,23 @@ pub struct Encoder {
     heads: usize,
     head_dim: usize,
     intermediate: usize,
+    precision: Precision,
 }
 
 impl Encoder {
-    /// Converts the checked weights into the encoder (the base linear weights to f32; the word
-    /// table stays mapped). The pooler is not loaded: embeddings do not use it.
-    pub fn load(weights: &Weights, config: &Config) -> Result<Self> {
+    /// Converts the checked weights into the encoder (the base linear weights to f32 or packed
+    /// bf16; the word table stays mapped). The pooler is not loaded: embeddings do not use it.
+    /// `Bf16` falls back to `F32` on a CPU without AVX512_BF16; [`Encoder::precision`] tells.
+    pub fn load(weights: &Weights, config: &Config, precision: Precision) -> Result<Self> {
+        let precision = match precision {
+            Precision::Bf16 if !packed::bf16_available() => {
+                tracing::warn!("this CPU has no AVX512_BF16: running bf16 in f32");
+                Precision::F32
+            }
+            p => p,
+        };
         let blocks = (0..config.num_hidden_layers)
-            .map(|layer| Block::load(weights, layer, config))
+            .map(|layer| Block::load(weights, layer, config, precision))
             .collect::<Result<Vec<_>>>()?;
         Ok(Encoder {
             embeddings: Embeddings::load(weights, config)?,
@@ -262,7 +294,13 @@ impl Encoder {
             heads: config.num_attention_heads,
             head_dim: config.head_dim(),
             intermediate: config.intermediate_size,
+            precision,
         })
+    }
+
+    /// Precision of the linear layers actually in use.
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// Width of a token vector.

@@ -53,3 +53,44 @@ fn every_golden_case_matches_the_official_outputs() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// The bf16 path is held to a cosine of 0.999 to every golden vector (fixtures README), and
+/// reports the worst cosine of each case.
+#[test]
+fn bf16_path_keeps_cosine_above_0_999() {
+    let model = jina_engine::Model::load_with(
+        common::small_fixture_dir(),
+        jina_engine::LoadOptions { precision: jina_engine::Precision::Bf16 },
+    )
+    .unwrap();
+    if model.precision() != jina_engine::Precision::Bf16 {
+        eprintln!("bf16 falls back to f32 on this CPU; the f32 test covers it");
+    }
+    let golden = golden();
+    let mut failures = Vec::new();
+    for (n, case) in golden.cases.iter().enumerate() {
+        let request = EmbedRequest {
+            inputs: case.input.clone(),
+            task: Some(case.task.clone().unwrap_or_else(|| NO_TASK.to_string())),
+            dimensions: case.dimensions,
+            normalized: case.normalized,
+            late_chunking: if case.late_chunking { LateChunking::On } else { LateChunking::Off },
+            truncate: false,
+        };
+        let got = model.embed(&request).unwrap();
+        let worst = got
+            .embeddings
+            .iter()
+            .zip(&case.embeddings)
+            .map(|(a, b)| {
+                let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+                dot / (norm(a) * norm(b)).max(1e-12)
+            })
+            .fold(1.0f32, f32::min);
+        println!("bf16 case {n:2}: worst cosine to golden {worst:.8}");
+        if worst < 0.999 {
+            failures.push(format!("case {n}: cosine {worst}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

@@ -8,6 +8,8 @@
 
 use rayon::prelude::*;
 
+use super::softmax;
+
 /// Queries per task.
 const Q_TILE: usize = 64;
 /// Keys per score tile.
@@ -114,18 +116,10 @@ impl Scratch {
             qk_tile(q, q_len, &k_all[k0 * stride..], k_len, stride, d, scores);
             for i in 0..q_len {
                 let row = &mut scores[i * k_len..(i + 1) * k_len];
-                let mut tile_max = f32::NEG_INFINITY;
-                for s in row.iter_mut() {
-                    *s *= scale;
-                    tile_max = tile_max.max(*s);
-                }
+                let tile_max = softmax::scale_and_max(row, scale);
                 let new_max = self.max[i].max(tile_max);
                 let correction = (self.max[i] - new_max).exp();
-                let mut tile_sum = 0.0f32;
-                for s in row.iter_mut() {
-                    *s = (*s - new_max).exp();
-                    tile_sum += *s;
-                }
+                let tile_sum = softmax::exp_and_sum(row, new_max);
                 self.sum[i] = self.sum[i] * correction + tile_sum;
                 self.max[i] = new_max;
                 if correction != 1.0 {

@@ -6,8 +6,10 @@
 pub mod attention;
 pub mod elementwise;
 pub mod matmul;
+pub mod packed;
 pub mod reference;
 pub mod rotary;
+pub mod softmax;
 
 pub use attention::{attention, SequenceRange};
 pub use elementwise::{add_residual_layer_norm, gelu_erf_in_place, layer_norm_in_place};

@@ -1,0 +1,150 @@
+//! `jina-embed bench`: tokens per second of the forward pass on synthetic inputs of exact
+//! lengths, with peak RSS, and for a reduced precision its cosine to the f32 path.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use jina_engine::{pooling, Finish, LoadOptions, Model, Precision, Sequence, Span};
+use serde::Serialize;
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Model folder.
+    #[arg(long, env = "JINA_MODEL")]
+    model: PathBuf,
+    /// Shapes to run, as BATCHxTOKENS (tokens per input, <s> and </s> included), comma-separated.
+    #[arg(long, default_value = "8x128,4x512,1x2048,1x8192", value_delimiter = ',')]
+    shape: Vec<String>,
+    /// Numeric precision of the linear layers.
+    #[arg(long, value_enum, default_value = "f32")]
+    precision: Precision,
+    /// Task adapter (or none).
+    #[arg(long, default_value = jina_engine::DEFAULT_TASK)]
+    task: String,
+    /// Timed iterations per shape (after one warm-up run).
+    #[arg(long, default_value_t = 3)]
+    iters: usize,
+    /// Compute threads (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+}
+
+/// The final JSON line of one shape.
+#[derive(Serialize)]
+struct Report {
+    shape: String,
+    batch: usize,
+    tokens: usize,
+    precision: &'static str,
+    threads: usize,
+    tokens_per_s: f64,
+    min_s: f64,
+    median_s: f64,
+    peak_rss_mb: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cosine_to_f32_min: Option<f64>,
+}
+
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    crate::init_threads(args.threads)?;
+    let shapes = args.shape.iter().map(|s| parse_shape(s)).collect::<anyhow::Result<Vec<_>>>()?;
+    let options = LoadOptions { precision: args.precision };
+    let model = Model::load_with(&args.model, options).with_context(|| format!("loading {}", args.model.display()))?;
+    let adapter = model.adapter_of(&args.task)?;
+    let reference = (args.precision != Precision::F32)
+        .then(|| Model::load_with(&args.model, LoadOptions { precision: Precision::F32 }))
+        .transpose()?;
+    let vocab = model.config().vocab_size as u64;
+    println!("{:<9} {:>9} {:>12} {:>10} {:>10} {:>11} {:>10}", "shape", "precision", "tokens/s", "min s", "median s", "peak RSS MB", "cos(f32)");
+    let mut reports = Vec::new();
+    for (batch, tokens) in shapes {
+        if tokens < 2 || tokens > model.max_tokens() {
+            bail!("tokens per input must be between 2 and {}, got {tokens}", model.max_tokens());
+        }
+        let sequences: Vec<Sequence> = (0..batch).map(|b| synthetic_sequence(b as u64, tokens, vocab, adapter)).collect();
+        let refs: Vec<&Sequence> = sequences.iter().collect();
+        let warm = model.run(&refs);
+        let mut times = Vec::with_capacity(args.iters);
+        for _ in 0..args.iters.max(1) {
+            let start = Instant::now();
+            std::hint::black_box(model.run(&refs));
+            times.push(start.elapsed().as_secs_f64());
+        }
+        times.sort_by(f64::total_cmp);
+        let median = times[times.len() / 2];
+        let cosine = reference.as_ref().map(|f32_model| {
+            let exact = f32_model.run(&refs);
+            min_cosine(&model, &sequences, warm, exact)
+        });
+        let report = Report {
+            shape: format!("{batch}x{tokens}"),
+            batch,
+            tokens,
+            precision: args.precision.name(),
+            threads: rayon::current_num_threads(),
+            tokens_per_s: (batch * tokens) as f64 / median,
+            min_s: times[0],
+            median_s: median,
+            peak_rss_mb: peak_rss_mb(),
+            cosine_to_f32_min: cosine,
+        };
+        println!(
+            "{:<9} {:>9} {:>12.1} {:>10.3} {:>10.3} {:>11.0} {:>10}",
+            report.shape,
+            report.precision,
+            report.tokens_per_s,
+            report.min_s,
+            report.median_s,
+            report.peak_rss_mb,
+            cosine.map_or("-".into(), |c| format!("{c:.6}"))
+        );
+        reports.push(report);
+    }
+    for report in reports {
+        println!("{}", serde_json::to_string(&report)?);
+    }
+    Ok(())
+}
+
+fn parse_shape(s: &str) -> anyhow::Result<(usize, usize)> {
+    let (b, n) = s.trim().split_once(['x', 'X']).with_context(|| format!("shape {s:?} is not BATCHxTOKENS"))?;
+    Ok((b.parse().with_context(|| format!("batch in {s:?}"))?, n.parse().with_context(|| format!("tokens in {s:?}"))?))
+}
+
+/// `<s>`, `tokens − 2` pseudo-random ordinary ids, `</s>`, pooled whole.
+fn synthetic_sequence(seed: u64, tokens: usize, vocab: u64, adapter: Option<usize>) -> Sequence {
+    let mut ids = vec![0u32];
+    let mut z = jina_engine::fixture::mix64(seed + 1);
+    for _ in 0..tokens - 2 {
+        z = jina_engine::fixture::mix64(z);
+        ids.push(5 + (z % (vocab - 6)) as u32);
+    }
+    ids.push(2);
+    Sequence { spans: vec![Span { output: 0, range: 0..tokens }], ids, adapter }
+}
+
+/// Smallest cosine between the pooled embeddings of two runs over the same sequences.
+fn min_cosine(model: &Model, sequences: &[Sequence], a: Vec<Vec<jina_engine::SpanSum>>, b: Vec<Vec<jina_engine::SpanSum>>) -> f64 {
+    let hidden = model.config().hidden_size;
+    let finish = Finish { dimensions: None, normalized: true };
+    sequences
+        .iter()
+        .zip(a.into_iter().zip(b))
+        .map(|(seq, (x, y))| {
+            let plan = jina_engine::Plan { sequences: vec![seq.clone()], outputs: 1, total_tokens: seq.ids.len() };
+            let u = pooling::finish(&plan, x, hidden, finish).remove(0);
+            let v = pooling::finish(&plan, y, hidden, finish).remove(0);
+            u.iter().zip(&v).map(|(p, q)| *p as f64 * *q as f64).sum::<f64>()
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
+/// Peak resident set size of this process (VmHWM), in MB.
+fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
+        .map_or(0.0, |kb| kb / 1024.0)
+}

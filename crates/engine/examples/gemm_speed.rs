@@ -1,0 +1,35 @@
+//! Quick GFLOP/s of the f32 and bf16 linear kernels on the model's shapes:
+//! `cargo run --release -p jina-engine --example gemm_speed`.
+use std::time::Instant;
+
+use jina_engine::kernels::packed::{self, PackedMatrix, PackedType};
+use jina_engine::kernels::{matmul_transposed, MatmulInit};
+
+fn main() {
+    for &(m, k, n) in &[(1024, 1024, 3072), (1024, 1024, 4096), (1024, 4096, 1024), (2048, 1024, 3072)] {
+        let x: Vec<f32> = (0..m * k).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect();
+        let w: Vec<f32> = (0..n * k).map(|i| ((i * 104729) % 1000) as f32 / 1000.0 - 0.5).collect();
+        let mut out = vec![0f32; m * n];
+        let flops = 2.0 * (m * k * n) as f64;
+        let time = |f: &mut dyn FnMut()| {
+            f();
+            let mut best = f64::INFINITY;
+            for _ in 0..5 {
+                let t = Instant::now();
+                f();
+                best = best.min(t.elapsed().as_secs_f64());
+            }
+            flops / best / 1e9
+        };
+        let f32_rate = time(&mut || matmul_transposed(&x, k, m, k, &w, n, &mut out, MatmulInit::Zero, true));
+        let mut line = format!("{m}x{k}x{n}: gemm crate f32 {f32_rate:.1} GFLOP/s");
+        for (ty, ok) in [(PackedType::F32, packed::avx512_available()), (PackedType::Bf16, packed::bf16_available())] {
+            if ok {
+                let w = PackedMatrix::pack(&w, n, k, ty);
+                let rate = time(&mut || packed::matmul(&x, k, m, &w, &mut out, n, MatmulInit::Zero, true));
+                line += &format!(", packed {ty:?} {rate:.1} GFLOP/s");
+            }
+        }
+        println!("{line}");
+    }
+}

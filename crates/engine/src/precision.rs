@@ -1,0 +1,40 @@
+//! Numeric precision of the linear layers.
+
+use std::str::FromStr;
+
+use crate::error::Error;
+
+/// How the weights of the linear layers are stored and multiplied.
+///
+/// Everything else (embeddings, LayerNorm, softmax, pooling) stays in f32 whatever the choice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+pub enum Precision {
+    /// f32 weights and products: the official numbers (the default).
+    #[default]
+    F32,
+    /// bf16 weights (exactly the checkpoint's values) and activations rounded to bf16, products
+    /// accumulated in f32 with AVX512_BF16; falls back to f32 on CPUs without it.
+    Bf16,
+}
+
+impl Precision {
+    /// The name used on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+}
+
+impl FromStr for Precision {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        match s {
+            "f32" => Ok(Precision::F32),
+            "bf16" => Ok(Precision::Bf16),
+            other => Err(Error::InvalidRequest(format!("precision {other:?} is not supported; accepted values are f32, bf16"))),
+        }
+    }
+}
