@@ -336,9 +336,11 @@ impl Encoder {
             mlp_hidden: vec![0f32; tokens * self.intermediate],
             mlp_out: vec![0f32; tokens * h],
         };
+        let mut profile = Profile::from_env();
         for block in &self.blocks {
-            self.block_forward(block, &mut x, &segments, &ranges, &mut act);
+            self.block_forward(block, &mut x, &segments, &ranges, &mut act, &mut profile);
         }
+        profile.report(tokens);
         x
     }
 
@@ -349,22 +351,27 @@ impl Encoder {
         segments: &[Segment],
         ranges: &[SequenceRange],
         act: &mut Activations,
+        profile: &mut Profile,
     ) {
         let h = self.hidden;
         // Attention: packed QKV, rotary on Q and K, tiled softmax attention, output projection.
-        block.wqkv.forward(x, segments, &mut act.qkv);
-        self.apply_rotary(&mut act.qkv, segments);
-        kernels::attention(&act.qkv, &mut act.ctx, ranges, self.heads, self.head_dim);
-        block.out_proj.forward(&act.ctx, segments, &mut act.attn_out);
+        profile.time("qkv", || block.wqkv.forward(x, segments, &mut act.qkv));
+        profile.time("rotary", || self.apply_rotary(&mut act.qkv, segments));
+        profile.time("attention", || kernels::attention(&act.qkv, &mut act.ctx, ranges, self.heads, self.head_dim));
+        profile.time("out_proj", || block.out_proj.forward(&act.ctx, segments, &mut act.attn_out));
         // Post-LN: x = LN(attn + x).
-        kernels::add_residual_layer_norm(&mut act.attn_out, x, h, &block.norm1.weight, &block.norm1.bias, block.norm1.eps);
-        x.copy_from_slice(&act.attn_out);
+        profile.time("layer_norm", || {
+            kernels::add_residual_layer_norm(&mut act.attn_out, x, h, &block.norm1.weight, &block.norm1.bias, block.norm1.eps);
+            x.copy_from_slice(&act.attn_out);
+        });
         // MLP: fc1 → exact GELU → fc2, then x = LN(mlp + x).
-        block.fc1.forward(x, segments, &mut act.mlp_hidden);
-        kernels::gelu_erf_in_place(&mut act.mlp_hidden);
-        block.fc2.forward(&act.mlp_hidden, segments, &mut act.mlp_out);
-        kernels::add_residual_layer_norm(&mut act.mlp_out, x, h, &block.norm2.weight, &block.norm2.bias, block.norm2.eps);
-        x.copy_from_slice(&act.mlp_out);
+        profile.time("fc1", || block.fc1.forward(x, segments, &mut act.mlp_hidden));
+        profile.time("gelu", || kernels::gelu_erf_in_place(&mut act.mlp_hidden));
+        profile.time("fc2", || block.fc2.forward(&act.mlp_hidden, segments, &mut act.mlp_out));
+        profile.time("layer_norm", || {
+            kernels::add_residual_layer_norm(&mut act.mlp_out, x, h, &block.norm2.weight, &block.norm2.bias, block.norm2.eps);
+            x.copy_from_slice(&act.mlp_out);
+        });
     }
 
     /// Rotates every Q and K head vector by its position inside its own sequence (from 0).
@@ -380,5 +387,45 @@ impl Encoder {
                 self.rotary.rotate(head, pos);
             }
         });
+    }
+}
+
+/// Wall time per operation of one forward pass, printed to stderr when `JINA_PROFILE` is set
+/// (what `jina-embed bench` users read to see where the time goes). Costs nothing otherwise.
+struct Profile {
+    enabled: bool,
+    totals: Vec<(&'static str, std::time::Duration)>,
+}
+
+impl Profile {
+    fn from_env() -> Self {
+        Profile { enabled: std::env::var_os("JINA_PROFILE").is_some(), totals: Vec::new() }
+    }
+
+    fn time<T>(&mut self, name: &'static str, f: impl FnOnce() -> T) -> T {
+        if !self.enabled {
+            return f();
+        }
+        let start = std::time::Instant::now();
+        let out = f();
+        let spent = start.elapsed();
+        match self.totals.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, total)) => *total += spent,
+            None => self.totals.push((name, spent)),
+        }
+        out
+    }
+
+    fn report(&self, tokens: usize) {
+        if !self.enabled {
+            return;
+        }
+        let all: f64 = self.totals.iter().map(|(_, d)| d.as_secs_f64()).sum();
+        let parts: Vec<String> = self
+            .totals
+            .iter()
+            .map(|(n, d)| format!("{n} {:.3}s ({:.0}%)", d.as_secs_f64(), 100.0 * d.as_secs_f64() / all.max(1e-12)))
+            .collect();
+        eprintln!("profile: {tokens} tokens, {all:.3}s: {}", parts.join(", "));
     }
 }

@@ -3,11 +3,13 @@
 //! Sequences are packed one after another (no padding, so no mask). For each sequence, head and
 //! block of queries, the keys are visited in tiles with an online softmax: the running maximum and
 //! sum are rescaled as each tile arrives, so no `n × n` score matrix is ever held. Memory per task
-//! is one `Q_TILE × K_TILE` score tile plus a `Q_TILE × d` accumulator, whatever the length; an
-//! 8192-token input costs the same few hundred kilobytes per thread as a short one.
+//! is one `Q_TILE × K_TILE` score tile plus a `Q_TILE × d` accumulator (and, on AVX-512, the head's
+//! K and V packed once for the packed kernels: `2·n·d` floats), linear in the length.
 
 use rayon::prelude::*;
 
+use super::matmul::MatmulInit;
+use super::packed::{self, PackedMatrix, PackedType};
 use super::softmax;
 
 /// Queries per task.
@@ -34,6 +36,24 @@ pub fn attention(qkv: &[f32], ctx: &mut [f32], sequences: &[SequenceRange], head
     assert!(qkv.len() >= tokens * 3 * hidden && ctx.len() >= tokens * hidden);
     let scale = 1.0 / (d as f32).sqrt();
 
+    let ctx_ptr = SharedMut(ctx.as_mut_ptr());
+    if packed::avx512_available() {
+        // One task per (sequence, head): K and V are packed once and reused by every query tile.
+        let tasks: Vec<(SequenceRange, usize)> =
+            sequences.iter().flat_map(|s| (0..heads).map(move |h| (*s, h))).collect();
+        tasks.par_iter().for_each_init(
+            || PackedHead::new(d),
+            |head_state, &(seq, head)| {
+                head_state.load(qkv, seq, head, hidden, d);
+                for q0 in (0..seq.len).step_by(Q_TILE) {
+                    let q_len = Q_TILE.min(seq.len - q0);
+                    let out = head_state.attend(qkv, seq, head, q0, q_len, hidden, d, scale);
+                    write_rows(ctx_ptr, out, seq.start + q0, head, hidden, d);
+                }
+            },
+        );
+        return;
+    }
     let mut tasks = Vec::new();
     for seq in sequences {
         for head in 0..heads {
@@ -42,19 +62,79 @@ pub fn attention(qkv: &[f32], ctx: &mut [f32], sequences: &[SequenceRange], head
             }
         }
     }
-    let ctx_ptr = SharedMut(ctx.as_mut_ptr());
     tasks.par_iter().for_each_init(
         || Scratch::new(d),
         |scratch, &(seq, head, q0, q_len)| {
             let out = scratch.attend(qkv, seq, head, q0, q_len, hidden, d, scale);
-            for (i, row) in out.chunks_exact(d).enumerate() {
-                let at = (seq.start + q0 + i) * hidden + head * d;
-                // SAFETY: each task owns the rows q0..q0+q_len of one sequence within one head's
-                // columns; no two tasks share an element and `ctx` outlives the parallel loop.
-                unsafe { std::ptr::copy_nonoverlapping(row.as_ptr(), ctx_ptr.get().add(at), d) };
-            }
+            write_rows(ctx_ptr, out, seq.start + q0, head, hidden, d);
         },
     );
+}
+
+/// Copies a `rows × d` block into `ctx` at row `first_row`, columns of `head`.
+fn write_rows(ctx: SharedMut, block: &[f32], first_row: usize, head: usize, hidden: usize, d: usize) {
+    for (i, row) in block.chunks_exact(d).enumerate() {
+        let at = (first_row + i) * hidden + head * d;
+        // SAFETY: each task owns its rows within one head's columns; no two tasks share an
+        // element, and `ctx` (checked long enough by `attention`) outlives the parallel loop.
+        unsafe { std::ptr::copy_nonoverlapping(row.as_ptr(), ctx.get().add(at), d) };
+    }
+}
+
+/// Per-thread state of the packed path: one head's K and V tiles, packed for the AVX-512 kernel.
+struct PackedHead {
+    keys: Vec<PackedMatrix>,
+    values: Vec<PackedMatrix>,
+    scratch: Scratch,
+}
+
+impl PackedHead {
+    fn new(d: usize) -> Self {
+        PackedHead { keys: Vec::new(), values: Vec::new(), scratch: Scratch::new(d) }
+    }
+
+    /// Packs K (tiles of `K_TILE` keys × d) and Vᵀ (d × keys) of one head of one sequence.
+    fn load(&mut self, qkv: &[f32], seq: SequenceRange, head: usize, hidden: usize, d: usize) {
+        let stride = 3 * hidden;
+        let tiles = seq.len.div_ceil(K_TILE);
+        self.keys.resize_with(tiles, || PackedMatrix::empty(PackedType::F32));
+        self.values.resize_with(tiles, || PackedMatrix::empty(PackedType::F32));
+        for t in 0..tiles {
+            let k0 = t * K_TILE;
+            let k_len = K_TILE.min(seq.len - k0);
+            let first = (seq.start + k0) * stride;
+            self.keys[t].repack_strided(&qkv[first + hidden + head * d..], stride, k_len, d);
+            self.values[t].repack_transposed(&qkv[first + 2 * hidden + head * d..], stride, k_len, d);
+        }
+    }
+
+    /// Attention of queries `q0 .. q0+q_len` over all keys, with the packed tiles.
+    #[allow(clippy::too_many_arguments)]
+    fn attend(
+        &mut self,
+        qkv: &[f32],
+        seq: SequenceRange,
+        head: usize,
+        q0: usize,
+        q_len: usize,
+        hidden: usize,
+        d: usize,
+        scale: f32,
+    ) -> &[f32] {
+        let stride = 3 * hidden;
+        let q = &qkv[(seq.start + q0) * stride + head * d..];
+        let s = &mut self.scratch;
+        s.reset(q_len, d);
+        for (keys, values) in self.keys.iter().zip(&self.values) {
+            let k_len = keys.n();
+            let scores = &mut s.scores[..q_len * k_len];
+            packed::matmul(q, stride, q_len, keys, scores, k_len, MatmulInit::Zero, false);
+            s.online_softmax(q_len, k_len, d, scale);
+            let scores = &s.scores[..q_len * k_len];
+            packed::matmul(scores, k_len, q_len, values, &mut s.acc[..q_len * d], d, MatmulInit::Accumulate, false);
+        }
+        s.normalise(q_len, d)
+    }
 }
 
 /// A raw pointer that rayon tasks writing disjoint regions may share.
@@ -104,36 +184,50 @@ impl Scratch {
         let q = &qkv[(seq.start + q0) * stride + head * d..];
         let k_all = &qkv[seq.start * stride + hidden + head * d..];
         let v_all = &qkv[seq.start * stride + 2 * hidden + head * d..];
-        let acc = &mut self.acc[..q_len * d];
-        acc.fill(0.0);
-        self.max[..q_len].fill(f32::NEG_INFINITY);
-        self.sum[..q_len].fill(0.0);
-
+        self.reset(q_len, d);
         for k0 in (0..seq.len).step_by(K_TILE) {
             let k_len = K_TILE.min(seq.len - k0);
-            let scores = &mut self.scores[..q_len * k_len];
             // scores = Q · Kᵀ for this tile (K rows are `stride` apart).
-            qk_tile(q, q_len, &k_all[k0 * stride..], k_len, stride, d, scores);
-            for i in 0..q_len {
-                let row = &mut scores[i * k_len..(i + 1) * k_len];
-                let tile_max = softmax::scale_and_max(row, scale);
-                let new_max = self.max[i].max(tile_max);
-                let correction = (self.max[i] - new_max).exp();
-                let tile_sum = softmax::exp_and_sum(row, new_max);
-                self.sum[i] = self.sum[i] * correction + tile_sum;
-                self.max[i] = new_max;
-                if correction != 1.0 {
-                    for a in &mut acc[i * d..(i + 1) * d] {
-                        *a *= correction;
-                    }
+            qk_tile(q, q_len, &k_all[k0 * stride..], k_len, stride, d, &mut self.scores[..q_len * k_len]);
+            self.online_softmax(q_len, k_len, d, scale);
+            // acc += P · V for this tile.
+            pv_accumulate(&self.scores[..q_len * k_len], q_len, k_len, &v_all[k0 * stride..], stride, d, &mut self.acc[..q_len * d]);
+        }
+        self.normalise(q_len, d)
+    }
+
+    fn reset(&mut self, q_len: usize, d: usize) {
+        self.acc[..q_len * d].fill(0.0);
+        self.max[..q_len].fill(f32::NEG_INFINITY);
+        self.sum[..q_len].fill(0.0);
+    }
+
+    /// Turns the raw scores of one key tile into `exp(s·scale − max)`, updating each row's
+    /// running maximum and sum and rescaling its accumulator when the maximum grows.
+    fn online_softmax(&mut self, q_len: usize, k_len: usize, d: usize, scale: f32) {
+        for i in 0..q_len {
+            let row = &mut self.scores[i * k_len..(i + 1) * k_len];
+            let tile_max = softmax::scale_and_max(row, scale);
+            let new_max = self.max[i].max(tile_max);
+            // Through the same cut-off as the probabilities: a far smaller old maximum zeroes the
+            // old sums instead of leaving subnormal values in the accumulator.
+            let correction = softmax::exp(self.max[i] - new_max);
+            let tile_sum = softmax::exp_and_sum(row, new_max);
+            self.sum[i] = self.sum[i] * correction + tile_sum;
+            self.max[i] = new_max;
+            if correction != 1.0 {
+                for a in &mut self.acc[i * d..(i + 1) * d] {
+                    *a *= correction;
                 }
             }
-            // acc += P · V for this tile.
-            pv_accumulate(scores, q_len, k_len, &v_all[k0 * stride..], stride, d, acc);
         }
+    }
+
+    /// Divides each accumulated row by its softmax sum.
+    fn normalise(&mut self, q_len: usize, d: usize) -> &[f32] {
         for i in 0..q_len {
             let inv = 1.0 / self.sum[i];
-            for a in &mut acc[i * d..(i + 1) * d] {
+            for a in &mut self.acc[i * d..(i + 1) * d] {
                 *a *= inv;
             }
         }

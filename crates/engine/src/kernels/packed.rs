@@ -119,6 +119,44 @@ impl PackedMatrix {
         }
     }
 
+    /// Packs the transpose of `k` rows of `n` values that start `stride` apart: element
+    /// `(col c, position s)` is `v[s·stride + c]` (attention's V, whose rows are keys).
+    pub fn repack_transposed(&mut self, v: &[f32], stride: usize, k: usize, n: usize) {
+        assert!(k == 0 || v.len() >= (k - 1) * stride + n);
+        let steps = match self.ty {
+            PackedType::F32 => k,
+            PackedType::Bf16 => k.div_ceil(2),
+        };
+        let panels = n.div_ceil(PANEL);
+        self.n = n;
+        self.k = k;
+        self.steps = steps;
+        self.data.clear();
+        self.data.resize(panels * steps * PANEL, 0);
+        for panel in 0..panels {
+            let cols = PANEL.min(n - panel * PANEL);
+            for s in 0..steps {
+                let dst = &mut self.data[(panel * steps + s) * PANEL..][..cols];
+                match self.ty {
+                    PackedType::F32 => {
+                        let src = &v[s * stride + panel * PANEL..][..cols];
+                        for (d, x) in dst.iter_mut().zip(src) {
+                            *d = x.to_bits();
+                        }
+                    }
+                    PackedType::Bf16 => {
+                        for (c, d) in dst.iter_mut().enumerate() {
+                            let col = panel * PANEL + c;
+                            let lo = bf16::from_f32(v[2 * s * stride + col]).to_bits() as u32;
+                            let hi = if 2 * s + 1 < k { bf16::from_f32(v[(2 * s + 1) * stride + col]).to_bits() as u32 } else { 0 };
+                            *d = lo | (hi << 16);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// An empty matrix of the given type, to be filled by [`PackedMatrix::repack_strided`].
     pub fn empty(ty: PackedType) -> Self {
         PackedMatrix { ty, n: 0, k: 0, steps: 0, data: Vec::new() }
@@ -436,6 +474,21 @@ mod tests {
                         let got = acc[r * (n + 3) + c];
                         assert!((got - expected).abs() <= 2.0 * tol, "{ty:?} accumulate ({r},{c}): {got} vs {expected}");
                     }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn transposed_packing_reads_columns() {
+        let (k, n, stride) = (5, 70, 75);
+        let v = round_bf16(noise(k * stride, 9));
+        for ty in [PackedType::F32, PackedType::Bf16] {
+            let mut packed = PackedMatrix::empty(ty);
+            packed.repack_transposed(&v, stride, k, n);
+            for c in 0..n {
+                for s in 0..k {
+                    assert_eq!(packed.get(c, s), v[s * stride + c], "{ty:?} ({c}, {s})");
                 }
             }
         }
