@@ -1,0 +1,483 @@
+//! Request and response types of both dialects, as serde types that also generate the OpenAPI
+//! document (`GET /openapi.json`).
+//!
+//! One request type serves the Jina and the OpenAI dialect: the fields of both are accepted
+//! together (an `openai` SDK caller may pass Jina's `task` through `extra_body`), unknown
+//! fields are ignored, and a known field of the wrong type is a 422 naming the field.
+//! Fields whose JSON may take several shapes (`input`, `embedding_type`, `late_chunking`) are
+//! read through [`serde_json::Value`] so that their errors say which item is wrong and what
+//! shapes are accepted, rather than serde's "did not match any variant".
+
+use std::collections::BTreeMap;
+
+use jina_engine::{EmbeddingType, Encoded, LateChunking};
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+
+/// `POST /v1/embeddings` (and `/embeddings`): the Jina and OpenAI request in one.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct EmbeddingsRequest {
+    /// Model name. Accepted for compatibility and not checked: the server serves one model, and
+    /// the response names it.
+    #[serde(default)]
+    #[schema(example = "jina-embeddings-v3")]
+    pub model: Option<String>,
+    /// The texts: a string, an array of strings, or `{"text": …}` objects (alone or in an
+    /// array). An empty string is valid. Token-id arrays are refused.
+    #[serde(default)]
+    pub input: Option<Input>,
+    /// Task adapter: `retrieval.query`, `retrieval.passage`, `separation`, `classification`,
+    /// `text-matching`, or `none` for the base weights. Default: the server's `--default-task`
+    /// (`text-matching` unless changed).
+    #[serde(default)]
+    #[schema(example = "retrieval.query")]
+    pub task: Option<String>,
+    /// Matryoshka size: keep the first `dimensions` values (1 to the hidden size), then
+    /// normalise. Default: all.
+    #[serde(default)]
+    #[schema(minimum = 1, example = 256)]
+    pub dimensions: Option<i64>,
+    /// Jina: `true` embeds all inputs in one sequence and pools each input's span;
+    /// `"long"` (beyond the hosted API) also lets that sequence exceed the token limit, in
+    /// overlapping windows. Default false.
+    #[serde(default)]
+    pub late_chunking: Option<LateChunkingField>,
+    /// Overlap in tokens of the windows of `late_chunking: "long"`. Default 512.
+    #[serde(default)]
+    #[schema(example = 512)]
+    pub late_chunking_overlap: Option<usize>,
+    /// Jina: `float`, `base64`, `binary`, `ubinary`, or a list of them (each item's
+    /// `embedding` is then an object keyed by type). Alias `encoding_type`. Default `float`.
+    #[serde(default, alias = "encoding_type")]
+    #[schema(value_type = Option<EmbeddingTypesSchema>)]
+    pub embedding_type: Option<EmbeddingTypes>,
+    /// OpenAI: `float` or `base64` (the official SDK sends `base64` unless told otherwise).
+    /// Its presence makes the request an OpenAI-dialect request.
+    #[serde(default)]
+    pub encoding_format: Option<EncodingFormat>,
+    /// Jina: L2-normalise the embeddings. Default true.
+    #[serde(default)]
+    pub normalized: Option<bool>,
+    /// Jina: cut inputs over the token limit instead of refusing them. Default false.
+    #[serde(default)]
+    pub truncate: Option<bool>,
+    /// OpenAI: an end-user id. Accepted and ignored.
+    #[serde(default)]
+    pub user: Option<String>,
+}
+
+/// The `input` field.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum Input {
+    /// One text (a string or `{"text": …}`).
+    One(TextItem),
+    /// Several texts.
+    Many(Vec<TextItem>),
+}
+
+/// One text: a string or `{"text": …}`.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum TextItem {
+    /// A plain string.
+    Text(String),
+    /// Jina's object form.
+    Object(TextObject),
+}
+
+/// `{"text": …}`.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct TextObject {
+    /// The text.
+    pub text: String,
+}
+
+impl Input {
+    /// The texts, in order.
+    pub fn into_texts(self) -> Vec<String> {
+        let text = |item: TextItem| match item {
+            TextItem::Text(s) => s,
+            TextItem::Object(o) => o.text,
+        };
+        match self {
+            Input::One(item) => vec![text(item)],
+            Input::Many(items) => items.into_iter().map(text).collect(),
+        }
+    }
+
+    fn from_value(value: Value) -> Result<Input, String> {
+        match value {
+            Value::Array(items) => {
+                let mut texts = Vec::with_capacity(items.len());
+                for (i, item) in items.into_iter().enumerate() {
+                    if let Value::Array(inner) = &item {
+                        if inner.iter().all(Value::is_number) {
+                            return Err(token_ids_refused());
+                        }
+                    }
+                    texts.push(text_item(item).map_err(|e| format!("item {i} {e}"))?);
+                }
+                Ok(Input::Many(texts))
+            }
+            Value::Null => Err("must not be null".into()),
+            other => text_item(other).map(Input::One).map_err(|e| format!("value {e}")),
+        }
+    }
+}
+
+fn token_ids_refused() -> String {
+    "token-id arrays are not supported: send the texts themselves (a string or an array of strings)".into()
+}
+
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn text_item(value: Value) -> Result<TextItem, String> {
+    match value {
+        Value::String(s) => Ok(TextItem::Text(s)),
+        Value::Object(mut map) => match map.remove("text") {
+            Some(Value::String(text)) => Ok(TextItem::Object(TextObject { text })),
+            Some(other) => Err(format!("has a `text` that is {}, not a string", json_kind(&other))),
+            None if map.contains_key("image") => {
+                Err("is an image: jina-embeddings-v3 embeds text only; send {\"text\": …}".into())
+            }
+            None => Err("is an object without `text`: send a string or {\"text\": …}".into()),
+        },
+        Value::Number(_) => Err(token_ids_refused()),
+        other => Err(format!("must be a string or {{\"text\": …}}, found {}", json_kind(&other))),
+    }
+}
+
+impl<'de> Deserialize<'de> for Input {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Input::from_value(Value::deserialize(d)?).map_err(D::Error::custom)
+    }
+}
+
+/// The `embedding_type` field: one type or a list.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EmbeddingTypes {
+    /// One type: `embedding` is that encoding.
+    One(EmbeddingType),
+    /// A list: `embedding` is an object keyed by type.
+    Many(Vec<EmbeddingType>),
+}
+
+/// The `embedding_type` field: one type or a list (schema of [`EmbeddingTypes`]).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum EmbeddingTypesSchema {
+    /// One type: `embedding` is that encoding.
+    One(EmbeddingTypeName),
+    /// A list: `embedding` is an object keyed by type.
+    Many(Vec<EmbeddingTypeName>),
+}
+
+/// Names of the output encodings (schema only).
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum EmbeddingTypeName {
+    /// JSON numbers.
+    Float,
+    /// Base64 of the little-endian float32 bytes.
+    Base64,
+    /// Sign bits packed MSB-first, minus 128 (int8).
+    Binary,
+    /// Sign bits packed MSB-first (uint8).
+    Ubinary,
+}
+
+impl<'de> Deserialize<'de> for EmbeddingTypes {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let parse = |v: &Value| -> Result<EmbeddingType, String> {
+            match v {
+                Value::String(s) => s.parse::<EmbeddingType>().map_err(|e| e.to_string()),
+                other => Err(format!(
+                    "must be float, base64, binary or ubinary (or a list of them), found {}",
+                    json_kind(other)
+                )),
+            }
+        };
+        match Value::deserialize(d)? {
+            Value::Array(items) => {
+                if items.is_empty() {
+                    return Err(D::Error::custom("the list of types is empty"));
+                }
+                let mut types: Vec<EmbeddingType> = Vec::with_capacity(items.len());
+                for item in &items {
+                    let t = parse(item).map_err(D::Error::custom)?;
+                    if !types.contains(&t) {
+                        types.push(t);
+                    }
+                }
+                Ok(EmbeddingTypes::Many(types))
+            }
+            other => parse(&other).map(EmbeddingTypes::One).map_err(D::Error::custom),
+        }
+    }
+}
+
+/// The OpenAI `encoding_format` field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum EncodingFormat {
+    /// JSON numbers.
+    Float,
+    /// Base64 of the little-endian float32 bytes.
+    Base64,
+}
+
+impl<'de> Deserialize<'de> for EncodingFormat {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match Value::deserialize(d)? {
+            Value::String(s) if s == "float" => Ok(EncodingFormat::Float),
+            Value::String(s) if s == "base64" => Ok(EncodingFormat::Base64),
+            Value::String(s) => Err(D::Error::custom(format!(
+                "{s:?} is not supported; accepted values are float and base64 (embedding_type also accepts binary and ubinary)"
+            ))),
+            other => Err(D::Error::custom(format!("must be \"float\" or \"base64\", found {}", json_kind(&other)))),
+        }
+    }
+}
+
+/// The `late_chunking` field: a boolean, or `"long"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum LateChunkingField {
+    /// `true` or `false`.
+    Flag(bool),
+    /// `"long"`: late chunking in overlapping windows, for inputs over the token limit.
+    #[schema(value_type = String, example = "long")]
+    Long(LongMarker),
+}
+
+/// The string `"long"` (schema helper).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename = "long")]
+pub struct LongMarker;
+
+impl<'de> Deserialize<'de> for LateChunkingField {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match Value::deserialize(d)? {
+            Value::Bool(b) => Ok(LateChunkingField::Flag(b)),
+            Value::String(s) if s == "long" => Ok(LateChunkingField::Long(LongMarker)),
+            other => Err(D::Error::custom(format!("must be true, false or \"long\", found {other}"))),
+        }
+    }
+}
+
+impl LateChunkingField {
+    /// The engine's mode, with `overlap` for `"long"`.
+    pub fn mode(field: Option<LateChunkingField>, overlap: Option<usize>) -> LateChunking {
+        match field {
+            None | Some(LateChunkingField::Flag(false)) => LateChunking::Off,
+            Some(LateChunkingField::Flag(true)) => LateChunking::On,
+            Some(LateChunkingField::Long(_)) => {
+                LateChunking::Long { overlap: overlap.unwrap_or(jina_engine::DEFAULT_LONG_OVERLAP) }
+            }
+        }
+    }
+}
+
+/// The response of `POST /v1/embeddings`, identical in both dialects.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EmbeddingsResponse {
+    /// Always `list`.
+    #[schema(example = "list")]
+    pub object: &'static str,
+    /// The served model name.
+    #[schema(example = "jina-embeddings-v3")]
+    pub model: String,
+    /// One item per input, in input order.
+    pub data: Vec<EmbeddingItem>,
+    /// Tokens fed to the model.
+    pub usage: Usage,
+}
+
+/// One embedding.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EmbeddingItem {
+    /// Always `embedding`.
+    #[schema(example = "embedding")]
+    pub object: &'static str,
+    /// Position of the input in the request.
+    pub index: usize,
+    /// The embedding in the requested encoding, or an object keyed by type when a list of
+    /// types was asked for.
+    #[schema(value_type = EmbeddingValueSchema)]
+    pub embedding: EmbeddingValue,
+}
+
+/// An embedding in one encoding, or in several keyed by type.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum EmbeddingValue {
+    /// One encoding.
+    One(Encoded),
+    /// Several, keyed by type name.
+    ByType(BTreeMap<&'static str, Encoded>),
+}
+
+/// Schema of [`EmbeddingValue`].
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum EmbeddingValueSchema {
+    /// One encoding.
+    One(EncodedSchema),
+    /// Several, keyed by type name (`float`, `base64`, `binary`, `ubinary`).
+    ByType(BTreeMap<String, EncodedSchema>),
+}
+
+/// One encoding of an embedding (schema of the engine's `Encoded`).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum EncodedSchema {
+    /// `float`: numbers.
+    Float(Vec<f32>),
+    /// `base64`: little-endian float32 bytes in base64.
+    Base64(String),
+    /// `binary` (int8) or `ubinary` (uint8): packed sign bits.
+    Bits(Vec<i16>),
+}
+
+/// Token counts of a request: `<s>`, `</s>` and the task prefix included.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Usage {
+    /// Tokens fed to the model.
+    pub prompt_tokens: usize,
+    /// Same as `prompt_tokens` (embedding models produce no tokens).
+    pub total_tokens: usize,
+}
+
+/// `POST /tokenize`.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct TokenizeRequest {
+    /// A string, an array of strings, or `{"text": …}` objects.
+    #[serde(default)]
+    pub input: Option<Input>,
+    /// Task whose instruction prefix is prepended (as for embeddings). Default: the server's
+    /// default task.
+    #[serde(default)]
+    pub task: Option<String>,
+}
+
+/// The response of `POST /tokenize`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TokenizeResponse {
+    /// The task whose prefix was applied.
+    pub task: String,
+    /// The instruction prefix prepended to each input ("" for none).
+    pub prefix: String,
+    /// The token limit of one sequence, `<s>` and `</s>` included.
+    pub max_tokens: usize,
+    /// One item per input.
+    pub data: Vec<TokenizedItem>,
+    /// Sum of the counts.
+    pub total_tokens: usize,
+}
+
+/// The tokens of one input, exactly as the model sees them: `<s>`, prefix, text, `</s>`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TokenizedItem {
+    /// Position of the input.
+    pub index: usize,
+    /// Token ids.
+    pub ids: Vec<u32>,
+    /// Token pieces.
+    pub tokens: Vec<String>,
+    /// Number of tokens.
+    pub count: usize,
+}
+
+/// The response of `GET /v1/models` (OpenAI's list format with extra fields).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ModelList {
+    /// Always `list`.
+    pub object: String,
+    /// The served model.
+    pub data: Vec<ModelCard>,
+}
+
+/// The served model.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ModelCard {
+    /// The served model name.
+    pub id: String,
+    /// Always `model`.
+    pub object: String,
+    /// Unix time the server loaded the model.
+    pub created: u64,
+    /// Always `jina-embeddings-rs`.
+    pub owned_by: String,
+    /// Full embedding size.
+    pub dimensions: usize,
+    /// Trained Matryoshka sizes.
+    pub matryoshka_dimensions: Vec<usize>,
+    /// Token limit of one sequence, `<s>` and `</s>` included.
+    pub max_tokens: usize,
+    /// Accepted task names (`none` = base weights).
+    pub tasks: Vec<String>,
+    /// Task used when a request names none.
+    pub default_task: String,
+    /// Precision of the linear layers (`f32` = the official numbers, or `bf16`).
+    pub precision: String,
+}
+
+/// The response of `GET /health`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    /// `ok`, `loading` or `shutting_down`.
+    pub status: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(json: &str) -> Result<EmbeddingsRequest, serde_json::Error> {
+        serde_json::from_str(json)
+    }
+
+    #[test]
+    fn input_shapes() {
+        let texts = |json: &str| req(json).unwrap().input.unwrap().into_texts();
+        assert_eq!(texts(r#"{"input": "a"}"#), vec!["a"]);
+        assert_eq!(texts(r#"{"input": ["a", ""]}"#), vec!["a", ""]);
+        assert_eq!(texts(r#"{"input": {"text": "a"}}"#), vec!["a"]);
+        assert_eq!(texts(r#"{"input": [{"text": "a"}, "b"]}"#), vec!["a", "b"]);
+        assert!(req(r#"{"input": []}"#).unwrap().input.unwrap().into_texts().is_empty());
+        let err = req(r#"{"input": ["a", 3]}"#).unwrap_err().to_string();
+        assert!(err.contains("token-id arrays are not supported"), "{err}");
+        let err = req(r#"{"input": [[1, 2]]}"#).unwrap_err().to_string();
+        assert!(err.contains("token-id arrays"), "{err}");
+        let err = req(r#"{"input": ["a", true]}"#).unwrap_err().to_string();
+        assert!(err.contains("item 1 must be a string or {\"text\": …}, found a boolean"), "{err}");
+        let err = req(r#"{"input": [{"image": "x"}]}"#).unwrap_err().to_string();
+        assert!(err.contains("image"), "{err}");
+    }
+
+    #[test]
+    fn types_and_flags() {
+        let r = req(r#"{"input": "a", "encoding_type": ["ubinary", "float", "ubinary"], "late_chunking": "long", "unknown": 1}"#)
+            .unwrap();
+        assert_eq!(r.embedding_type, Some(EmbeddingTypes::Many(vec![EmbeddingType::Ubinary, EmbeddingType::Float])));
+        assert_eq!(LateChunkingField::mode(r.late_chunking, None), LateChunking::Long { overlap: 512 });
+        let err = req(r#"{"input": "a", "embedding_type": "int8"}"#).unwrap_err().to_string();
+        assert!(err.contains("\"int8\" is not supported"), "{err}");
+        let err = req(r#"{"input": "a", "encoding_format": "binary"}"#).unwrap_err().to_string();
+        assert!(err.contains("accepted values are float and base64"), "{err}");
+        let err = req(r#"{"input": "a", "late_chunking": 1}"#).unwrap_err().to_string();
+        assert!(err.contains("must be true, false or \"long\""), "{err}");
+    }
+}
