@@ -6,7 +6,7 @@ use jina_engine::kernels::packed::{self, PackedMatrix, PackedType};
 use jina_engine::kernels::{matmul_transposed, MatmulInit};
 
 fn main() {
-    for &(m, k, n) in &[(1024, 1024, 3072), (1024, 1024, 4096), (1024, 4096, 1024), (2048, 1024, 3072)] {
+    for &(m, k, n) in &[(128, 1024, 3072), (1024, 1024, 3072), (1024, 1024, 4096), (1024, 4096, 1024)] {
         let x: Vec<f32> = (0..m * k).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect();
         let w: Vec<f32> = (0..n * k).map(|i| ((i * 104729) % 1000) as f32 / 1000.0 - 0.5).collect();
         let mut out = vec![0f32; m * n];
@@ -27,7 +27,8 @@ fn main() {
             if ok {
                 let w = PackedMatrix::pack(&w, n, k, ty);
                 let rate = time(&mut || packed::matmul(&x, k, m, &w, &mut out, n, MatmulInit::Zero, true));
-                line += &format!(", packed {ty:?} {rate:.1} GFLOP/s");
+                let amx = if ty == PackedType::Bf16 && packed::amx_available() { " (AMX)" } else { "" };
+                line += &format!(", packed {ty:?}{amx} {rate:.1} GFLOP/s");
             }
         }
         println!("{line}");

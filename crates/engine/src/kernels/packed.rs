@@ -253,6 +253,10 @@ pub fn matmul(
     if let MatmulInit::Bias(b) = init {
         assert_eq!(b.len(), w.n);
     }
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    if w.ty == PackedType::Bf16 && rows >= 16 && w.steps % amx::PAIRS_PER_STEP == 0 && amx_available() {
+        return matmul_amx(x, x_stride, rows, w, out, out_stride, init, parallel);
+    }
     let acts = Activations::prepare(x, x_stride, rows, w);
     let out_ptr = SharedOut(out.as_mut_ptr());
     let run_panel = |panel: usize| {
@@ -447,7 +451,7 @@ mod tests {
                 eprintln!("skipped {ty:?}: this CPU lacks the instructions");
                 continue;
             }
-            for &(rows, k, n) in &[(1, 1, 1), (1, 2, 1), (5, 7, 3), (6, 64, 64), (7, 129, 65), (13, 1024, 130), (40, 33, 200)] {
+            for &(rows, k, n) in &[(1, 1, 1), (1, 2, 1), (5, 7, 3), (6, 64, 64), (7, 129, 65), (13, 1024, 130), (40, 33, 200), (16, 32, 32), (33, 64, 70), (70, 1024, 129)] {
                 // bf16-exact inputs, so both kernels can be held to f32 rounding error.
                 let x = round_bf16(noise(rows * k, 2));
                 let w = round_bf16(noise(n * k, 3));
@@ -510,5 +514,191 @@ mod tests {
             matmul(&x[r * k..], k, 1, &packed, &mut one, n, MatmulInit::Zero, false);
             assert_eq!(one, all[r * n..(r + 1) * n], "row {r}");
         }
+    }
+}
+
+/// Intel AMX (`TDPBF16PS`: a 16×16 f32 tile += 16×32 bf16 · 32×16 bf16 per instruction) for the
+/// bf16 type. The packed bf16 panel already is AMX's "VNNI" layout for B: row p of a B tile is
+/// pair p of 16 columns, 64 bytes, and consecutive pairs are 256 bytes apart in the panel, which
+/// `TILELOADD` takes as its stride. Each task computes 32×32 output blocks with 4 accumulator
+/// tiles, 2 A tiles and 2 B tiles (all 8 tile registers).
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+mod amx {
+    use std::arch::asm;
+    use std::sync::OnceLock;
+
+    /// Rows and columns of one output block.
+    pub const BLOCK: usize = 32;
+    /// Pairs (32 input positions) per tile product.
+    pub const PAIRS_PER_STEP: usize = 16;
+
+    /// Whether AMX-BF16 is present and Linux granted this process the tile state (once).
+    /// `JINA_NO_AMX` turns it off (to compare with the AVX512_BF16 kernel).
+    pub fn available() -> bool {
+        static AVAILABLE: OnceLock<bool> = OnceLock::new();
+        *AVAILABLE.get_or_init(|| {
+            if std::env::var_os("JINA_NO_AMX").is_some() {
+                return false;
+            }
+            let leaf7 = std::arch::x86_64::__cpuid_count(7, 0);
+            let amx_tile = leaf7.edx & (1 << 24) != 0;
+            let amx_bf16 = leaf7.edx & (1 << 22) != 0;
+            if !(amx_tile && amx_bf16) {
+                return false;
+            }
+            // arch_prctl(ARCH_REQ_XCOMP_PERM = 0x1023, XFEATURE_XTILEDATA = 18): the kernel
+            // enables the 8 KiB tile state for this process only when asked.
+            let ret: i64;
+            // SAFETY: a plain Linux system call with integer arguments and no memory operands.
+            unsafe {
+                asm!("syscall", inlateout("rax") 158i64 => ret, in("rdi") 0x1023i64, in("rsi") 18i64,
+                     lateout("rcx") _, lateout("r11") _, options(nostack));
+            }
+            ret == 0
+        })
+    }
+
+    /// The tile palette: every tile 16 rows of 64 bytes.
+    #[repr(C, align(64))]
+    struct TileConfig {
+        palette: u8,
+        start_row: u8,
+        reserved: [u8; 14],
+        colsb: [u16; 16],
+        rows: [u8; 16],
+    }
+
+    /// Loads the tile configuration on this thread; call before [`block`], on each thread.
+    pub fn configure() {
+        let mut config = TileConfig { palette: 1, start_row: 0, reserved: [0; 14], colsb: [0; 16], rows: [0; 16] };
+        for t in 0..8 {
+            config.colsb[t] = 64;
+            config.rows[t] = 16;
+        }
+        // SAFETY: `available()` was true (callers check), and the config is a valid palette 1.
+        unsafe { asm!("ldtilecfg [{}]", in(reg) &config, options(nostack, readonly)) };
+    }
+
+    /// Frees the tile state of this thread.
+    pub fn release() {
+        // SAFETY: valid after `configure` on this thread.
+        unsafe { asm!("tilerelease", options(nostack, nomem)) };
+    }
+
+    /// `c[32 × 32] = Σ a·b` over `steps` tile steps: `a` holds 32 rows of bf16 pairs
+    /// (`a_stride` bytes apart), `b` the panel at the block's first column (pairs 256 bytes apart).
+    ///
+    /// # Safety
+    /// Tiles configured on this thread; `a` readable for 32 rows × 16·steps pairs, `b` for
+    /// 16·steps pairs of 32 columns, `c` writable for 32 rows of 32 f32 (128 bytes apart).
+    pub unsafe fn block(a: *const u32, a_stride: usize, b: *const u32, steps: usize, c: *mut f32) {
+        let b_stride = super::PANEL * 4;
+        asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nostack, nomem));
+        for s in 0..steps {
+            let a0 = a.add(s * PAIRS_PER_STEP);
+            let a1 = a0.add(16 * a_stride / 4);
+            let b0 = b.add(s * PAIRS_PER_STEP * super::PANEL);
+            let b1 = b0.add(16);
+            asm!(
+                "tileloadd tmm4, [{a0} + {sa}*1]",
+                "tileloadd tmm6, [{b0} + {sb}*1]",
+                "tdpbf16ps tmm0, tmm4, tmm6",
+                "tileloadd tmm7, [{b1} + {sb}*1]",
+                "tdpbf16ps tmm1, tmm4, tmm7",
+                "tileloadd tmm5, [{a1} + {sa}*1]",
+                "tdpbf16ps tmm2, tmm5, tmm6",
+                "tdpbf16ps tmm3, tmm5, tmm7",
+                a0 = in(reg) a0, a1 = in(reg) a1, b0 = in(reg) b0, b1 = in(reg) b1,
+                sa = in(reg) a_stride, sb = in(reg) b_stride,
+                options(nostack, readonly),
+            );
+        }
+        let sc = BLOCK * 4;
+        asm!(
+            "tilestored [{c0} + {sc}*1], tmm0",
+            "tilestored [{c1} + {sc}*1], tmm1",
+            "tilestored [{c2} + {sc}*1], tmm2",
+            "tilestored [{c3} + {sc}*1], tmm3",
+            c0 = in(reg) c, c1 = in(reg) c.add(16), c2 = in(reg) c.add(16 * BLOCK), c3 = in(reg) c.add(16 * BLOCK + 16),
+            sc = in(reg) sc,
+            options(nostack),
+        );
+    }
+}
+
+/// Whether bf16 products run on AMX tiles.
+pub fn amx_available() -> bool {
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    {
+        bf16_available() && amx::available()
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+    {
+        false
+    }
+}
+
+/// The bf16 product on AMX: activations rounded to bf16 pairs, rows padded to 32 with zeros.
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+#[allow(clippy::too_many_arguments)]
+fn matmul_amx(
+    x: &[f32],
+    x_stride: usize,
+    rows: usize,
+    w: &PackedMatrix,
+    out: &mut [f32],
+    out_stride: usize,
+    init: MatmulInit,
+    parallel: bool,
+) {
+    use amx::BLOCK;
+    let steps = w.steps;
+    let padded_rows = rows.div_ceil(BLOCK) * BLOCK;
+    let mut pairs = vec![0u32; padded_rows * steps];
+    pairs[..rows * steps].par_chunks_exact_mut(steps).enumerate().for_each(|(r, dst)| {
+        let row = &x[r * x_stride..r * x_stride + w.k];
+        for (s, v) in dst.iter_mut().enumerate() {
+            *v = bf16_pair(row, s);
+        }
+    });
+    let out_ptr = SharedOut(out.as_mut_ptr());
+    let run_panel = |panel: usize| {
+        amx::configure();
+        let mut c = [0f32; BLOCK * BLOCK];
+        let wp = &w.data[panel * steps * PANEL..(panel + 1) * steps * PANEL];
+        for half in 0..PANEL / BLOCK {
+            let first_col = panel * PANEL + half * BLOCK;
+            if first_col >= w.n {
+                break;
+            }
+            let cols = BLOCK.min(w.n - first_col);
+            for r0 in (0..rows).step_by(BLOCK) {
+                // SAFETY: tiles configured above; `pairs` has 32 padded rows from r0 of `steps`
+                // pairs, the panel has `steps` pairs of 64 columns, `c` is 32 × 32.
+                unsafe {
+                    amx::block(
+                        pairs.as_ptr().add(r0 * steps),
+                        steps * 4,
+                        wp.as_ptr().add(half * BLOCK),
+                        steps / amx::PAIRS_PER_STEP,
+                        c.as_mut_ptr(),
+                    )
+                };
+                for i in 0..BLOCK.min(rows - r0) {
+                    // SAFETY: this panel's task alone writes these columns of each row.
+                    let dst = unsafe {
+                        std::slice::from_raw_parts_mut(out_ptr.get().add((r0 + i) * out_stride + first_col), cols)
+                    };
+                    store(dst, &c[i * BLOCK..i * BLOCK + cols], init, first_col);
+                }
+            }
+        }
+        amx::release();
+    };
+    let panels = w.n.div_ceil(PANEL);
+    if parallel && panels > 1 {
+        (0..panels).into_par_iter().for_each(run_panel);
+    } else {
+        (0..panels).for_each(run_panel);
     }
 }
