@@ -1,6 +1,7 @@
 //! Quick GFLOP/s of the attention kernel: `cargo run --release -p jina-engine --example attention_speed`.
 use std::time::Instant;
 
+use jina_engine::kernels::packed::PackedType;
 use jina_engine::kernels::{attention, SequenceRange};
 
 fn main() {
@@ -10,9 +11,9 @@ fn main() {
         let qkv: Vec<f32> = (0..n * 3 * hidden).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
         let mut ctx = vec![0f32; n * hidden];
         let seqs = [SequenceRange { start: 0, len: n }];
-        attention(&qkv, &mut ctx, &seqs, heads, d);
+        attention(&qkv, &mut ctx, &seqs, heads, d, PackedType::F32);
         let t = Instant::now();
-        attention(&qkv, &mut ctx, &seqs, heads, d);
+        attention(&qkv, &mut ctx, &seqs, heads, d, PackedType::F32);
         let s = t.elapsed().as_secs_f64();
         let flops = 4.0 * (n * n * d * heads) as f64;
         println!("1x{heads}x{n}x{d}: {:.1} ms, {:.1} GFLOP/s", s * 1e3, flops / s / 1e9);

@@ -357,7 +357,11 @@ impl Encoder {
         // Attention: packed QKV, rotary on Q and K, tiled softmax attention, output projection.
         profile.time("qkv", || block.wqkv.forward(x, segments, &mut act.qkv));
         profile.time("rotary", || self.apply_rotary(&mut act.qkv, segments));
-        profile.time("attention", || kernels::attention(&act.qkv, &mut act.ctx, ranges, self.heads, self.head_dim));
+        let ty = match self.precision {
+            Precision::F32 => PackedType::F32,
+            Precision::Bf16 => PackedType::Bf16,
+        };
+        profile.time("attention", || kernels::attention(&act.qkv, &mut act.ctx, ranges, self.heads, self.head_dim, ty));
         profile.time("out_proj", || block.out_proj.forward(&act.ctx, segments, &mut act.attn_out));
         // Post-LN: x = LN(attn + x).
         profile.time("layer_norm", || {

@@ -30,19 +30,23 @@ pub struct SequenceRange {
 ///
 /// `qkv` is `tokens × 3·heads·d`: Q, then K, then V, each with heads side by side (the packed
 /// `Wqkv` layout). Rotary positions must already be applied to Q and K.
-pub fn attention(qkv: &[f32], ctx: &mut [f32], sequences: &[SequenceRange], heads: usize, d: usize) {
+///
+/// `ty` is the type Q·Kᵀ and P·V are computed in on AVX-512 CPUs: f32 (exact) or bf16 (on AMX
+/// where present); softmax statistics stay in f32 either way.
+pub fn attention(qkv: &[f32], ctx: &mut [f32], sequences: &[SequenceRange], heads: usize, d: usize, ty: PackedType) {
     let hidden = heads * d;
     let tokens: usize = sequences.iter().map(|s| s.start + s.len).max().unwrap_or(0);
     assert!(qkv.len() >= tokens * 3 * hidden && ctx.len() >= tokens * hidden);
     let scale = 1.0 / (d as f32).sqrt();
 
     let ctx_ptr = SharedMut(ctx.as_mut_ptr());
+    let ty = if ty == PackedType::Bf16 && !packed::bf16_available() { PackedType::F32 } else { ty };
     if packed::avx512_available() {
         // One task per (sequence, head): K and V are packed once and reused by every query tile.
         let tasks: Vec<(SequenceRange, usize)> =
             sequences.iter().flat_map(|s| (0..heads).map(move |h| (*s, h))).collect();
         tasks.par_iter().for_each_init(
-            || PackedHead::new(d),
+            || PackedHead::new(d, ty),
             |head_state, &(seq, head)| {
                 head_state.load(qkv, seq, head, hidden, d);
                 for q0 in (0..seq.len).step_by(Q_TILE) {
@@ -83,22 +87,24 @@ fn write_rows(ctx: SharedMut, block: &[f32], first_row: usize, head: usize, hidd
 
 /// Per-thread state of the packed path: one head's K and V tiles, packed for the AVX-512 kernel.
 struct PackedHead {
+    ty: PackedType,
     keys: Vec<PackedMatrix>,
     values: Vec<PackedMatrix>,
     scratch: Scratch,
 }
 
 impl PackedHead {
-    fn new(d: usize) -> Self {
-        PackedHead { keys: Vec::new(), values: Vec::new(), scratch: Scratch::new(d) }
+    fn new(d: usize, ty: PackedType) -> Self {
+        PackedHead { ty, keys: Vec::new(), values: Vec::new(), scratch: Scratch::new(d) }
     }
 
     /// Packs K (tiles of `K_TILE` keys × d) and Vᵀ (d × keys) of one head of one sequence.
     fn load(&mut self, qkv: &[f32], seq: SequenceRange, head: usize, hidden: usize, d: usize) {
         let stride = 3 * hidden;
         let tiles = seq.len.div_ceil(K_TILE);
-        self.keys.resize_with(tiles, || PackedMatrix::empty(PackedType::F32));
-        self.values.resize_with(tiles, || PackedMatrix::empty(PackedType::F32));
+        let ty = self.ty;
+        self.keys.resize_with(tiles, || PackedMatrix::empty(ty));
+        self.values.resize_with(tiles, || PackedMatrix::empty(ty));
         for t in 0..tiles {
             let k0 = t * K_TILE;
             let k_len = K_TILE.min(seq.len - k0);

@@ -655,12 +655,17 @@ fn matmul_amx(
     let steps = w.steps;
     let padded_rows = rows.div_ceil(BLOCK) * BLOCK;
     let mut pairs = vec![0u32; padded_rows * steps];
-    pairs[..rows * steps].par_chunks_exact_mut(steps).enumerate().for_each(|(r, dst)| {
+    let convert = |r: usize, dst: &mut [u32]| {
         let row = &x[r * x_stride..r * x_stride + w.k];
         for (s, v) in dst.iter_mut().enumerate() {
             *v = bf16_pair(row, s);
         }
-    });
+    };
+    if parallel && rows >= 256 {
+        pairs[..rows * steps].par_chunks_exact_mut(steps).enumerate().for_each(|(r, dst)| convert(r, dst));
+    } else {
+        pairs[..rows * steps].chunks_exact_mut(steps).enumerate().for_each(|(r, dst)| convert(r, dst));
+    }
     let out_ptr = SharedOut(out.as_mut_ptr());
     let run_panel = |panel: usize| {
         amx::configure();
