@@ -1,36 +1,38 @@
-//! `jina-embed embed`: texts in (one per line, or JSONL with a `text` field), JSONL
-//! `{"index", "embedding"}` out, in input order.
+//! `jina-embed embed`: bulk embedding of a file, streamed with bounded memory.
+//!
+//! Rows come from text lines, JSONL, CSV/TSV or Parquet ([`input`]); vectors go to JSONL, `.npy`
+//! or Parquet ([`output`]), in input order. Rows are embedded in batches: up to
+//! [`ROWS_PER_BATCH`] rows (or, with late chunking, whole documents) are tokenised, their
+//! sequences packed into forward passes of at most `--max-batch-tokens` tokens, and the batch is
+//! written and committed before the next one is read. A rerun with `--resume` skips the rows the
+//! output already holds; Ctrl-C (or SIGTERM) stops after the current batch and leaves a valid
+//! file.
 
-use std::fs::File;
-use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
+pub mod input;
+pub mod output;
+
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
 
-use anyhow::{bail, Context};
+use anyhow::{anyhow, bail, Context};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use jina_engine::output::encode;
-use jina_engine::{EmbedRequest, EmbeddingType, Encoded, LateChunking, Model};
-use serde::Serialize;
+use jina_engine::{EmbedRequest, EmbeddingType, Finish, LateChunking, Model, Plan, Sequence};
 
-/// Texts per engine call when not late chunking: large enough for full batches, small enough
-/// to stream big files with bounded memory.
-const TEXTS_PER_CALL: usize = 256;
+use input::{Fields, InputFormat, Row};
+use output::{Existing, OutRow, OutputFormat, Spec};
 
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum InputFormat {
-    /// JSONL when the file ends in .jsonl or .ndjson, else plain text.
-    Auto,
-    /// One text per line.
-    Text,
-    /// One JSON object per line; the text is in the `--text-field` field.
-    Jsonl,
-}
+/// Rows tokenised and written together: large enough for full forward passes, small enough to
+/// keep memory bounded and Ctrl-C quick.
+pub const ROWS_PER_BATCH: usize = 256;
 
 #[derive(Args)]
 pub struct EmbedArgs {
-    /// Model folder (config.json, tokenizer.json, model.safetensors).
-    #[arg(long, env = "JINA_MODEL")]
-    model: PathBuf,
+    /// Model folder, or a Hugging Face hub id (owner/name[@revision]) found in the local
+    /// Hugging Face cache (HF_HUB_CACHE, HF_HOME/hub or ~/.cache/huggingface/hub).
+    #[arg(long, env = "JINA_MODEL", default_value = jina_engine::hub::DEFAULT_MODEL)]
+    model: String,
     /// Task adapter: retrieval.query, retrieval.passage, separation, classification,
     /// text-matching, or none for the base weights.
     #[arg(long, default_value = jina_engine::DEFAULT_TASK)]
@@ -38,8 +40,9 @@ pub struct EmbedArgs {
     /// Keep the first N dimensions (Matryoshka), then normalise.
     #[arg(long)]
     dimensions: Option<usize>,
-    /// Treat all input texts as consecutive chunks of one document and embed them with late
-    /// chunking (one forward pass, one vector per chunk).
+    /// Embed chunks with late chunking: consecutive rows with the same --document-field value
+    /// form one document (one forward pass, one vector per row). Without --document-field the
+    /// whole input is one document.
     #[arg(long)]
     late_chunking: bool,
     /// With --late-chunking, allow documents longer than the model's limit: they run in windows
@@ -49,30 +52,48 @@ pub struct EmbedArgs {
     /// Do not L2-normalise the vectors.
     #[arg(long)]
     no_normalize: bool,
-    /// Output encoding.
+    /// Output encoding (.npy and Parquet: float, or binary/ubinary as packed int8/uint8 bits).
     #[arg(long, value_enum, default_value = "float")]
     embedding_type: OutputType,
     /// Cut texts longer than the token limit instead of failing.
     #[arg(long)]
     truncate: bool,
-    /// Input file, or - for stdin.
+    /// Input file, or - for stdin (text or JSONL).
     #[arg(long, default_value = "-")]
     input: PathBuf,
     /// Input format.
     #[arg(long, value_enum, default_value = "auto")]
     format: InputFormat,
-    /// JSONL field holding the text.
+    /// JSONL field, CSV/TSV or Parquet column holding the text.
     #[arg(long, default_value = "text")]
     text_field: String,
-    /// Output file, or - for stdout.
+    /// Field or column copied to the output as "id" (JSONL and Parquet outputs).
+    #[arg(long)]
+    id_field: Option<String>,
+    /// Field or column naming the document a row belongs to, for --late-chunking.
+    #[arg(long, requires = "late_chunking")]
+    document_field: Option<String>,
+    /// Output file, or - for stdout (JSONL).
     #[arg(long, default_value = "-")]
     output: PathBuf,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "auto")]
+    output_format: OutputFormat,
+    /// Continue an existing output: skip the input rows it already holds.
+    #[arg(long, conflicts_with = "overwrite")]
+    resume: bool,
+    /// Replace an existing output.
+    #[arg(long)]
+    overwrite: bool,
     /// Token budget of one forward pass.
     #[arg(long, default_value_t = jina_engine::DEFAULT_MAX_BATCH_TOKENS)]
     max_batch_tokens: usize,
     /// Compute threads (0: one per core).
     #[arg(long, default_value_t = 0)]
     threads: usize,
+    /// Hide the progress bar.
+    #[arg(long)]
+    quiet: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -94,26 +115,46 @@ impl From<OutputType> for EmbeddingType {
     }
 }
 
-/// One line of output: floats are written in their shortest f32 form.
-#[derive(Serialize)]
-struct OutputLine {
-    index: usize,
-    embedding: Encoded,
+/// Set by Ctrl-C / SIGTERM: stop after the current batch.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+fn install_stop_handler() {
+    // A second signal exits at once: every committed batch is already valid on disk.
+    let _ = ctrlc::set_handler(|| {
+        if STOP.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+    });
+}
+
+/// Loads a model from a folder or a cached hub id.
+pub fn load_model(spec: &str) -> anyhow::Result<Model> {
+    let resolved = jina_engine::hub::resolve(spec)?;
+    Model::load(&resolved.dir).with_context(|| format!("loading the model from {}", resolved.dir.display()))
 }
 
 pub fn run(args: EmbedArgs) -> anyhow::Result<()> {
     crate::init_threads(args.threads)?;
-    let mut model = Model::load(&args.model).with_context(|| format!("loading the model from {}", args.model.display()))?;
+    let mut model = load_model(&args.model)?;
     model.set_max_batch_tokens(args.max_batch_tokens);
-    let texts = read_texts(&args.input, args.format, &args.text_field)?;
-    let from_file = args.input != Path::new("-");
-
-    let mut out: Box<dyn Write> = if args.output == Path::new("-") {
-        Box::new(BufWriter::new(io::stdout().lock()))
-    } else {
-        let file = File::create(&args.output).with_context(|| format!("creating {}", args.output.display()))?;
-        Box::new(BufWriter::new(file))
+    model.check_dimensions(args.dimensions)?;
+    model.adapter_of(&args.task)?;
+    let fields = Fields { text: args.text_field.clone(), id: args.id_field.clone(), document: args.document_field.clone() };
+    let spec = Spec {
+        path: args.output.clone(),
+        format: args.output_format,
+        ty: args.embedding_type.into(),
+        dimensions: args.dimensions.unwrap_or(model.config().hidden_size),
+        with_id: args.id_field.is_some(),
     };
+    let existing = match (args.resume, args.overwrite) {
+        (true, _) => Existing::Resume,
+        (_, true) => Existing::Overwrite,
+        _ => Existing::Refuse,
+    };
+    let mut rows = input::open(&args.input, args.format, &fields)?.peekable();
+    let (mut sink, already) = output::open(&spec, existing)?;
+    let total = if args.quiet { None } else { input::count(&args.input, args.format)? };
     let template = EmbedRequest {
         inputs: Vec::new(),
         task: Some(args.task.clone()),
@@ -126,82 +167,188 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<()> {
         },
         truncate: args.truncate,
     };
-    let per_call = if args.late_chunking { texts.len().max(1) } else { TEXTS_PER_CALL };
-    let progress = progress_bar(from_file, texts.len());
-    let ty = EmbeddingType::from(args.embedding_type);
-    let mut tokens = 0;
-    for (call, chunk) in texts.chunks(per_call).enumerate() {
-        let request = EmbedRequest { inputs: chunk.to_vec(), ..template.clone() };
-        let result = model.embed(&request).map_err(|e| offset_error(e, call * per_call))?;
-        tokens += result.total_tokens;
-        for (i, vector) in result.embeddings.iter().enumerate() {
-            let line = OutputLine { index: call * per_call + i, embedding: encode(vector, ty) };
-            serde_json::to_writer(&mut out, &line)?;
-            out.write_all(b"\n")?;
+
+    // Skip what the output holds; with late chunking, redo a document a hard kill cut.
+    let mut carried: Vec<Row> = Vec::new();
+    let mut index = 0u64;
+    while index < already {
+        let row = match rows.next() {
+            Some(row) => row?,
+            None => bail!(
+                "cannot resume {}: it holds {already} rows but {} has only {index}",
+                args.output.display(),
+                args.input.display()
+            ),
+        };
+        if args.late_chunking && carried.last().is_some_and(|last| last.document != row.document) {
+            carried.clear();
         }
-        progress.inc(chunk.len() as u64);
-        progress.set_message(format!("{tokens} tokens"));
+        if args.late_chunking {
+            carried.push(row);
+        }
+        index += 1;
     }
-    out.flush()?;
+    let cut = match rows.peek() {
+        Some(Ok(next)) if args.late_chunking && carried.last().is_some_and(|last| last.document == next.document) => carried.len(),
+        _ => 0,
+    };
+    if cut > 0 {
+        sink.rewind(already - cut as u64)?;
+        index -= cut as u64;
+    }
+    let mut carried: std::collections::VecDeque<Row> = carried.split_off(carried.len() - cut).into();
+
+    install_stop_handler();
+    let progress = progress_bar(!args.quiet && args.input != Path::new("-"), total);
+    progress.set_position(index);
+    progress.reset_eta();
+    let started = Instant::now();
+    let (mut tokens, mut written) = (0usize, 0u64);
+    let mut next_row = || -> Option<anyhow::Result<Row>> { carried.pop_front().map(Ok).or_else(|| rows.next()) };
+    let mut lookahead: Option<Row> = None;
+    let finish = Finish { dimensions: args.dimensions, normalized: !args.no_normalize };
+    loop {
+        if STOP.load(Ordering::SeqCst) {
+            break;
+        }
+        // Read one batch: whole documents with late chunking, else up to ROWS_PER_BATCH rows.
+        let mut units: Vec<Vec<Row>> = Vec::new();
+        let mut batch_rows = 0;
+        loop {
+            let row = match lookahead.take() {
+                Some(row) => row,
+                None => match next_row() {
+                    Some(row) => row?,
+                    None => break,
+                },
+            };
+            if args.late_chunking {
+                let same = units.last().and_then(|u| u.last()).is_some_and(|last| last.document == row.document);
+                if same {
+                    units.last_mut().map(|u| u.push(row));
+                } else if batch_rows >= ROWS_PER_BATCH {
+                    lookahead = Some(row);
+                    break;
+                } else {
+                    units.push(vec![row]);
+                }
+            } else {
+                units.push(vec![row]);
+                if units.len() >= ROWS_PER_BATCH {
+                    break;
+                }
+            }
+            batch_rows += 1;
+        }
+        if units.is_empty() {
+            break;
+        }
+        let plans = plan_batch(&model, &template, &units)?;
+        let vectors = run_plans(&model, &plans, finish, args.max_batch_tokens);
+        let flat: Vec<&Row> = units.iter().flatten().collect();
+        let mut out = Vec::with_capacity(flat.len());
+        for (row, vector) in flat.iter().zip(&vectors) {
+            out.push(OutRow { index, id: row.id.as_deref(), vector });
+            index += 1;
+        }
+        if out.len() != flat.len() {
+            bail!("internal error: {} vectors for {} rows", out.len(), flat.len());
+        }
+        sink.write(&out)?;
+        sink.commit()?;
+        tokens += plans.iter().map(|(_, p)| p.total_tokens).sum::<usize>();
+        written += out.len() as u64;
+        progress.set_position(index);
+        let secs = started.elapsed().as_secs_f64().max(1e-3);
+        progress.set_message(format!("{:.0} tokens/s", tokens as f64 / secs));
+    }
+    let interrupted = STOP.load(Ordering::SeqCst);
+    sink.finish()?;
     progress.finish_and_clear();
-    if from_file {
-        eprintln!("embedded {} texts ({tokens} tokens)", texts.len());
+    if interrupted {
+        bail!(
+            "interrupted: {} holds {index} rows ({written} written now) and is valid; rerun the same command with --resume to continue",
+            args.output.display()
+        );
+    }
+    if args.output != Path::new("-") && !args.quiet {
+        let secs = started.elapsed().as_secs_f64();
+        eprintln!(
+            "embedded {written} rows ({tokens} tokens, {:.0} tokens/s){}; {} holds {index} rows",
+            tokens as f64 / secs.max(1e-3),
+            if already > 0 { format!(", skipped {already} already written") } else { String::new() },
+            args.output.display()
+        );
     }
     Ok(())
 }
 
-/// Engine errors count inputs from the start of the call; report them from the file's start.
-fn offset_error(err: jina_engine::Error, offset: usize) -> anyhow::Error {
-    match err {
-        jina_engine::Error::InputTooLong { index, tokens, limit } => anyhow::anyhow!(
-            "line {} (input {}) has {tokens} tokens, more than the limit of {limit}; pass --truncate to cut it",
-            index + offset + 1,
-            index + offset
-        ),
-        other => other.into(),
+/// Tokenises a batch: one plan of all rows, or one plan per late-chunked document. Each plan
+/// comes with the rows it covers, for error messages.
+fn plan_batch<'a>(model: &Model, template: &EmbedRequest, units: &'a [Vec<Row>]) -> anyhow::Result<Vec<(&'a [Row], Plan)>> {
+    if template.late_chunking == LateChunking::Off {
+        let rows: Vec<&Row> = units.iter().flatten().collect();
+        let request = EmbedRequest { inputs: rows.iter().map(|r| r.text.clone()).collect(), ..template.clone() };
+        let plan = model.plan(&request).map_err(|e| match e {
+            jina_engine::Error::InputTooLong { index, tokens, limit } => anyhow!(
+                "row {} has {tokens} tokens, more than the limit of {limit}; pass --truncate to cut it",
+                describe(rows[index])
+            ),
+            other => other.into(),
+        })?;
+        let all = units.first().map(|u| &u[..0]).unwrap_or(&[]);
+        return Ok(vec![(all, plan)]);
+    }
+    units
+        .iter()
+        .map(|unit| {
+            let request = EmbedRequest { inputs: unit.iter().map(|r| r.text.clone()).collect(), ..template.clone() };
+            let plan = model.plan(&request).map_err(|e| {
+                let first = &unit[0];
+                let doc = first.document.as_deref().map_or(String::new(), |d| format!("document {d:?} "));
+                anyhow!("{doc}(records {} to {}): {e}; pass --late-chunking-overlap N to embed long documents in windows", first.record, unit[unit.len() - 1].record)
+            })?;
+            Ok((&unit[..], plan))
+        })
+        .collect()
+}
+
+fn describe(row: &Row) -> String {
+    match &row.id {
+        Some(id) => format!("{} (id {id:?})", row.record),
+        None => row.record.to_string(),
     }
 }
 
-fn progress_bar(visible: bool, total: usize) -> ProgressBar {
+/// Packs the sequences of all plans into forward passes of at most `budget` tokens and returns
+/// the finished vectors of every plan, in order.
+fn run_plans(model: &Model, plans: &[(&[Row], Plan)], finish: Finish, budget: usize) -> Vec<Vec<f32>> {
+    let seqs: Vec<&Sequence> = plans.iter().flat_map(|(_, p)| p.sequences.iter()).collect();
+    let lengths: Vec<usize> = seqs.iter().map(|s| s.ids.len()).collect();
+    let mut sums: Vec<Option<Vec<jina_engine::SpanSum>>> = (0..seqs.len()).map(|_| None).collect();
+    for batch in jina_engine::batch::pack_by_tokens(&lengths, budget) {
+        let chosen: Vec<&Sequence> = batch.iter().map(|&i| seqs[i]).collect();
+        for (i, result) in batch.iter().zip(model.run(&chosen)) {
+            sums[*i] = Some(result);
+        }
+    }
+    let mut sums = sums.into_iter();
+    let mut vectors = Vec::new();
+    for (_, plan) in plans {
+        let mine = sums.by_ref().take(plan.sequences.len()).flatten().flatten();
+        vectors.extend(jina_engine::pooling::finish(plan, mine, model.config().hidden_size, finish));
+    }
+    vectors
+}
+
+fn progress_bar(visible: bool, total: Option<u64>) -> ProgressBar {
     if !visible {
         return ProgressBar::hidden();
     }
-    let bar = ProgressBar::new(total as u64);
-    bar.set_style(
-        ProgressStyle::with_template("{bar:40} {pos}/{len} texts, {msg} [{elapsed_precise} < {eta_precise}]")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
+    let (bar, template) = match total {
+        Some(total) => (ProgressBar::new(total), "{bar:40} {pos}/{len} rows, {msg} [{elapsed_precise} < {eta_precise}]"),
+        None => (ProgressBar::new_spinner(), "{spinner} {pos} rows, {msg} [{elapsed_precise}]"),
+    };
+    bar.set_style(ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar()));
     bar
-}
-
-fn read_texts(path: &Path, format: InputFormat, field: &str) -> anyhow::Result<Vec<String>> {
-    let reader: Box<dyn Read> = if path == Path::new("-") {
-        Box::new(io::stdin().lock())
-    } else {
-        Box::new(File::open(path).with_context(|| format!("opening {}", path.display()))?)
-    };
-    let jsonl = match format {
-        InputFormat::Jsonl => true,
-        InputFormat::Text => false,
-        InputFormat::Auto => matches!(path.extension().and_then(|e| e.to_str()), Some("jsonl" | "ndjson")),
-    };
-    let mut texts = Vec::new();
-    for (n, line) in BufReader::new(reader).lines().enumerate() {
-        let line = line.with_context(|| format!("reading line {} of {}", n + 1, path.display()))?;
-        if !jsonl {
-            texts.push(line);
-            continue;
-        }
-        if line.trim().is_empty() {
-            continue;
-        }
-        let value: serde_json::Value =
-            serde_json::from_str(&line).with_context(|| format!("line {} is not valid JSON", n + 1))?;
-        match value.get(field) {
-            Some(serde_json::Value::String(text)) => texts.push(text.clone()),
-            Some(other) => bail!("line {}: field {field:?} is not a string but {other}", n + 1),
-            None => bail!("line {}: no field {field:?}", n + 1),
-        }
-    }
-    Ok(texts)
 }

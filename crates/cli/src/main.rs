@@ -2,8 +2,10 @@
 //! and `jina-server` libraries; errors are printed once, with their causes, and exit with 2.
 
 mod bench;
+mod download;
 mod embed;
 mod fixture;
+mod info;
 
 use clap::{Parser, Subcommand};
 
@@ -22,10 +24,27 @@ enum Command {
     ///
     /// Example: jina-embed fixture --out /tmp/jina-small --variant small
     Fixture(fixture::FixtureArgs),
-    /// Embed texts from a file or stdin and write JSONL embeddings.
+    /// Embed a file (text lines, JSONL, CSV/TSV, Parquet) into JSONL, .npy or Parquet; resumable.
     ///
-    /// Example: jina-embed embed --model /tmp/jina-small --task retrieval.passage --input docs.txt --output vectors.jsonl
+    /// Example: jina-embed embed --model /tmp/jina-small --task retrieval.passage --input docs.jsonl --id-field id --output vectors.parquet
     Embed(embed::EmbedArgs),
+    /// Fetch a hub model into the Hugging Face cache (runs `hf`/`huggingface-cli`), then check
+    /// its sha256.
+    ///
+    /// Example: jina-embed download --model jinaai/jina-embeddings-v3
+    Download(download::DownloadArgs),
+    /// Show a model's config, tasks and prefixes, dimensions, dtype, parameters and file hashes.
+    ///
+    /// Example: jina-embed info --model jinaai/jina-embeddings-v3
+    Info(info::InfoArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    ///
+    /// Example: jina-embed completions bash > ~/.local/share/bash-completion/completions/jina-embed
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Measure tokens per second of the forward pass on inputs of exact lengths.
     ///
     /// Example: jina-embed bench --model /tmp/jina-full --shape 8x128,1x8192 --precision bf16
@@ -41,8 +60,15 @@ fn main() {
     let result = match cli.command {
         Command::Fixture(args) => fixture::run(args),
         Command::Embed(args) => embed::run(args),
+        Command::Info(args) => info::run(args),
+        Command::Download(args) => download::run(args),
+        Command::Completions { shell } => {
+            use clap::CommandFactory as _;
+            clap_complete::generate(shell, &mut Cli::command(), "jina-embed", &mut std::io::stdout());
+            Ok(())
+        }
         Command::Bench(args) => bench::run(args),
-        Command::Serve(args) => jina_server::run(args),
+        Command::Serve(args) => serve(args),
     };
     if let Err(err) = result {
         if is_broken_pipe(&err) {
@@ -51,6 +77,12 @@ fn main() {
         eprintln!("error: {err:#}");
         std::process::exit(2);
     }
+}
+
+/// `--model` of `serve` may be a hub id in the Hugging Face cache: resolve it to its folder.
+fn serve(mut args: jina_server::ServeArgs) -> anyhow::Result<()> {
+    args.model = jina_engine::hub::resolve(&args.model.to_string_lossy())?.dir;
+    jina_server::run(args)
 }
 
 /// A closed stdout (`jina-embed embed … | head`) is not a failure.

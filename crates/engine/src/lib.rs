@@ -44,6 +44,7 @@ pub mod batch;
 pub mod config;
 pub mod error;
 pub mod fixture;
+pub mod hub;
 pub mod kernels;
 pub mod model;
 pub mod output;

@@ -10,11 +10,87 @@
 
 use std::collections::BTreeMap;
 
+use axum::http::HeaderMap;
 use jina_engine::{EmbeddingType, Encoded, LateChunking};
-use serde::de::Error as _;
+use serde::de::{DeserializeOwned, Error as _};
 use serde::{Deserialize, Deserializer, Serialize};
-use serde_json::Value;
+use serde_json::{Map, Value};
 use utoipa::ToSchema;
+
+use crate::errors::{ApiError, Dialect};
+
+/// Deepest nesting of arrays and objects a request body may have. A valid request needs 3
+/// (`{"input": [{"text": …}]}`); the bound is checked by a scan of the bytes before the JSON
+/// parser runs, so a hostile body cannot make the parser (or the drop of its value) recurse
+/// deeply. serde_json's own limit (128) stays as a second guard.
+pub const MAX_JSON_DEPTH: usize = 32;
+
+/// Checks that `bytes` nests arrays and objects at most `max` deep, without parsing: brackets
+/// inside strings (escapes included) are skipped. Returns the depth reached when it is over.
+/// The scan is linear and allocates nothing; malformed JSON is left to the parser.
+pub fn check_json_depth(bytes: &[u8], max: usize) -> Result<(), usize> {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in bytes {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return Err(depth);
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Parses a request body that must be a JSON object: the depth bound first (400), then the
+/// parser (400 for malformed JSON or invalid UTF-8), then the object check (422).
+pub fn parse_object(bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
+    if let Err(depth) = check_json_depth(bytes, MAX_JSON_DEPTH) {
+        return Err(ApiError::MalformedJson(format!(
+            "arrays and objects nest deeper than {MAX_JSON_DEPTH} levels (reached {depth})"
+        )));
+    }
+    match serde_json::from_slice::<Value>(bytes) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(other) => Err(ApiError::NotAnObject(json_kind(&other))),
+        Err(e) => Err(ApiError::MalformedJson(e.to_string())),
+    }
+}
+
+/// Deserialises a typed request from a parsed object; a wrong field is a 422 naming it.
+pub fn typed<T: DeserializeOwned>(map: Map<String, Value>) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(Value::Object(map)).map_err(|e| {
+        let field = e.path().to_string();
+        ApiError::InvalidField { field, message: e.into_inner().to_string() }
+    })
+}
+
+/// The request decoder of `POST /v1/embeddings`, as a pure function (the fuzz target
+/// `decode_request` drives it): body bytes → [`EmbeddingsRequest`], or the error the client
+/// gets. `dialect` starts as the headers' dialect and becomes the body's once the body parses,
+/// so an error after that point is shaped for the dialect the body speaks.
+pub fn decode_request(bytes: &[u8], headers: &HeaderMap, dialect: &mut Dialect) -> Result<EmbeddingsRequest, ApiError> {
+    *dialect = Dialect::from_headers(headers);
+    let map = parse_object(bytes)?;
+    *dialect = Dialect::from_request(headers, &map);
+    typed(map)
+}
 
 /// `POST /v1/embeddings` (and `/embeddings`): the Jina and OpenAI request in one.
 #[derive(Debug, Deserialize, ToSchema)]

@@ -48,9 +48,12 @@ then 200. On the shutdown signal (SIGINT or SIGTERM in [`run`]) it stops accepti
 requests in flight finish for up to `shutdown_grace`, stops the scheduler and returns.
 */
 #![deny(missing_docs)]
+// No panic reachable from a request: outside tests, `unwrap`, `expect` and `panic!` are errors.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod api;
 pub mod auth;
+pub mod cors;
 pub mod errors;
 pub mod limits;
 pub mod metrics;
@@ -79,9 +82,9 @@ use scheduler::Scheduler;
 /// Command-line flags of `jina-embed serve` (each also read from an environment variable).
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServeArgs {
-    /// Model folder: config.json, tokenizer.json and model.safetensors, as downloaded from the
-    /// Hugging Face hub.
-    #[arg(long, env = "JINA_MODEL", value_name = "DIR")]
+    /// Model folder (config.json, tokenizer.json and model.safetensors), or a Hugging Face hub
+    /// id (owner/name[@revision]) found in the local Hugging Face cache (resolved by the CLI).
+    #[arg(long, env = "JINA_MODEL", value_name = "DIR|HUB_ID", default_value = jina_engine::hub::DEFAULT_MODEL)]
     pub model: PathBuf,
 
     /// Address to listen on. 127.0.0.1 serves this machine only; 0.0.0.0 serves every network
@@ -154,6 +157,12 @@ pub struct ServeArgs {
     #[arg(long, env = "JINA_SHUTDOWN_GRACE", value_name = "SECONDS", default_value_t = ServerLimits::DEFAULT_SHUTDOWN_GRACE_SECS)]
     pub shutdown_grace: u64,
 
+    /// An origin (`https://app.example`) whose browser pages may call the API (repeatable; the
+    /// variable holds a comma-separated list; `*` allows any). Without it CORS is off: no
+    /// `Access-Control-*` headers are sent.
+    #[arg(long = "cors-allow-origin", env = "JINA_CORS_ALLOW_ORIGIN", value_name = "ORIGIN", value_delimiter = ',')]
+    pub cors_allow_origins: Vec<String>,
+
     /// Log format: `text` for people, `json` for log collectors. The level comes from RUST_LOG
     /// (default info).
     #[arg(long, env = "JINA_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
@@ -197,6 +206,7 @@ impl ServeArgs {
             api_keys: ApiKeys::new(keys),
             limits,
             precision: self.precision,
+            cors_allow_origins: cors::CorsOrigins::new(&self.cors_allow_origins),
         })
     }
 }
@@ -216,6 +226,8 @@ pub struct ServerConfig {
     pub limits: ServerLimits,
     /// Precision of the linear layers (f32: the official numbers).
     pub precision: Precision,
+    /// Origins allowed by CORS (empty: CORS off).
+    pub cors_allow_origins: cors::CorsOrigins,
 }
 
 impl ServerConfig {
@@ -229,6 +241,7 @@ impl ServerConfig {
             api_keys: ApiKeys::default(),
             limits: ServerLimits::default(),
             precision: Precision::F32,
+            cors_allow_origins: cors::CorsOrigins::default(),
         }
     }
 }

@@ -23,13 +23,11 @@ use axum::{Json, Router};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use jina_engine::pooling::{self, Finish};
 use jina_engine::{output, EmbedRequest, EmbeddingType, LateChunking};
-use serde::de::DeserializeOwned;
-use serde_json::{Map, Value};
 use tracing::{debug, error, info, warn, Instrument};
 use utoipa::OpenApi;
 
 use crate::api::{
-    EmbeddingItem, EmbeddingTypes, EmbeddingValue, EmbeddingsRequest, EmbeddingsResponse, EncodingFormat, Health,
+    decode_request, parse_object, typed, EmbeddingItem, EmbeddingTypes, EmbeddingValue, EmbeddingsResponse, EncodingFormat, Health,
     LateChunkingField, ModelCard, ModelList, TokenizeRequest, TokenizeResponse, TokenizedItem, Usage,
 };
 use crate::errors::{ApiError, Dialect, ErrorNote, Failure};
@@ -51,6 +49,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(protected)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), crate::cors::cors))
         .layer(middleware::from_fn_with_state(state.clone(), track))
         .with_state(state)
 }
@@ -180,27 +179,6 @@ async fn read_body_limited(headers: &HeaderMap, body: Body, limit: usize) -> Res
     }
 }
 
-/// Parses a JSON object body.
-fn parse_object(bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
-    match serde_json::from_slice::<Value>(bytes) {
-        Ok(Value::Object(map)) => Ok(map),
-        Ok(Value::Array(_)) => Err(ApiError::NotAnObject("an array")),
-        Ok(Value::String(_)) => Err(ApiError::NotAnObject("a string")),
-        Ok(Value::Number(_)) => Err(ApiError::NotAnObject("a number")),
-        Ok(Value::Bool(_)) => Err(ApiError::NotAnObject("a boolean")),
-        Ok(Value::Null) => Err(ApiError::NotAnObject("null")),
-        Err(e) => Err(ApiError::MalformedJson(e.to_string())),
-    }
-}
-
-/// Deserialises the typed request; a wrong field is a 422 naming it.
-fn typed<T: DeserializeOwned>(map: Map<String, Value>) -> Result<T, ApiError> {
-    serde_path_to_error::deserialize(Value::Object(map)).map_err(|e| {
-        let field = e.path().to_string();
-        ApiError::InvalidField { field, message: e.into_inner().to_string() }
-    })
-}
-
 /// Runs `f` on the blocking pool.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, ApiError> + Send + 'static) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(f).await.map_err(|e| ApiError::Internal(format!("a blocking task failed: {e}")))?
@@ -248,10 +226,10 @@ fn check_inputs(texts: &[String], max_inputs: usize) -> Result<(), ApiError> {
 #[utoipa::path(
     post,
     path = "/v1/embeddings",
-    request_body = EmbeddingsRequest,
+    request_body = crate::api::EmbeddingsRequest,
     responses(
         (status = 200, description = "One embedding per input, in input order", body = EmbeddingsResponse),
-        (status = 400, description = "Malformed JSON, or an input over the token limit (`truncate` off)", body = crate::errors::JinaErrorBody),
+        (status = 400, description = "Malformed JSON (invalid UTF-8 and nesting deeper than 32 included), or an input over the token limit (`truncate` off)", body = crate::errors::JinaErrorBody),
         (status = 401, description = "Missing or invalid API key", body = crate::errors::JinaErrorBody),
         (status = 413, description = "Body over payload_limit, or more inputs than max_inputs_per_request", body = crate::errors::JinaErrorBody),
         (status = 422, description = "A field of the wrong type or value (named in the message), or an empty input array", body = crate::errors::JinaErrorBody),
@@ -283,10 +261,8 @@ async fn embed(
     let _permit = state.admit()?;
     let limits = &state.config.limits;
     let bytes = read_body(headers, body, limits).await?;
-    let map = parse_object(&bytes)?;
+    let request = decode_request(&bytes, headers, dialect)?;
     drop(bytes);
-    *dialect = Dialect::from_request(headers, &map);
-    let request: EmbeddingsRequest = typed(map)?;
 
     let texts = request.input.ok_or(ApiError::MissingField("input"))?.into_texts();
     info.inputs = texts.len();

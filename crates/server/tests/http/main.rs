@@ -4,8 +4,10 @@
 mod batching;
 mod common;
 mod errors;
+mod faults;
 mod golden;
 mod keys;
 mod lifecycle;
+mod llamaindex;
 mod openai;
 mod routes;

@@ -1,0 +1,36 @@
+# syntax=docker/dockerfile:1
+# jina-embed server image. The model weights are NOT in the image (CC BY-NC 4.0, 1.1 GB): mount a
+# model folder, or a Hugging Face cache, at /models (docs/deployment.md).
+#
+#   docker build -t jina-embed .
+#   docker run --rm -p 8080:8080 -v "$PWD/jina-embeddings-v3:/models/jina-embeddings-v3:ro" jina-embed
+#
+# crates/cli/tests/packaging.rs checks this file and runs the commands it runs.
+
+# ---- build stage: the release binary only
+FROM rust:1.95-bookworm AS build
+WORKDIR /src
+COPY Cargo.toml Cargo.lock ./
+COPY crates ./crates
+COPY assets ./assets
+RUN cargo build --release --locked -p jina-embed && install -D -m 0755 target/release/jina-embed /out/jina-embed
+
+# ---- runtime stage: a slim Debian, curl for the health check, a non-root user
+FROM debian:bookworm-slim
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates curl && rm -rf /var/lib/apt/lists/* && useradd --system --uid 10001 --create-home --home-dir /home/jina jina
+COPY --from=build /out/jina-embed /usr/local/bin/jina-embed
+# The model folder (config.json, tokenizer.json, model.safetensors) is mounted here; a hub id in
+# JINA_MODEL is looked up in the Hugging Face cache under /models/hub instead.
+ENV JINA_MODEL=/models/jina-embeddings-v3 \
+    HF_HUB_CACHE=/models/hub \
+    JINA_HOST=0.0.0.0 \
+    JINA_PORT=8080 \
+    JINA_LOG_FORMAT=json
+VOLUME ["/models"]
+USER 10001:10001
+EXPOSE 8080
+# /health is 200 once the model is loaded and warmed up (503 before): the start period covers
+# loading the full model.
+HEALTHCHECK --interval=10s --timeout=3s --start-period=120s --retries=3 CMD ["curl", "-fsS", "http://127.0.0.1:8080/health"]
+ENTRYPOINT ["jina-embed"]
+CMD ["serve"]

@@ -1,0 +1,111 @@
+//! `jina-embed info`: what a model folder (or cached hub id) holds: config, tasks and their
+//! prefixes, Matryoshka dimensions, dtype, parameter count, and each file's size and sha256
+//! (checked against the cache's blob name where the Hugging Face cache stores one).
+
+use std::path::Path;
+
+use anyhow::Context;
+use clap::Args;
+use jina_engine::config::Config;
+use jina_engine::hub::{self, Source, MODEL_FILES};
+use jina_engine::weights::Weights;
+use serde_json::json;
+
+#[derive(Args)]
+pub struct InfoArgs {
+    /// Model folder, or a Hugging Face hub id (owner/name[@revision]) in the local cache.
+    #[arg(long, env = "JINA_MODEL", default_value = hub::DEFAULT_MODEL)]
+    model: String,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Skip the sha256 of each file (hashing the full model reads 1.1 GB).
+    #[arg(long)]
+    no_hash: bool,
+}
+
+pub fn run(args: InfoArgs) -> anyhow::Result<()> {
+    let resolved = hub::resolve(&args.model)?;
+    let dir = &resolved.dir;
+    // Hashes first: a corrupt file is reported as such, not as whatever parsing it gives.
+    let mut files = Vec::new();
+    for name in MODEL_FILES {
+        let path = dir.join(name);
+        let size = std::fs::metadata(&path).with_context(|| format!("reading {}", path.display()))?.len();
+        let sha256 = if args.no_hash { None } else { Some(hub::sha256_file(&path).with_context(|| format!("hashing {}", path.display()))?) };
+        let expected = hub::expected_sha256(&path);
+        if let (Some(got), Some(want)) = (&sha256, &expected) {
+            if got != want {
+                anyhow::bail!("{} is corrupt: its sha256 is {got} but the cache names it {want}; download it again", path.display());
+            }
+        }
+        files.push(json!({
+            "name": name,
+            "bytes": size,
+            "sha256": sha256,
+            "verified_against_cache": sha256.is_some() && expected.is_some(),
+        }));
+    }
+    let config = Config::from_file(&dir.join("config.json"))?;
+    let weights = Weights::open(&dir.join("model.safetensors"), &config)?;
+    let source = match &resolved.source {
+        Source::Folder => json!({"kind": "folder"}),
+        Source::Cache { id, commit } => json!({"kind": "huggingface-cache", "repo": id.repo, "revision": id.revision(), "commit": commit}),
+    };
+    let tasks: Vec<_> = config
+        .lora_adaptations
+        .iter()
+        .map(|t| json!({"task": t, "prefix": config.task_instructions.get(t).cloned().unwrap_or_default()}))
+        .collect();
+    let info = json!({
+        "folder": dir.display().to_string(),
+        "source": source,
+        "hidden_size": config.hidden_size,
+        "layers": config.num_hidden_layers,
+        "attention_heads": config.num_attention_heads,
+        "intermediate_size": config.intermediate_size,
+        "vocab_size": config.vocab_size,
+        "max_tokens": config.max_position_embeddings,
+        "lora_rank": config.lora_rank,
+        "tasks": tasks,
+        "default_task": jina_engine::DEFAULT_TASK,
+        "matryoshka_dimensions": config.matryoshka_dimensions,
+        "dtype": weights.dtype().name(),
+        "parameters": weights.parameter_count(),
+        "files": files,
+    });
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&info)?);
+        return Ok(());
+    }
+    print_text(&info, dir);
+    Ok(())
+}
+
+fn print_text(info: &serde_json::Value, dir: &Path) {
+    println!("model folder   {}", dir.display());
+    if info["source"]["kind"] == "huggingface-cache" {
+        println!("from cache     {}@{} (commit {})", info["source"]["repo"].as_str().unwrap_or(""), info["source"]["revision"].as_str().unwrap_or(""), info["source"]["commit"].as_str().unwrap_or(""));
+    }
+    println!(
+        "architecture   XLM-RoBERTa, {} layers, hidden {}, {} heads, MLP {}, vocab {}",
+        info["layers"], info["hidden_size"], info["attention_heads"], info["intermediate_size"], info["vocab_size"]
+    );
+    println!("max tokens     {} (with <s> and </s>)", info["max_tokens"]);
+    println!("dtype          {}", info["dtype"].as_str().unwrap_or(""));
+    let params = info["parameters"].as_u64().unwrap_or(0);
+    println!("parameters     {params} ({:.1} M)", params as f64 / 1e6);
+    println!("dimensions     any of 1..={}; trained (Matryoshka): {}", info["hidden_size"], info["matryoshka_dimensions"]);
+    println!("tasks          (LoRA rank {}; default {})", info["lora_rank"], info["default_task"].as_str().unwrap_or(""));
+    for task in info["tasks"].as_array().into_iter().flatten() {
+        let prefix = task["prefix"].as_str().unwrap_or("");
+        let prefix = if prefix.is_empty() { "(no prefix)".to_string() } else { format!("prefix {prefix:?}") };
+        println!("  {:<20} {prefix}", task["task"].as_str().unwrap_or(""));
+    }
+    println!("files");
+    for file in info["files"].as_array().into_iter().flatten() {
+        let sha = file["sha256"].as_str().unwrap_or("(not hashed: --no-hash)");
+        let check = if file["verified_against_cache"] == true { " (matches the cache)" } else { "" };
+        println!("  {:<18} {:>14} bytes  sha256 {sha}{check}", file["name"].as_str().unwrap_or(""), file["bytes"]);
+    }
+}

@@ -1,0 +1,408 @@
+//! Faults and hostile input (issue 6): clients that go away or trickle, bodies that are too
+//! large, not UTF-8 or nested without end, CORS, a model folder removed under a running
+//! server, SIGTERM under load, and a short load run of `jina-loadgen` against a real process.
+
+use std::io::BufRead;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use jina_server::ServerLimits;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::common::{config, fixture_dir, metric_value, parse_http_response, post, wait_for_metrics, words, Held, TestServer};
+
+/// Sends raw bytes as a POST body and reads the answer.
+async fn raw_post(addr: SocketAddr, body: &[u8]) -> (u16, Value) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let head = format!(
+        "POST /v1/embeddings HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.expect("head");
+    stream.write_all(body).await.expect("body");
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.expect("read");
+    parse_http_response(&raw)
+}
+
+fn detail(body: &Value) -> String {
+    body["detail"].as_str().unwrap_or_default().to_string()
+}
+
+/// Clients that close their connection mid-body and mid-inference: each is counted as 499,
+/// its admission slot comes back, and the server goes on serving at full concurrency.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_disconnect_mid_request_leak_nothing() {
+    let mut config = config();
+    config.limits = ServerLimits { max_concurrent_requests: 2, max_batch_tokens: 512, ..ServerLimits::default() };
+    let server = TestServer::ready(config).await;
+    for round in 0..5 {
+        // Mid-body: headers and all but one byte, then gone.
+        let held = Held::open(server.addr, "/v1/embeddings", &json!({"input": "never finished"})).await;
+        wait_for_metrics(&server, "the held request admitted", |m| m.contains("\njina_in_flight_requests 1\n")).await;
+        drop(held);
+        wait_for_metrics(&server, "its slot back", |m| m.contains("\njina_in_flight_requests 0\n")).await;
+
+        // Mid-inference: a whole request of many sequences, then gone before the answer.
+        let body = serde_json::to_vec(&json!({"input": vec![words(400); 24]})).expect("json");
+        let mut stream = tokio::net::TcpStream::connect(server.addr).await.expect("connect");
+        let head = format!("POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n", body.len());
+        stream.write_all(head.as_bytes()).await.expect("head");
+        stream.write_all(&body).await.expect("body");
+        wait_for_metrics(&server, "sequences queued", |m| metric_value(m, "jina_forward_tokens_total") > 0.0 || m.contains("\njina_in_flight_requests 1\n")).await;
+        drop(stream);
+        wait_for_metrics(&server, "the slot back after the disconnect", |m| m.contains("\njina_in_flight_requests 0\n")).await;
+        let m = server.metrics().await;
+        assert!(metric_value(&m, "jina_queued_sequences") == 0.0 || round < 4, "queued sequences left behind:\n{m}");
+    }
+    wait_for_metrics(&server, "no queued sequences", |m| metric_value(m, "jina_queued_sequences") == 0.0).await;
+    let m = server.metrics().await;
+    let abandoned: f64 = m
+        .lines()
+        .filter(|l| l.starts_with("jina_requests_total{") && l.contains("status=\"499\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    // Inference dropped (499) five times; the mid-body drops end as a body-read 400 that nobody reads.
+    assert_eq!(abandoned, 5.0, "every disconnect after the body counted as 499:\n{m}");
+    assert!(m.contains("jina_requests_total{route=\"/v1/embeddings\",status=\"400\",task=\"-\"} 5\n"), "{m}");
+    // Both slots are free: two requests at once are both served.
+    let url = format!("{}/v1/embeddings", server.url);
+    let (one, two) = (json!({"input": "one"}), json!({"input": "two"}));
+    let (a, b) = tokio::join!(post(&url, &one), post(&url, &two));
+    assert_eq!((a.status, b.status), (200, 200), "{} {}", a.text, b.text);
+}
+
+/// A body that trickles in (one byte every 50 ms) is cut off at `body_timeout` with 408: the
+/// timeout bounds the whole body, not the gap between bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickling_body_is_408_at_the_body_timeout() {
+    let mut config = config();
+    config.limits = ServerLimits { body_timeout: Duration::from_millis(500), ..ServerLimits::default() };
+    let server = TestServer::ready(config).await;
+    let body = serde_json::to_vec(&json!({"input": words(100)})).expect("json");
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.expect("connect");
+    let head = format!("POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+    stream.write_all(head.as_bytes()).await.expect("head");
+    let started = Instant::now();
+    for byte in &body {
+        if stream.write_all(&[*byte]).await.is_err() {
+            break; // the server answered and closed
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if started.elapsed() > Duration::from_secs(5) {
+            break;
+        }
+    }
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw).await;
+    let (status, body) = parse_http_response(&raw);
+    assert_eq!(status, 408, "{body}");
+    assert!(started.elapsed() < Duration::from_secs(3), "answered after {:?}", started.elapsed());
+}
+
+/// A chunked body without Content-Length that grows past the limit is refused with 413 once the
+/// limit is crossed, while the client is still sending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_chunked_body_is_413() {
+    let mut config = config();
+    config.limits = ServerLimits { payload_limit: 64 * 1024, ..ServerLimits::default() };
+    let server = TestServer::ready(config).await;
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.expect("connect");
+    stream
+        .write_all(b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("head");
+    let chunk = format!("{:x}\r\n{}\r\n", 8192, "a".repeat(8192));
+    let mut sent = 0usize;
+    // Up to 64 MiB: far more than the limit; the server must answer long before.
+    while sent < 64 << 20 {
+        if stream.write_all(chunk.as_bytes()).await.is_err() {
+            break;
+        }
+        sent += 8192;
+        if sent > 1 << 20 {
+            break;
+        }
+    }
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw).await;
+    let (status, body) = parse_http_response(&raw);
+    assert_eq!(status, 413, "{body}");
+    assert!(detail(&body).contains("limit of 65536 bytes"), "{body}");
+}
+
+/// Bytes that are not UTF-8, inside a string or as the whole body, are 400 (malformed JSON),
+/// never a 500 or a lossy embedding.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_utf8_is_400() {
+    let server = crate::common::shared().await;
+    for body in [&b"{\"input\": \"caf\xe9\"}"[..], b"\xff\xfe\x00{}", b"{\"input\": [\"ok\", \"\xc3\x28\"]}"] {
+        let (status, reply) = raw_post(server.addr, body).await;
+        assert_eq!(status, 400, "{reply}");
+        assert!(detail(&reply).contains("not valid JSON"), "{reply}");
+    }
+}
+
+/// Nesting is bounded before parsing: 33 levels and more are refused with 400 by the byte scan
+/// (below serde_json's own limit of 128, so this fails if the scan is removed), a million
+/// levels cannot overflow the stack, and a body at the bound still reaches the field check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deeply_nested_json_is_400_before_parsing() {
+    let server = crate::common::shared().await;
+    let nested = |depth: usize| format!("{{\"input\": {}\"a\"{}}}", "[".repeat(depth - 1), "]".repeat(depth - 1)).into_bytes();
+    let (status, reply) = raw_post(server.addr, &nested(100)).await;
+    assert_eq!(status, 400, "{reply}");
+    assert!(detail(&reply).contains("nest deeper than 32 levels"), "{reply}");
+    let (status, reply) = raw_post(server.addr, &nested(1_000_000)).await;
+    assert_eq!(status, 400, "{reply}");
+    // Brackets inside strings do not count.
+    let in_string = format!("{{\"input\": \"{}\"}}", "[{".repeat(500));
+    assert_eq!(raw_post(server.addr, in_string.as_bytes()).await.0, 200);
+    // At the bound: parsed, then refused by the field check (422), not by the depth scan.
+    let (status, reply) = raw_post(server.addr, &nested(32)).await;
+    assert_eq!(status, 422, "{reply}");
+    assert_eq!(post(&format!("{}/v1/embeddings", server.url), &json!({"input": "still alive"})).await.status, 200);
+}
+
+/// CORS is off by default (no header, a preflight is 405) and on for the listed origins only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_is_off_unless_an_origin_is_allowed() {
+    let client = reqwest::Client::new();
+    let preflight = |url: String| {
+        client
+            .request(reqwest::Method::OPTIONS, url)
+            .header("Origin", "https://app.example")
+            .header("Access-Control-Request-Method", "POST")
+            .send()
+    };
+    let post_from = |url: String, origin: &'static str| client.post(url).header("Origin", origin).json(&json!({"input": "a"})).send();
+
+    let off = crate::common::shared().await;
+    let reply = post_from(format!("{}/v1/embeddings", off.url), "https://app.example").await.expect("post");
+    assert_eq!(reply.status(), 200);
+    assert!(reply.headers().get("access-control-allow-origin").is_none(), "CORS header without the flag");
+    assert_eq!(preflight(format!("{}/v1/embeddings", off.url)).await.expect("options").status(), 405);
+
+    let mut config = config();
+    config.cors_allow_origins = jina_server::cors::CorsOrigins::new(["https://app.example"]);
+    config.api_keys = jina_server::ApiKeys::new(["k"]);
+    let on = TestServer::ready(config).await;
+    let reply = preflight(format!("{}/v1/embeddings", on.url)).await.expect("options");
+    assert_eq!(reply.status(), 204, "a preflight needs no key");
+    assert_eq!(reply.headers()["access-control-allow-origin"], "https://app.example");
+    assert!(reply.headers()["access-control-allow-headers"].to_str().unwrap_or_default().contains("authorization"));
+    let reply = client
+        .post(format!("{}/v1/embeddings", on.url))
+        .header("Origin", "https://app.example")
+        .bearer_auth("k")
+        .json(&json!({"input": "a"}))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(reply.status(), 200);
+    assert_eq!(reply.headers()["access-control-allow-origin"], "https://app.example");
+    let reply = post_from(format!("{}/v1/embeddings", on.url), "https://evil.example").await.expect("post");
+    assert_eq!(reply.status(), 401, "the key is still required");
+    assert!(reply.headers().get("access-control-allow-origin").is_none(), "another origin is not allowed");
+}
+
+/// The model folder removed after the server is ready: requests are still served (the weights
+/// are mapped, the tokenizer and config are in memory).
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_model_folder_removed_after_start_is_still_served() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let model = dir.path().join("model");
+    std::fs::create_dir(&model).expect("mkdir");
+    for file in ["config.json", "tokenizer.json", "model.safetensors"] {
+        std::fs::copy(fixture_dir().join(file), model.join(file)).expect("copy");
+    }
+    let mut config = config();
+    config.model_dir = model.clone();
+    let server = TestServer::ready(config).await;
+    let url = format!("{}/v1/embeddings", server.url);
+    let before = post(&url, &json!({"input": ["before", words(300)], "task": "retrieval.query"})).await;
+    assert_eq!(before.status, 200, "{}", before.text);
+    std::fs::remove_dir_all(&model).expect("remove the model folder");
+    assert!(!model.exists());
+    for _ in 0..3 {
+        let after = post(&url, &json!({"input": ["before", words(300)], "task": "retrieval.query"})).await;
+        assert_eq!(after.status, 200, "{}", after.text);
+        assert_eq!(after.body["data"], before.body["data"], "the same embeddings after the removal");
+    }
+    let tokens = post(&format!("{}/tokenize", server.url), &json!({"input": "a b c"})).await;
+    assert_eq!(tokens.status, 200, "{}", tokens.text);
+    server.stop(Duration::from_secs(10)).await.expect("clean stop");
+}
+
+/// Kills the child if the test fails half-way.
+struct ChildGuard(Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// Starts `jina_server::run` in a child process (the `lifecycle::child_serve` helper) and
+/// waits until it is ready: the child, its address and its stderr lines.
+async fn spawn_server(extra: &[&str]) -> (ChildGuard, String, std::sync::mpsc::Receiver<String>) {
+    let mut args = vec![json!("--model"), json!(fixture_dir()), json!("--port"), json!("0"), json!("--log-format"), json!("json")];
+    args.extend(extra.iter().map(|a| json!(a)));
+    let child = Command::new(std::env::current_exe().expect("test binary"))
+        .args(["--ignored", "--exact", "lifecycle::child_serve", "--nocapture", "--test-threads=1"])
+        .env("JINA_SERVER_TEST_CHILD_ARGS", Value::Array(args).to_string())
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the child");
+    let mut child = ChildGuard(child);
+    let stderr = child.0.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let addr = loop {
+        let line = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("a listening line");
+        if let Some(addr) = serde_json::from_str::<Value>(&line).ok().and_then(|v| v["fields"]["address"].as_str().map(String::from)) {
+            break addr;
+        }
+    };
+    let client = reqwest::Client::new();
+    while client.get(format!("http://{addr}/health")).send().await.map(|r| r.status().as_u16()).ok() != Some(200) {
+        assert!(Instant::now() < deadline, "the child did not become ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (child, addr, rx)
+}
+
+async fn wait_exit(child: &mut ChildGuard, within: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(exit) = child.0.try_wait().expect("wait") {
+            return exit;
+        }
+        assert!(Instant::now() < deadline, "the child did not exit");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// SIGTERM under load: 12 requests admitted (their bodies held back) and 4 clients sending
+/// real requests in a loop. After the signal every admitted request completes with 200, no
+/// request gets a 5xx other than 503, and the process exits 0.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_finishes_every_accepted_request() {
+    let (mut child, addr, lines) = spawn_server(&["--threads", "2", "--shutdown-grace", "30"]).await;
+    let socket: SocketAddr = addr.parse().expect("address");
+    let url = format!("http://{addr}/v1/embeddings");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut loaders = Vec::new();
+    for i in 0..4 {
+        let (url, stop) = (url.clone(), stop.clone());
+        loaders.push(tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            let mut statuses = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let body = json!({"input": [words(50 + 100 * i), "short"], "task": "retrieval.passage"});
+                match client.post(&url).json(&body).send().await {
+                    Ok(r) => statuses.push(r.status().as_u16()),
+                    // Refused or closed before the request was accepted: the listener is gone.
+                    Err(_) => break,
+                }
+            }
+            statuses
+        }));
+    }
+    let mut held = Vec::new();
+    for i in 0..12 {
+        held.push(Held::open(socket, "/v1/embeddings", &json!({"input": [format!("held {i}"), words(200)]})).await);
+    }
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = client.get(format!("http://{addr}/metrics")).send().await.expect("metrics").text().await.expect("text");
+        if metric_value(&m, "jina_in_flight_requests") >= 12.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the held requests were not admitted:\n{m}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let status = Command::new("kill").arg("-TERM").arg(child.0.id().to_string()).status().expect("kill");
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !lines.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("a shutdown line").contains("shutting down") {}
+    let finished = futures_join(held.into_iter().map(|h| tokio::spawn(h.finish())).collect()).await;
+    for (i, (status, body)) in finished.iter().enumerate() {
+        assert_eq!(*status, 200, "held request {i} after SIGTERM: {body}");
+        assert_eq!(body["data"].as_array().map(Vec::len), Some(2));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut all = Vec::new();
+    for loader in loaders {
+        all.extend(loader.await.expect("loader"));
+    }
+    assert!(all.iter().all(|&s| s == 200 || s == 503), "statuses under load: {all:?}");
+    assert!(all.iter().filter(|&&s| s == 200).count() > 0, "the load ran: {all:?}");
+    let exit = wait_exit(&mut child, Duration::from_secs(30)).await;
+    assert!(exit.success(), "exit {exit:?}");
+}
+
+async fn futures_join<T>(handles: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> {
+    let mut out = Vec::with_capacity(handles.len());
+    for h in handles {
+        out.push(h.await.expect("join"));
+    }
+    out
+}
+
+/// A short run of `jina-loadgen` against a real server process: mixed tasks, 10 to 8000
+/// tokens, late chunking. No response may be a 5xx other than 503 and no connection may fail;
+/// the server's memory after warm-up stays within 25 % (plus 32 MiB of allocator slack) of
+/// what it was in the middle of the run.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_load_run_is_clean_and_memory_stays_flat() {
+    let (mut child, addr, _lines) = spawn_server(&["--threads", "2", "--max-concurrent-requests", "6"]).await;
+    let seconds = std::env::var("JINA_LOADGEN_SECONDS").unwrap_or_else(|_| "12".into());
+    let report_path = std::env::temp_dir().join(format!("jina-loadgen-{}.json", std::process::id()));
+    let mut loadgen = std::process::Command::new(env!("CARGO_BIN_EXE_jina-loadgen"));
+    loadgen
+        .args(["--url", &format!("http://{addr}"), "--clients", "8", "--duration", &seconds, "--max-tokens", "8000"])
+        .args(["--pid", &child.0.id().to_string(), "--rss-interval-ms", "100", "--timeout", "120"])
+        .arg("--json")
+        .arg(&report_path);
+    let output = tokio::task::spawn_blocking(move || loadgen.output()).await.expect("join").expect("run jina-loadgen");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "loadgen failed: {stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    let report: Value = serde_json::from_slice(&std::fs::read(&report_path).expect("report")).expect("report JSON");
+    let _ = std::fs::remove_file(&report_path);
+    eprintln!("{stdout}");
+    let by_status = report["by_status"].as_object().expect("by_status");
+    for (status, count) in by_status {
+        let ok = status == "200" || status == "429" || status == "503";
+        assert!(ok, "{count} responses with status {status}: {report}");
+    }
+    assert!(by_status.get("200").and_then(Value::as_u64).unwrap_or(0) >= 5, "too few successes: {report}");
+    let rss = &report["rss"];
+    let (middle, last) = (rss["max_middle_kib"].as_f64().expect("middle"), rss["max_last_kib"].as_f64().expect("last"));
+    assert!(last <= middle * 1.25 + 32.0 * 1024.0, "RSS grew after warm-up: {rss}");
+
+    // The refusal of other hosts, through the binary.
+    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_jina-loadgen")).args(["--url", "http://192.0.2.1:8080"]).output().expect("run");
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("only targets loopback"));
+
+    Command::new("kill").arg("-TERM").arg(child.0.id().to_string()).status().expect("kill");
+    assert!(wait_exit(&mut child, Duration::from_secs(60)).await.success());
+}
