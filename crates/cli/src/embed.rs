@@ -91,6 +91,10 @@ pub struct EmbedArgs {
     /// Compute threads (0: one per core).
     #[arg(long, default_value_t = 0)]
     threads: usize,
+    /// Precision of the linear layers and attention: f32 (the official numbers) or bf16
+    /// (faster where the CPU has AVX512_BF16 or AMX; cosine to f32 ≥ 0.999 on the fixtures).
+    #[arg(long, value_enum, default_value = "f32")]
+    precision: jina_engine::Precision,
     /// Hide the progress bar.
     #[arg(long)]
     quiet: bool,
@@ -128,14 +132,15 @@ fn install_stop_handler() {
 }
 
 /// Loads a model from a folder or a cached hub id.
-pub fn load_model(spec: &str) -> anyhow::Result<Model> {
+pub fn load_model(spec: &str, precision: jina_engine::Precision) -> anyhow::Result<Model> {
     let resolved = jina_engine::hub::resolve(spec)?;
-    Model::load(&resolved.dir).with_context(|| format!("loading the model from {}", resolved.dir.display()))
+    let options = jina_engine::LoadOptions { precision };
+    Model::load_with(&resolved.dir, options).with_context(|| format!("loading the model from {}", resolved.dir.display()))
 }
 
 pub fn run(args: EmbedArgs) -> anyhow::Result<()> {
     crate::init_threads(args.threads)?;
-    let mut model = load_model(&args.model)?;
+    let mut model = load_model(&args.model, args.precision)?;
     model.set_max_batch_tokens(args.max_batch_tokens);
     model.check_dimensions(args.dimensions)?;
     model.adapter_of(&args.task)?;
