@@ -94,13 +94,14 @@ impl Linear {
                 packed::matmul(x, self.n_in, tokens, w, out, self.n_out, MatmulInit::Bias(&self.bias), true)
             }
         }
-        for seg in segments {
+        for seg in merge_adapter_runs(segments) {
             let Some(task) = seg.adapter else { continue };
             let xs = &x[seg.start * self.n_in..(seg.start + seg.len) * self.n_in];
             let a = &self.lora_a[task * self.rank * self.n_in..(task + 1) * self.rank * self.n_in];
             let b = &self.lora_b[task * self.n_out * self.rank..(task + 1) * self.n_out * self.rank];
             let mut low = vec![0f32; seg.len * self.rank];
-            kernels::matmul_transposed(xs, self.n_in, seg.len, self.n_in, a, self.rank, &mut low, MatmulInit::Zero, true);
+            // Rank 4: too little work to share between threads.
+            kernels::matmul_transposed(xs, self.n_in, seg.len, self.n_in, a, self.rank, &mut low, MatmulInit::Zero, false);
             low.iter_mut().for_each(|v| *v *= self.scaling);
             let dst = &mut out[seg.start * self.n_out..(seg.start + seg.len) * self.n_out];
             kernels::matmul_transposed(&low, self.rank, seg.len, self.rank, b, self.n_out, dst, MatmulInit::Accumulate, true);
@@ -114,6 +115,19 @@ enum LinearWeight {
     Plain(Vec<f32>),
     /// Panels for the AVX-512 kernels: f32 (exact) or bf16.
     Packed(PackedMatrix),
+}
+
+/// Neighbouring segments with the same adapter, joined: one LoRA product per run of sequences
+/// instead of one per sequence (a batch of one task is a single run).
+fn merge_adapter_runs(segments: &[Segment]) -> Vec<Segment> {
+    let mut runs: Vec<Segment> = Vec::with_capacity(segments.len());
+    for seg in segments {
+        match runs.last_mut() {
+            Some(last) if last.adapter == seg.adapter && last.start + last.len == seg.start => last.len += seg.len,
+            _ => runs.push(*seg),
+        }
+    }
+    runs
 }
 
 /// LayerNorm weights.
