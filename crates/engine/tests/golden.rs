@@ -6,6 +6,19 @@ mod common;
 use common::{golden, max_abs_diff, norm, small_model};
 use jina_engine::{EmbedRequest, LateChunking, NO_TASK};
 
+/// The request that reproduces a golden case.
+fn request_of(case: &common::GoldenCase) -> EmbedRequest {
+    EmbedRequest {
+        inputs: case.input.clone(),
+        // The golden `null` task is the official encode() without a task: base weights.
+        task: Some(case.task.clone().unwrap_or_else(|| NO_TASK.to_string())),
+        dimensions: case.dimensions,
+        normalized: case.normalized,
+        late_chunking: if case.late_chunking { LateChunking::On } else { LateChunking::Off },
+        truncate: false,
+    }
+}
+
 #[test]
 fn every_golden_case_matches_the_official_outputs() {
     let golden = golden();
@@ -14,15 +27,7 @@ fn every_golden_case_matches_the_official_outputs() {
     let model = small_model();
     let mut failures = Vec::new();
     for (n, case) in golden.cases.iter().enumerate() {
-        let request = EmbedRequest {
-            inputs: case.input.clone(),
-            // The golden `null` task is the official encode() without a task: base weights.
-            task: Some(case.task.clone().unwrap_or_else(|| NO_TASK.to_string())),
-            dimensions: case.dimensions,
-            normalized: case.normalized,
-            late_chunking: if case.late_chunking { LateChunking::On } else { LateChunking::Off },
-            truncate: false,
-        };
+        let request = request_of(case);
         let got = model.embed(&request).unwrap();
         if let Some(tokens) = &case.tokens {
             let plan = model.plan(&request).unwrap();
@@ -69,14 +74,7 @@ fn bf16_path_keeps_cosine_above_0_999() {
     let golden = golden();
     let mut failures = Vec::new();
     for (n, case) in golden.cases.iter().enumerate() {
-        let request = EmbedRequest {
-            inputs: case.input.clone(),
-            task: Some(case.task.clone().unwrap_or_else(|| NO_TASK.to_string())),
-            dimensions: case.dimensions,
-            normalized: case.normalized,
-            late_chunking: if case.late_chunking { LateChunking::On } else { LateChunking::Off },
-            truncate: false,
-        };
+        let request = request_of(case);
         let got = model.embed(&request).unwrap();
         let worst = got
             .embeddings

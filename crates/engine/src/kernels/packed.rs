@@ -197,6 +197,28 @@ fn bf16_pair(row: &[f32], s: usize) -> u32 {
     lo | (hi << 16)
 }
 
+/// Rounds `rows` rows of `k` values (`stride` apart) to bf16 pairs, `steps` pairs a row, in a
+/// buffer of `padded_rows` rows whose extra rows are zero (AMX works on 32-row blocks).
+fn bf16_rows(x: &[f32], stride: usize, rows: usize, k: usize, steps: usize, padded_rows: usize, parallel: bool) -> Vec<u32> {
+    let mut pairs = vec![0u32; padded_rows * steps];
+    if steps == 0 {
+        return pairs;
+    }
+    let convert = |r: usize, dst: &mut [u32]| {
+        let row = &x[r * stride..r * stride + k];
+        for (s, v) in dst.iter_mut().enumerate() {
+            *v = bf16_pair(row, s);
+        }
+    };
+    let filled = &mut pairs[..rows * steps];
+    if parallel {
+        filled.par_chunks_exact_mut(steps).enumerate().for_each(|(r, dst)| convert(r, dst));
+    } else {
+        filled.chunks_exact_mut(steps).enumerate().for_each(|(r, dst)| convert(r, dst));
+    }
+    pairs
+}
+
 /// Activations in the form the kernel of `ty` reads: f32 rows as they are, or bf16 pairs.
 enum Activations<'a> {
     F32 { x: &'a [f32], stride: usize },
@@ -208,19 +230,7 @@ impl Activations<'_> {
         match w.ty {
             PackedType::F32 => Activations::F32 { x, stride },
             PackedType::Bf16 => {
-                let steps = w.steps.max(1);
-                let mut pairs = vec![0u32; rows * steps];
-                let convert = |r: usize, dst: &mut [u32]| {
-                    let row = &x[r * stride..r * stride + w.k];
-                    for (s, v) in dst.iter_mut().enumerate() {
-                        *v = bf16_pair(row, s);
-                    }
-                };
-                if rows >= 64 {
-                    pairs.par_chunks_exact_mut(steps).enumerate().for_each(|(r, dst)| convert(r, dst));
-                } else {
-                    pairs.chunks_exact_mut(steps).enumerate().for_each(|(r, dst)| convert(r, dst));
-                }
+                let pairs = bf16_rows(x, stride, rows, w.k, w.steps, rows, rows >= 64);
                 Activations::Bf16 { pairs }
             }
         }
@@ -654,18 +664,7 @@ fn matmul_amx(
     use amx::BLOCK;
     let steps = w.steps;
     let padded_rows = rows.div_ceil(BLOCK) * BLOCK;
-    let mut pairs = vec![0u32; padded_rows * steps];
-    let convert = |r: usize, dst: &mut [u32]| {
-        let row = &x[r * x_stride..r * x_stride + w.k];
-        for (s, v) in dst.iter_mut().enumerate() {
-            *v = bf16_pair(row, s);
-        }
-    };
-    if parallel && rows >= 256 {
-        pairs[..rows * steps].par_chunks_exact_mut(steps).enumerate().for_each(|(r, dst)| convert(r, dst));
-    } else {
-        pairs[..rows * steps].chunks_exact_mut(steps).enumerate().for_each(|(r, dst)| convert(r, dst));
-    }
+    let pairs = bf16_rows(x, x_stride, rows, w.k, steps, padded_rows, parallel && rows >= 256);
     let out_ptr = SharedOut(out.as_mut_ptr());
     let run_panel = |panel: usize| {
         amx::configure();
