@@ -9,8 +9,8 @@ if [ -f scripts/setup-test-venv.sh ]; then
 fi
 cargo test --release --workspace "$@"
 # Fuzzing, bounded (docs/reliability.md): the libFuzzer targets of fuzz/, built by a plain cargo
-# build with cargo-fuzz's instrumentation (no cargo-fuzz install; stable Rust), 20 s each.
+# build with cargo-fuzz's instrumentation (no cargo-fuzz install; stable Rust), 60 s each.
 # JINA_SKIP_FUZZ=1 skips it; JINA_FUZZ_SECONDS changes the time per target.
 if [ "${JINA_SKIP_FUZZ:-0}" != 1 ]; then
-    JINA_FUZZ_DRIVER=plain JINA_FUZZ_SECONDS="${JINA_FUZZ_SECONDS:-20}" bash scripts/fuzz.sh
+    JINA_FUZZ_DRIVER=plain JINA_FUZZ_SECONDS="${JINA_FUZZ_SECONDS:-60}" bash scripts/fuzz.sh
 fi

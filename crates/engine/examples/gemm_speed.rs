@@ -1,4 +1,4 @@
-//! Quick GFLOP/s of the f32 and bf16 linear kernels on the model's shapes:
+//! Quick GFLOP/s of the f32, bf16 and bf16x3 (exact f32) linear kernels on the model's shapes:
 //! `cargo run --release -p jina-engine --example gemm_speed`.
 use std::time::Instant;
 
@@ -23,11 +23,16 @@ fn main() {
         };
         let f32_rate = time(&mut || matmul_transposed(&x, k, m, k, &w, n, &mut out, MatmulInit::Zero, true));
         let mut line = format!("{m}x{k}x{n}: gemm crate f32 {f32_rate:.1} GFLOP/s");
-        for (ty, ok) in [(PackedType::F32, packed::avx512_available()), (PackedType::Bf16, packed::bf16_available())] {
+        let kinds = [
+            (PackedType::F32, packed::avx512_available()),
+            (PackedType::Bf16, packed::bf16_available()),
+            (PackedType::Bf16x3, packed::bf16_available()),
+        ];
+        for (ty, ok) in kinds {
             if ok {
                 let w = PackedMatrix::pack(&w, n, k, ty);
                 let rate = time(&mut || packed::matmul(&x, k, m, &w, &mut out, n, MatmulInit::Zero, true));
-                let amx = if ty == PackedType::Bf16 && packed::amx_available() { " (AMX)" } else { "" };
+                let amx = if ty != PackedType::F32 && packed::amx_available() { " (AMX)" } else { "" };
                 line += &format!(", packed {ty:?}{amx} {rate:.1} GFLOP/s");
             }
         }

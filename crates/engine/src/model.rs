@@ -56,6 +56,11 @@ impl Linear {
         let n_out = bias.len();
         let n_in = weight.len() / n_out;
         let weight = match precision {
+            // Exact f32 on AMX tiles when the weights are bf16 values (a bf16 checkpoint): see
+            // `PackedType::Bf16x3`. Other weights (an f32 or f16 checkpoint) take the FMA kernel.
+            Precision::F32 if packed::amx_available() && all_bf16(&weight) => {
+                LinearWeight::Packed(PackedMatrix::pack(&weight, n_out, n_in, PackedType::Bf16x3))
+            }
             Precision::F32 if packed::avx512_available() => {
                 LinearWeight::Packed(PackedMatrix::pack(&weight, n_out, n_in, PackedType::F32))
             }
@@ -109,11 +114,16 @@ impl Linear {
     }
 }
 
+/// Whether every value is a bf16 value (so bf16 storage loses nothing).
+fn all_bf16(values: &[f32]) -> bool {
+    values.par_iter().all(|&v| half::bf16::from_f32(v).to_f32() == v)
+}
+
 /// The base weight of a linear layer, in the storage its precision needs.
 enum LinearWeight {
     /// Row-major `[out, in]` f32, multiplied with the `gemm` crate (CPUs without AVX-512).
     Plain(Vec<f32>),
-    /// Panels for the AVX-512 kernels: f32 (exact) or bf16.
+    /// Panels for the AVX-512 and AMX kernels: f32 or bf16x3 (exact), or bf16.
     Packed(PackedMatrix),
 }
 

@@ -12,6 +12,8 @@
 //! whatever the number of rows, so a row's result does not depend on the rest of the batch.
 //! Threads split the panels; each keeps its panel hot in L2 while it walks the rows.
 
+use std::ops::Range;
+
 use half::bf16;
 use rayon::prelude::*;
 
@@ -42,7 +44,12 @@ pub fn bf16_available() -> bool {
     {
         use std::sync::OnceLock;
         static AVAILABLE: OnceLock<bool> = OnceLock::new();
-        *AVAILABLE.get_or_init(|| avx512_available() && is_x86_feature_detected!("avx512bf16"))
+        *AVAILABLE.get_or_init(|| {
+            avx512_available()
+                && is_x86_feature_detected!("avx512bf16")
+                && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512vl")
+        })
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -55,8 +62,32 @@ pub fn bf16_available() -> bool {
 pub enum PackedType {
     /// f32 values, one per step.
     F32,
-    /// bf16 pairs, two input positions per step.
+    /// bf16 pairs, two input positions per step; activations are rounded to bf16.
     Bf16,
+    /// bf16 pairs as for `Bf16`, but the f32 activations are split exactly into three bf16
+    /// parts (`x = hi + mid + lo`). With weights that are exactly bf16 (a bf16 checkpoint) every
+    /// product is exact and the sums are f32, so the result is an f32 product's up to the order
+    /// of summation: the exact path, on AMX tiles.
+    Bf16x3,
+}
+
+impl PackedType {
+    /// Steps along an input dimension of `k` values.
+    fn steps(self, k: usize) -> usize {
+        match self {
+            PackedType::F32 => k,
+            PackedType::Bf16 | PackedType::Bf16x3 => k.div_ceil(2),
+        }
+    }
+
+    /// bf16 parts each activation is split into (0: f32 activations).
+    fn activation_parts(self) -> usize {
+        match self {
+            PackedType::F32 => 0,
+            PackedType::Bf16 => 1,
+            PackedType::Bf16x3 => 3,
+        }
+    }
 }
 
 /// A weight matrix `[n, k]` packed into panels.
@@ -88,10 +119,7 @@ impl PackedMatrix {
     /// for every head).
     pub fn repack_strided(&mut self, w: &[f32], stride: usize, n: usize, k: usize) {
         assert!(n == 0 || w.len() >= (n - 1) * stride + k);
-        let steps = match self.ty {
-            PackedType::F32 => k,
-            PackedType::Bf16 => k.div_ceil(2),
-        };
+        let steps = self.ty.steps(k);
         let panels = n.div_ceil(PANEL);
         self.n = n;
         self.k = k;
@@ -105,7 +133,7 @@ impl PackedMatrix {
                 for s in 0..steps {
                     dst[s * PANEL + c] = match ty {
                         PackedType::F32 => row[s].to_bits(),
-                        PackedType::Bf16 => bf16_pair(row, s),
+                        PackedType::Bf16 | PackedType::Bf16x3 => bf16_pair(row, s),
                     };
                 }
             }
@@ -123,10 +151,7 @@ impl PackedMatrix {
     /// `(col c, position s)` is `v[s·stride + c]` (attention's V, whose rows are keys).
     pub fn repack_transposed(&mut self, v: &[f32], stride: usize, k: usize, n: usize) {
         assert!(k == 0 || v.len() >= (k - 1) * stride + n);
-        let steps = match self.ty {
-            PackedType::F32 => k,
-            PackedType::Bf16 => k.div_ceil(2),
-        };
+        let steps = self.ty.steps(k);
         let panels = n.div_ceil(PANEL);
         self.n = n;
         self.k = k;
@@ -144,7 +169,7 @@ impl PackedMatrix {
                             *d = x.to_bits();
                         }
                     }
-                    PackedType::Bf16 => {
+                    PackedType::Bf16 | PackedType::Bf16x3 => {
                         for (c, d) in dst.iter_mut().enumerate() {
                             let col = panel * PANEL + c;
                             let lo = bf16::from_f32(v[2 * s * stride + col]).to_bits() as u32;
@@ -182,7 +207,7 @@ impl PackedMatrix {
         let (panel, c) = (col / PANEL, col % PANEL);
         match self.ty {
             PackedType::F32 => f32::from_bits(self.data[(panel * self.steps + i) * PANEL + c]),
-            PackedType::Bf16 => {
+            PackedType::Bf16 | PackedType::Bf16x3 => {
                 let pair = self.data[(panel * self.steps + i / 2) * PANEL + c];
                 bf16::from_bits(if i % 2 == 0 { pair as u16 } else { (pair >> 16) as u16 }).to_f32()
             }
@@ -197,41 +222,97 @@ fn bf16_pair(row: &[f32], s: usize) -> u32 {
     lo | (hi << 16)
 }
 
-/// Rounds `rows` rows of `k` values (`stride` apart) to bf16 pairs, `steps` pairs a row, in a
-/// buffer of `padded_rows` rows whose extra rows are zero (AMX works on 32-row blocks).
-fn bf16_rows(x: &[f32], stride: usize, rows: usize, k: usize, steps: usize, padded_rows: usize, parallel: bool) -> Vec<u32> {
-    let mut pairs = vec![0u32; padded_rows * steps];
-    if steps == 0 {
+/// Rounds `rows` rows of `k` values (`stride` apart) to bf16, in a buffer of `padded_rows`
+/// rows whose extra rows are zero (AMX works on 32-row blocks). Each row holds `parts` blocks
+/// of `steps` pairs: block 0 is bf16(x) and each next block the bf16 of what the blocks before
+/// it left over, so with 3 parts they sum to x exactly (8 + 8 + 8 significant bits; for
+/// |x| < 2^-100 the bits below 2^-126 are lost, as the conversion flushes subnormals).
+#[allow(clippy::too_many_arguments)]
+fn bf16_rows(
+    x: &[f32],
+    stride: usize,
+    rows: usize,
+    k: usize,
+    steps: usize,
+    padded_rows: usize,
+    parts: usize,
+    parallel: bool,
+) -> Vec<u32> {
+    let row_pairs = parts * steps;
+    let mut pairs = vec![0u32; padded_rows * row_pairs];
+    if row_pairs == 0 {
         return pairs;
     }
-    let convert = |r: usize, dst: &mut [u32]| {
-        let row = &x[r * stride..r * stride + k];
-        for (s, v) in dst.iter_mut().enumerate() {
-            *v = bf16_pair(row, s);
-        }
-    };
-    let filled = &mut pairs[..rows * steps];
+    let convert = |r: usize, dst: &mut [u32]| split_row(&x[r * stride..r * stride + k], dst, steps, parts);
+    let filled = &mut pairs[..rows * row_pairs];
     if parallel {
-        filled.par_chunks_exact_mut(steps).enumerate().for_each(|(r, dst)| convert(r, dst));
+        filled.par_chunks_exact_mut(row_pairs).enumerate().for_each(|(r, dst)| convert(r, dst));
     } else {
-        filled.chunks_exact_mut(steps).enumerate().for_each(|(r, dst)| convert(r, dst));
+        filled.chunks_exact_mut(row_pairs).enumerate().for_each(|(r, dst)| convert(r, dst));
     }
     pairs
+}
+
+/// One row of [`bf16_rows`]: `dst` holds `parts` blocks of `steps` pairs, zero-filled.
+fn split_row(row: &[f32], dst: &mut [u32], steps: usize, parts: usize) {
+    debug_assert!(row.len() <= 2 * steps && dst.len() == parts * steps);
+    #[cfg(target_arch = "x86_64")]
+    if bf16_available() {
+        // SAFETY: the features were checked; `dst` has room for `parts` blocks of 2·steps bf16.
+        return unsafe { split_row_avx512(row, dst, steps, parts) };
+    }
+    for p in 0..parts {
+        for s in 0..steps {
+            let part_of = |i: usize| row.get(i).map_or(0, |&v| bf16_part(v, p));
+            dst[p * steps + s] = part_of(2 * s) as u32 | (part_of(2 * s + 1) as u32) << 16;
+        }
+    }
+}
+
+/// Bits of part `p` of `v`'s exact split into bf16 parts (rounding to nearest even).
+fn bf16_part(v: f32, p: usize) -> u16 {
+    let mut rest = v;
+    for _ in 0..p {
+        rest -= bf16::from_f32(rest).to_f32();
+    }
+    bf16::from_f32(rest).to_bits()
+}
+
+/// [`split_row`] with `VCVTNEPS2BF16`: 16 values at a time, the tail by a masked load.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16,avx512bw,avx512vl")]
+unsafe fn split_row_avx512(row: &[f32], dst: &mut [u32], steps: usize, parts: usize) {
+    use std::arch::x86_64::*;
+    let out = dst.as_mut_ptr() as *mut u16;
+    for i in (0..row.len()).step_by(16) {
+        let n = (row.len() - i).min(16);
+        let mask: u16 = if n == 16 { u16::MAX } else { (1u16 << n) - 1 };
+        let mut rest = _mm512_maskz_loadu_ps(mask, row.as_ptr().add(i));
+        for p in 0..parts {
+            let part = _mm512_cvtneps_pbh(rest);
+            _mm256_mask_storeu_epi16(out.add(2 * p * steps + i) as *mut i16, mask, std::mem::transmute::<__m256bh, __m256i>(part));
+            if p + 1 < parts {
+                rest = _mm512_sub_ps(rest, _mm512_cvtpbh_ps(part));
+            }
+        }
+    }
 }
 
 /// Activations in the form the kernel of `ty` reads: f32 rows as they are, or bf16 pairs.
 enum Activations<'a> {
     F32 { x: &'a [f32], stride: usize },
-    Bf16 { pairs: Vec<u32> },
+    /// `parts` blocks of bf16 pairs per row (see [`bf16_rows`]).
+    Bf16 { pairs: Vec<u32>, parts: usize },
 }
 
 impl Activations<'_> {
     fn prepare<'a>(x: &'a [f32], stride: usize, rows: usize, w: &PackedMatrix) -> Activations<'a> {
         match w.ty {
             PackedType::F32 => Activations::F32 { x, stride },
-            PackedType::Bf16 => {
-                let pairs = bf16_rows(x, stride, rows, w.k, w.steps, rows, rows >= 64);
-                Activations::Bf16 { pairs }
+            PackedType::Bf16 | PackedType::Bf16x3 => {
+                let parts = w.ty.activation_parts();
+                let pairs = bf16_rows(x, stride, rows, w.k, w.steps, rows, parts, rows >= 64);
+                Activations::Bf16 { pairs, parts }
             }
         }
     }
@@ -253,7 +334,9 @@ pub fn matmul(
 ) {
     match w.ty {
         PackedType::F32 => assert!(avx512_available(), "the packed f32 kernel needs AVX-512"),
-        PackedType::Bf16 => assert!(bf16_available(), "the packed bf16 kernel needs AVX512_BF16"),
+        PackedType::Bf16 | PackedType::Bf16x3 => {
+            assert!(bf16_available(), "the packed bf16 kernel needs AVX512_BF16")
+        }
     }
     if rows == 0 || w.n == 0 {
         return;
@@ -264,17 +347,17 @@ pub fn matmul(
         assert_eq!(b.len(), w.n);
     }
     #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
-    if w.ty == PackedType::Bf16 && rows >= 16 && w.steps % amx::PAIRS_PER_STEP == 0 && amx_available() {
+    if w.ty != PackedType::F32 && rows >= 16 && w.steps % amx::PAIRS_PER_STEP == 0 && amx_available() {
         return matmul_amx(x, x_stride, rows, w, out, out_stride, init, parallel);
     }
     let acts = Activations::prepare(x, x_stride, rows, w);
     let out_ptr = SharedOut(out.as_mut_ptr());
-    let run_panel = |panel: usize| {
+    let run_panel = |panel: usize, block: Range<usize>| {
         let cols = PANEL.min(w.n - panel * PANEL);
         let wp = &w.data[panel * w.steps * PANEL..(panel + 1) * w.steps * PANEL];
         let mut tile = [[0f32; PANEL]; MAX_ROWS];
-        for r0 in (0..rows).step_by(MAX_ROWS) {
-            let mr = MAX_ROWS.min(rows - r0);
+        for r0 in block.clone().step_by(MAX_ROWS) {
+            let mr = MAX_ROWS.min(block.end - r0);
             // SAFETY: the features were checked above; `x`/`pairs` hold rows r0..r0+mr of
             // `steps` steps each and `wp` one panel of `steps` steps.
             #[cfg(target_arch = "x86_64")]
@@ -283,8 +366,9 @@ pub fn matmul(
                     Activations::F32 { x, stride } => {
                         avx512::tile_f32(mr, x.as_ptr().add(r0 * *stride), *stride, w.steps, wp, &mut tile)
                     }
-                    Activations::Bf16 { pairs } => {
-                        avx512::tile_bf16(mr, pairs.as_ptr().add(r0 * w.steps), w.steps, w.steps, wp, &mut tile)
+                    Activations::Bf16 { pairs, parts } => {
+                        let row_pairs = parts * w.steps;
+                        avx512::tile_bf16(mr, pairs.as_ptr().add(r0 * row_pairs), row_pairs, *parts, w.steps, wp, &mut tile)
                     }
                 }
             }
@@ -298,11 +382,38 @@ pub fn matmul(
             }
         }
     };
-    let panels = w.n.div_ceil(PANEL);
-    if parallel && panels > 1 && rows * w.n * w.k >= 1 << 18 {
-        (0..panels).into_par_iter().for_each(run_panel);
-    } else {
-        (0..panels).for_each(run_panel);
+    let row_bytes = match &acts {
+        Activations::F32 { .. } => w.k * 4,
+        Activations::Bf16 { parts, .. } => parts * w.steps * 4,
+    };
+    let parallel = parallel && rows * w.n * w.k >= 1 << 18;
+    for_each_block(rows, row_bytes, MAX_ROWS, w.n.div_ceil(PANEL), parallel, run_panel);
+}
+
+/// Bytes of activations in one block of rows: under half of a 2 MiB L2, so that a block stays
+/// there while every panel passes over it. Walking all rows for each panel instead streams the
+/// activations from L3 once per panel, which starves the AMX tiles (a quarter of their speed).
+const ROW_BLOCK_BYTES: usize = 1 << 20;
+
+/// Runs `task(panel, rows)` for every panel and every block of rows of about
+/// [`ROW_BLOCK_BYTES`] (`row_bytes` a row; a multiple of `align` rows), block after block; the
+/// panels of a block are split across threads when `parallel`.
+fn for_each_block(
+    rows: usize,
+    row_bytes: usize,
+    align: usize,
+    panels: usize,
+    parallel: bool,
+    task: impl Fn(usize, Range<usize>) + Sync,
+) {
+    let block = (ROW_BLOCK_BYTES / row_bytes.max(1)).max(align) / align * align;
+    for start in (0..rows).step_by(block) {
+        let range = start..rows.min(start + block);
+        if parallel && panels > 1 {
+            (0..panels).into_par_iter().for_each(|panel| task(panel, range.clone()));
+        } else {
+            (0..panels).for_each(|panel| task(panel, range.clone()));
+        }
     }
 }
 
@@ -354,16 +465,17 @@ mod avx512 {
         }
     }
 
-    /// bf16 tile: `out[m][c] = Σ_s x₀·w₀ + x₁·w₁` over the pairs of step s.
+    /// bf16 tile: `out[m][c] = Σ_s Σ_p x₀·w₀ + x₁·w₁` over the pairs of step s of each of the
+    /// `parts` blocks of a row (block p starts `p·steps` pairs into the row).
     #[target_feature(enable = "avx512f,avx512bf16")]
-    pub unsafe fn tile_bf16(mr: usize, x: *const u32, stride: usize, steps: usize, w: &[u32], out: &mut Tile) {
+    pub unsafe fn tile_bf16(mr: usize, x: *const u32, stride: usize, parts: usize, steps: usize, w: &[u32], out: &mut Tile) {
         match mr {
-            1 => bf16_rows::<1>(x, stride, steps, w, out),
-            2 => bf16_rows::<2>(x, stride, steps, w, out),
-            3 => bf16_rows::<3>(x, stride, steps, w, out),
-            4 => bf16_rows::<4>(x, stride, steps, w, out),
-            5 => bf16_rows::<5>(x, stride, steps, w, out),
-            _ => bf16_rows::<6>(x, stride, steps, w, out),
+            1 => bf16_rows::<1>(x, stride, parts, steps, w, out),
+            2 => bf16_rows::<2>(x, stride, parts, steps, w, out),
+            3 => bf16_rows::<3>(x, stride, parts, steps, w, out),
+            4 => bf16_rows::<4>(x, stride, parts, steps, w, out),
+            5 => bf16_rows::<5>(x, stride, parts, steps, w, out),
+            _ => bf16_rows::<6>(x, stride, parts, steps, w, out),
         }
     }
 
@@ -392,7 +504,7 @@ mod avx512 {
 
     #[inline]
     #[target_feature(enable = "avx512f,avx512bf16")]
-    unsafe fn bf16_rows<const MR: usize>(x: *const u32, stride: usize, steps: usize, w: &[u32], out: &mut Tile) {
+    unsafe fn bf16_rows<const MR: usize>(x: *const u32, stride: usize, parts: usize, steps: usize, w: &[u32], out: &mut Tile) {
         debug_assert!(w.len() >= steps * PANEL);
         let mut acc = [[_mm512_setzero_ps(); 4]; MR];
         let mut wp = w.as_ptr();
@@ -401,12 +513,14 @@ mod avx512 {
             let w1: __m512bh = std::mem::transmute(_mm512_loadu_si512(wp.add(16) as *const _));
             let w2: __m512bh = std::mem::transmute(_mm512_loadu_si512(wp.add(32) as *const _));
             let w3: __m512bh = std::mem::transmute(_mm512_loadu_si512(wp.add(48) as *const _));
-            for (m, acc_m) in acc.iter_mut().enumerate() {
-                let xb: __m512bh = std::mem::transmute(_mm512_set1_epi32(*x.add(m * stride + s) as i32));
-                acc_m[0] = _mm512_dpbf16_ps(acc_m[0], xb, w0);
-                acc_m[1] = _mm512_dpbf16_ps(acc_m[1], xb, w1);
-                acc_m[2] = _mm512_dpbf16_ps(acc_m[2], xb, w2);
-                acc_m[3] = _mm512_dpbf16_ps(acc_m[3], xb, w3);
+            for p in 0..parts {
+                for (m, acc_m) in acc.iter_mut().enumerate() {
+                    let xb: __m512bh = std::mem::transmute(_mm512_set1_epi32(*x.add(m * stride + p * steps + s) as i32));
+                    acc_m[0] = _mm512_dpbf16_ps(acc_m[0], xb, w0);
+                    acc_m[1] = _mm512_dpbf16_ps(acc_m[1], xb, w1);
+                    acc_m[2] = _mm512_dpbf16_ps(acc_m[2], xb, w2);
+                    acc_m[3] = _mm512_dpbf16_ps(acc_m[3], xb, w3);
+                }
             }
             wp = wp.add(PANEL);
         }
@@ -440,7 +554,7 @@ mod tests {
     fn packing_round_trips() {
         let (n, k) = (70, 5);
         let w = round_bf16(noise(n * k, 1));
-        for ty in [PackedType::F32, PackedType::Bf16] {
+        for ty in [PackedType::F32, PackedType::Bf16, PackedType::Bf16x3] {
             let packed = PackedMatrix::pack(&w, n, k, ty);
             for c in 0..n {
                 for i in 0..k {
@@ -452,10 +566,10 @@ mod tests {
 
     #[test]
     fn matches_the_reference_on_awkward_shapes() {
-        for ty in [PackedType::F32, PackedType::Bf16] {
+        for ty in [PackedType::F32, PackedType::Bf16, PackedType::Bf16x3] {
             let ok = match ty {
                 PackedType::F32 => avx512_available(),
-                PackedType::Bf16 => bf16_available(),
+                PackedType::Bf16 | PackedType::Bf16x3 => bf16_available(),
             };
             if !ok {
                 eprintln!("skipped {ty:?}: this CPU lacks the instructions");
@@ -490,6 +604,74 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn three_bf16_parts_sum_to_the_value_exactly() {
+        // Values over many magnitudes, in rows of awkward lengths (the masked tail included).
+        // Below about 2^-100 the last part would be subnormal, which the conversion flushes:
+        // a loss of less than 2^-126 in absolute terms.
+        let values: Vec<f32> = noise(4099, 21)
+            .iter()
+            .enumerate()
+            .map(|(i, v)| v * 10f32.powi((i % 60) as i32 - 28))
+            .collect();
+        for len in [1, 2, 15, 16, 17, 33, 4099] {
+            let row = &values[..len];
+            let steps = len.div_ceil(2);
+            let mut dst = vec![0u32; 3 * steps];
+            split_row(row, &mut dst, steps, 3);
+            let half = |p: usize, i: usize| {
+                let pair = dst[p * steps + i / 2];
+                bf16::from_bits(if i % 2 == 0 { pair as u16 } else { (pair >> 16) as u16 })
+            };
+            for (i, &v) in row.iter().enumerate() {
+                let sum: f64 = (0..3).map(|p| half(p, i).to_f32() as f64).sum();
+                assert_eq!(sum, v as f64, "value {i} of {len}: {v:e}");
+                for p in 0..3 {
+                    assert_eq!(half(p, i).to_bits(), bf16_part(v, p), "part {p} of {v:e}");
+                }
+            }
+            if len % 2 == 1 {
+                assert!((0..3).all(|p| dst[p * steps + steps - 1] >> 16 == 0), "padding stays zero");
+            }
+        }
+    }
+
+    /// Worst `|out − exact| / Σ|x·w|` of one product against an f64 reference.
+    fn relative_error(ty: PackedType, x: &[f32], w: &[f32], rows: usize, k: usize, n: usize) -> f64 {
+        let packed = PackedMatrix::pack(w, n, k, ty);
+        let mut out = vec![0f32; rows * n];
+        matmul(x, k, rows, &packed, &mut out, n, MatmulInit::Zero, true);
+        let mut worst = 0f64;
+        for r in 0..rows {
+            for c in 0..n {
+                let terms = (0..k).map(|i| x[r * k + i] as f64 * w[c * k + i] as f64);
+                let (exact, scale) = terms.fold((0.0, 0.0), |(s, a), t| (s + t, a + t.abs()));
+                worst = worst.max((out[r * n + c] as f64 - exact).abs() / scale.max(f64::MIN_POSITIVE));
+            }
+        }
+        worst
+    }
+
+    #[test]
+    fn bf16x3_products_are_as_exact_as_f32_ones() {
+        if !bf16_available() {
+            eprintln!("skipped: this CPU lacks AVX512_BF16");
+            return;
+        }
+        // f32 activations with all their bits, weights from a bf16 checkpoint. Shapes with
+        // rows ≥ 16 and k a multiple of 32 run on AMX where the CPU has it.
+        for &(rows, k, n) in &[(1, 64, 64), (5, 7, 3), (20, 96, 70), (33, 1024, 130), (32, 4096, 64)] {
+            let x = noise(rows * k, 12);
+            let w = round_bf16(noise(n * k, 13));
+            let f32_error = relative_error(PackedType::F32, &x, &w, rows, k, n);
+            let x3_error = relative_error(PackedType::Bf16x3, &x, &w, rows, k, n);
+            let bf16_error = relative_error(PackedType::Bf16, &x, &w, rows, k, n);
+            assert!(f32_error < 1e-6 && x3_error < 1e-6, "{rows}x{k}x{n}: f32 {f32_error:e}, bf16x3 {x3_error:e}");
+            // The bound separates the paths: one bf16 part alone loses ~8 bits.
+            assert!(bf16_error > 1e-4, "{rows}x{k}x{n}: bf16 {bf16_error:e}");
         }
     }
 
@@ -536,6 +718,17 @@ mod tests {
 mod amx {
     use std::arch::asm;
     use std::sync::OnceLock;
+
+    /// Where the A tiles of a block lie, in u32 (pairs) from its start: tile step `s`, part `p`
+    /// of the upper 16 rows at `s·step + p·part`, the lower 16 rows `lower` further; rows of a
+    /// tile `stride` bytes apart.
+    #[derive(Clone, Copy)]
+    pub struct ALayout {
+        pub stride: usize,
+        pub step: usize,
+        pub part: usize,
+        pub lower: usize,
+    }
 
     /// Rows and columns of one output block.
     pub const BLOCK: usize = 32;
@@ -596,32 +789,41 @@ mod amx {
     }
 
     /// `c[32 × 32] = Σ a·b` over `steps` tile steps: `a` holds 32 rows of bf16 pairs
-    /// (`a_stride` bytes apart), `b` the panel at the block's first column (pairs 256 bytes apart).
+    /// (`a_stride` bytes apart) in `parts` blocks `part_pairs` pairs apart, each multiplied by
+    /// the same weights; `b` is the panel at the block's first column (pairs 256 bytes apart).
     ///
     /// # Safety
-    /// Tiles configured on this thread; `a` readable for 32 rows × 16·steps pairs, `b` for
-    /// 16·steps pairs of 32 columns, `c` writable for 32 rows of 32 f32 (128 bytes apart).
-    pub unsafe fn block(a: *const u32, a_stride: usize, b: *const u32, steps: usize, c: *mut f32) {
+    /// Tiles configured on this thread; `a` readable for 32 rows × `parts` blocks of 16·steps
+    /// pairs, `b` for 16·steps pairs of 32 columns, `c` writable for 32 rows of 32 f32 (128
+    /// bytes apart).
+    pub unsafe fn block(a: *const u32, a_layout: ALayout, parts: usize, b: *const u32, steps: usize, c: *mut f32) {
+        let ALayout { stride: a_stride, step: a_step, part: a_part, lower: a_lower } = a_layout;
         let b_stride = super::PANEL * 4;
         asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nostack, nomem));
         for s in 0..steps {
-            let a0 = a.add(s * PAIRS_PER_STEP);
-            let a1 = a0.add(16 * a_stride / 4);
             let b0 = b.add(s * PAIRS_PER_STEP * super::PANEL);
             let b1 = b0.add(16);
+            // Both weight tiles stay loaded for every part of the activations.
             asm!(
-                "tileloadd tmm4, [{a0} + {sa}*1]",
                 "tileloadd tmm6, [{b0} + {sb}*1]",
-                "tdpbf16ps tmm0, tmm4, tmm6",
                 "tileloadd tmm7, [{b1} + {sb}*1]",
-                "tdpbf16ps tmm1, tmm4, tmm7",
-                "tileloadd tmm5, [{a1} + {sa}*1]",
-                "tdpbf16ps tmm2, tmm5, tmm6",
-                "tdpbf16ps tmm3, tmm5, tmm7",
-                a0 = in(reg) a0, a1 = in(reg) a1, b0 = in(reg) b0, b1 = in(reg) b1,
-                sa = in(reg) a_stride, sb = in(reg) b_stride,
+                b0 = in(reg) b0, b1 = in(reg) b1, sb = in(reg) b_stride,
                 options(nostack, readonly),
             );
+            for p in 0..parts {
+                let a0 = a.add(p * a_part + s * a_step);
+                let a1 = a0.add(a_lower);
+                asm!(
+                    "tileloadd tmm4, [{a0} + {sa}*1]",
+                    "tdpbf16ps tmm0, tmm4, tmm6",
+                    "tdpbf16ps tmm1, tmm4, tmm7",
+                    "tileloadd tmm5, [{a1} + {sa}*1]",
+                    "tdpbf16ps tmm2, tmm5, tmm6",
+                    "tdpbf16ps tmm3, tmm5, tmm7",
+                    a0 = in(reg) a0, a1 = in(reg) a1, sa = in(reg) a_stride,
+                    options(nostack, readonly),
+                );
+            }
         }
         let sc = BLOCK * 4;
         asm!(
@@ -648,6 +850,49 @@ pub fn amx_available() -> bool {
     }
 }
 
+/// The activations split into bf16 parts as by [`bf16_rows`], but laid out as AMX A tiles of
+/// 16 rows × 16 pairs (1 KiB each): for each group of 16 rows, tile step after tile step, part
+/// after part; rows past `rows` up to `padded_rows` are zero. Tile loads then read contiguous
+/// memory, which the prefetchers follow, instead of 16 rows a row length apart.
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+#[allow(clippy::too_many_arguments)]
+fn amx_tiles(
+    x: &[f32],
+    stride: usize,
+    rows: usize,
+    k: usize,
+    steps: usize,
+    padded_rows: usize,
+    parts: usize,
+    parallel: bool,
+) -> Vec<u32> {
+    const TILE_ROWS: usize = 16;
+    let width = amx::PAIRS_PER_STEP;
+    let tile_steps = steps / width;
+    let row_pairs = parts * steps;
+    let mut tiles = vec![0u32; padded_rows * row_pairs];
+    let fill_group = |group: usize, dst: &mut [u32]| {
+        let mut row_buf = vec![0u32; row_pairs];
+        for r in 0..TILE_ROWS.min(rows.saturating_sub(group * TILE_ROWS)) {
+            let row = group * TILE_ROWS + r;
+            split_row(&x[row * stride..row * stride + k], &mut row_buf, steps, parts);
+            for p in 0..parts {
+                for s in 0..tile_steps {
+                    let at = (s * parts + p) * TILE_ROWS * width + r * width;
+                    dst[at..at + width].copy_from_slice(&row_buf[p * steps + s * width..][..width]);
+                }
+            }
+        }
+    };
+    let groups = tiles.chunks_exact_mut(TILE_ROWS * row_pairs).enumerate();
+    if parallel {
+        groups.par_bridge().for_each(|(g, dst)| fill_group(g, dst));
+    } else {
+        groups.for_each(|(g, dst)| fill_group(g, dst));
+    }
+    tiles
+}
+
 /// The bf16 product on AMX: activations rounded to bf16 pairs, rows padded to 32 with zeros.
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 #[allow(clippy::too_many_arguments)]
@@ -664,29 +909,60 @@ fn matmul_amx(
     use amx::BLOCK;
     let steps = w.steps;
     let padded_rows = rows.div_ceil(BLOCK) * BLOCK;
-    let pairs = bf16_rows(x, x_stride, rows, w.k, steps, padded_rows, parallel && rows >= 256);
+    let parts = w.ty.activation_parts();
+    let pairs = amx_tiles(x, x_stride, rows, w.k, steps, padded_rows, parts, parallel && rows >= 64);
+    let tile_steps = steps / amx::PAIRS_PER_STEP;
+    let layout = amx::ALayout { stride: 64, step: parts * 256, part: 256, lower: tile_steps * parts * 256 };
     let out_ptr = SharedOut(out.as_mut_ptr());
-    let run_panel = |panel: usize| {
+    // The input dimension in chunks of at most CHUNK tile steps (1024 inputs), so that a block
+    // of rows and a panel's share of the weights fit L2 together even for fc2 (4096 inputs);
+    // each chunk after the first adds to what the ones before it stored.
+    const CHUNK: usize = 32;
+    for chunk in (0..tile_steps).step_by(CHUNK) {
+        let chunk_steps = CHUNK.min(tile_steps - chunk);
+        let init = if chunk == 0 { init } else { MatmulInit::Accumulate };
+        let run_panel = |panel: usize, block: Range<usize>| {
+            let wp = &w.data[(panel * steps + chunk * amx::PAIRS_PER_STEP) * PANEL..(panel + 1) * steps * PANEL];
+            let a = &pairs[chunk * layout.step..];
+            amx_panel(a, layout, parts, wp, chunk_steps, panel, block, rows, w.n, out_ptr, out_stride, init);
+        };
+        for_each_block(rows, chunk_steps * amx::PAIRS_PER_STEP * parts * 4, BLOCK, w.n.div_ceil(PANEL), parallel, run_panel);
+    }
+}
+
+/// One panel's columns of the rows of `block` on AMX, over `steps` tile steps of `a` and `wp`.
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+#[allow(clippy::too_many_arguments)]
+fn amx_panel(
+    a: &[u32],
+    layout: amx::ALayout,
+    parts: usize,
+    wp: &[u32],
+    steps: usize,
+    panel: usize,
+    block: Range<usize>,
+    rows: usize,
+    n: usize,
+    out_ptr: SharedOut,
+    out_stride: usize,
+    init: MatmulInit,
+) {
+    use amx::BLOCK;
+    let row_pairs = layout.lower / 16;
+    {
         amx::configure();
         let mut c = [0f32; BLOCK * BLOCK];
-        let wp = &w.data[panel * steps * PANEL..(panel + 1) * steps * PANEL];
         for half in 0..PANEL / BLOCK {
             let first_col = panel * PANEL + half * BLOCK;
-            if first_col >= w.n {
+            if first_col >= n {
                 break;
             }
-            let cols = BLOCK.min(w.n - first_col);
-            for r0 in (0..rows).step_by(BLOCK) {
+            let cols = BLOCK.min(n - first_col);
+            for r0 in block.clone().step_by(BLOCK) {
                 // SAFETY: tiles configured above; `pairs` has 32 padded rows from r0 of `steps`
                 // pairs, the panel has `steps` pairs of 64 columns, `c` is 32 × 32.
                 unsafe {
-                    amx::block(
-                        pairs.as_ptr().add(r0 * steps),
-                        steps * 4,
-                        wp.as_ptr().add(half * BLOCK),
-                        steps / amx::PAIRS_PER_STEP,
-                        c.as_mut_ptr(),
-                    )
+                    amx::block(a.as_ptr().add(r0 * row_pairs), layout, parts, wp.as_ptr().add(half * BLOCK), steps, c.as_mut_ptr())
                 };
                 for i in 0..BLOCK.min(rows - r0) {
                     // SAFETY: this panel's task alone writes these columns of each row.
@@ -698,11 +974,5 @@ fn matmul_amx(
             }
         }
         amx::release();
-    };
-    let panels = w.n.div_ceil(PANEL);
-    if parallel && panels > 1 {
-        (0..panels).into_par_iter().for_each(run_panel);
-    } else {
-        (0..panels).for_each(run_panel);
     }
 }
