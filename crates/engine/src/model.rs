@@ -42,6 +42,8 @@ struct Linear {
     bias: Vec<f32>,
     lora_a: Vec<f32>,
     lora_b: Vec<f32>,
+    /// `lora_b` of each task transposed to `[rank × n_out]`, for the product's epilogue.
+    lora_b_t: Vec<f32>,
     n_in: usize,
     n_out: usize,
     rank: usize,
@@ -67,51 +69,90 @@ impl Linear {
             Precision::F32 => LinearWeight::Plain(weight),
             Precision::Bf16 => LinearWeight::Packed(PackedMatrix::pack(&weight, n_out, n_in, PackedType::Bf16)),
         };
+        let rank = config.lora_rank;
+        let lora_b = w.f32(&format!("{base}.0.lora_B"))?;
         Ok(Linear {
             n_in,
             n_out,
             weight,
             bias,
             lora_a: w.f32(&format!("{base}.0.lora_A"))?,
-            lora_b: w.f32(&format!("{base}.0.lora_B"))?,
-            rank: config.lora_rank,
+            lora_b_t: transpose_per_task(&lora_b, n_out, rank),
+            lora_b,
+            rank,
             scaling: config.lora_scaling(),
         })
     }
 
-    /// `out = x·Wᵀ + b (+ LoRA per segment)`; `x` is `tokens × n_in`, `out` is `tokens × n_out`.
-    fn forward(&self, x: &[f32], segments: &[Segment], out: &mut [f32]) {
+    /// `out = x·Wᵀ + b (+ LoRA per segment)`, then GELU when `gelu`; `x` is `tokens × n_in`, `out`
+    /// is `tokens × n_out`.
+    fn forward(&self, x: &[f32], segments: &[Segment], out: &mut [f32], gelu: bool) {
         let tokens = x.len() / self.n_in;
         let out = &mut out[..tokens * self.n_out];
+        let runs = merge_adapter_runs(segments);
+        let low = self.lora_down(x, &runs, tokens);
         match &self.weight {
-            LinearWeight::Plain(w) => kernels::matmul_transposed(
-                x,
-                self.n_in,
-                tokens,
-                self.n_in,
-                w,
-                self.n_out,
-                out,
-                MatmulInit::Bias(&self.bias),
-                true,
-            ),
+            LinearWeight::Plain(w) => {
+                let init = MatmulInit::Bias(&self.bias);
+                kernels::matmul_transposed(x, self.n_in, tokens, self.n_in, w, self.n_out, out, init, true);
+                for seg in &runs {
+                    let Some(task) = seg.adapter else { continue };
+                    let b = &self.lora_b[task * self.n_out * self.rank..(task + 1) * self.n_out * self.rank];
+                    let low = &low[seg.start * self.rank..(seg.start + seg.len) * self.rank];
+                    let dst = &mut out[seg.start * self.n_out..(seg.start + seg.len) * self.n_out];
+                    kernels::matmul_transposed(low, self.rank, seg.len, self.rank, b, self.n_out, dst, MatmulInit::Accumulate, true);
+                }
+                if gelu {
+                    kernels::gelu_erf_in_place(out);
+                }
+            }
             LinearWeight::Packed(w) => {
-                packed::matmul(x, self.n_in, tokens, w, out, self.n_out, MatmulInit::Bias(&self.bias), true)
+                // The LoRA up-projection and GELU are applied to each output block as it is
+                // stored: no extra passes over the output.
+                let task_size = self.rank * self.n_out;
+                let mut up = vec![None; tokens];
+                for seg in &runs {
+                    if let Some(task) = seg.adapter {
+                        let b_t = &self.lora_b_t[task * task_size..(task + 1) * task_size];
+                        up[seg.start..seg.start + seg.len].fill(Some(b_t));
+                    }
+                }
+                let low_rank = packed::LowRank { low: &low, rank: self.rank, up: &up };
+                let epilogue = packed::Epilogue { low_rank: Some(low_rank), gelu };
+                let init = MatmulInit::Bias(&self.bias);
+                packed::matmul_with(x, self.n_in, tokens, w, out, self.n_out, init, epilogue, true);
             }
         }
-        for seg in merge_adapter_runs(segments) {
+    }
+
+    /// LoRA's down-projection `s·x·Aᵀ` (`tokens × rank`) of the rows of each run with an
+    /// adapter; zero elsewhere.
+    fn lora_down(&self, x: &[f32], runs: &[Segment], tokens: usize) -> Vec<f32> {
+        let mut low = vec![0f32; tokens * self.rank];
+        for seg in runs {
             let Some(task) = seg.adapter else { continue };
             let xs = &x[seg.start * self.n_in..(seg.start + seg.len) * self.n_in];
             let a = &self.lora_a[task * self.rank * self.n_in..(task + 1) * self.rank * self.n_in];
-            let b = &self.lora_b[task * self.n_out * self.rank..(task + 1) * self.n_out * self.rank];
-            let mut low = vec![0f32; seg.len * self.rank];
+            let dst = &mut low[seg.start * self.rank..(seg.start + seg.len) * self.rank];
             // Rank 4: too little work to share between threads.
-            kernels::matmul_transposed(xs, self.n_in, seg.len, self.n_in, a, self.rank, &mut low, MatmulInit::Zero, false);
-            low.iter_mut().for_each(|v| *v *= self.scaling);
-            let dst = &mut out[seg.start * self.n_out..(seg.start + seg.len) * self.n_out];
-            kernels::matmul_transposed(&low, self.rank, seg.len, self.rank, b, self.n_out, dst, MatmulInit::Accumulate, true);
+            kernels::matmul_transposed(xs, self.n_in, seg.len, self.n_in, a, self.rank, dst, MatmulInit::Zero, false);
+            dst.iter_mut().for_each(|v| *v *= self.scaling);
+        }
+        low
+    }
+}
+
+/// `[task][n × rank]` matrices transposed to `[task][rank × n]`.
+fn transpose_per_task(b: &[f32], n: usize, rank: usize) -> Vec<f32> {
+    let mut t = vec![0f32; b.len()];
+    for (src, dst) in b.chunks_exact(n * rank).zip(t.chunks_exact_mut(n * rank)) {
+        for c in 0..n {
+            for j in 0..rank {
+                dst[j * n + c] = src[c * rank + j];
+            }
         }
     }
+    t
 }
 
 /// Whether every value is a bf16 value (so bf16 storage loses nothing).
@@ -379,23 +420,22 @@ impl Encoder {
     ) {
         let h = self.hidden;
         // Attention: packed QKV, rotary on Q and K, tiled softmax attention, output projection.
-        profile.time("qkv", || block.wqkv.forward(x, segments, &mut act.qkv));
+        profile.time("qkv", || block.wqkv.forward(x, segments, &mut act.qkv, false));
         profile.time("rotary", || self.apply_rotary(&mut act.qkv, segments));
         let ty = match self.precision {
             Precision::F32 => PackedType::F32,
             Precision::Bf16 => PackedType::Bf16,
         };
         profile.time("attention", || kernels::attention(&act.qkv, &mut act.ctx, ranges, self.heads, self.head_dim, ty));
-        profile.time("out_proj", || block.out_proj.forward(&act.ctx, segments, &mut act.attn_out));
+        profile.time("out_proj", || block.out_proj.forward(&act.ctx, segments, &mut act.attn_out, false));
         // Post-LN: x = LN(attn + x).
         profile.time("layer_norm", || {
             kernels::add_residual_layer_norm(&mut act.attn_out, x, h, &block.norm1.weight, &block.norm1.bias, block.norm1.eps);
             x.copy_from_slice(&act.attn_out);
         });
-        // MLP: fc1 → exact GELU → fc2, then x = LN(mlp + x).
-        profile.time("fc1", || block.fc1.forward(x, segments, &mut act.mlp_hidden));
-        profile.time("gelu", || kernels::gelu_erf_in_place(&mut act.mlp_hidden));
-        profile.time("fc2", || block.fc2.forward(&act.mlp_hidden, segments, &mut act.mlp_out));
+        // MLP: fc1 → exact GELU (fused into fc1) → fc2, then x = LN(mlp + x).
+        profile.time("fc1+gelu", || block.fc1.forward(x, segments, &mut act.mlp_hidden, true));
+        profile.time("fc2", || block.fc2.forward(&act.mlp_hidden, segments, &mut act.mlp_out, false));
         profile.time("layer_norm", || {
             kernels::add_residual_layer_norm(&mut act.mlp_out, x, h, &block.norm2.weight, &block.norm2.bias, block.norm2.eps);
             x.copy_from_slice(&act.mlp_out);

@@ -54,10 +54,11 @@ fn normalize_row(row: &mut [f32], weight: &[f32], bias: &[f32], eps: f32) {
 /// erf is the Abramowitz–Stegun 7.1.26 rational form (absolute error ≤ 1.5e-7), the same one
 /// PyTorch's vectorised CPU GELU uses, so it vectorises and tracks the reference closely.
 pub fn gelu_erf_in_place(x: &mut [f32]) {
-    x.par_chunks_mut(1 << 14).for_each(gelu_chunk);
+    x.par_chunks_mut(1 << 14).for_each(gelu_slice);
 }
 
-fn gelu_chunk(chunk: &mut [f32]) {
+/// [`gelu_erf_in_place`] on one thread (product epilogues call it on each output block).
+pub fn gelu_slice(chunk: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
         use super::softmax::{level, Level};

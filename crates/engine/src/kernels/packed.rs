@@ -332,6 +332,68 @@ pub fn matmul(
     init: MatmulInit,
     parallel: bool,
 ) {
+    matmul_with(x, x_stride, rows, w, out, out_stride, init, Epilogue::default(), parallel)
+}
+
+/// A low-rank term added to a product's rows: `out[r] += low[r] · upᵀ` with the up-projection
+/// of row r's adapter (LoRA's `s·(x·Aᵀ)·Bᵀ`, with `low = s·x·Aᵀ` computed beforehand).
+#[derive(Clone, Copy)]
+pub struct LowRank<'a> {
+    /// `rows × rank`.
+    pub low: &'a [f32],
+    /// Columns of `low`.
+    pub rank: usize,
+    /// For each row, its adapter's up-projection transposed, `[rank × n]`, or `None`.
+    pub up: &'a [Option<&'a [f32]>],
+}
+
+/// What is applied to each output block once its sums are complete, while it is still in cache
+/// (instead of another pass over the whole output): a low-rank term, then the exact GELU.
+#[derive(Clone, Copy, Default)]
+pub struct Epilogue<'a> {
+    /// Added first.
+    pub low_rank: Option<LowRank<'a>>,
+    /// Exact GELU of the finished value ([`super::elementwise::gelu_erf_in_place`]).
+    pub gelu: bool,
+}
+
+impl Epilogue<'_> {
+    fn is_empty(&self) -> bool {
+        self.low_rank.is_none() && !self.gelu
+    }
+
+    /// Applies the terms to `dst`, columns `first_col..` of output row `row`.
+    fn apply(&self, row: usize, dst: &mut [f32], first_col: usize) {
+        if let Some(LowRank { low, rank, up }) = self.low_rank {
+            if let Some(up) = up[row] {
+                let n = up.len() / rank;
+                for (j, &l) in low[row * rank..(row + 1) * rank].iter().enumerate() {
+                    let up_j = &up[j * n + first_col..][..dst.len()];
+                    for (d, u) in dst.iter_mut().zip(up_j) {
+                        *d += l * u;
+                    }
+                }
+            }
+        }
+        if self.gelu {
+            super::elementwise::gelu_slice(dst);
+        }
+    }
+}
+
+/// [`matmul`] with an [`Epilogue`].
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_with(
+    x: &[f32],
+    x_stride: usize,
+    rows: usize,
+    w: &PackedMatrix,
+    out: &mut [f32],
+    out_stride: usize,
+    init: MatmulInit,
+    epilogue: Epilogue,
+    parallel: bool,
+) {
     match w.ty {
         PackedType::F32 => assert!(avx512_available(), "the packed f32 kernel needs AVX-512"),
         PackedType::Bf16 | PackedType::Bf16x3 => {
@@ -346,9 +408,13 @@ pub fn matmul(
     if let MatmulInit::Bias(b) = init {
         assert_eq!(b.len(), w.n);
     }
+    if let Some(LowRank { low, rank, up }) = epilogue.low_rank {
+        assert!(low.len() >= rows * rank && up.len() >= rows, "low-rank term too short");
+        assert!(up.iter().flatten().all(|u| u.len() == rank * w.n), "up-projection of the wrong size");
+    }
     #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
     if w.ty != PackedType::F32 && rows >= 16 && w.steps % amx::PAIRS_PER_STEP == 0 && amx_available() {
-        return matmul_amx(x, x_stride, rows, w, out, out_stride, init, parallel);
+        return matmul_amx(x, x_stride, rows, w, out, out_stride, init, epilogue, parallel);
     }
     let acts = Activations::prepare(x, x_stride, rows, w);
     let out_ptr = SharedOut(out.as_mut_ptr());
@@ -379,6 +445,7 @@ pub fn matmul(
                     std::slice::from_raw_parts_mut(out_ptr.get().add((r0 + i) * out_stride + panel * PANEL), cols)
                 };
                 store(dst, &row[..cols], init, panel * PANEL);
+                epilogue.apply(r0 + i, dst, panel * PANEL);
             }
         }
     };
@@ -676,6 +743,44 @@ mod tests {
     }
 
     #[test]
+    fn the_epilogue_adds_the_low_rank_term_then_gelu() {
+        if !bf16_available() {
+            eprintln!("skipped: this CPU lacks AVX512_BF16");
+            return;
+        }
+        // Rows below and above AMX's 16, k past one 1024-wide chunk, and rows without a term.
+        for &(rows, k, n) in &[(5, 96, 70), (40, 2048, 64)] {
+            let rank = 4;
+            let x = noise(rows * k, 31);
+            let w = round_bf16(noise(n * k, 32));
+            let bias = noise(n, 33);
+            let low = noise(rows * rank, 34);
+            let up_t = noise(rank * n, 35);
+            let up: Vec<Option<&[f32]>> = (0..rows).map(|r| (r % 3 != 0).then_some(&up_t[..])).collect();
+            for ty in [PackedType::F32, PackedType::Bf16x3] {
+                let packed = PackedMatrix::pack(&w, n, k, ty);
+                let mut plain = vec![0f32; rows * n];
+                matmul(&x, k, rows, &packed, &mut plain, n, MatmulInit::Bias(&bias), false);
+                let low_rank = LowRank { low: &low, rank, up: &up };
+                let epilogue = Epilogue { low_rank: Some(low_rank), gelu: true };
+                let mut fused = vec![0f32; rows * n];
+                matmul_with(&x, k, rows, &packed, &mut fused, n, MatmulInit::Bias(&bias), epilogue, true);
+                for r in 0..rows {
+                    for c in 0..n {
+                        let term: f32 = match up[r] {
+                            Some(u) => (0..rank).map(|j| low[r * rank + j] * u[j * n + c]).sum(),
+                            None => 0.0,
+                        };
+                        let want = super::super::elementwise::gelu_erf(plain[r * n + c] + term);
+                        let got = fused[r * n + c];
+                        assert!((got - want).abs() <= 1e-4 * (1.0 + want.abs()), "{ty:?} {rows}x{k}x{n} ({r},{c}): {got} vs {want}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
     fn transposed_packing_reads_columns() {
         let (k, n, stride) = (5, 70, 75);
         let v = round_bf16(noise(k * stride, 9));
@@ -904,6 +1009,7 @@ fn matmul_amx(
     out: &mut [f32],
     out_stride: usize,
     init: MatmulInit,
+    epilogue: Epilogue,
     parallel: bool,
 ) {
     use amx::BLOCK;
@@ -921,10 +1027,12 @@ fn matmul_amx(
     for chunk in (0..tile_steps).step_by(CHUNK) {
         let chunk_steps = CHUNK.min(tile_steps - chunk);
         let init = if chunk == 0 { init } else { MatmulInit::Accumulate };
+        let epilogue = if chunk + CHUNK >= tile_steps { epilogue } else { Epilogue::default() };
         let run_panel = |panel: usize, block: Range<usize>| {
             let wp = &w.data[(panel * steps + chunk * amx::PAIRS_PER_STEP) * PANEL..(panel + 1) * steps * PANEL];
             let a = &pairs[chunk * layout.step..];
-            amx_panel(a, layout, parts, wp, chunk_steps, panel, block, rows, w.n, out_ptr, out_stride, init);
+            let out = (out_ptr, out_stride, init, epilogue);
+            amx_panel(a, layout, parts, wp, chunk_steps, panel, block, rows, w.n, out);
         };
         for_each_block(rows, chunk_steps * amx::PAIRS_PER_STEP * parts * 4, BLOCK, w.n.div_ceil(PANEL), parallel, run_panel);
     }
@@ -943,9 +1051,7 @@ fn amx_panel(
     block: Range<usize>,
     rows: usize,
     n: usize,
-    out_ptr: SharedOut,
-    out_stride: usize,
-    init: MatmulInit,
+    (out_ptr, out_stride, init, epilogue): (SharedOut, usize, MatmulInit, Epilogue),
 ) {
     use amx::BLOCK;
     let row_pairs = layout.lower / 16;
@@ -970,6 +1076,9 @@ fn amx_panel(
                         std::slice::from_raw_parts_mut(out_ptr.get().add((r0 + i) * out_stride + first_col), cols)
                     };
                     store(dst, &c[i * BLOCK..i * BLOCK + cols], init, first_col);
+                    if !epilogue.is_empty() {
+                        epilogue.apply(r0 + i, dst, first_col);
+                    }
                 }
             }
         }
