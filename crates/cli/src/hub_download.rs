@@ -158,9 +158,9 @@ impl Hub {
             have = 0;
         }
         let mut hasher = Sha256::new();
-        let bytes = if meta.size == Some(have) && have > 0 {
+        let (bytes, resumed_at) = if meta.size == Some(have) && have > 0 {
             // A previous run received everything but stopped before the rename.
-            hash_file(&mut hasher, &partial)?
+            (hash_file(&mut hasher, &partial)?, have)
         } else {
             self.get_into(meta, file, &partial, have, &mut hasher)?
         };
@@ -173,12 +173,13 @@ impl Hub {
             bail!("{file}: sha256 mismatch: the hub names it {want} but the downloaded content hashes to {got}; the download was deleted, run again");
         }
         std::fs::rename(&partial, &blob).with_context(|| format!("cannot rename {} to {}", partial.display(), blob.display()))?;
-        Ok(Outcome::Fetched { bytes, sha256_checked: sha256.is_some() })
+        Ok(Outcome::Fetched { bytes, resumed_at, sha256_checked: sha256.is_some() })
     }
 
     /// `GET`s the file into `partial`, appending to its first `have` bytes when the server honours
-    /// the range; returns the length of the complete file, whose bytes `hasher` has seen.
-    fn get_into(&self, meta: &FileMeta, file: &str, partial: &Path, have: u64, hasher: &mut Sha256) -> anyhow::Result<u64> {
+    /// the range; returns the length of the complete file, whose bytes `hasher` has seen, and the
+    /// offset the transfer started at.
+    fn get_into(&self, meta: &FileMeta, file: &str, partial: &Path, have: u64, hasher: &mut Sha256) -> anyhow::Result<(u64, u64)> {
         let mut request = self.with_auth(self.get_agent.get(&meta.location), &meta.location).header("Accept-Encoding", "identity");
         if have > 0 {
             request = request.header("Range", format!("bytes={have}-"));
@@ -216,15 +217,15 @@ impl Hub {
         }
         out.sync_all().with_context(|| format!("cannot write {}", partial.display()))?;
         bar.finish_and_clear();
-        Ok(total)
+        Ok((total, start))
     }
 }
 
 /// What happened to one file.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
-    /// Downloaded (or finished) now.
-    Fetched { bytes: u64, sha256_checked: bool },
+    /// Downloaded (or finished, from byte `resumed_at` of an interrupted run) now.
+    Fetched { bytes: u64, resumed_at: u64, sha256_checked: bool },
     /// Its blob was already in the cache.
     Cached { bytes: u64, sha256_checked: bool },
 }
@@ -233,10 +234,12 @@ pub enum Outcome {
 pub fn summary(file: &str, outcome: &Outcome, elapsed: Duration) -> String {
     let check = |checked: bool| if checked { ", sha256 ok" } else { "" };
     match outcome {
-        Outcome::Fetched { bytes, sha256_checked } => {
+        Outcome::Fetched { bytes, resumed_at, sha256_checked } => {
             let secs = elapsed.as_secs_f64().max(1e-3);
-            let rate = HumanBytes((*bytes as f64 / secs) as u64);
-            format!("{file}: downloaded {} in {secs:.1} s ({rate}/s){}", HumanBytes(*bytes), check(*sha256_checked))
+            // The rate of this run's transfer, not of bytes an earlier run received.
+            let rate = HumanBytes((bytes.saturating_sub(*resumed_at) as f64 / secs) as u64);
+            let resumed = if *resumed_at > 0 { format!(", resumed at {}", HumanBytes(*resumed_at)) } else { String::new() };
+            format!("{file}: downloaded {}{resumed} in {secs:.1} s ({rate}/s){}", HumanBytes(*bytes), check(*sha256_checked))
         }
         Outcome::Cached { bytes, sha256_checked } => {
             format!("{file}: already in the cache ({}){}", HumanBytes(*bytes), check(*sha256_checked))
@@ -395,8 +398,13 @@ mod tests {
 
     #[test]
     fn summaries_name_the_file_size_rate_and_check() {
-        let fetched = Outcome::Fetched { bytes: 3 << 20, sha256_checked: true };
+        let fetched = Outcome::Fetched { bytes: 3 << 20, resumed_at: 0, sha256_checked: true };
         assert_eq!(summary("model.safetensors", &fetched, Duration::from_secs(2)), "model.safetensors: downloaded 3.00 MiB in 2.0 s (1.50 MiB/s), sha256 ok");
+        let resumed = Outcome::Fetched { bytes: 3 << 20, resumed_at: 1 << 20, sha256_checked: true };
+        assert_eq!(
+            summary("model.safetensors", &resumed, Duration::from_secs(2)),
+            "model.safetensors: downloaded 3.00 MiB, resumed at 1.00 MiB in 2.0 s (1.00 MiB/s), sha256 ok"
+        );
         let cached = Outcome::Cached { bytes: 512, sha256_checked: false };
         assert_eq!(summary("config.json", &cached, Duration::ZERO), "config.json: already in the cache (512 B)");
     }

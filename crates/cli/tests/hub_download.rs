@@ -311,6 +311,7 @@ fn an_interrupted_download_resumes_with_a_range_request() {
     let snapshot = repo_dir(&cache).join("snapshots").join(COMMIT);
     assert_eq!(std::fs::read(snapshot.join("model.safetensors")).expect("read"), weights);
     assert!(!blobs.join(format!("{}.incomplete", sha256(&weights))).exists());
+    assert!(stderr(&out).contains("resumed at"), "{}", stderr(&out));
 }
 
 #[test]
