@@ -1,7 +1,6 @@
 //! `jina-embed bench`: tokens per second of the forward pass on synthetic inputs of exact
 //! lengths, with peak RSS, and for a reduced precision its cosine to the f32 path.
 
-use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
@@ -11,9 +10,10 @@ use serde::Serialize;
 
 #[derive(Args)]
 pub struct BenchArgs {
-    /// Model folder.
-    #[arg(long, env = "JINA_MODEL")]
-    model: PathBuf,
+    /// Model folder, or a Hugging Face hub id (owner/name[@revision]) in the local cache
+    /// (downloaded there first if missing, unless --offline or HF_HUB_OFFLINE=1).
+    #[arg(long, env = "JINA_MODEL", value_name = "DIR|HUB_ID")]
+    model: String,
     /// Shapes to run, as BATCHxTOKENS (tokens per input, <s> and </s> included), comma-separated.
     #[arg(long, default_value = "8x128,4x512,1x2048,1x8192", value_delimiter = ',')]
     shape: Vec<String>,
@@ -51,10 +51,11 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     crate::init_threads(args.threads)?;
     let shapes = args.shape.iter().map(|s| parse_shape(s)).collect::<anyhow::Result<Vec<_>>>()?;
     let options = LoadOptions { precision: args.precision };
-    let model = Model::load_with(&args.model, options).with_context(|| format!("loading {}", args.model.display()))?;
+    let dir = crate::resolve::resolve(&args.model)?.dir;
+    let model = Model::load_with(&dir, options).with_context(|| format!("loading {}", dir.display()))?;
     let adapter = model.adapter_of(&args.task)?;
     let reference = (args.precision != Precision::F32)
-        .then(|| Model::load_with(&args.model, LoadOptions { precision: Precision::F32 }))
+        .then(|| Model::load_with(&dir, LoadOptions { precision: Precision::F32 }))
         .transpose()?;
     let vocab = model.config().vocab_size as u64;
     println!("{:<9} {:>9} {:>12} {:>10} {:>10} {:>11} {:>10}", "shape", "precision", "tokens/s", "min s", "median s", "peak RSS MB", "cos(f32)");

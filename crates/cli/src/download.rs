@@ -1,9 +1,11 @@
-//! `jina-embed download`: fetches a hub model into the Hugging Face cache with the official
-//! Hugging Face CLI (`hf`, or the older `huggingface-cli`, from `pip install -U huggingface_hub`),
-//! which shows its own progress bars and resumes partial downloads, then checks each file's
-//! sha256 against the blob name the cache gives it (the LFS files, `model.safetensors` among
-//! them). Delegating keeps HTTP and TLS out of this binary; the cache it fills is the one every
-//! command reads (`--model jinaai/jina-embeddings-v3`).
+//! `jina-embed download`: fetches a hub model into the Hugging Face cache and checks the sha256
+//! of every file the hub names by one (the LFS files, `model.safetensors` among them).
+//!
+//! With the `download` feature (on by default) the built-in client of [`crate::hub_download`]
+//! does it, with a progress bar and resumable transfers. Without it, or with `--hf-cli PATH`, the
+//! official Hugging Face CLI does (`hf`, or the older `huggingface-cli`, from `pip install -U
+//! huggingface_hub`). Either way the cache it fills is the one every command reads
+//! (`--model jinaai/jina-embeddings-v3`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -17,7 +19,8 @@ pub struct DownloadArgs {
     /// Hub id: owner/name[@revision].
     #[arg(long, default_value = hub::DEFAULT_MODEL)]
     model: String,
-    /// The Hugging Face CLI to run (default: `hf`, else `huggingface-cli`, from PATH).
+    /// Run this Hugging Face CLI (`hf` or `huggingface-cli`) instead of the built-in downloader.
+    /// Without the built-in downloader, `hf` then `huggingface-cli` are looked up on PATH.
     #[arg(long, env = "JINA_HF_CLI")]
     hf_cli: Option<PathBuf>,
 }
@@ -46,23 +49,49 @@ pub fn run(args: DownloadArgs) -> anyhow::Result<()> {
     let Some(cache) = hub::cache_dir() else {
         bail!("no Hugging Face cache folder: set HF_HUB_CACHE or HF_HOME (HOME is unset)");
     };
-    let cli = find_cli(args.hf_cli)?;
+    let dir = match args.hf_cli {
+        #[cfg(feature = "download")]
+        None => native(&id, &cache)?,
+        cli => with_hf_cli(&id, &cache, cli)?,
+    };
+    println!("{}", dir.display());
+    Ok(())
+}
+
+/// The built-in downloader; offline, only a check of what the cache already holds.
+#[cfg(feature = "download")]
+fn native(id: &HubId, cache: &Path) -> anyhow::Result<PathBuf> {
+    if let Some(reason) = crate::resolve::offline_reason() {
+        let resolved = hub::resolve_with_cache(&id.to_string(), Some(cache)).with_context(|| format!("not downloading: {reason}"))?;
+        verify(&resolved.dir)?;
+        return Ok(resolved.dir);
+    }
+    let hub_client = crate::hub_download::Hub::from_env();
+    eprintln!("downloading {id} from {} into {}", hub_client.endpoint(), cache.display());
+    let commit = hub_client.download(id, cache).with_context(|| format!("downloading {id}"))?;
+    eprintln!("{id}: commit {commit}");
+    // What was written must be what every command reads.
+    Ok(hub::resolve_with_cache(&id.to_string(), Some(cache))?.dir)
+}
+
+/// Runs `hf download` (or `huggingface-cli download`) into `cache`, then checks the sha256s.
+fn with_hf_cli(id: &HubId, cache: &Path, cli: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    let cli = find_cli(cli)?;
     let mut command = Command::new(&cli);
     command.arg("download").arg(&id.repo).args(MODEL_FILES);
     if let Some(revision) = &id.revision {
         command.args(["--revision", revision]);
     }
     // The same cache this tool reads, whatever the CLI's own defaults.
-    command.env("HF_HUB_CACHE", &cache);
+    command.env("HF_HUB_CACHE", cache);
     eprintln!("running {} download {} {} into {}", cli.display(), id.repo, MODEL_FILES.join(" "), cache.display());
     let status = command.status().with_context(|| format!("cannot run {}", cli.display()))?;
     if !status.success() {
         bail!("{} download {} failed ({status}); see its messages above", cli.display(), id);
     }
-    let resolved = hub::resolve_with_cache(&id.to_string(), Some(&cache))?;
+    let resolved = hub::resolve_with_cache(&id.to_string(), Some(cache))?;
     verify(&resolved.dir)?;
-    println!("{}", resolved.dir.display());
-    Ok(())
+    Ok(resolved.dir)
 }
 
 /// Checks the sha256 of every model file whose cache blob is named by one.

@@ -30,7 +30,8 @@ pub const ROWS_PER_BATCH: usize = 256;
 #[derive(Args)]
 pub struct EmbedArgs {
     /// Model folder, or a Hugging Face hub id (owner/name[@revision]) found in the local
-    /// Hugging Face cache (HF_HUB_CACHE, HF_HOME/hub or ~/.cache/huggingface/hub).
+    /// Hugging Face cache (HF_HUB_CACHE, HF_HOME/hub or ~/.cache/huggingface/hub), downloaded
+    /// there first if missing (unless --offline or HF_HUB_OFFLINE=1).
     #[arg(long, env = "JINA_MODEL", default_value = jina_engine::hub::DEFAULT_MODEL)]
     model: String,
     /// Task adapter: retrieval.query, retrieval.passage, separation, classification,
@@ -131,9 +132,9 @@ fn install_stop_handler() {
     });
 }
 
-/// Loads a model from a folder or a cached hub id.
+/// Loads a model from a folder or a hub id (downloaded into the cache if missing and allowed).
 pub fn load_model(spec: &str, precision: jina_engine::Precision) -> anyhow::Result<Model> {
-    let resolved = jina_engine::hub::resolve(spec)?;
+    let resolved = crate::resolve::resolve(spec)?;
     let options = jina_engine::LoadOptions { precision };
     Model::load_with(&resolved.dir, options).with_context(|| format!("loading the model from {}", resolved.dir.display()))
 }

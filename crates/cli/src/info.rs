@@ -13,7 +13,8 @@ use serde_json::json;
 
 #[derive(Args)]
 pub struct InfoArgs {
-    /// Model folder, or a Hugging Face hub id (owner/name[@revision]) in the local cache.
+    /// Model folder, or a Hugging Face hub id (owner/name[@revision]) in the local cache
+    /// (downloaded there first if missing, unless --offline or HF_HUB_OFFLINE=1).
     #[arg(long, env = "JINA_MODEL", default_value = hub::DEFAULT_MODEL)]
     model: String,
     /// Print JSON instead of text.
@@ -25,7 +26,7 @@ pub struct InfoArgs {
 }
 
 pub fn run(args: InfoArgs) -> anyhow::Result<()> {
-    let resolved = hub::resolve(&args.model)?;
+    let resolved = crate::resolve::resolve(&args.model)?;
     let dir = &resolved.dir;
     // Hashes first: a corrupt file is reported as such, not as whatever parsing it gives.
     let mut files = Vec::new();

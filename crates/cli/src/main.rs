@@ -5,7 +5,10 @@ mod bench;
 mod download;
 mod embed;
 mod fixture;
+#[cfg(feature = "download")]
+mod hub_download;
 mod info;
+mod resolve;
 
 use clap::{Parser, Subcommand};
 
@@ -16,6 +19,10 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Never download: a hub id given to --model must already be in the Hugging Face cache
+    /// (HF_HUB_OFFLINE=1 does the same).
+    #[arg(long, global = true, env = "JINA_OFFLINE", value_parser = clap::builder::BoolishValueParser::new())]
+    offline: bool,
 }
 
 #[derive(Subcommand)]
@@ -28,8 +35,8 @@ enum Command {
     ///
     /// Example: jina-embed embed --model /tmp/jina-small --task retrieval.passage --input docs.jsonl --id-field id --output vectors.parquet
     Embed(embed::EmbedArgs),
-    /// Fetch a hub model into the Hugging Face cache (runs `hf`/`huggingface-cli`), then check
-    /// its sha256.
+    /// Fetch a hub model into the Hugging Face cache, with a progress bar, resuming partial files
+    /// and checking sha256s (or with `hf`/`huggingface-cli`: --hf-cli).
     ///
     /// Example: jina-embed download --model jinaai/jina-embeddings-v3
     Download(download::DownloadArgs),
@@ -57,6 +64,7 @@ enum Command {
 
 fn main() {
     let cli = Cli::parse();
+    resolve::set_offline(cli.offline);
     let result = match cli.command {
         Command::Fixture(args) => fixture::run(args),
         Command::Embed(args) => embed::run(args),
@@ -79,9 +87,9 @@ fn main() {
     }
 }
 
-/// `--model` of `serve` may be a hub id in the Hugging Face cache: resolve it to its folder.
+/// `--model` of `serve` may be a hub id (downloaded if missing): resolve it to its folder.
 fn serve(mut args: jina_server::ServeArgs) -> anyhow::Result<()> {
-    args.model = jina_engine::hub::resolve(&args.model.to_string_lossy())?.dir;
+    args.model = resolve::resolve(&args.model.to_string_lossy())?.dir;
     jina_server::run(args)
 }
 

@@ -1,6 +1,8 @@
 //! `jina-embed download` with a stand-in for the Hugging Face CLI (the hub is not reachable from
 //! the tests): the stand-in records its arguments and fills the cache in the real layout from a
 //! staged copy; the tool must pass the right arguments and the right cache, then check sha256s.
+//! With the built-in downloader (feature `download`) the CLI is used when `--hf-cli` names it;
+//! the built-in one is tested in hub_download.rs.
 
 #![cfg(unix)]
 
@@ -32,9 +34,14 @@ fn fake_cli(dir: &Path, stage: &Path) -> PathBuf {
 }
 
 fn download(cache: &Path, path_env: &str, extra: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_jina-embed"))
-        .arg("download")
-        .args(extra)
+    let mut command = Command::new(env!("CARGO_BIN_EXE_jina-embed"));
+    command.arg("download").args(extra);
+    // The built-in downloader is the default: name the stand-in (the first folder of PATH).
+    let stand_in = Path::new(path_env.split(':').next().unwrap_or_default()).join("hf");
+    if cfg!(feature = "download") && stand_in.is_file() && !extra.contains(&"--hf-cli") {
+        command.arg("--hf-cli").arg(stand_in);
+    }
+    command
         .env("HF_HUB_CACHE", cache)
         .env("PATH", path_env)
         .env_remove("JINA_HF_CLI")
@@ -80,12 +87,19 @@ fn download_runs_the_hf_cli_into_the_cache_and_checks_sha256() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("corrupt") && err.contains(&blob), "{err}");
 
-    // No Hugging Face CLI installed: say how to get it. A folder is not a hub id.
-    let empty = tmp.path().join("empty");
-    std::fs::create_dir_all(&empty).expect("mkdir");
-    let out = download(&cache, &empty.to_string_lossy(), &[]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("pip install -U huggingface_hub"), "{err}");
+    // No Hugging Face CLI installed: say how to get it (only looked for without the built-in
+    // downloader). A folder is not a hub id.
+    if cfg!(not(feature = "download")) {
+        let empty = tmp.path().join("empty");
+        std::fs::create_dir_all(&empty).expect("mkdir");
+        let out = download(&cache, &empty.to_string_lossy(), &[]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains("pip install -U huggingface_hub"), "{err}");
+    } else {
+        let out = download(&cache, &path_env, &["--hf-cli", "/nonexistent/hf"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains("cannot run /nonexistent/hf"), "{err}");
+    }
     let out = download(&cache, &path_env, &["--model", "/some/folder"]);
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("not a hub id"));
 }

@@ -30,7 +30,8 @@ fn model() -> &'static Model {
 
 fn bin() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_jina-embed"));
-    cmd.env_remove("JINA_MODEL").env("HF_HUB_CACHE", "/nonexistent-hf-cache");
+    // Offline: a hub id missing from the cache must never reach the real hub from a test.
+    cmd.env_remove("JINA_MODEL").env_remove("JINA_OFFLINE").env("HF_HUB_CACHE", "/nonexistent-hf-cache").env("HF_HUB_OFFLINE", "1");
     cmd
 }
 

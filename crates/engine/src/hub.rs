@@ -12,7 +12,8 @@
 //! ```
 //!
 //! `<cache>` is `$HF_HUB_CACHE`, else `$HF_HOME/hub`, else `$XDG_CACHE_HOME/huggingface/hub`,
-//! else `~/.cache/huggingface/hub`, as in `huggingface_hub`. Nothing here touches the network.
+//! else `~/.cache/huggingface/hub`, as in `huggingface_hub`. Nothing here touches the network
+//! (the `jina-embed` binary's downloader fills the same layout).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -96,9 +97,9 @@ pub enum ResolveError {
     },
     /// A hub id that is not in the cache (or only partly).
     #[error(
-        "{id} is not in the Hugging Face cache {cache} ({reason}); this tool does not download \
-         (it runs offline). Fetch the files with\n    {command}\n(pip install -U huggingface_hub \
-         provides huggingface-cli; it fills the same cache, or set HF_HUB_CACHE / HF_HOME), or \
+        "{id} is not in the Hugging Face cache {cache} ({reason}). Fetch the files with \
+         `jina-embed download --model {id}` or\n    {command}\n(pip install -U huggingface_hub \
+         provides huggingface-cli; both fill the same cache, or set HF_HUB_CACHE / HF_HOME), or \
          pass a model folder with --model DIR"
     )]
     NotCached {
