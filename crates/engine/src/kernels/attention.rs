@@ -12,8 +12,11 @@ use super::matmul::MatmulInit;
 use super::packed::{self, PackedMatrix, PackedType};
 use super::softmax;
 
-/// Queries per task.
+/// Queries per score tile.
 const Q_TILE: usize = 64;
+/// Queries per score tile when the products run on AMX: larger products amortise the fixed
+/// cost of each call (activation packing, tile loads of the accumulators).
+const Q_TILE_AMX: usize = 256;
 /// Keys per score tile.
 const K_TILE: usize = 256;
 
@@ -45,12 +48,13 @@ pub fn attention(qkv: &[f32], ctx: &mut [f32], sequences: &[SequenceRange], head
         // One task per (sequence, head): K and V are packed once and reused by every query tile.
         let tasks: Vec<(SequenceRange, usize)> =
             sequences.iter().flat_map(|s| (0..heads).map(move |h| (*s, h))).collect();
+        let q_tile = if ty != PackedType::F32 && packed::amx_available() { Q_TILE_AMX } else { Q_TILE };
         tasks.par_iter().for_each_init(
-            || PackedHead::new(d, ty),
+            || PackedHead::new(d, ty, q_tile),
             |head_state, &(seq, head)| {
                 head_state.load(qkv, seq, head, hidden, d);
-                for q0 in (0..seq.len).step_by(Q_TILE) {
-                    let q_len = Q_TILE.min(seq.len - q0);
+                for q0 in (0..seq.len).step_by(q_tile) {
+                    let q_len = q_tile.min(seq.len - q0);
                     let out = head_state.attend(qkv, seq, head, q0, q_len, hidden, d, scale);
                     write_rows(ctx_ptr, out, seq.start + q0, head, hidden, d);
                 }
@@ -67,7 +71,7 @@ pub fn attention(qkv: &[f32], ctx: &mut [f32], sequences: &[SequenceRange], head
         }
     }
     tasks.par_iter().for_each_init(
-        || Scratch::new(d),
+        || Scratch::new(d, Q_TILE),
         |scratch, &(seq, head, q0, q_len)| {
             let out = scratch.attend(qkv, seq, head, q0, q_len, hidden, d, scale);
             write_rows(ctx_ptr, out, seq.start + q0, head, hidden, d);
@@ -94,8 +98,8 @@ struct PackedHead {
 }
 
 impl PackedHead {
-    fn new(d: usize, ty: PackedType) -> Self {
-        PackedHead { ty, keys: Vec::new(), values: Vec::new(), scratch: Scratch::new(d) }
+    fn new(d: usize, ty: PackedType, q_tile: usize) -> Self {
+        PackedHead { ty, keys: Vec::new(), values: Vec::new(), scratch: Scratch::new(d, q_tile) }
     }
 
     /// Packs K (tiles of `K_TILE` keys × d) and Vᵀ (d × keys) of one head of one sequence.
@@ -164,12 +168,12 @@ struct Scratch {
 }
 
 impl Scratch {
-    fn new(d: usize) -> Self {
+    fn new(d: usize, q_tile: usize) -> Self {
         Scratch {
-            scores: vec![0.0; Q_TILE * K_TILE],
-            acc: vec![0.0; Q_TILE * d],
-            max: vec![0.0; Q_TILE],
-            sum: vec![0.0; Q_TILE],
+            scores: vec![0.0; q_tile * K_TILE],
+            acc: vec![0.0; q_tile * d],
+            max: vec![0.0; q_tile],
+            sum: vec![0.0; q_tile],
         }
     }
 

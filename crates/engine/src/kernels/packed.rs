@@ -876,8 +876,19 @@ mod amx {
         rows: [u8; 16],
     }
 
-    /// Loads the tile configuration on this thread; call before [`block`], on each thread.
+    /// Loads the tile configuration on this thread once; call before [`block`]. The state stays
+    /// configured (Linux saves it across context switches), so that many small products, as in
+    /// attention, do not pay for `LDTILECFG` each time.
     pub fn configure() {
+        thread_local! {
+            static CONFIGURED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+        }
+        if !CONFIGURED.with(|c| c.replace(true)) {
+            load_config();
+        }
+    }
+
+    fn load_config() {
         let mut config = TileConfig { palette: 1, start_row: 0, reserved: [0; 14], colsb: [0; 16], rows: [0; 16] };
         for t in 0..8 {
             config.colsb[t] = 64;
@@ -885,12 +896,6 @@ mod amx {
         }
         // SAFETY: `available()` was true (callers check), and the config is a valid palette 1.
         unsafe { asm!("ldtilecfg [{}]", in(reg) &config, options(nostack, readonly)) };
-    }
-
-    /// Frees the tile state of this thread.
-    pub fn release() {
-        // SAFETY: valid after `configure` on this thread.
-        unsafe { asm!("tilerelease", options(nostack, nomem)) };
     }
 
     /// `c[32 × 32] = Σ a·b` over `steps` tile steps: `a` holds 32 rows of bf16 pairs
@@ -1082,6 +1087,5 @@ fn amx_panel(
                 }
             }
         }
-        amx::release();
     }
 }

@@ -136,8 +136,11 @@ pub fn exp(x: f32) -> f32 {
     p = p * r + 1.666_666_5e-1;
     p = p * r + 5.000_000_1e-1;
     let y = p * r * r + r + 1.0;
-    // 2^n through the exponent bits; n is in [-126, 127] after the clamp.
-    let e = y * f32::from_bits(((n as i32 + 127) as u32) << 23);
+    // 2^n through the exponent bits; n is in [-126, 127] after the clamp. Adding 1.5·2^23 + 127
+    // puts the integer n + 127 in the low mantissa bits: pure bit operations, where `n as i32`
+    // (a saturating cast) would be compiled lane by lane and cost more than the polynomial.
+    let biased = (n + (ROUND + 127.0)).to_bits() & 0x3F_FFFF;
+    let e = y * f32::from_bits(biased << 23);
     if x < EXP_CUTOFF {
         0.0
     } else {
