@@ -447,3 +447,46 @@ fn help_has_an_example_for_every_command_and_completions_generate() {
         assert!(check.success(), "the bash completion script does not parse");
     }
 }
+
+/// On a terminal (a pseudo-terminal from util-linux `script`), the bar shows rows done of the
+/// total, tokens/s and the ETA; with stderr not a terminal nothing of it is printed.
+#[cfg(unix)]
+#[test]
+fn the_progress_bar_shows_rows_tokens_per_second_and_eta_on_a_terminal() {
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("skipped: util-linux `script` is not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tmp");
+    let input = dir.path().join("in.txt");
+    std::fs::write(&input, texts(1000).join("\n") + "\n").expect("write input");
+    let embed = |output: &Path| {
+        format!(
+            "'{}' embed --model '{}' --input '{}' --output '{}' --max-batch-tokens 256",
+            env!("CARGO_BIN_EXE_jina-embed"),
+            fixture().display(),
+            input.display(),
+            output.display()
+        )
+    };
+    let on_terminal = dir.path().join("tty.jsonl");
+    let out = Command::new("script")
+        .args(["-q", "-e", "-c", &embed(&on_terminal), "/dev/null"])
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .expect("run script");
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{shown}");
+    for part in ["/1000 rows", "tokens/s", " < "] {
+        assert!(shown.contains(part), "{part:?} missing from the terminal output: {shown:?}");
+    }
+    assert_eq!(std::fs::read_to_string(&on_terminal).expect("output").lines().count(), 1000);
+
+    let piped = dir.path().join("piped.jsonl");
+    let args = ["embed", "--model", fixture().to_str().expect("utf-8 path"), "--input", input.to_str().expect("utf-8"), "--output", piped.to_str().expect("utf-8"), "--max-batch-tokens", "256"];
+    let out = run(&args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // Only the closing summary line, no bar frames or terminal control sequences.
+    assert!(!stderr.contains("/1000 rows") && !stderr.contains('\u{1b}') && !stderr.contains('\r'), "a bar on a pipe: {stderr:?}");
+    assert!(stderr.contains("embedded 1000 rows"), "{stderr}");
+}

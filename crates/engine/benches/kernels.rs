@@ -25,6 +25,9 @@ fn gemm(c: &mut Criterion) {
         for (name, ty, ok) in [
             ("packed-f32", PackedType::F32, packed::avx512_available()),
             ("packed-bf16", PackedType::Bf16, packed::bf16_available()),
+            // The exact f32 product on AMX (three bf16 parts per activation); its weights must
+            // be bf16 values, as a bf16 checkpoint's are.
+            ("packed-bf16x3", PackedType::Bf16x3, packed::bf16_available()),
         ] {
             if !ok {
                 continue;
