@@ -908,12 +908,26 @@ mod amx {
     ///
     /// # Safety
     /// Tiles configured on this thread; `a` readable for 32 rows × `parts` blocks of 16·steps
-    /// pairs, `b` for 16·steps pairs of 32 columns, `c` writable for 32 rows of 32 f32 (128
-    /// bytes apart).
-    pub unsafe fn block(a: *const u32, a_layout: ALayout, parts: usize, b: *const u32, steps: usize, c: *mut f32) {
+    /// pairs, `b` for 16·steps pairs of 32 columns, `c` readable (when accumulating) and
+    /// writable for 32 rows of 32 f32.
+    pub unsafe fn block(a: *const u32, a_layout: ALayout, parts: usize, b: *const u32, steps: usize, c: Output) {
         let ALayout { stride: a_stride, step: a_step, part: a_part, lower: a_lower } = a_layout;
         let b_stride = super::PANEL * 4;
-        asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nostack, nomem));
+        let Output { ptr: c, row_stride, accumulate } = c;
+        let sc = row_stride * 4;
+        let (c0, c1, c2, c3) = (c, c.add(16), c.add(16 * row_stride), c.add(16 * row_stride + 16));
+        if accumulate {
+            asm!(
+                "tileloadd tmm0, [{c0} + {sc}*1]",
+                "tileloadd tmm1, [{c1} + {sc}*1]",
+                "tileloadd tmm2, [{c2} + {sc}*1]",
+                "tileloadd tmm3, [{c3} + {sc}*1]",
+                c0 = in(reg) c0, c1 = in(reg) c1, c2 = in(reg) c2, c3 = in(reg) c3, sc = in(reg) sc,
+                options(nostack, readonly),
+            );
+        } else {
+            asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nostack, nomem));
+        }
         for s in 0..steps {
             let b0 = b.add(s * PAIRS_PER_STEP * super::PANEL);
             let b1 = b0.add(16);
@@ -939,16 +953,22 @@ mod amx {
                 );
             }
         }
-        let sc = BLOCK * 4;
         asm!(
             "tilestored [{c0} + {sc}*1], tmm0",
             "tilestored [{c1} + {sc}*1], tmm1",
             "tilestored [{c2} + {sc}*1], tmm2",
             "tilestored [{c3} + {sc}*1], tmm3",
-            c0 = in(reg) c, c1 = in(reg) c.add(16), c2 = in(reg) c.add(16 * BLOCK), c3 = in(reg) c.add(16 * BLOCK + 16),
-            sc = in(reg) sc,
+            c0 = in(reg) c0, c1 = in(reg) c1, c2 = in(reg) c2, c3 = in(reg) c3, sc = in(reg) sc,
             options(nostack),
         );
+    }
+
+    /// Where [`block`] puts its 32 × 32 sums: rows `row_stride` floats apart; with `accumulate`
+    /// it adds to what is there instead of overwriting it.
+    pub struct Output {
+        pub ptr: *mut f32,
+        pub row_stride: usize,
+        pub accumulate: bool,
     }
 }
 
@@ -1074,11 +1094,36 @@ fn amx_panel(
             }
             let cols = BLOCK.min(n - first_col);
             for r0 in block.clone().step_by(BLOCK) {
-                // SAFETY: tiles configured above; `pairs` has 32 padded rows from r0 of `steps`
-                // pairs, the panel has `steps` pairs of 64 columns, `c` is 32 × 32.
-                unsafe {
-                    amx::block(a.as_ptr().add(r0 * row_pairs), layout, parts, wp.as_ptr().add(half * BLOCK), steps, c.as_mut_ptr())
+                let a = a[r0 * row_pairs..].as_ptr();
+                let b = wp[half * BLOCK..].as_ptr();
+                // A whole block whose output needs no bias goes straight into `out`: attention's
+                // Q·Kᵀ (64 inputs) is too short a product to pay for a copy through `c`.
+                let direct = match init {
+                    MatmulInit::Zero => Some(false),
+                    MatmulInit::Accumulate => Some(true),
+                    MatmulInit::Bias(_) => None,
                 };
+                if let (Some(accumulate), true, true) = (direct, r0 + BLOCK <= rows, cols == BLOCK) {
+                    let ptr = out_ptr.get().wrapping_add(r0 * out_stride + first_col);
+                    // SAFETY: tiles configured above; `a` has 32 padded rows from r0 of `steps`
+                    // tile steps, the panel `steps` of 64 columns; the 32 × 32 output block lies
+                    // inside `out` (rows r0..r0+32 < rows, columns first_col..+32 ≤ n) and this
+                    // panel's task alone touches it.
+                    unsafe { amx::block(a, layout, parts, b, steps, amx::Output { ptr, row_stride: out_stride, accumulate }) };
+                    if !epilogue.is_empty() {
+                        for i in 0..BLOCK {
+                            // SAFETY: as above.
+                            let dst = unsafe {
+                                std::slice::from_raw_parts_mut(out_ptr.get().add((r0 + i) * out_stride + first_col), cols)
+                            };
+                            epilogue.apply(r0 + i, dst, first_col);
+                        }
+                    }
+                    continue;
+                }
+                let output = amx::Output { ptr: c.as_mut_ptr(), row_stride: BLOCK, accumulate: false };
+                // SAFETY: as above, with the sums going to `c` (32 × 32).
+                unsafe { amx::block(a, layout, parts, b, steps, output) };
                 for i in 0..BLOCK.min(rows - r0) {
                     // SAFETY: this panel's task alone writes these columns of each row.
                     let dst = unsafe {
