@@ -68,6 +68,7 @@ impl Linear {
             }
             Precision::F32 => LinearWeight::Plain(weight),
             Precision::Bf16 => LinearWeight::Packed(PackedMatrix::pack(&weight, n_out, n_in, PackedType::Bf16)),
+            Precision::Int8 => LinearWeight::Packed(PackedMatrix::pack(&weight, n_out, n_in, PackedType::Int8)),
         };
         let rank = config.lora_rank;
         let lora_b = w.f32(&format!("{base}.0.lora_B"))?;
@@ -342,6 +343,11 @@ impl Encoder {
     /// `Bf16` falls back to `F32` on a CPU without AVX512_BF16; [`Encoder::precision`] tells.
     pub fn load(weights: &Weights, config: &Config, precision: Precision) -> Result<Self> {
         let precision = match precision {
+            Precision::Int8 if !packed::amx_int8_available() => {
+                let fallback = if packed::bf16_available() { Precision::Bf16 } else { Precision::F32 };
+                tracing::warn!("this CPU has no AMX-INT8: running int8 in {}", fallback.name());
+                fallback
+            }
             Precision::Bf16 if !packed::bf16_available() => {
                 tracing::warn!("this CPU has no AVX512_BF16: running bf16 in f32");
                 Precision::F32
@@ -424,7 +430,8 @@ impl Encoder {
         profile.time("rotary", || self.apply_rotary(&mut act.qkv, segments));
         let ty = match self.precision {
             Precision::F32 => PackedType::F32,
-            Precision::Bf16 => PackedType::Bf16,
+            // int8 is for the weights; attention's operands are activations, in bf16.
+            Precision::Bf16 | Precision::Int8 => PackedType::Bf16,
         };
         profile.time("attention", || kernels::attention(&act.qkv, &mut act.ctx, ranges, self.heads, self.head_dim, ty));
         profile.time("out_proj", || block.out_proj.forward(&act.ctx, segments, &mut act.attn_out, false));

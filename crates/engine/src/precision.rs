@@ -16,6 +16,10 @@ pub enum Precision {
     /// bf16 weights (exactly the checkpoint's values) and activations rounded to bf16, products
     /// accumulated in f32 with AVX512_BF16; falls back to f32 on CPUs without it.
     Bf16,
+    /// int8 weights (per output channel) and activations (per token, quantised on the fly),
+    /// products summed in i32 on AMX tiles; attention in bf16. Falls back to bf16 (or f32) on
+    /// CPUs without AMX-INT8. Cosine to f32 is gated at ≥ 0.99.
+    Int8,
 }
 
 impl Precision {
@@ -24,6 +28,7 @@ impl Precision {
         match self {
             Precision::F32 => "f32",
             Precision::Bf16 => "bf16",
+            Precision::Int8 => "int8",
         }
     }
 }
@@ -34,7 +39,8 @@ impl FromStr for Precision {
         match s {
             "f32" => Ok(Precision::F32),
             "bf16" => Ok(Precision::Bf16),
-            other => Err(Error::InvalidRequest(format!("precision {other:?} is not supported; accepted values are f32, bf16"))),
+            "int8" => Ok(Precision::Int8),
+            other => Err(Error::InvalidRequest(format!("precision {other:?} is not supported; accepted values are f32, bf16, int8"))),
         }
     }
 }

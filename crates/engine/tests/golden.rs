@@ -63,13 +63,22 @@ fn every_golden_case_matches_the_official_outputs() {
 /// reports the worst cosine of each case.
 #[test]
 fn bf16_path_keeps_cosine_above_0_999() {
-    let model = jina_engine::Model::load_with(
-        common::small_fixture_dir(),
-        jina_engine::LoadOptions { precision: jina_engine::Precision::Bf16 },
-    )
-    .unwrap();
-    if model.precision() != jina_engine::Precision::Bf16 {
-        eprintln!("bf16 falls back to f32 on this CPU; the f32 test covers it");
+    reduced_precision_keeps_cosine(jina_engine::Precision::Bf16, 0.999);
+}
+
+#[test]
+fn int8_path_keeps_cosine_above_0_99() {
+    reduced_precision_keeps_cosine(jina_engine::Precision::Int8, 0.99);
+}
+
+/// Every golden case embedded at `precision` has a cosine of at least `gate` to the official
+/// vectors.
+fn reduced_precision_keeps_cosine(precision: jina_engine::Precision, gate: f32) {
+    let model =
+        jina_engine::Model::load_with(common::small_fixture_dir(), jina_engine::LoadOptions { precision }).unwrap();
+    let name = precision.name();
+    if model.precision() != precision {
+        eprintln!("{name} falls back to {} on this CPU; that path's own test covers it", model.precision().name());
     }
     let golden = golden();
     let mut failures = Vec::new();
@@ -85,8 +94,8 @@ fn bf16_path_keeps_cosine_above_0_999() {
                 dot / (norm(a) * norm(b)).max(1e-12)
             })
             .fold(1.0f32, f32::min);
-        println!("bf16 case {n:2}: worst cosine to golden {worst:.8}");
-        if worst < 0.999 {
+        println!("{name} case {n:2}: worst cosine to golden {worst:.8}");
+        if worst < gate {
             failures.push(format!("case {n}: cosine {worst}"));
         }
     }

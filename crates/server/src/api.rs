@@ -506,7 +506,7 @@ pub struct ModelCard {
     pub tasks: Vec<String>,
     /// Task used when a request names none.
     pub default_task: String,
-    /// Precision of the linear layers (`f32` = the official numbers, or `bf16`).
+    /// Precision of the linear layers (`f32` = the official numbers, `bf16` or `int8`).
     pub precision: String,
 }
 

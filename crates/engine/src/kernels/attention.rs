@@ -17,6 +17,8 @@ const Q_TILE: usize = 64;
 /// Queries per score tile when the products run on AMX: larger products amortise the fixed
 /// cost of each call (activation packing, tile loads of the accumulators).
 const Q_TILE_AMX: usize = 256;
+/// Sequences up to this length run attention in f32 whatever the requested type.
+const BF16_MIN_LEN: usize = 512;
 /// Keys per score tile.
 const K_TILE: usize = 256;
 
@@ -35,7 +37,8 @@ pub struct SequenceRange {
 /// `Wqkv` layout). Rotary positions must already be applied to Q and K.
 ///
 /// `ty` is the type Q·Kᵀ and P·V are computed in on AVX-512 CPUs: f32 (exact) or bf16 (on AMX
-/// where present); softmax statistics stay in f32 either way.
+/// where present; sequences of up to 512 tokens run in f32 regardless, which is as fast there);
+/// softmax statistics stay in f32 either way.
 pub fn attention(qkv: &[f32], ctx: &mut [f32], sequences: &[SequenceRange], heads: usize, d: usize, ty: PackedType) {
     let hidden = heads * d;
     let tokens: usize = sequences.iter().map(|s| s.start + s.len).max().unwrap_or(0);
@@ -44,6 +47,9 @@ pub fn attention(qkv: &[f32], ctx: &mut [f32], sequences: &[SequenceRange], head
 
     let ctx_ptr = SharedMut(ctx.as_mut_ptr());
     let ty = if ty == PackedType::Bf16 && !packed::bf16_available() { PackedType::F32 } else { ty };
+    // Up to 512 tokens the f32 kernel is as fast as bf16 or faster (8×128: 0.20 s against
+    // 0.36 s for the 24 layers; 512: equal): packing K and V to bf16 costs more than it saves.
+    let ty = if sequences.iter().all(|s| s.len <= BF16_MIN_LEN) { PackedType::F32 } else { ty };
     if packed::avx512_available() {
         // One task per (sequence, head): K and V are packed once and reused by every query tile.
         let tasks: Vec<(SequenceRange, usize)> =

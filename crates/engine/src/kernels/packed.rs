@@ -69,6 +69,11 @@ pub enum PackedType {
     /// product is exact and the sums are f32, so the result is an f32 product's up to the order
     /// of summation: the exact path, on AMX tiles.
     Bf16x3,
+    /// int8 weights, quantised symmetrically per output column (`w ≈ q · max|w| / 127`), four
+    /// input positions per step (steps padded to whole AMX tiles); activations are quantised per
+    /// row on the fly the same way, products summed in i32 on AMX (`TDPBSSD`) and scaled back.
+    /// AMX-INT8 only ([`amx_int8_available`]).
+    Int8,
 }
 
 impl PackedType {
@@ -77,6 +82,7 @@ impl PackedType {
         match self {
             PackedType::F32 => k,
             PackedType::Bf16 | PackedType::Bf16x3 => k.div_ceil(2),
+            PackedType::Int8 => k.div_ceil(4).next_multiple_of(INT8_TILE_STEPS),
         }
     }
 
@@ -86,9 +92,13 @@ impl PackedType {
             PackedType::F32 => 0,
             PackedType::Bf16 => 1,
             PackedType::Bf16x3 => 3,
+            PackedType::Int8 => 1,
         }
     }
 }
+
+/// Quads (64 int8 inputs) per AMX int8 tile step; int8 steps are padded to a multiple of it.
+const INT8_TILE_STEPS: usize = 16;
 
 /// A weight matrix `[n, k]` packed into panels.
 pub struct PackedMatrix {
@@ -97,8 +107,11 @@ pub struct PackedMatrix {
     k: usize,
     /// Steps along the input dimension: `k` for f32, `ceil(k / 2)` for bf16.
     steps: usize,
-    /// `[panel][step][column in panel]`: f32 bits, or two bf16 (even position in the low half).
+    /// `[panel][step][column in panel]`: f32 bits, two bf16 (even position in the low half), or
+    /// four int8 (lowest position in the low byte).
     data: Vec<u32>,
+    /// int8 only: the scale of each column (`w ≈ q · scale`).
+    scales: Vec<f32>,
 }
 
 impl PackedMatrix {
@@ -110,7 +123,7 @@ impl PackedMatrix {
 
     /// Packs `n` rows of `k` values that start `stride` apart in `w`.
     pub fn pack_strided(w: &[f32], stride: usize, n: usize, k: usize, ty: PackedType) -> Self {
-        let mut packed = PackedMatrix { ty, n, k, steps: 0, data: Vec::new() };
+        let mut packed = PackedMatrix { ty, n, k, steps: 0, data: Vec::new(), scales: Vec::new() };
         packed.repack_strided(w, stride, n, k);
         packed
     }
@@ -127,6 +140,11 @@ impl PackedMatrix {
         self.data.clear();
         self.data.resize(panels * steps * PANEL, 0);
         let ty = self.ty;
+        self.scales = match ty {
+            PackedType::Int8 => (0..n).map(|c| int8_scale(&w[c * stride..][..k])).collect(),
+            _ => Vec::new(),
+        };
+        let scales = &self.scales;
         let fill = |panel: usize, dst: &mut [u32]| {
             for c in 0..PANEL.min(n - panel * PANEL) {
                 let row = &w[(panel * PANEL + c) * stride..][..k];
@@ -134,6 +152,7 @@ impl PackedMatrix {
                     dst[s * PANEL + c] = match ty {
                         PackedType::F32 => row[s].to_bits(),
                         PackedType::Bf16 | PackedType::Bf16x3 => bf16_pair(row, s),
+                        PackedType::Int8 => int8_quad(row, s, 1.0 / scales[panel * PANEL + c]),
                     };
                 }
             }
@@ -151,6 +170,7 @@ impl PackedMatrix {
     /// `(col c, position s)` is `v[s·stride + c]` (attention's V, whose rows are keys).
     pub fn repack_transposed(&mut self, v: &[f32], stride: usize, k: usize, n: usize) {
         assert!(k == 0 || v.len() >= (k - 1) * stride + n);
+        assert!(self.ty != PackedType::Int8, "int8 packs weights only (attention runs in bf16)");
         let steps = self.ty.steps(k);
         let panels = n.div_ceil(PANEL);
         self.n = n;
@@ -169,7 +189,7 @@ impl PackedMatrix {
                             *d = x.to_bits();
                         }
                     }
-                    PackedType::Bf16 | PackedType::Bf16x3 => {
+                    PackedType::Bf16 | PackedType::Bf16x3 | PackedType::Int8 => {
                         for (c, d) in dst.iter_mut().enumerate() {
                             let col = panel * PANEL + c;
                             let lo = bf16::from_f32(v[2 * s * stride + col]).to_bits() as u32;
@@ -184,7 +204,7 @@ impl PackedMatrix {
 
     /// An empty matrix of the given type, to be filled by [`PackedMatrix::repack_strided`].
     pub fn empty(ty: PackedType) -> Self {
-        PackedMatrix { ty, n: 0, k: 0, steps: 0, data: Vec::new() }
+        PackedMatrix { ty, n: 0, k: 0, steps: 0, data: Vec::new(), scales: Vec::new() }
     }
 
     /// Output width.
@@ -211,6 +231,10 @@ impl PackedMatrix {
                 let pair = self.data[(panel * self.steps + i / 2) * PANEL + c];
                 bf16::from_bits(if i % 2 == 0 { pair as u16 } else { (pair >> 16) as u16 }).to_f32()
             }
+            PackedType::Int8 => {
+                let quad = self.data[(panel * self.steps + i / 4) * PANEL + c];
+                (quad >> (8 * (i % 4))) as u8 as i8 as f32 * self.scales[col]
+            }
         }
     }
 }
@@ -220,6 +244,51 @@ fn bf16_pair(row: &[f32], s: usize) -> u32 {
     let lo = bf16::from_f32(row[2 * s]).to_bits() as u32;
     let hi = row.get(2 * s + 1).map_or(0, |&v| bf16::from_f32(v).to_bits() as u32);
     lo | (hi << 16)
+}
+
+/// The symmetric int8 scale of `values`: the largest magnitude maps to 127 (1 for all zeros).
+fn int8_scale(values: &[f32]) -> f32 {
+    // Sixteen running maxima, in the comparison form that compiles to vector instructions.
+    let mut lanes = [0f32; 16];
+    let mut chunks = values.chunks_exact(16);
+    for chunk in &mut chunks {
+        for (m, v) in lanes.iter_mut().zip(chunk) {
+            let a = v.abs();
+            *m = if a > *m { a } else { *m };
+        }
+    }
+    let max = chunks.remainder().iter().chain(&lanes).fold(0f32, |m, v| m.max(v.abs()));
+    if max > 0.0 && max.is_finite() {
+        max / 127.0
+    } else {
+        1.0
+    }
+}
+
+/// Inputs `4s .. 4s + 3` of `row` times `inverse_scale`, rounded to int8 (0 past the end).
+fn int8_quad(row: &[f32], s: usize, inverse_scale: f32) -> u32 {
+    (0..4).fold(0u32, |quad, j| {
+        let q = row.get(4 * s + j).map_or(0, |&v| (v * inverse_scale).round().clamp(-127.0, 127.0) as i8);
+        quad | (q as u8 as u32) << (8 * j)
+    })
+}
+
+/// One activation row as int8 quads for [`PackedType::Int8`] (`dst` is `steps` quads, the
+/// padding zero); returns its scale. Rounds half to even (weights round half away from zero).
+fn quantize_row(row: &[f32], dst: &mut [u32]) -> f32 {
+    // 1.5·2^23 + q holds the integer q in its low mantissa bits, so its low byte is q as a
+    // two's-complement int8: a vectorisable rounding, where `as i8` is compiled lane by lane.
+    const ROUND: f32 = 12_582_912.0;
+    let scale = int8_scale(row);
+    let inverse = 1.0 / scale;
+    let quads = dst.len();
+    // SAFETY: a u32 slice viewed as its bytes (little-endian: input 4s + j is byte j of quad s).
+    let bytes = unsafe { std::slice::from_raw_parts_mut(dst.as_mut_ptr() as *mut u8, 4 * quads) };
+    for (b, v) in bytes.iter_mut().zip(row) {
+        *b = ((v * inverse).clamp(-127.0, 127.0) + ROUND).to_bits() as u8;
+    }
+    bytes[row.len().min(4 * quads)..].fill(0);
+    scale
 }
 
 /// Rounds `rows` rows of `k` values (`stride` apart) to bf16, in a buffer of `padded_rows`
@@ -309,6 +378,7 @@ impl Activations<'_> {
     fn prepare<'a>(x: &'a [f32], stride: usize, rows: usize, w: &PackedMatrix) -> Activations<'a> {
         match w.ty {
             PackedType::F32 => Activations::F32 { x, stride },
+            PackedType::Int8 => unreachable!("int8 products run on AMX only"),
             PackedType::Bf16 | PackedType::Bf16x3 => {
                 let parts = w.ty.activation_parts();
                 let pairs = bf16_rows(x, stride, rows, w.k, w.steps, rows, parts, rows >= 64);
@@ -399,6 +469,7 @@ pub fn matmul_with(
         PackedType::Bf16 | PackedType::Bf16x3 => {
             assert!(bf16_available(), "the packed bf16 kernel needs AVX512_BF16")
         }
+        PackedType::Int8 => assert!(amx_int8_available(), "the int8 kernel needs AMX-INT8"),
     }
     if rows == 0 || w.n == 0 {
         return;
@@ -415,7 +486,7 @@ pub fn matmul_with(
     // AMX pads the rows to 32. For one bf16 part a few rows run faster on AVX512_BF16; with
     // three parts that kernel does 1.5× the work of the f32 one, so bf16x3 takes AMX at any size.
     #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
-    let enough_rows = rows >= 16 || w.ty == PackedType::Bf16x3;
+    let enough_rows = rows >= 16 || w.ty != PackedType::Bf16;
     #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
     if w.ty != PackedType::F32 && enough_rows && w.steps % amx::PAIRS_PER_STEP == 0 && amx_available() {
         return matmul_amx(x, x_stride, rows, w, out, out_stride, init, epilogue, parallel);
@@ -641,6 +712,7 @@ mod tests {
             let ok = match ty {
                 PackedType::F32 => avx512_available(),
                 PackedType::Bf16 | PackedType::Bf16x3 => bf16_available(),
+                PackedType::Int8 => false, // its own test: quantisation error, not rounding
             };
             if !ok {
                 eprintln!("skipped {ty:?}: this CPU lacks the instructions");
@@ -785,6 +857,32 @@ mod tests {
     }
 
     #[test]
+    fn int8_products_are_within_quantisation_error() {
+        if !amx_int8_available() {
+            eprintln!("skipped: this CPU lacks AMX-INT8");
+            return;
+        }
+        // k not a multiple of 64 (padded steps), rows below and above 32, n past a panel.
+        for &(rows, k, n) in &[(1, 64, 64), (5, 7, 3), (33, 100, 70), (40, 1024, 130), (3, 4096, 64)] {
+            let x = noise(rows * k, 41);
+            let w = noise(n * k, 42);
+            let error = relative_error(PackedType::Int8, &x, &w, rows, k, n);
+            // Two 8-bit roundings: well under a percent of Σ|x·w| for noise, and not exact.
+            assert!(error < 1e-2 && error > 1e-6, "{rows}x{k}x{n}: int8 {error:e}");
+        }
+        // Dequantised weights round-trip through `get` within half a step.
+        let (n, k) = (70, 9);
+        let w = noise(n * k, 43);
+        let packed = PackedMatrix::pack(&w, n, k, PackedType::Int8);
+        for c in 0..n {
+            let step = w[c * k..(c + 1) * k].iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
+            for i in 0..k {
+                assert!((packed.get(c, i) - w[c * k + i]).abs() <= 0.5 * step * 1.0001, "({c}, {i})");
+            }
+        }
+    }
+
+    #[test]
     fn transposed_packing_reads_columns() {
         let (k, n, stride) = (5, 70, 75);
         let v = round_bf16(noise(k * stride, 9));
@@ -870,6 +968,11 @@ mod amx {
         })
     }
 
+    /// Whether AMX-INT8 (`TDPBSSD`) is present too.
+    pub fn int8_available() -> bool {
+        available() && std::arch::x86_64::__cpuid_count(7, 0).edx & (1 << 25) != 0
+    }
+
     /// The tile palette: every tile 16 rows of 64 bytes.
     #[repr(C, align(64))]
     struct TileConfig {
@@ -910,7 +1013,7 @@ mod amx {
     /// Tiles configured on this thread; `a` readable for 32 rows × `parts` blocks of 16·steps
     /// pairs, `b` for 16·steps pairs of 32 columns, `c` readable (when accumulating) and
     /// writable for 32 rows of 32 f32.
-    pub unsafe fn block(a: *const u32, a_layout: ALayout, parts: usize, b: *const u32, steps: usize, c: Output) {
+    pub unsafe fn block(a: *const u32, a_layout: ALayout, parts: usize, b: *const u32, steps: usize, c: Output, int8: bool) {
         let ALayout { stride: a_stride, step: a_step, part: a_part, lower: a_lower } = a_layout;
         let b_stride = super::PANEL * 4;
         let Output { ptr: c, row_stride, accumulate } = c;
@@ -941,6 +1044,20 @@ mod amx {
             for p in 0..parts {
                 let a0 = a.add(p * a_part + s * a_step);
                 let a1 = a0.add(a_lower);
+                if int8 {
+                    // The same tiles as int8 quads: 16 × 64 signed bytes, i32 sums.
+                    asm!(
+                        "tileloadd tmm4, [{a0} + {sa}*1]",
+                        "tdpbssd tmm0, tmm4, tmm6",
+                        "tdpbssd tmm1, tmm4, tmm7",
+                        "tileloadd tmm5, [{a1} + {sa}*1]",
+                        "tdpbssd tmm2, tmm5, tmm6",
+                        "tdpbssd tmm3, tmm5, tmm7",
+                        a0 = in(reg) a0, a1 = in(reg) a1, sa = in(reg) a_stride,
+                        options(nostack, readonly),
+                    );
+                    continue;
+                }
                 asm!(
                     "tileloadd tmm4, [{a0} + {sa}*1]",
                     "tdpbf16ps tmm0, tmm4, tmm6",
@@ -972,6 +1089,18 @@ mod amx {
     }
 }
 
+/// Whether int8 products can run ([`PackedType::Int8`] needs AMX-INT8).
+pub fn amx_int8_available() -> bool {
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    {
+        amx_available() && amx::int8_available()
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+    {
+        false
+    }
+}
+
 /// Whether bf16 products run on AMX tiles.
 pub fn amx_available() -> bool {
     #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
@@ -998,6 +1127,7 @@ fn amx_tiles(
     steps: usize,
     padded_rows: usize,
     parts: usize,
+    int8_scales: Option<&mut [f32]>,
     parallel: bool,
 ) -> Vec<u32> {
     const TILE_ROWS: usize = 16;
@@ -1005,11 +1135,19 @@ fn amx_tiles(
     let tile_steps = steps / width;
     let row_pairs = parts * steps;
     let mut tiles = vec![0u32; padded_rows * row_pairs];
-    let fill_group = |group: usize, dst: &mut [u32]| {
+    let quantize = int8_scales.is_some();
+    let mut no_scales = vec![0f32; padded_rows];
+    let scales = int8_scales.unwrap_or(&mut no_scales);
+    let fill_group = |group: usize, dst: &mut [u32], scales: &mut [f32]| {
         let mut row_buf = vec![0u32; row_pairs];
         for r in 0..TILE_ROWS.min(rows.saturating_sub(group * TILE_ROWS)) {
             let row = group * TILE_ROWS + r;
-            split_row(&x[row * stride..row * stride + k], &mut row_buf, steps, parts);
+            let values = &x[row * stride..row * stride + k];
+            if quantize {
+                scales[r] = quantize_row(values, &mut row_buf);
+            } else {
+                split_row(values, &mut row_buf, steps, parts);
+            }
             for p in 0..parts {
                 for s in 0..tile_steps {
                     let at = (s * parts + p) * TILE_ROWS * width + r * width;
@@ -1018,11 +1156,11 @@ fn amx_tiles(
             }
         }
     };
-    let groups = tiles.chunks_exact_mut(TILE_ROWS * row_pairs).enumerate();
+    let groups = tiles.chunks_exact_mut(TILE_ROWS * row_pairs).zip(scales.chunks_exact_mut(TILE_ROWS)).enumerate();
     if parallel {
-        groups.par_bridge().for_each(|(g, dst)| fill_group(g, dst));
+        groups.par_bridge().for_each(|(g, (dst, sc))| fill_group(g, dst, sc));
     } else {
-        groups.for_each(|(g, dst)| fill_group(g, dst));
+        groups.for_each(|(g, (dst, sc))| fill_group(g, dst, sc));
     }
     tiles
 }
@@ -1045,7 +1183,11 @@ fn matmul_amx(
     let steps = w.steps;
     let padded_rows = rows.div_ceil(BLOCK) * BLOCK;
     let parts = w.ty.activation_parts();
-    let pairs = amx_tiles(x, x_stride, rows, w.k, steps, padded_rows, parts, parallel && rows >= 64);
+    let int8 = w.ty == PackedType::Int8;
+    let mut row_scales = vec![0f32; if int8 { padded_rows } else { 0 }];
+    let scales_out = int8.then_some(&mut row_scales[..]);
+    let pairs = amx_tiles(x, x_stride, rows, w.k, steps, padded_rows, parts, scales_out, parallel && rows >= 64);
+    let scales = int8.then_some(Int8Scales { rows: &row_scales, cols: &w.scales });
     let tile_steps = steps / amx::PAIRS_PER_STEP;
     let layout = amx::ALayout { stride: 64, step: parts * 256, part: 256, lower: tile_steps * parts * 256 };
     let out_ptr = SharedOut(out.as_mut_ptr());
@@ -1061,9 +1203,32 @@ fn matmul_amx(
             let wp = &w.data[(panel * steps + chunk * amx::PAIRS_PER_STEP) * PANEL..(panel + 1) * steps * PANEL];
             let a = &pairs[chunk * layout.step..];
             let out = (out_ptr, out_stride, init, epilogue);
-            amx_panel(a, layout, parts, wp, chunk_steps, panel, block, rows, w.n, out);
+            amx_panel(a, layout, parts, wp, chunk_steps, panel, block, rows, w.n, out, scales);
         };
         for_each_block(rows, chunk_steps * amx::PAIRS_PER_STEP * parts * 4, BLOCK, w.n.div_ceil(PANEL), parallel, run_panel);
+    }
+}
+
+/// The scales that turn an int8 block's i32 sums back into values.
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+#[derive(Clone, Copy)]
+struct Int8Scales<'a> {
+    rows: &'a [f32],
+    cols: &'a [f32],
+}
+
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+impl Int8Scales<'_> {
+    /// Converts the i32 sums (bit patterns in `c`) of the 32 × 32 block at (`r0`, `first_col`).
+    fn apply(&self, c: &mut [f32], r0: usize, first_col: usize) {
+        let block = amx::BLOCK;
+        let cols = &self.cols[first_col..(first_col + block).min(self.cols.len())];
+        for (i, row) in c.chunks_exact_mut(block).enumerate() {
+            let row_scale = self.rows[r0 + i];
+            for (v, col_scale) in row.iter_mut().zip(cols) {
+                *v = v.to_bits() as i32 as f32 * row_scale * col_scale;
+            }
+        }
     }
 }
 
@@ -1081,6 +1246,7 @@ fn amx_panel(
     rows: usize,
     n: usize,
     (out_ptr, out_stride, init, epilogue): (SharedOut, usize, MatmulInit, Epilogue),
+    int8: Option<Int8Scales>,
 ) {
     use amx::BLOCK;
     let row_pairs = layout.lower / 16;
@@ -1103,13 +1269,13 @@ fn amx_panel(
                     MatmulInit::Accumulate => Some(true),
                     MatmulInit::Bias(_) => None,
                 };
-                if let (Some(accumulate), true, true) = (direct, r0 + BLOCK <= rows, cols == BLOCK) {
+                if let (Some(accumulate), true, true, None) = (direct, r0 + BLOCK <= rows, cols == BLOCK, int8) {
                     let ptr = out_ptr.get().wrapping_add(r0 * out_stride + first_col);
                     // SAFETY: tiles configured above; `a` has 32 padded rows from r0 of `steps`
                     // tile steps, the panel `steps` of 64 columns; the 32 × 32 output block lies
                     // inside `out` (rows r0..r0+32 < rows, columns first_col..+32 ≤ n) and this
                     // panel's task alone touches it.
-                    unsafe { amx::block(a, layout, parts, b, steps, amx::Output { ptr, row_stride: out_stride, accumulate }) };
+                    unsafe { amx::block(a, layout, parts, b, steps, amx::Output { ptr, row_stride: out_stride, accumulate }, false) };
                     if !epilogue.is_empty() {
                         for i in 0..BLOCK {
                             // SAFETY: as above.
@@ -1123,7 +1289,10 @@ fn amx_panel(
                 }
                 let output = amx::Output { ptr: c.as_mut_ptr(), row_stride: BLOCK, accumulate: false };
                 // SAFETY: as above, with the sums going to `c` (32 × 32).
-                unsafe { amx::block(a, layout, parts, b, steps, output) };
+                unsafe { amx::block(a, layout, parts, b, steps, output, int8.is_some()) };
+                if let Some(scales) = int8 {
+                    scales.apply(&mut c, r0, first_col);
+                }
                 for i in 0..BLOCK.min(rows - r0) {
                     // SAFETY: this panel's task alone writes these columns of each row.
                     let dst = unsafe {
