@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use indicatif::{HumanBytes, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use jina_engine::hub::{HubId, MODEL_FILES};
+use jina_engine::hub::{self, HubId, MODEL_FILES};
 use sha2::{Digest, Sha256};
 use ureq::http::Response;
 use ureq::Body;
@@ -146,7 +146,7 @@ impl Hub {
         // Created only once the hub has answered: a failed first request leaves no trace.
         std::fs::create_dir_all(blobs).with_context(|| format!("cannot create {}", blobs.display()))?;
         let blob = blobs.join(&meta.etag);
-        let sha256 = is_sha256(&meta.etag).then_some(meta.etag.as_str());
+        let sha256 = hub::is_sha256_hex(&meta.etag).then_some(meta.etag.as_str());
         if blob.is_file() {
             return check_existing(&blob, file, sha256);
         }
@@ -167,7 +167,7 @@ impl Hub {
         if let Some(size) = meta.size.filter(|size| *size != bytes) {
             bail!("{file}: received {bytes} bytes of {size}; the partial file {} is kept: run again to resume", partial.display());
         }
-        let got = hex(&hasher.finalize());
+        let got = hub::to_hex(&hasher.finalize());
         if let Some(want) = sha256.filter(|want| *want != got) {
             let _ = std::fs::remove_file(&partial);
             bail!("{file}: sha256 mismatch: the hub names it {want} but the downloaded content hashes to {got}; the download was deleted, run again");
@@ -269,7 +269,7 @@ fn progress_bar(file: &str, size: Option<u64>, start: u64) -> ProgressBar {
 fn check_existing(blob: &Path, file: &str, sha256: Option<&str>) -> anyhow::Result<Outcome> {
     let bytes = std::fs::metadata(blob).with_context(|| format!("cannot read {}", blob.display()))?.len();
     if let Some(want) = sha256 {
-        let got = jina_engine::hub::sha256_file(blob).with_context(|| format!("hashing {}", blob.display()))?;
+        let got = hub::sha256_file(blob).with_context(|| format!("hashing {}", blob.display()))?;
         if got != want {
             let _ = std::fs::remove_file(blob);
             bail!("{file}: the cached blob {} is corrupt (sha256 {got}, expected {want}); it was deleted, run again", blob.display());
@@ -280,32 +280,13 @@ fn check_existing(blob: &Path, file: &str, sha256: Option<&str>) -> anyhow::Resu
 
 /// Feeds a file to `hasher`; returns its length.
 fn hash_file(hasher: &mut Sha256, path: &Path) -> anyhow::Result<u64> {
-    let mut file = File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let mut buf = vec![0u8; 1 << 20];
-    let mut total = 0;
-    loop {
-        let n = file.read(&mut buf).with_context(|| format!("cannot read {}", path.display()))?;
-        if n == 0 {
-            return Ok(total);
-        }
-        hasher.update(&buf[..n]);
-        total += n as u64;
-    }
+    hub::hash_into(hasher, path).with_context(|| format!("cannot read {}", path.display()))
 }
 
-/// `snapshots/<commit>/<file>` → `../../blobs/<etag>`, as `huggingface_hub` links it (a copy
-/// where symlinks are not available).
+/// `snapshots/<commit>/<file>` → `../../blobs/<etag>`.
 fn link_snapshot(repo_dir: &Path, commit: &str, file: &str, etag: &str) -> anyhow::Result<()> {
-    let snapshot = repo_dir.join("snapshots").join(commit);
-    std::fs::create_dir_all(&snapshot).with_context(|| format!("cannot create {}", snapshot.display()))?;
-    let link = snapshot.join(file);
-    let _ = std::fs::remove_file(&link);
-    let target = Path::new("../../blobs").join(etag);
-    #[cfg(unix)]
-    let made = std::os::unix::fs::symlink(&target, &link);
-    #[cfg(not(unix))]
-    let made = std::fs::copy(repo_dir.join("blobs").join(etag), &link).map(|_| ());
-    made.with_context(|| format!("cannot link {} to {}", link.display(), target.display()))
+    hub::link_snapshot(repo_dir, commit, file, etag)
+        .with_context(|| format!("cannot link snapshot {commit}/{file} of {} to blobs/{etag}", repo_dir.display()))
 }
 
 /// `refs/<revision>` = commit, so that `owner/name@revision` finds the snapshot offline. A commit
@@ -364,13 +345,6 @@ fn origin(url: &str) -> &str {
     }
 }
 
-fn is_sha256(etag: &str) -> bool {
-    etag.len() == 64 && etag.bytes().all(|b| b.is_ascii_hexdigit())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
 
 /// `HF_TOKEN`, else the token file of `huggingface-cli login` (`HF_TOKEN_PATH`, else
 /// `$HF_HOME/token`, else `~/.cache/huggingface/token`).
@@ -426,6 +400,6 @@ mod tests {
     fn origins_and_etags() {
         assert_eq!(origin("https://huggingface.co/a/b/resolve/main/x"), "https://huggingface.co");
         assert_eq!(origin("http://127.0.0.1:8080"), "http://127.0.0.1:8080");
-        assert!(is_sha256(&"a".repeat(64)) && !is_sha256(&"a".repeat(40)));
+        assert!(hub::is_sha256_hex(&"a".repeat(64)) && !hub::is_sha256_hex(&"a".repeat(40)));
     }
 }

@@ -18,6 +18,8 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use sha2::Digest as _;
+
 /// The model that `serve` and `embed` use when `--model` is not given.
 pub const DEFAULT_MODEL: &str = "jinaai/jina-embeddings-v3";
 
@@ -225,19 +227,36 @@ pub fn resolve_with_cache(spec: &str, cache: Option<&Path>) -> Result<Resolved, 
 
 /// The sha256 of a file, as lowercase hex (streamed: memory stays small for large weights).
 pub fn sha256_file(path: &Path) -> std::io::Result<String> {
-    use sha2::{Digest, Sha256};
+    let mut hasher = sha2::Sha256::new();
+    hash_into(&mut hasher, path)?;
+    Ok(to_hex(&hasher.finalize()))
+}
+
+/// Feeds a file to `hasher`, streamed; returns its length (a download resumes its hash so).
+pub fn hash_into(hasher: &mut sha2::Sha256, path: &Path) -> std::io::Result<u64> {
     use std::io::Read;
     let mut file = std::fs::File::open(path)?;
-    let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0;
     loop {
         let n = file.read(&mut buf)?;
         if n == 0 {
-            break;
+            return Ok(total);
         }
         hasher.update(&buf[..n]);
+        total += n as u64;
     }
-    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Lowercase hex of a digest.
+pub fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Whether a blob name (an etag) is a sha256, as the cache names LFS files; small files are
+/// named by their git object id instead.
+pub fn is_sha256_hex(name: &str) -> bool {
+    name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// For a snapshot file that is a symlink into `blobs/` named by a sha256 (how the cache stores
@@ -245,7 +264,20 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
 pub fn expected_sha256(path: &Path) -> Option<String> {
     let target = std::fs::read_link(path).ok()?;
     let name = target.file_name()?.to_str()?;
-    (name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit())).then(|| name.to_ascii_lowercase())
+    is_sha256_hex(name).then(|| name.to_ascii_lowercase())
+}
+
+/// Makes `snapshots/<commit>/<file>` of a cache folder a relative symlink to `blobs/<blob>`, as
+/// `huggingface_hub` links it (a copy where symlinks are not available).
+pub fn link_snapshot(repo_dir: &Path, commit: &str, file: &str, blob: &str) -> std::io::Result<()> {
+    let snapshot = repo_dir.join("snapshots").join(commit);
+    std::fs::create_dir_all(&snapshot)?;
+    let link = snapshot.join(file);
+    let _ = std::fs::remove_file(&link);
+    #[cfg(unix)]
+    return std::os::unix::fs::symlink(Path::new("../../blobs").join(blob), &link);
+    #[cfg(not(unix))]
+    return std::fs::copy(repo_dir.join("blobs").join(blob), &link).map(|_| ());
 }
 
 /// Copies a model folder into `cache` in `huggingface_hub`'s layout, as `huggingface-cli
@@ -254,9 +286,7 @@ pub fn expected_sha256(path: &Path) -> Option<String> {
 /// Used by the tests and to seed a cache from a local folder.
 pub fn install_into_cache(cache: &Path, id: &HubId, commit: &str, reference: &str, from: &Path) -> std::io::Result<PathBuf> {
     let repo_dir = cache.join(id.cache_folder_name());
-    let snapshot = repo_dir.join("snapshots").join(commit);
     std::fs::create_dir_all(repo_dir.join("blobs"))?;
-    std::fs::create_dir_all(&snapshot)?;
     std::fs::create_dir_all(repo_dir.join("refs"))?;
     for file in MODEL_FILES {
         let src = from.join(file);
@@ -265,15 +295,10 @@ pub fn install_into_cache(cache: &Path, id: &HubId, commit: &str, reference: &st
         if !blob.exists() {
             std::fs::copy(&src, &blob)?;
         }
-        let link = snapshot.join(file);
-        let _ = std::fs::remove_file(&link);
-        #[cfg(unix)]
-        std::os::unix::fs::symlink(Path::new("../../blobs").join(&hash), &link)?;
-        #[cfg(not(unix))]
-        std::fs::copy(&blob, &link)?;
+        link_snapshot(&repo_dir, commit, file, &hash)?;
     }
     std::fs::write(repo_dir.join("refs").join(reference), commit)?;
-    Ok(snapshot)
+    Ok(repo_dir.join("snapshots").join(commit))
 }
 
 #[cfg(test)]

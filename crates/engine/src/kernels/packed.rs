@@ -1250,58 +1250,56 @@ fn amx_panel(
 ) {
     use amx::BLOCK;
     let row_pairs = layout.lower / 16;
-    {
-        amx::configure();
-        let mut c = [0f32; BLOCK * BLOCK];
-        for half in 0..PANEL / BLOCK {
-            let first_col = panel * PANEL + half * BLOCK;
-            if first_col >= n {
-                break;
-            }
-            let cols = BLOCK.min(n - first_col);
-            for r0 in block.clone().step_by(BLOCK) {
-                let a = a[r0 * row_pairs..].as_ptr();
-                let b = wp[half * BLOCK..].as_ptr();
-                // A whole block whose output needs no bias goes straight into `out`: attention's
-                // Q·Kᵀ (64 inputs) is too short a product to pay for a copy through `c`.
-                let direct = match init {
-                    MatmulInit::Zero => Some(false),
-                    MatmulInit::Accumulate => Some(true),
-                    MatmulInit::Bias(_) => None,
-                };
-                if let (Some(accumulate), true, true, None) = (direct, r0 + BLOCK <= rows, cols == BLOCK, int8) {
-                    let ptr = out_ptr.get().wrapping_add(r0 * out_stride + first_col);
-                    // SAFETY: tiles configured above; `a` has 32 padded rows from r0 of `steps`
-                    // tile steps, the panel `steps` of 64 columns; the 32 × 32 output block lies
-                    // inside `out` (rows r0..r0+32 < rows, columns first_col..+32 ≤ n) and this
-                    // panel's task alone touches it.
-                    unsafe { amx::block(a, layout, parts, b, steps, amx::Output { ptr, row_stride: out_stride, accumulate }, false) };
-                    if !epilogue.is_empty() {
-                        for i in 0..BLOCK {
-                            // SAFETY: as above.
-                            let dst = unsafe {
-                                std::slice::from_raw_parts_mut(out_ptr.get().add((r0 + i) * out_stride + first_col), cols)
-                            };
-                            epilogue.apply(r0 + i, dst, first_col);
-                        }
-                    }
-                    continue;
-                }
-                let output = amx::Output { ptr: c.as_mut_ptr(), row_stride: BLOCK, accumulate: false };
-                // SAFETY: as above, with the sums going to `c` (32 × 32).
-                unsafe { amx::block(a, layout, parts, b, steps, output, int8.is_some()) };
-                if let Some(scales) = int8 {
-                    scales.apply(&mut c, r0, first_col);
-                }
-                for i in 0..BLOCK.min(rows - r0) {
-                    // SAFETY: this panel's task alone writes these columns of each row.
-                    let dst = unsafe {
-                        std::slice::from_raw_parts_mut(out_ptr.get().add((r0 + i) * out_stride + first_col), cols)
-                    };
-                    store(dst, &c[i * BLOCK..i * BLOCK + cols], init, first_col);
-                    if !epilogue.is_empty() {
+    amx::configure();
+    let mut c = [0f32; BLOCK * BLOCK];
+    for half in 0..PANEL / BLOCK {
+        let first_col = panel * PANEL + half * BLOCK;
+        if first_col >= n {
+            break;
+        }
+        let cols = BLOCK.min(n - first_col);
+        for r0 in block.clone().step_by(BLOCK) {
+            let a = a[r0 * row_pairs..].as_ptr();
+            let b = wp[half * BLOCK..].as_ptr();
+            // A whole block whose output needs no bias goes straight into `out`: attention's
+            // Q·Kᵀ (64 inputs) is too short a product to pay for a copy through `c`.
+            let direct = match init {
+                MatmulInit::Zero => Some(false),
+                MatmulInit::Accumulate => Some(true),
+                MatmulInit::Bias(_) => None,
+            };
+            if let (Some(accumulate), true, true, None) = (direct, r0 + BLOCK <= rows, cols == BLOCK, int8) {
+                let ptr = out_ptr.get().wrapping_add(r0 * out_stride + first_col);
+                // SAFETY: tiles configured above; `a` has 32 padded rows from r0 of `steps`
+                // tile steps, the panel `steps` of 64 columns; the 32 × 32 output block lies
+                // inside `out` (rows r0..r0+32 < rows, columns first_col..+32 ≤ n) and this
+                // panel's task alone touches it.
+                unsafe { amx::block(a, layout, parts, b, steps, amx::Output { ptr, row_stride: out_stride, accumulate }, false) };
+                if !epilogue.is_empty() {
+                    for i in 0..BLOCK {
+                        // SAFETY: as above.
+                        let dst = unsafe {
+                            std::slice::from_raw_parts_mut(out_ptr.get().add((r0 + i) * out_stride + first_col), cols)
+                        };
                         epilogue.apply(r0 + i, dst, first_col);
                     }
+                }
+                continue;
+            }
+            let output = amx::Output { ptr: c.as_mut_ptr(), row_stride: BLOCK, accumulate: false };
+            // SAFETY: as above, with the sums going to `c` (32 × 32).
+            unsafe { amx::block(a, layout, parts, b, steps, output, int8.is_some()) };
+            if let Some(scales) = int8 {
+                scales.apply(&mut c, r0, first_col);
+            }
+            for i in 0..BLOCK.min(rows - r0) {
+                // SAFETY: this panel's task alone writes these columns of each row.
+                let dst = unsafe {
+                    std::slice::from_raw_parts_mut(out_ptr.get().add((r0 + i) * out_stride + first_col), cols)
+                };
+                store(dst, &c[i * BLOCK..i * BLOCK + cols], init, first_col);
+                if !epilogue.is_empty() {
+                    epilogue.apply(r0 + i, dst, first_col);
                 }
             }
         }
