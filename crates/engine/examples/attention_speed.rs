@@ -1,26 +1,33 @@
-//! Quick GFLOP/s of the attention kernel (f32 and bf16): `cargo run --release -p jina-engine --example attention_speed`.
+//! Milliseconds and GFLOP/s of multi-head attention (16 heads of 64), f32 and bf16, at a few
+//! lengths: `cargo run --release -p jina-engine --example attention_speed [LEN...]` (default
+//! 128 512 2048). Lengths under 1024 run as a batch of 1024 tokens, as the benchmark shapes.
 use std::time::Instant;
 
 use jina_engine::kernels::packed::PackedType;
 use jina_engine::kernels::{attention, SequenceRange};
 
 fn main() {
+    let lens: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let lens = if lens.is_empty() { vec![128, 512, 2048] } else { lens };
     let (heads, d) = (16, 64);
-    for n in [512usize, 2048] {
-        let hidden = heads * d;
-        let qkv: Vec<f32> = (0..n * 3 * hidden).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
-        let mut ctx = vec![0f32; n * hidden];
-        let seqs = [SequenceRange { start: 0, len: n }];
+    for len in lens {
+        let count = (1024 / len).max(1);
+        let sequences: Vec<SequenceRange> = (0..count).map(|i| SequenceRange { start: i * len, len }).collect();
+        let tokens = count * len;
+        let qkv: Vec<f32> = (0..tokens * 3 * heads * d).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
+        let mut ctx = vec![0f32; tokens * heads * d];
+        let flops = 4.0 * (count * len * len * d * heads) as f64;
+        let mut line = format!("{count}x{len}:");
         for ty in [PackedType::F32, PackedType::Bf16] {
-            attention(&qkv, &mut ctx, &seqs, heads, d, ty);
+            attention(&qkv, &mut ctx, &sequences, heads, d, ty);
             let mut best = f64::INFINITY;
-            for _ in 0..3 {
+            for _ in 0..if len > 4096 { 1 } else { 5 } {
                 let t = Instant::now();
-                attention(&qkv, &mut ctx, &seqs, heads, d, ty);
+                attention(&qkv, &mut ctx, &sequences, heads, d, ty);
                 best = best.min(t.elapsed().as_secs_f64());
             }
-            let flops = 4.0 * (n * n * d * heads) as f64;
-            println!("1x{heads}x{n}x{d} {ty:?}: {:.1} ms, {:.1} GFLOP/s", best * 1e3, flops / best / 1e9);
+            line += &format!(" {ty:?} {:.2} ms ({:.0} GFLOP/s)", best * 1e3, flops / best / 1e9);
         }
+        println!("{line}");
     }
 }

@@ -17,7 +17,8 @@ const Q_TILE: usize = 64;
 /// Queries per score tile when the products run on AMX: larger products amortise the fixed
 /// cost of each call (activation packing, tile loads of the accumulators).
 const Q_TILE_AMX: usize = 256;
-/// Sequences up to this length run attention in f32 whatever the requested type.
+/// Without the fused AMX kernel, sequences up to this length run attention in f32 whatever the
+/// requested type.
 const BF16_MIN_LEN: usize = 512;
 /// Keys per score tile.
 const K_TILE: usize = 256;
@@ -36,9 +37,10 @@ pub struct SequenceRange {
 /// `qkv` is `tokens × 3·heads·d`: Q, then K, then V, each with heads side by side (the packed
 /// `Wqkv` layout). Rotary positions must already be applied to Q and K.
 ///
-/// `ty` is the type Q·Kᵀ and P·V are computed in on AVX-512 CPUs: f32 (exact) or bf16 (on AMX
-/// where present; sequences of up to 512 tokens run in f32 regardless, which is as fast there);
-/// softmax statistics stay in f32 either way.
+/// `ty` is the type Q·Kᵀ and P·V are computed in on AVX-512 CPUs: f32 (exact) or bf16; softmax
+/// statistics stay in f32 either way. bf16 with AMX and heads of 64 runs the fused kernel of
+/// [`super::attention_amx`]; without AMX, sequences of up to 512 tokens run in f32 regardless,
+/// which is as fast there.
 pub fn attention(qkv: &[f32], ctx: &mut [f32], sequences: &[SequenceRange], heads: usize, d: usize, ty: PackedType) {
     let hidden = heads * d;
     let tokens: usize = sequences.iter().map(|s| s.start + s.len).max().unwrap_or(0);
@@ -47,13 +49,22 @@ pub fn attention(qkv: &[f32], ctx: &mut [f32], sequences: &[SequenceRange], head
 
     let ctx_ptr = SharedMut(ctx.as_mut_ptr());
     let ty = if ty == PackedType::Bf16 && !packed::bf16_available() { PackedType::F32 } else { ty };
-    // Up to 512 tokens the f32 kernel is as fast as bf16 or faster (8×128: 0.20 s against
-    // 0.36 s for the 24 layers; 512: equal): packing K and V to bf16 costs more than it saves.
+    // One task per (sequence, head): K and V are converted once and reused by every query tile.
+    let tasks: Vec<(SequenceRange, usize)> =
+        sequences.iter().flat_map(|s| (0..heads).map(move |h| (*s, h))).collect();
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    if ty == PackedType::Bf16 && d == super::attention_amx::HEAD_DIM && packed::amx_available() {
+        tasks.par_iter().for_each_init(super::attention_amx::AmxAttention::new, |kernel, &(seq, head)| {
+            let out = kernel.attend(qkv, seq, 3 * hidden, head * d, hidden, scale);
+            write_rows(ctx_ptr, out, seq.start, head, hidden, d);
+        });
+        return;
+    }
+    // Without the fused kernel, up to 512 tokens the f32 kernel is as fast as bf16 or faster
+    // (8×128: 0.20 s against 0.36 s for the 24 layers; 512: equal): packing K and V to bf16
+    // costs more than it saves.
     let ty = if sequences.iter().all(|s| s.len <= BF16_MIN_LEN) { PackedType::F32 } else { ty };
     if packed::avx512_available() {
-        // One task per (sequence, head): K and V are packed once and reused by every query tile.
-        let tasks: Vec<(SequenceRange, usize)> =
-            sequences.iter().flat_map(|s| (0..heads).map(move |h| (*s, h))).collect();
         let q_tile = if ty != PackedType::F32 && packed::amx_available() { Q_TILE_AMX } else { Q_TILE };
         tasks.par_iter().for_each_init(
             || PackedHead::new(d, ty, q_tile),

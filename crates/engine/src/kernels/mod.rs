@@ -4,6 +4,8 @@
 //! awkward shapes. Model code calls only the functions re-exported here and never sees SIMD.
 
 pub mod attention;
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+pub mod attention_amx;
 pub mod elementwise;
 pub mod matmul;
 pub mod packed;

@@ -1101,6 +1101,12 @@ pub fn amx_int8_available() -> bool {
     }
 }
 
+/// Loads the AMX tile configuration (every tile 16 rows of 64 bytes) on this thread, once.
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+pub(crate) fn configure_amx() {
+    amx::configure()
+}
+
 /// Whether bf16 products run on AMX tiles.
 pub fn amx_available() -> bool {
     #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
