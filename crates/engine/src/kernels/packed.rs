@@ -433,6 +433,7 @@ impl Epilogue<'_> {
     }
 
     /// Applies the terms to `dst`, columns `first_col..` of output row `row`.
+    #[inline(always)]
     fn apply(&self, row: usize, dst: &mut [f32], first_col: usize) {
         if let Some(LowRank { low, rank, up }) = self.low_rank {
             if let Some(up) = up[row] {
@@ -559,6 +560,7 @@ fn for_each_block(
     }
 }
 
+#[inline(always)]
 fn store(dst: &mut [f32], sums: &[f32], init: MatmulInit, first_col: usize) {
     match init {
         MatmulInit::Zero => dst.copy_from_slice(sums),
@@ -1016,20 +1018,30 @@ mod amx {
     pub unsafe fn block(a: *const u32, a_layout: ALayout, parts: usize, b: *const u32, steps: usize, c: Output, int8: bool) {
         let ALayout { stride: a_stride, step: a_step, part: a_part, lower: a_lower } = a_layout;
         let b_stride = super::PANEL * 4;
-        let Output { ptr: c, row_stride, accumulate } = c;
+        let Output { ptr: c, row_stride, init } = c;
         let sc = row_stride * 4;
         let (c0, c1, c2, c3) = (c, c.add(16), c.add(16 * row_stride), c.add(16 * row_stride + 16));
-        if accumulate {
-            asm!(
+        match init {
+            TileInit::Zero => {
+                asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nostack, nomem))
+            }
+            TileInit::Accumulate => asm!(
                 "tileloadd tmm0, [{c0} + {sc}*1]",
                 "tileloadd tmm1, [{c1} + {sc}*1]",
                 "tileloadd tmm2, [{c2} + {sc}*1]",
                 "tileloadd tmm3, [{c3} + {sc}*1]",
                 c0 = in(reg) c0, c1 = in(reg) c1, c2 = in(reg) c2, c3 = in(reg) c3, sc = in(reg) sc,
                 options(nostack, readonly),
-            );
-        } else {
-            asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nostack, nomem));
+            ),
+            // A row stride of 0 loads the same 16 values into every row of a tile.
+            TileInit::Broadcast(row) => asm!(
+                "tileloadd tmm0, [{b0} + {zero}*1]",
+                "tileloadd tmm1, [{b1} + {zero}*1]",
+                "tileloadd tmm2, [{b0} + {zero}*1]",
+                "tileloadd tmm3, [{b1} + {zero}*1]",
+                b0 = in(reg) row, b1 = in(reg) row.add(16), zero = in(reg) 0usize,
+                options(nostack, readonly),
+            ),
         }
         for s in 0..steps {
             let b0 = b.add(s * PAIRS_PER_STEP * super::PANEL);
@@ -1080,12 +1092,21 @@ mod amx {
         );
     }
 
-    /// Where [`block`] puts its 32 × 32 sums: rows `row_stride` floats apart; with `accumulate`
-    /// it adds to what is there instead of overwriting it.
+    /// Where [`block`] puts its 32 × 32 sums: rows `row_stride` floats apart, starting from
+    /// what `init` says.
     pub struct Output {
         pub ptr: *mut f32,
         pub row_stride: usize,
-        pub accumulate: bool,
+        pub init: TileInit,
+    }
+
+    /// What the sums of a block start from.
+    pub enum TileInit {
+        Zero,
+        /// What the output block holds.
+        Accumulate,
+        /// The same 32 values (a bias) in every row.
+        Broadcast(*const f32),
     }
 }
 
@@ -1209,7 +1230,8 @@ fn matmul_amx(
             let wp = &w.data[(panel * steps + chunk * amx::PAIRS_PER_STEP) * PANEL..(panel + 1) * steps * PANEL];
             let a = &pairs[chunk * layout.step..];
             let out = (out_ptr, out_stride, init, epilogue);
-            amx_panel(a, layout, parts, wp, chunk_steps, panel, block, rows, w.n, out, scales);
+            // SAFETY: `matmul_with` took this path only with AMX available.
+            unsafe { amx_panel(a, layout, parts, wp, chunk_steps, panel, block, rows, w.n, out, scales) };
         };
         for_each_block(rows, chunk_steps * amx::PAIRS_PER_STEP * parts * 4, BLOCK, w.n.div_ceil(PANEL), parallel, run_panel);
     }
@@ -1226,6 +1248,7 @@ struct Int8Scales<'a> {
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 impl Int8Scales<'_> {
     /// Converts the i32 sums (bit patterns in `c`) of the 32 × 32 block at (`r0`, `first_col`).
+    #[inline(always)]
     fn apply(&self, c: &mut [f32], r0: usize, first_col: usize) {
         let block = amx::BLOCK;
         let cols = &self.cols[first_col..(first_col + block).min(self.cols.len())];
@@ -1239,9 +1262,16 @@ impl Int8Scales<'_> {
 }
 
 /// One panel's columns of the rows of `block` on AMX, over `steps` tile steps of `a` and `wp`.
+///
+/// Compiled for AVX-512 so that the bias, scaling and epilogue code inlined into it is
+/// vectorised 16 wide.
+///
+/// # Safety
+/// AMX and AVX512_BF16 available ([`amx_available`]).
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 #[allow(clippy::too_many_arguments)]
-fn amx_panel(
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq")]
+unsafe fn amx_panel(
     a: &[u32],
     layout: amx::ALayout,
     parts: usize,
@@ -1267,37 +1297,36 @@ fn amx_panel(
         for r0 in block.clone().step_by(BLOCK) {
             let a = a[r0 * row_pairs..].as_ptr();
             let b = wp[half * BLOCK..].as_ptr();
-            // A whole block whose output needs no bias goes straight into `out`: attention's
-            // Q·Kᵀ (64 inputs) is too short a product to pay for a copy through `c`.
-            let direct = match init {
-                MatmulInit::Zero => Some(false),
-                MatmulInit::Accumulate => Some(true),
-                MatmulInit::Bias(_) => None,
+            // bf16 sums start from the bias, loaded into the tiles (a whole block's worth).
+            let bias_in_tiles = match init {
+                MatmulInit::Bias(bias) if int8.is_none() && cols == BLOCK => Some(&bias[first_col..first_col + BLOCK]),
+                _ => None,
             };
-            if let (Some(accumulate), true, true, None) = (direct, r0 + BLOCK <= rows, cols == BLOCK, int8) {
+            // A whole block with nothing to apply goes straight into `out`. With an epilogue
+            // it goes through `c` instead: rows of `out` a multiple of 4 KiB apart share their
+            // L1 sets, and re-reading 32 of them just stored would miss.
+            if r0 + BLOCK <= rows && cols == BLOCK && int8.is_none() && epilogue.is_empty() {
+                let init = match (init, bias_in_tiles) {
+                    (_, Some(bias)) => amx::TileInit::Broadcast(bias.as_ptr()),
+                    (MatmulInit::Accumulate, _) => amx::TileInit::Accumulate,
+                    _ => amx::TileInit::Zero,
+                };
                 let ptr = out_ptr.get().wrapping_add(r0 * out_stride + first_col);
                 // SAFETY: tiles configured above; `a` has 32 padded rows from r0 of `steps`
                 // tile steps, the panel `steps` of 64 columns; the 32 × 32 output block lies
                 // inside `out` (rows r0..r0+32 < rows, columns first_col..+32 ≤ n) and this
                 // panel's task alone touches it.
-                unsafe { amx::block(a, layout, parts, b, steps, amx::Output { ptr, row_stride: out_stride, accumulate }, false) };
-                if !epilogue.is_empty() {
-                    for i in 0..BLOCK {
-                        // SAFETY: as above.
-                        let dst = unsafe {
-                            std::slice::from_raw_parts_mut(out_ptr.get().add((r0 + i) * out_stride + first_col), cols)
-                        };
-                        epilogue.apply(r0 + i, dst, first_col);
-                    }
-                }
+                unsafe { amx::block(a, layout, parts, b, steps, amx::Output { ptr, row_stride: out_stride, init }, false) };
                 continue;
             }
-            let output = amx::Output { ptr: c.as_mut_ptr(), row_stride: BLOCK, accumulate: false };
+            let tile_init = bias_in_tiles.map_or(amx::TileInit::Zero, |bias| amx::TileInit::Broadcast(bias.as_ptr()));
+            let output = amx::Output { ptr: c.as_mut_ptr(), row_stride: BLOCK, init: tile_init };
             // SAFETY: as above, with the sums going to `c` (32 × 32).
             unsafe { amx::block(a, layout, parts, b, steps, output, int8.is_some()) };
             if let Some(scales) = int8 {
                 scales.apply(&mut c, r0, first_col);
             }
+            let init = if bias_in_tiles.is_some() { MatmulInit::Zero } else { init };
             for i in 0..BLOCK.min(rows - r0) {
                 // SAFETY: this panel's task alone writes these columns of each row.
                 let dst = unsafe {
