@@ -53,8 +53,10 @@ pub fn attention(qkv: &[f32], ctx: &mut [f32], sequences: &[SequenceRange], head
     let tasks: Vec<(SequenceRange, usize)> =
         sequences.iter().flat_map(|s| (0..heads).map(move |h| (*s, h))).collect();
     #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
-    if ty == PackedType::Bf16 && d == super::attention_amx::HEAD_DIM && packed::amx_available() {
-        tasks.par_iter().for_each_init(super::attention_amx::AmxAttention::new, |kernel, &(seq, head)| {
+    if d == super::attention_amx::HEAD_DIM && packed::amx_available() {
+        use super::attention_amx::{AmxAttention, Precision};
+        let precision = if ty == PackedType::F32 { Precision::F32 } else { Precision::Bf16 };
+        tasks.par_iter().for_each_init(|| AmxAttention::new(precision), |kernel, &(seq, head)| {
             let out = kernel.attend(qkv, seq, 3 * hidden, head * d, hidden, scale);
             write_rows(ctx_ptr, out, seq.start, head, hidden, d);
         });
