@@ -507,29 +507,45 @@ unsafe fn rebase_rows<const PARTS: usize>(
     lines: &mut [[Line; Q_BLOCK]; MAX_PARTS],
     partial: &mut [[f32; 16]; Q_BLOCK],
 ) {
-    store_accumulators(o);
     let masks = lane_masks(valid);
     let cv = _mm512_set1_ps(c);
+    // Each row's block maximum (of s·c) first: a row whose reference moves from a finite value
+    // has accumulated something, and only then are the tiles stored and rescaled (not on a
+    // query block's first key block, where every reference is still −∞).
+    let mut row_max = [f32::NEG_INFINITY; Q_BLOCK];
+    for (r, max) in row_max.iter_mut().enumerate().skip(first) {
+        let s = scores[r * K_BLOCK..].as_ptr();
+        let lowest = _mm512_set1_ps(f32::NEG_INFINITY);
+        let x0 = _mm512_mask_mul_ps(lowest, masks.0, _mm512_loadu_ps(s), cv);
+        let x1 = _mm512_mask_mul_ps(lowest, masks.1, _mm512_loadu_ps(s.add(16)), cv);
+        *max = _mm512_reduce_max_ps(_mm512_max_ps(x0, x1));
+    }
+    let rescale = (first..Q_BLOCK).any(|r| row_max[r] > reference[r] && reference[r] != f32::NEG_INFINITY);
+    if rescale {
+        store_accumulators(o);
+    }
     for r in first..Q_BLOCK {
         let s = scores[r * K_BLOCK..].as_ptr();
-        let row_max = scores[r * K_BLOCK..][..valid].iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v * c));
+        let row_max = row_max[r];
         if row_max > reference[r] {
             let old = reference[r];
-            #[cfg(test)]
-            if old != f32::NEG_INFINITY {
-                tests::REBASED_ROWS.with(|n| n.set(n.get() + 1));
-            }
-            // No reference yet: nothing accumulated, and 2^(-∞) would be 0 anyway.
-            let factor = if old == f32::NEG_INFINITY { 0.0 } else { (old - row_max).exp2() };
             reference[r] = row_max;
-            sums[r] *= factor;
-            partial[r].iter_mut().for_each(|v| *v *= factor);
-            std::slice::from_raw_parts_mut(o.add(r * HEAD_DIM), HEAD_DIM).iter_mut().for_each(|v| *v *= factor);
+            // No reference yet: nothing accumulated (2^(−∞) would be 0 anyway).
+            if old != f32::NEG_INFINITY {
+                #[cfg(test)]
+                tests::REBASED_ROWS.with(|n| n.set(n.get() + 1));
+                let factor = (old - row_max).exp2();
+                sums[r] *= factor;
+                partial[r].iter_mut().for_each(|v| *v *= factor);
+                std::slice::from_raw_parts_mut(o.add(r * HEAD_DIM), HEAD_DIM).iter_mut().for_each(|v| *v *= factor);
+            }
         }
         let m = _mm512_set1_ps(reference[r]);
         row_probabilities::<PARTS>(s, masks, cv, m, lines, r, &mut partial[r]);
     }
-    load_accumulators(o);
+    if rescale {
+        load_accumulators(o);
+    }
 }
 
 #[cfg(test)]
