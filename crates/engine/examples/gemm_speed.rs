@@ -1,4 +1,4 @@
-//! Quick GFLOP/s of the f32, bf16 and bf16x3 (exact f32) linear kernels on the model's shapes:
+//! Quick GFLOP/s of the f32, bf16, bf16x3 (exact f32) and int8 linear kernels on the model's shapes:
 //! `cargo run --release -p jina-engine --example gemm_speed`.
 use std::time::Instant;
 
@@ -21,19 +21,43 @@ fn main() {
             }
             flops / best / 1e9
         };
-        let f32_rate = time(&mut || matmul_transposed(&x, k, m, k, &w, n, &mut out, MatmulInit::Zero, true));
-        let mut line = format!("{m}x{k}x{n}: gemm crate f32 {f32_rate:.1} GFLOP/s");
+        // GEMM_SPEED_TYPES=bf16,int8 (names as printed, lower case) limits the kernels timed.
+        let only = std::env::var("GEMM_SPEED_TYPES").ok();
+        let wanted = |name: &str| only.as_deref().is_none_or(|o| o.split(',').any(|t| t == name));
+        let mut line = format!("{m}x{k}x{n}:");
+        if wanted("gemm") {
+            let f32_rate = time(&mut || matmul_transposed(&x, k, m, k, &w, n, &mut out, MatmulInit::Zero, true));
+            line += &format!(" gemm crate f32 {f32_rate:.1} GFLOP/s");
+        }
         let kinds = [
             (PackedType::F32, packed::avx512_available()),
             (PackedType::Bf16, packed::bf16_available()),
             (PackedType::Bf16x3, packed::bf16_available()),
+            (PackedType::Int8, packed::int8_available()),
         ];
         for (ty, ok) in kinds {
-            if ok {
+            if ok && wanted(&format!("{ty:?}").to_lowercase()) {
                 let w = PackedMatrix::pack(&w, n, k, ty);
                 let rate = time(&mut || packed::matmul(&x, k, m, &w, &mut out, n, MatmulInit::Zero, true));
-                let amx = if ty != PackedType::F32 && packed::amx_available() { " (AMX)" } else { "" };
+                let amx = match ty {
+                    PackedType::F32 => "",
+                    // m ≥ 128 here, so int8 takes AMX-INT8 wherever the CPU has it.
+                    PackedType::Int8 if packed::amx_int8_available() => " (AMX)",
+                    PackedType::Int8 => " (VNNI)",
+                    _ if packed::amx_available() => " (AMX)",
+                    _ => "",
+                };
                 line += &format!(", packed {ty:?}{amx} {rate:.1} GFLOP/s");
+                // As a model layer runs it: bias, then a rank-4 LoRA term on every row.
+                let bias: Vec<f32> = (0..n).map(|i| i as f32 * 1e-3).collect();
+                let (rank, low) = (4, vec![0.01f32; m * 4]);
+                let up_t: Vec<f32> = (0..rank * n).map(|i| (i % 7) as f32 * 1e-2).collect();
+                let up = vec![Some(&up_t[..]); m];
+                let epilogue = packed::Epilogue { low_rank: Some(packed::LowRank { low: &low, rank, up: &up }), gelu: false };
+                let rate = time(&mut || {
+                    packed::matmul_with(&x, k, m, &w, &mut out, n, MatmulInit::Bias(&bias), epilogue, true)
+                });
+                line += &format!(" (+bias+LoRA {rate:.1})");
             }
         }
         println!("{line}");
