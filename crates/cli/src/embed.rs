@@ -94,7 +94,7 @@ pub struct EmbedArgs {
     threads: usize,
     /// Precision of the linear layers and attention: f32 (the official numbers), bf16 (faster
     /// where the CPU has AVX512_BF16 or AMX; cosine to f32 ≥ 0.999 on the fixtures) or int8
-    /// (linear layers on AMX-INT8; cosine to f32 ≥ 0.99).
+    /// (linear layers on AMX-INT8 or AVX512_VNNI; cosine to f32 ≥ 0.99).
     #[arg(long, value_enum, default_value = "f32")]
     precision: jina_engine::Precision,
     /// Hide the progress bar.

@@ -1,4 +1,4 @@
-//! Quick GFLOP/s of the f32, bf16 and bf16x3 (exact f32) linear kernels on the model's shapes:
+//! Quick GFLOP/s of the f32, bf16, bf16x3 (exact f32) and int8 linear kernels on the model's shapes:
 //! `cargo run --release -p jina-engine --example gemm_speed`.
 use std::time::Instant;
 
@@ -34,13 +34,20 @@ fn main() {
             (PackedType::F32, packed::avx512_available()),
             (PackedType::Bf16, packed::bf16_available()),
             (PackedType::Bf16x3, packed::bf16_available()),
-            (PackedType::Int8, packed::amx_int8_available()),
+            (PackedType::Int8, packed::int8_available()),
         ];
         for (ty, ok) in kinds {
             if ok && wanted(&format!("{ty:?}").to_lowercase()) {
                 let w = PackedMatrix::pack(&w, n, k, ty);
                 let rate = time(&mut || packed::matmul(&x, k, m, &w, &mut out, n, MatmulInit::Zero, true));
-                let amx = if ty != PackedType::F32 && packed::amx_available() { " (AMX)" } else { "" };
+                let amx = match ty {
+                    PackedType::F32 => "",
+                    // m ≥ 128 here, so int8 takes AMX-INT8 wherever the CPU has it.
+                    PackedType::Int8 if packed::amx_int8_available() => " (AMX)",
+                    PackedType::Int8 => " (VNNI)",
+                    _ if packed::amx_available() => " (AMX)",
+                    _ => "",
+                };
                 line += &format!(" packed {ty:?}{amx} {rate:.1} GFLOP/s");
                 // As a model layer runs it: bias, then a rank-4 LoRA term on every row.
                 let bias: Vec<f32> = (0..n).map(|i| i as f32 * 1e-3).collect();

@@ -343,9 +343,9 @@ impl Encoder {
     /// `Bf16` falls back to `F32` on a CPU without AVX512_BF16; [`Encoder::precision`] tells.
     pub fn load(weights: &Weights, config: &Config, precision: Precision) -> Result<Self> {
         let precision = match precision {
-            Precision::Int8 if !packed::amx_int8_available() => {
+            Precision::Int8 if !packed::int8_available() => {
                 let fallback = if packed::bf16_available() { Precision::Bf16 } else { Precision::F32 };
-                tracing::warn!("this CPU has no AMX-INT8: running int8 in {}", fallback.name());
+                tracing::warn!("this CPU has neither AMX-INT8 nor AVX512_VNNI: running int8 in {}", fallback.name());
                 fallback
             }
             Precision::Bf16 if !packed::bf16_available() => {

@@ -17,8 +17,9 @@ pub enum Precision {
     /// accumulated in f32 with AVX512_BF16; falls back to f32 on CPUs without it.
     Bf16,
     /// int8 weights (per output channel) and activations (per token, quantised on the fly),
-    /// products summed in i32 on AMX tiles; attention in bf16. Falls back to bf16 (or f32) on
-    /// CPUs without AMX-INT8. Cosine to f32 is gated at ≥ 0.99.
+    /// products summed in i32 on AMX-INT8 tiles or with AVX512_VNNI (the same results);
+    /// attention in bf16 (f32 without AVX512_BF16). Falls back to bf16 (or f32) on CPUs with
+    /// neither. Cosine to f32 is gated at ≥ 0.99.
     Int8,
 }
 

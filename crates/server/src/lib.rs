@@ -137,7 +137,7 @@ pub struct ServeArgs {
 
     /// Precision of the linear layers: `f32` gives the official numbers; `bf16` is faster on
     /// CPUs with AVX512_BF16 (elsewhere it falls back to f32) at a cosine of about 0.999 to f32;
-    /// `int8` runs them on AMX-INT8 (elsewhere bf16) at a cosine of at least 0.99.
+    /// `int8` runs them on AMX-INT8 or AVX512_VNNI (elsewhere bf16) at a cosine of at least 0.99.
     #[arg(long, env = "JINA_PRECISION", default_value = "f32", value_parser = parse_precision)]
     pub precision: Precision,
 

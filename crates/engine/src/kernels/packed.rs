@@ -1,5 +1,6 @@
 //! `y = x · Wᵀ` on AVX-512 with weights packed once into panels: f32 (`VFMADD231PS`, the exact
-//! path) and bf16 (`VDPBF16PS`, twice the rate, activations rounded to bf16).
+//! path), bf16 (`VDPBF16PS`, twice the rate, activations rounded to bf16) and int8 (`VPDPBUSD`,
+//! activations quantised per row; for CPUs without AMX-INT8, see [`PackedType::Int8`]).
 //!
 //! Why our own kernel: the `gemm` crate only dispatches to AVX2 (256-bit) micro-kernels on stable
 //! Rust, half of what AVX-512 gives on the reference machine, and has no bf16 kernel at all.
@@ -57,6 +58,27 @@ pub fn bf16_available() -> bool {
     }
 }
 
+/// Whether this CPU has AVX512_VNNI (`VPDPBUSD`) with AVX512BW (checked once).
+pub fn vnni_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::sync::OnceLock;
+        static AVAILABLE: OnceLock<bool> = OnceLock::new();
+        *AVAILABLE.get_or_init(|| {
+            avx512_available() && is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512vnni")
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Whether int8 products can run: on AMX-INT8 tiles or with AVX512_VNNI.
+pub fn int8_available() -> bool {
+    amx_int8_available() || vnni_available()
+}
+
 /// Element type of a packed matrix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PackedType {
@@ -71,8 +93,10 @@ pub enum PackedType {
     Bf16x3,
     /// int8 weights, quantised symmetrically per output column (`w ≈ q · max|w| / 127`), four
     /// input positions per step (steps padded to whole AMX tiles); activations are quantised per
-    /// row on the fly the same way, products summed in i32 on AMX (`TDPBSSD`) and scaled back.
-    /// AMX-INT8 only ([`amx_int8_available`]).
+    /// row on the fly the same way, products summed in i32 on AMX (`TDPBSSD`) or with
+    /// AVX512_VNNI (`VPDPBUSD`), and scaled back ([`int8_available`]). Both kernels sum the same
+    /// integers exactly and scale each chunk of [`INT8_CHUNK_STEPS`] steps in the same order, so
+    /// they give the same bits.
     Int8,
 }
 
@@ -100,6 +124,18 @@ impl PackedType {
 /// Quads (64 int8 inputs) per AMX int8 tile step; int8 steps are padded to a multiple of it.
 const INT8_TILE_STEPS: usize = 16;
 
+/// Tile steps per chunk of the input dimension on AMX (see [`matmul_amx`]).
+const AMX_CHUNK_TILE_STEPS: usize = 32;
+
+/// int8 steps (quads; 2048 inputs) whose i32 sums are scaled to f32 and added to the output
+/// together: AMX's chunk, which the VNNI kernel follows so that both round the same way.
+const INT8_CHUNK_STEPS: usize = AMX_CHUNK_TILE_STEPS * INT8_TILE_STEPS;
+
+/// Chunks of [`INT8_CHUNK_STEPS`] in `steps` (at least one, so that `k = 0` still stores).
+fn int8_chunks(steps: usize) -> usize {
+    steps.div_ceil(INT8_CHUNK_STEPS).max(1)
+}
+
 /// A weight matrix `[n, k]` packed into panels.
 pub struct PackedMatrix {
     ty: PackedType,
@@ -112,6 +148,10 @@ pub struct PackedMatrix {
     data: Vec<u32>,
     /// int8 only: the scale of each column (`w ≈ q · scale`).
     scales: Vec<f32>,
+    /// int8 only: `[panel][chunk][column in panel]`, the sum of the column's int8 weights over
+    /// each chunk of [`INT8_CHUNK_STEPS`] steps (0 past `n`). The VNNI kernel's activations are
+    /// unsigned (`q + 128`), so its sums exceed the signed ones by 128 times this.
+    col_sums: Vec<i32>,
 }
 
 impl PackedMatrix {
@@ -123,7 +163,7 @@ impl PackedMatrix {
 
     /// Packs `n` rows of `k` values that start `stride` apart in `w`.
     pub fn pack_strided(w: &[f32], stride: usize, n: usize, k: usize, ty: PackedType) -> Self {
-        let mut packed = PackedMatrix { ty, n, k, steps: 0, data: Vec::new(), scales: Vec::new() };
+        let mut packed = PackedMatrix { ty, n, k, steps: 0, data: Vec::new(), scales: Vec::new(), col_sums: Vec::new() };
         packed.repack_strided(w, stride, n, k);
         packed
     }
@@ -157,13 +197,18 @@ impl PackedMatrix {
                 }
             }
         };
-        if panels * steps * PANEL >= 1 << 16 && rayon::current_thread_index().is_none() {
+        let parallel = panels * steps * PANEL >= 1 << 16 && rayon::current_thread_index().is_none();
+        if parallel {
             self.data.par_chunks_mut(steps * PANEL).enumerate().for_each(|(p, dst)| fill(p, dst));
         } else {
             for (p, dst) in self.data.chunks_mut((steps * PANEL).max(1)).enumerate() {
                 fill(p, dst);
             }
         }
+        self.col_sums = match ty {
+            PackedType::Int8 => int8_column_sums(&self.data, panels, steps, parallel),
+            _ => Vec::new(),
+        };
     }
 
     /// Packs the transpose of `k` rows of `n` values that start `stride` apart: element
@@ -204,7 +249,7 @@ impl PackedMatrix {
 
     /// An empty matrix of the given type, to be filled by [`PackedMatrix::repack_strided`].
     pub fn empty(ty: PackedType) -> Self {
-        PackedMatrix { ty, n: 0, k: 0, steps: 0, data: Vec::new(), scales: Vec::new() }
+        PackedMatrix { ty, n: 0, k: 0, steps: 0, data: Vec::new(), scales: Vec::new(), col_sums: Vec::new() }
     }
 
     /// Output width.
@@ -273,6 +318,27 @@ fn int8_quad(row: &[f32], s: usize, inverse_scale: f32) -> u32 {
     })
 }
 
+/// [`PackedMatrix::col_sums`] of packed int8 `data` of `panels` panels of `steps` steps.
+fn int8_column_sums(data: &[u32], panels: usize, steps: usize, parallel: bool) -> Vec<i32> {
+    let chunks = int8_chunks(steps);
+    let mut sums = vec![0i32; panels * chunks * PANEL];
+    let sum_panel = |(panel, dst): (&[u32], &mut [i32])| {
+        for (s, quads) in panel.chunks_exact(PANEL).enumerate() {
+            let chunk = &mut dst[s / INT8_CHUNK_STEPS * PANEL..][..PANEL];
+            for (sum, quad) in chunk.iter_mut().zip(quads) {
+                *sum += quad.to_le_bytes().iter().map(|&b| b as i8 as i32).sum::<i32>();
+            }
+        }
+    };
+    let panel_len = (steps * PANEL).max(1);
+    if parallel {
+        data.par_chunks(panel_len).zip(sums.par_chunks_mut(chunks * PANEL)).for_each(sum_panel);
+    } else {
+        data.chunks(panel_len).zip(sums.chunks_mut(chunks * PANEL)).for_each(sum_panel);
+    }
+    sums
+}
+
 /// One activation row as int8 quads for [`PackedType::Int8`] (`dst` is `steps` quads, the
 /// padding zero); returns its scale. Rounds half to even (weights round half away from zero).
 fn quantize_row(row: &[f32], dst: &mut [u32]) -> f32 {
@@ -289,6 +355,35 @@ fn quantize_row(row: &[f32], dst: &mut [u32]) -> f32 {
     }
     bytes[row.len().min(4 * quads)..].fill(0);
     scale
+}
+
+/// [`quantize_row`] with 128 added to each int8, the unsigned operand `VPDPBUSD` takes: flipping
+/// the sign bit of a two's-complement byte adds 128. The padding becomes 128 too, which meets
+/// zero weights.
+#[cfg(target_arch = "x86_64")]
+fn quantize_row_unsigned(row: &[f32], dst: &mut [u32]) -> f32 {
+    let scale = quantize_row(row, dst);
+    for quad in dst.iter_mut() {
+        *quad ^= 0x8080_8080;
+    }
+    scale
+}
+
+/// `rows` rows of `k` values (`stride` apart) as [`quantize_row_unsigned`] quads, `steps` a
+/// row, and the scale of each row.
+#[cfg(target_arch = "x86_64")]
+fn quantize_rows_unsigned(x: &[f32], stride: usize, rows: usize, k: usize, steps: usize, parallel: bool) -> (Vec<u32>, Vec<f32>) {
+    let mut quads = vec![0u32; rows * steps];
+    let mut scales = vec![0f32; rows];
+    let convert = |(r, (dst, scale)): (usize, (&mut [u32], &mut f32))| {
+        *scale = quantize_row_unsigned(&x[r * stride..r * stride + k], dst);
+    };
+    if parallel {
+        quads.par_chunks_exact_mut(steps.max(1)).zip(&mut scales).enumerate().for_each(convert);
+    } else {
+        quads.chunks_exact_mut(steps.max(1)).zip(&mut scales).enumerate().for_each(convert);
+    }
+    (quads, scales)
 }
 
 /// Rounds `rows` rows of `k` values (`stride` apart) to bf16, in a buffer of `padded_rows`
@@ -378,7 +473,7 @@ impl Activations<'_> {
     fn prepare<'a>(x: &'a [f32], stride: usize, rows: usize, w: &PackedMatrix) -> Activations<'a> {
         match w.ty {
             PackedType::F32 => Activations::F32 { x, stride },
-            PackedType::Int8 => unreachable!("int8 products run on AMX only"),
+            PackedType::Int8 => unreachable!("int8 products run in matmul_amx or matmul_vnni"),
             PackedType::Bf16 | PackedType::Bf16x3 => {
                 let parts = w.ty.activation_parts();
                 let pairs = bf16_rows(x, stride, rows, w.k, w.steps, rows, parts, rows >= 64);
@@ -470,7 +565,7 @@ pub fn matmul_with(
         PackedType::Bf16 | PackedType::Bf16x3 => {
             assert!(bf16_available(), "the packed bf16 kernel needs AVX512_BF16")
         }
-        PackedType::Int8 => assert!(amx_int8_available(), "the int8 kernel needs AMX-INT8"),
+        PackedType::Int8 => assert!(int8_available(), "the int8 kernel needs AMX-INT8 or AVX512_VNNI"),
     }
     if rows == 0 || w.n == 0 {
         return;
@@ -487,10 +582,19 @@ pub fn matmul_with(
     // AMX pads the rows to 32. For one bf16 part a few rows run faster on AVX512_BF16; with
     // three parts that kernel does 1.5× the work of the f32 one, so bf16x3 takes AMX at any size.
     #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
-    let enough_rows = rows >= 16 || w.ty != PackedType::Bf16;
+    let on_amx = match w.ty {
+        PackedType::F32 => false,
+        PackedType::Bf16 => rows >= 16 && amx_available(),
+        PackedType::Bf16x3 => amx_available(),
+        PackedType::Int8 => (rows >= INT8_AMX_MIN_ROWS || !vnni_available()) && amx_int8_available(),
+    };
     #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
-    if w.ty != PackedType::F32 && enough_rows && w.steps % amx::PAIRS_PER_STEP == 0 && amx_available() {
+    if on_amx && w.steps % amx::PAIRS_PER_STEP == 0 {
         return matmul_amx(x, x_stride, rows, w, out, out_stride, init, epilogue, parallel);
+    }
+    #[cfg(target_arch = "x86_64")]
+    if w.ty == PackedType::Int8 {
+        return matmul_vnni(x, x_stride, rows, w, out, out_stride, init, epilogue, parallel);
     }
     let acts = Activations::prepare(x, x_stride, rows, w);
     let out_ptr = SharedOut(out.as_mut_ptr());
@@ -531,6 +635,80 @@ pub fn matmul_with(
     };
     let parallel = parallel && rows * w.n * w.k >= 1 << 18;
     for_each_block(rows, row_bytes, MAX_ROWS, w.n.div_ceil(PANEL), parallel, run_panel);
+}
+
+/// Rows from which int8 products take AMX-INT8 when VNNI is there too. AMX pads the rows to
+/// 32: on 2 threads of the reference machine, VNNI took 0.55–0.9× AMX's time up to 16 rows,
+/// about as long at 20, and 1.1–1.7× from 24 rows on (k × n = 1024 × 3072 and 4096 × 1024).
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+const INT8_AMX_MIN_ROWS: usize = 20;
+
+/// The int8 product with `VPDPBUSD` (AVX512_VNNI), for CPUs without AMX-INT8 and for few rows.
+/// The activations are quantised as for AMX but stored with 128 added, as `VPDPBUSD` takes them
+/// unsigned; the accumulators start at −128·Σw of their column ([`PackedMatrix::col_sums`]),
+/// so the i32 sums are AMX's exactly. Like AMX, each chunk of [`INT8_CHUNK_STEPS`] steps is
+/// scaled and added to the output on its own, so both kernels give the same bits.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+fn matmul_vnni(
+    x: &[f32],
+    x_stride: usize,
+    rows: usize,
+    w: &PackedMatrix,
+    out: &mut [f32],
+    out_stride: usize,
+    init: MatmulInit,
+    epilogue: Epilogue,
+    parallel: bool,
+) {
+    assert!(vnni_available(), "the VNNI int8 kernel needs AVX512_VNNI");
+    let steps = w.steps;
+    let chunks = int8_chunks(steps);
+    let (quads, row_scales) = quantize_rows_unsigned(x, x_stride, rows, w.k, steps, parallel && rows >= 64);
+    let out_ptr = SharedOut(out.as_mut_ptr());
+    let run_panel = |panel: usize, block: Range<usize>| {
+        let first_col = panel * PANEL;
+        let cols = PANEL.min(w.n - first_col);
+        // The kernel reads 64 column scales; past `n` they meet zero sums and are not stored.
+        let mut col_scales = [0f32; PANEL];
+        col_scales[..cols].copy_from_slice(&w.scales[first_col..first_col + cols]);
+        let wp = &w.data[panel * steps * PANEL..(panel + 1) * steps * PANEL];
+        let sums = &w.col_sums[panel * chunks * PANEL..(panel + 1) * chunks * PANEL];
+        let mut tile = [[0f32; PANEL]; MAX_ROWS];
+        for r0 in block.clone().step_by(MAX_ROWS) {
+            let mr = MAX_ROWS.min(block.end - r0);
+            for chunk in 0..chunks {
+                let s0 = chunk * INT8_CHUNK_STEPS;
+                let operands = avx512::Int8Operands {
+                    x: &quads[r0 * steps + s0..],
+                    stride: steps,
+                    steps: INT8_CHUNK_STEPS.min(steps - s0),
+                    w: &wp[s0 * PANEL..],
+                    sums: &sums[chunk * PANEL..][..PANEL],
+                    row_scales: &row_scales[r0..r0 + mr],
+                    col_scales: &col_scales,
+                };
+                // SAFETY: AVX512_VNNI was checked above; `x` holds rows r0..r0+mr from step
+                // s0 (each `steps` quads) and `w` the panel from step s0, both to the chunk's end.
+                unsafe { avx512::tile_int8(mr, &operands, &mut tile) };
+                // As on AMX: the first chunk is stored with `init`, the next ones added to it.
+                let init = if chunk == 0 { init } else { MatmulInit::Accumulate };
+                for (i, row) in tile[..mr].iter().enumerate() {
+                    // SAFETY: this panel's task alone writes columns first_col .. first_col +
+                    // cols of each row, and they lie inside `out` (asserted by the caller).
+                    let dst = unsafe {
+                        std::slice::from_raw_parts_mut(out_ptr.get().add((r0 + i) * out_stride + first_col), cols)
+                    };
+                    store(dst, &row[..cols], init, first_col);
+                    if chunk + 1 == chunks {
+                        epilogue.apply(r0 + i, dst, first_col);
+                    }
+                }
+            }
+        }
+    };
+    let parallel = parallel && rows * w.n * w.k >= 1 << 18;
+    for_each_block(rows, steps * 4, MAX_ROWS, w.n.div_ceil(PANEL), parallel, run_panel);
 }
 
 /// Bytes of activations in one block of rows: under half of a 2 MiB L2, so that a block stays
@@ -669,6 +847,70 @@ mod avx512 {
             wp = wp.add(PANEL);
         }
         store_tile(&acc, out);
+    }
+
+    /// What [`tile_int8`] multiplies: quads of `x` as u8 (the int8 activation + 128), rows
+    /// `stride` quads apart; `steps` steps of a panel `w` of int8 quads; the sums of the panel's
+    /// columns over those steps; the scales of the rows and of the panel's 64 columns.
+    pub struct Int8Operands<'a> {
+        pub x: &'a [u32],
+        pub stride: usize,
+        pub steps: usize,
+        pub w: &'a [u32],
+        pub sums: &'a [i32],
+        pub row_scales: &'a [f32],
+        pub col_scales: &'a [f32; PANEL],
+    }
+
+    /// int8 tile: `out[m][c] = (Σ_s x·w − 128·sums[c]) · row_scales[m] · col_scales[c]` over
+    /// the four byte products of each step, i.e. the signed activations' i32 sum, scaled.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub unsafe fn tile_int8(mr: usize, ops: &Int8Operands, out: &mut Tile) {
+        match mr {
+            1 => int8_rows::<1>(ops, out),
+            2 => int8_rows::<2>(ops, out),
+            3 => int8_rows::<3>(ops, out),
+            4 => int8_rows::<4>(ops, out),
+            5 => int8_rows::<5>(ops, out),
+            _ => int8_rows::<6>(ops, out),
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    unsafe fn int8_rows<const MR: usize>(ops: &Int8Operands, out: &mut Tile) {
+        let &Int8Operands { x, stride, steps, w, sums, row_scales, col_scales } = ops;
+        assert!(w.len() >= steps * PANEL && sums.len() >= PANEL && row_scales.len() >= MR);
+        assert!(x.len() >= (MR - 1) * stride + steps);
+        // −128·Σw: what the +128 of every unsigned activation adds to the sums.
+        let minus_128 = _mm512_set1_epi32(-128);
+        let start: [__m512i; 4] =
+            std::array::from_fn(|v| _mm512_mullo_epi32(_mm512_loadu_si512(sums.as_ptr().add(16 * v) as *const _), minus_128));
+        let mut acc = [start; MR];
+        let (x, mut wp) = (x.as_ptr(), w.as_ptr());
+        for s in 0..steps {
+            let w0 = _mm512_loadu_si512(wp as *const _);
+            let w1 = _mm512_loadu_si512(wp.add(16) as *const _);
+            let w2 = _mm512_loadu_si512(wp.add(32) as *const _);
+            let w3 = _mm512_loadu_si512(wp.add(48) as *const _);
+            for (m, acc_m) in acc.iter_mut().enumerate() {
+                let xb = _mm512_set1_epi32(*x.add(m * stride + s) as i32);
+                acc_m[0] = _mm512_dpbusd_epi32(acc_m[0], xb, w0);
+                acc_m[1] = _mm512_dpbusd_epi32(acc_m[1], xb, w1);
+                acc_m[2] = _mm512_dpbusd_epi32(acc_m[2], xb, w2);
+                acc_m[3] = _mm512_dpbusd_epi32(acc_m[3], xb, w3);
+            }
+            wp = wp.add(PANEL);
+        }
+        for (m, acc_m) in acc.iter().enumerate() {
+            let row_scale = _mm512_set1_ps(row_scales[m]);
+            for (v, a) in acc_m.iter().enumerate() {
+                let col_scale = _mm512_loadu_ps(col_scales.as_ptr().add(16 * v));
+                // (sum · row scale) · column scale: AMX's order (`Int8Scales::apply`).
+                let scaled = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(*a), row_scale), col_scale);
+                _mm512_storeu_ps(out[m].as_mut_ptr().add(16 * v), scaled);
+            }
+        }
     }
 
     #[inline]
@@ -835,7 +1077,8 @@ mod tests {
             let low = noise(rows * rank, 34);
             let up_t = noise(rank * n, 35);
             let up: Vec<Option<&[f32]>> = (0..rows).map(|r| (r % 3 != 0).then_some(&up_t[..])).collect();
-            for ty in [PackedType::F32, PackedType::Bf16x3] {
+            let int8 = int8_available().then_some(PackedType::Int8);
+            for ty in [PackedType::F32, PackedType::Bf16x3].into_iter().chain(int8) {
                 let packed = PackedMatrix::pack(&w, n, k, ty);
                 let mut plain = vec![0f32; rows * n];
                 matmul(&x, k, rows, &packed, &mut plain, n, MatmulInit::Bias(&bias), false);
@@ -860,11 +1103,12 @@ mod tests {
 
     #[test]
     fn int8_products_are_within_quantisation_error() {
-        if !amx_int8_available() {
-            eprintln!("skipped: this CPU lacks AMX-INT8");
+        if !int8_available() {
+            eprintln!("skipped: this CPU lacks AMX-INT8 and AVX512_VNNI");
             return;
         }
-        // k not a multiple of 64 (padded steps), rows below and above 32, n past a panel.
+        // k not a multiple of 64 (padded steps), rows below and above 32 (VNNI below 20 where
+        // AMX-INT8 is there too), n past a panel.
         for &(rows, k, n) in &[(1, 64, 64), (5, 7, 3), (33, 100, 70), (40, 1024, 130), (3, 4096, 64)] {
             let x = noise(rows * k, 41);
             let w = noise(n * k, 42);
@@ -901,19 +1145,143 @@ mod tests {
 
     #[test]
     fn rows_do_not_depend_on_the_batch() {
-        if !avx512_available() {
+        // 40 int8 rows take AMX-INT8 where the CPU has it, and one row VNNI: the same bits.
+        for (ty, rows, ok) in [(PackedType::F32, 13, avx512_available()), (PackedType::Int8, 40, int8_available())] {
+            if !ok {
+                continue;
+            }
+            let (k, n) = (96, 70);
+            let x = noise(rows * k, 5);
+            let w = noise(n * k, 6);
+            let packed = PackedMatrix::pack(&w, n, k, ty);
+            let mut all = vec![0f32; rows * n];
+            matmul(&x, k, rows, &packed, &mut all, n, MatmulInit::Zero, true);
+            for r in 0..rows {
+                let mut one = vec![0f32; n];
+                matmul(&x[r * k..], k, 1, &packed, &mut one, n, MatmulInit::Zero, false);
+                assert_eq!(one, all[r * n..(r + 1) * n], "{ty:?} row {r}");
+            }
+        }
+    }
+
+    /// Rows (below and above 6, 16 and 32), k (a single input, not a multiple of 64, past one
+    /// 2048-input chunk) and n (inside one panel, past one) for the int8 kernels.
+    const INT8_SHAPES: [(usize, usize, usize); 8] =
+        [(1, 1, 3), (1, 100, 70), (5, 7, 130), (5, 4100, 64), (17, 1000, 70), (17, 2048, 3), (33, 4100, 130), (33, 64, 65)];
+
+    /// Activations for the int8 tests: noise with one row all zeros and one with a lone spike
+    /// (a scale set by a single value, the rest rounding to 0).
+    fn int8_activations(rows: usize, k: usize, seed: u64) -> Vec<f32> {
+        let mut x = noise(rows * k, seed);
+        if rows > 2 {
+            x[k..2 * k].fill(0.0);
+            x[2 * k..3 * k].iter_mut().for_each(|v| *v *= 1e-4);
+            x[2 * k] = 1e3;
+        }
+        x
+    }
+
+    /// The int8 product as both kernels define it, in scalar code: per row and column, the i32
+    /// sum of the quantised products over each chunk of [`INT8_CHUNK_STEPS`] steps times the row
+    /// scale times the column scale; the first chunk is stored with the bias, the others added.
+    fn int8_reference(x: &[f32], rows: usize, w: &PackedMatrix, bias: &[f32]) -> Vec<f32> {
+        let (n, k, steps) = (w.n, w.k, w.steps);
+        let chunk_inputs = 4 * INT8_CHUNK_STEPS;
+        let weight = |c: usize, i: usize| (w.data[((c / PANEL) * steps + i / 4) * PANEL + c % PANEL] >> (8 * (i % 4))) as u8 as i8;
+        let mut out = vec![0f32; rows * n];
+        let mut quads = vec![0u32; steps];
+        for r in 0..rows {
+            let row_scale = quantize_row(&x[r * k..(r + 1) * k], &mut quads);
+            let act = |i: usize| (quads[i / 4] >> (8 * (i % 4))) as u8 as i8;
+            for c in 0..n {
+                for (chunk, start) in (0..k.max(1)).step_by(chunk_inputs).enumerate() {
+                    let inputs = start..k.min(start + chunk_inputs);
+                    let sum: i32 = inputs.map(|i| act(i) as i32 * weight(c, i) as i32).sum();
+                    let v = sum as f32 * row_scale * w.scales[c];
+                    let o = &mut out[r * n + c];
+                    *o = if chunk == 0 { v + bias[c] } else { *o + v };
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn int8_column_sums_add_up_each_chunk() {
+        let (n, k) = (70, 4100);
+        let packed = PackedMatrix::pack(&noise(n * k, 44), n, k, PackedType::Int8);
+        let chunks = int8_chunks(packed.steps);
+        assert_eq!(chunks, 3);
+        let weight = |c: usize, i: usize| (packed.get(c, i) / packed.scales[c]).round() as i32;
+        for c in 0..n {
+            for chunk in 0..chunks {
+                let inputs = chunk * 2048..k.min((chunk + 1) * 2048);
+                let want: i32 = inputs.map(|i| weight(c, i)).sum();
+                assert_eq!(packed.col_sums[((c / PANEL) * chunks + chunk) * PANEL + c % PANEL], want, "({c}, {chunk})");
+            }
+        }
+        // Columns past n in the last panel sum to zero.
+        let last_panel = &packed.col_sums[(n / PANEL) * chunks * PANEL..];
+        assert!(last_panel.chunks_exact(PANEL).all(|sums| sums[n % PANEL..].iter().all(|&s| s == 0)));
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn int8_vnni_matches_the_quantised_reference_exactly() {
+        if !vnni_available() {
+            eprintln!("skipped: this CPU lacks AVX512_VNNI");
             return;
         }
-        let (k, n) = (96, 70);
-        let x = noise(13 * k, 5);
-        let w = noise(n * k, 6);
-        let packed = PackedMatrix::pack(&w, n, k, PackedType::F32);
-        let mut all = vec![0f32; 13 * n];
-        matmul(&x, k, 13, &packed, &mut all, n, MatmulInit::Zero, true);
-        for r in 0..13 {
-            let mut one = vec![0f32; n];
-            matmul(&x[r * k..], k, 1, &packed, &mut one, n, MatmulInit::Zero, false);
-            assert_eq!(one, all[r * n..(r + 1) * n], "row {r}");
+        for &(rows, k, n) in &INT8_SHAPES {
+            let x = int8_activations(rows, k, 45);
+            let packed = PackedMatrix::pack(&noise(n * k, 46), n, k, PackedType::Int8);
+            let bias = noise(n, 47);
+            let want = int8_reference(&x, rows, &packed, &bias);
+            for parallel in [false, true] {
+                let mut out = vec![f32::NAN; rows * n];
+                matmul_vnni(&x, k, rows, &packed, &mut out, n, MatmulInit::Bias(&bias), Epilogue::default(), parallel);
+                for (i, (a, b)) in out.iter().zip(&want).enumerate() {
+                    assert_eq!(a.to_bits(), b.to_bits(), "{rows}x{k}x{n} [{i}]: {a} vs {b}");
+                }
+            }
+        }
+    }
+
+    /// [`matmul_vnni`] or [`matmul_amx`].
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    type Int8Kernel = fn(&[f32], usize, usize, &PackedMatrix, &mut [f32], usize, MatmulInit, Epilogue, bool);
+
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    #[test]
+    fn int8_vnni_matches_amx_bit_for_bit() {
+        if !(vnni_available() && amx_int8_available()) {
+            eprintln!("skipped: this CPU lacks AVX512_VNNI or AMX-INT8");
+            return;
+        }
+        let rank = 4;
+        for &(rows, k, n) in &INT8_SHAPES {
+            let x = int8_activations(rows, k, 48);
+            let packed = PackedMatrix::pack(&noise(n * k, 49), n, k, PackedType::Int8);
+            let bias = noise(n, 50);
+            let low = noise(rows * rank, 51);
+            let up_t = noise(rank * n, 52);
+            let up: Vec<Option<&[f32]>> = (0..rows).map(|r| (r % 3 != 0).then_some(&up_t[..])).collect();
+            let epilogue = Epilogue { low_rank: Some(LowRank { low: &low, rank, up: &up }), gelu: true };
+            let start = noise(rows * (n + 3), 53);
+            for (init, epilogue) in [
+                (MatmulInit::Bias(&bias), Epilogue::default()),
+                (MatmulInit::Zero, Epilogue::default()),
+                (MatmulInit::Accumulate, Epilogue::default()),
+                (MatmulInit::Bias(&bias), epilogue),
+            ] {
+                // A wider output stride, filled beforehand (what `Accumulate` adds to).
+                let run = |kernel: Int8Kernel| {
+                    let mut out = start.clone();
+                    kernel(&x, k, rows, &packed, &mut out, n + 3, init, epilogue, true);
+                    out.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+                };
+                assert_eq!(run(matmul_vnni), run(matmul_amx), "{rows}x{k}x{n}");
+            }
         }
     }
 }
@@ -1110,7 +1478,7 @@ mod amx {
     }
 }
 
-/// Whether int8 products can run ([`PackedType::Int8`] needs AMX-INT8).
+/// Whether int8 products run on AMX-INT8 tiles (`TDPBSSD`).
 pub fn amx_int8_available() -> bool {
     #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
     {
@@ -1218,10 +1586,10 @@ fn matmul_amx(
     let tile_steps = steps / amx::PAIRS_PER_STEP;
     let layout = amx::ALayout { stride: 64, step: parts * 256, part: 256, lower: tile_steps * parts * 256 };
     let out_ptr = SharedOut(out.as_mut_ptr());
-    // The input dimension in chunks of at most CHUNK tile steps (1024 inputs), so that a block
-    // of rows and a panel's share of the weights fit L2 together even for fc2 (4096 inputs);
-    // each chunk after the first adds to what the ones before it stored.
-    const CHUNK: usize = 32;
+    // The input dimension in chunks of at most CHUNK tile steps (1024 bf16 or 2048 int8
+    // inputs), so that a block of rows and a panel's share of the weights fit L2 together even
+    // for fc2 (4096 inputs); each chunk after the first adds to what the ones before it stored.
+    const CHUNK: usize = AMX_CHUNK_TILE_STEPS;
     for chunk in (0..tile_steps).step_by(CHUNK) {
         let chunk_steps = CHUNK.min(tile_steps - chunk);
         let init = if chunk == 0 { init } else { MatmulInit::Accumulate };
