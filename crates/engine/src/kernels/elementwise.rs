@@ -39,14 +39,54 @@ pub fn layer_norm_in_place(x: &mut [f32], width: usize, weight: &[f32], bias: &[
 /// One LayerNorm row: mean and biased variance accumulated in f64 (more exact than the
 /// reference's f32, so the two differ by rounding only), then `(x - mean) / sqrt(var + eps)`.
 fn normalize_row(row: &mut [f32], weight: &[f32], bias: &[f32], eps: f32) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use super::softmax::{level, Level};
+        #[target_feature(enable = "avx512f")]
+        unsafe fn avx512(row: &mut [f32], weight: &[f32], bias: &[f32], eps: f32) {
+            normalize_row_generic(row, weight, bias, eps)
+        }
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn avx2(row: &mut [f32], weight: &[f32], bias: &[f32], eps: f32) {
+            normalize_row_generic(row, weight, bias, eps)
+        }
+        match level() {
+            // SAFETY: `level` found the feature on this CPU.
+            Level::Avx512 => return unsafe { avx512(row, weight, bias, eps) },
+            Level::Avx2 => return unsafe { avx2(row, weight, bias, eps) },
+            Level::Baseline => {}
+        }
+    }
+    normalize_row_generic(row, weight, bias, eps)
+}
+
+/// f64 lanes of the row sums: one chain of additions per lane, so that the sums vectorise
+/// instead of waiting on each other (a single chain took 7 % of a bf16 forward pass).
+const SUM_LANES: usize = 16;
+
+#[inline(always)]
+fn normalize_row_generic(row: &mut [f32], weight: &[f32], bias: &[f32], eps: f32) {
     let n = row.len() as f64;
-    let mean = row.iter().map(|&v| v as f64).sum::<f64>() / n;
-    let var = row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
+    let mean = lane_sum(row, |v| v as f64) / n;
+    let var = lane_sum(row, |v| (v as f64 - mean).powi(2)) / n;
     let inv_std = (1.0 / (var + eps as f64).sqrt()) as f32;
     let mean = mean as f32;
     for ((v, w), b) in row.iter_mut().zip(weight).zip(bias) {
         *v = (*v - mean) * inv_std * w + b;
     }
+}
+
+/// `Σ term(v)` over `row`, in [`SUM_LANES`] independent f64 sums.
+#[inline(always)]
+fn lane_sum(row: &[f32], term: impl Fn(f32) -> f64) -> f64 {
+    let mut lanes = [0f64; SUM_LANES];
+    let mut chunks = row.chunks_exact(SUM_LANES);
+    for chunk in &mut chunks {
+        for (l, &v) in lanes.iter_mut().zip(chunk) {
+            *l += term(v);
+        }
+    }
+    chunks.remainder().iter().map(|&v| term(v)).sum::<f64>() + lanes.iter().sum::<f64>()
 }
 
 /// Exact GELU, `x · Φ(x) = 0.5 · x · (1 + erf(x / √2))`, in place (not the tanh approximation).
