@@ -135,8 +135,7 @@ impl Linear {
             let xs = &x[seg.start * self.n_in..(seg.start + seg.len) * self.n_in];
             let a = &self.lora_a[task * self.rank * self.n_in..(task + 1) * self.rank * self.n_in];
             let dst = &mut low[seg.start * self.rank..(seg.start + seg.len) * self.rank];
-            // Rank 4: too little work to share between threads.
-            kernels::matmul_transposed(xs, self.n_in, seg.len, self.n_in, a, self.rank, dst, MatmulInit::Zero, false);
+            kernels::matmul_thin(xs, seg.len, self.n_in, a, self.rank, dst);
             dst.iter_mut().for_each(|v| *v *= self.scaling);
         }
         low

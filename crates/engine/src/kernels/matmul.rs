@@ -83,3 +83,63 @@ pub fn matmul_transposed(
         );
     }
 }
+
+/// `out[rows × n] = x[rows × k] · w[n × k]ᵀ` for a thin `w` (a handful of rows, as LoRA's
+/// rank-4 down-projection): each output is one dot product of `k` values, in [`DOT_LANES`]
+/// independent sums, with rows split across the rayon pool. A general GEMM is built for wide
+/// outputs and spent more on packing than on these products, on one thread.
+pub fn matmul_thin(x: &[f32], rows: usize, k: usize, w: &[f32], n: usize, out: &mut [f32]) {
+    use rayon::prelude::*;
+    assert!(x.len() >= rows * k && w.len() >= n * k && out.len() >= rows * n);
+    if n == 0 {
+        return;
+    }
+    let rows_per_task = (1 << 16) / k.max(1) + 1;
+    out[..rows * n].par_chunks_mut(n * rows_per_task).enumerate().for_each(|(task, out)| {
+        for (i, dst) in out.chunks_exact_mut(n).enumerate() {
+            let row = &x[(task * rows_per_task + i) * k..][..k];
+            for (d, w_row) in dst.iter_mut().zip(w.chunks_exact(k)) {
+                *d = dot(row, w_row);
+            }
+        }
+    });
+}
+
+/// Independent partial sums of [`dot`]: enough for the adds to vectorise and pipeline.
+const DOT_LANES: usize = 16;
+
+/// `Σ a·b`, compiled per instruction set.
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use super::softmax::{level, Level};
+        #[target_feature(enable = "avx512f")]
+        unsafe fn avx512(a: &[f32], b: &[f32]) -> f32 {
+            dot_generic(a, b)
+        }
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn avx2(a: &[f32], b: &[f32]) -> f32 {
+            dot_generic(a, b)
+        }
+        match level() {
+            // SAFETY: `level` found the feature on this CPU.
+            Level::Avx512 => return unsafe { avx512(a, b) },
+            Level::Avx2 => return unsafe { avx2(a, b) },
+            Level::Baseline => {}
+        }
+    }
+    dot_generic(a, b)
+}
+
+#[inline(always)]
+fn dot_generic(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0f32; DOT_LANES];
+    let (a_chunks, b_chunks) = (a.chunks_exact(DOT_LANES), b.chunks_exact(DOT_LANES));
+    let tail: f32 = a_chunks.remainder().iter().zip(b_chunks.remainder()).map(|(x, y)| x * y).sum();
+    for (ca, cb) in a_chunks.zip(b_chunks) {
+        for ((l, x), y) in lanes.iter_mut().zip(ca).zip(cb) {
+            *l += x * y;
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
+}

@@ -15,5 +15,5 @@ pub mod softmax;
 
 pub use attention::{attention, SequenceRange};
 pub use elementwise::{add_residual_layer_norm, gelu_erf_in_place, layer_norm_in_place};
-pub use matmul::{matmul_transposed, MatmulInit};
+pub use matmul::{matmul_thin, matmul_transposed, MatmulInit};
 pub use rotary::RotaryTable;

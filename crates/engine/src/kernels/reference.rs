@@ -81,6 +81,21 @@ mod tests {
     }
 
     #[test]
+    fn thin_matmul_matches_reference() {
+        use super::super::matmul_thin;
+        for &(rows, k, n) in &[(1, 1, 1), (0, 8, 4), (3, 17, 4), (40, 1024, 4), (5000, 64, 2), (9, 100, 0)] {
+            let x = noise(rows * k, 4);
+            let w = noise(n * k, 5);
+            let mut out = vec![f32::NAN; rows * n];
+            matmul_thin(&x, rows, k, &w, n, &mut out);
+            let want = super::matmul_transposed(&x, rows, k, &w, n, None);
+            for (i, (a, b)) in out.iter().zip(&want).enumerate() {
+                assert!((a - b).abs() <= 1e-5 * (1.0 + k as f32).sqrt(), "shape {rows}x{k}x{n} [{i}]: {a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
     fn tiled_attention_matches_reference() {
         let (heads, d) = (2, 64);
         // Lengths around the tiles (64 queries, 256 keys), packed back to back.
