@@ -55,10 +55,18 @@ pub fn attention(qkv: &[f32], ctx: &mut [f32], sequences: &[SequenceRange], head
     #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
     if d == super::attention_amx::HEAD_DIM && packed::amx_available() {
         use super::attention_amx::{AmxAttention, Precision};
+        thread_local! {
+            /// Each thread's buffers, kept across calls: at 8192 tokens they are ~10 MB a head,
+            /// and fresh ones cost page faults every layer.
+            static KERNELS: std::cell::RefCell<[Option<AmxAttention>; 2]> = const { std::cell::RefCell::new([None, None]) };
+        }
         let precision = if ty == PackedType::F32 { Precision::F32 } else { Precision::Bf16 };
-        tasks.par_iter().for_each_init(|| AmxAttention::new(precision), |kernel, &(seq, head)| {
+        let slot = precision as usize;
+        tasks.par_iter().for_each(|&(seq, head)| {
+            let mut kernel = KERNELS.with(|k| k.borrow_mut()[slot].take()).unwrap_or_else(|| AmxAttention::new(precision));
             let out = kernel.attend(qkv, seq, 3 * hidden, head * d, hidden, scale);
             write_rows(ctx_ptr, out, seq.start, head, hidden, d);
+            KERNELS.with(|k| k.borrow_mut()[slot] = Some(kernel));
         });
         return;
     }
