@@ -37,9 +37,10 @@ pub struct SequenceRange {
 /// `qkv` is `tokens × 3·heads·d`: Q, then K, then V, each with heads side by side (the packed
 /// `Wqkv` layout). Rotary positions must already be applied to Q and K.
 ///
-/// `ty` is the type Q·Kᵀ and P·V are computed in on AVX-512 CPUs: f32 (exact) or bf16; softmax
-/// statistics stay in f32 either way. bf16 with AMX and heads of 64 runs the fused kernel of
-/// [`super::attention_amx`]; without AMX, sequences of up to 512 tokens run in f32 regardless,
+/// `ty` is the type Q·Kᵀ and P·V are computed in on AVX-512 CPUs: f32 or bf16; softmax
+/// statistics stay in f32 either way. With AMX and heads of 64 both run the fused kernel of
+/// [`super::attention_amx`] (f32 as three exact bf16 parts per value, f32-accurate); without
+/// AMX, f32 is exact on FMA, and bf16 sequences of up to 512 tokens run in f32 regardless,
 /// which is as fast there.
 pub fn attention(qkv: &[f32], ctx: &mut [f32], sequences: &[SequenceRange], heads: usize, d: usize, ty: PackedType) {
     let hidden = heads * d;

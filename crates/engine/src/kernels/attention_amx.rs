@@ -285,33 +285,45 @@ unsafe fn pack_values<'a>(rows: impl Iterator<Item = &'a [f32]>, len: usize, par
     }
 }
 
-/// 32 f32 at `x` as lines of 32 bf16: the first `parts` of `hi, mid, lo`, which sum to each
-/// value exactly when all three are used (rounding to nearest even each time).
+/// 32 f32 at `x` as lines of 32 bf16: the first `parts` of `hi, mid, lo` (see [`split_pair`]).
 #[target_feature(enable = "avx512f,avx512bf16,avx512bw,avx512vl")]
 unsafe fn split_line(x: *const f32, parts: usize) -> [Line; MAX_PARTS] {
-    let mut lo = _mm512_loadu_ps(x);
-    let mut hi = _mm512_loadu_ps(x.add(16));
     let mut lines = [ZERO_LINE; MAX_PARTS];
-    for line in lines.iter_mut().take(parts) {
-        let packed = _mm512_cvtne2ps_pbh(hi, lo);
-        _mm512_store_si512(line.0.as_mut_ptr() as *mut _, std::mem::transmute::<__m512bh, __m512i>(packed));
-        // What this part leaves: bf16 widens back to f32 exactly (a shift of the bits).
-        let as_f32 = |half: __m256i| _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(half)));
-        let packed: __m512i = std::mem::transmute(packed);
-        lo = _mm512_sub_ps(lo, as_f32(_mm512_castsi512_si256(packed)));
-        hi = _mm512_sub_ps(hi, as_f32(_mm512_extracti64x4_epi64::<1>(packed)));
-    }
+    split_pair(_mm512_loadu_ps(x), _mm512_loadu_ps(x.add(16)), parts, |part, packed| {
+        _mm512_store_si512(lines[part].0.as_mut_ptr() as *mut _, packed)
+    });
     lines
 }
 
-/// 16 f32 at `x` split into three bf16 parts, as [`split_line`].
+/// `lo` then `hi` (16 f32 each) as `parts` vectors of 32 bf16 handed to `write(part, bf16s)`:
+/// each part is the bf16 of what the parts before it left over, so three parts sum to every
+/// value exactly (rounding to nearest even each time).
+#[inline(always)]
+unsafe fn split_pair(mut lo: __m512, mut hi: __m512, parts: usize, mut write: impl FnMut(usize, __m512i)) {
+    for part in 0..parts {
+        let packed: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
+        write(part, packed);
+        if part + 1 < parts {
+            lo = _mm512_sub_ps(lo, widen(_mm512_castsi512_si256(packed)));
+            hi = _mm512_sub_ps(hi, widen(_mm512_extracti64x4_epi64::<1>(packed)));
+        }
+    }
+}
+
+/// 16 bf16 back to f32, exactly (a shift of the bits).
+#[inline(always)]
+unsafe fn widen(bf16s: __m256i) -> __m512 {
+    _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(bf16s)))
+}
+
+/// 16 f32 at `x` split into three bf16 parts, as [`split_pair`].
 #[target_feature(enable = "avx512f,avx512bf16,avx512bw,avx512vl")]
 unsafe fn split_16(x: *const f32) -> [__m256i; MAX_PARTS] {
     let mut rest = _mm512_loadu_ps(x);
     let mut parts = [_mm256_setzero_si256(); MAX_PARTS];
     for part in &mut parts {
         *part = std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(rest));
-        rest = _mm512_sub_ps(rest, _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(*part))));
+        rest = _mm512_sub_ps(rest, widen(*part));
     }
     parts
 }
@@ -432,32 +444,27 @@ unsafe fn exp2<const PARTS: usize>(mask: u16, x: __m512) -> __m512 {
     _mm512_maskz_scalef_ps(mask, p, n)
 }
 
-/// One query row's probabilities against reference `m`: its line of each part and the lanes
-/// added to `partial`.
+/// `x = s·c − m` for the 32 scores of one row at `s`.
+#[inline(always)]
+unsafe fn exponents(s: *const f32, c: __m512, m: __m512) -> (__m512, __m512) {
+    (_mm512_fmsub_ps(_mm512_loadu_ps(s), c, m), _mm512_fmsub_ps(_mm512_loadu_ps(s.add(16)), c, m))
+}
+
+/// One query row's probabilities `2^x`: its line of each part, and the lanes added to
+/// `partial`.
 #[inline(always)]
 unsafe fn row_probabilities<const PARTS: usize>(
-    s: *const f32,
+    (x0, x1): (__m512, __m512),
     masks: (u16, u16),
-    c: __m512,
-    m: __m512,
     lines: &mut [[Line; Q_BLOCK]; MAX_PARTS],
     r: usize,
     partial: &mut [f32; 16],
 ) {
-    let mut p0 = exp2::<PARTS>(masks.0, _mm512_fmsub_ps(_mm512_loadu_ps(s), c, m));
-    let mut p1 = exp2::<PARTS>(masks.1, _mm512_fmsub_ps(_mm512_loadu_ps(s.add(16)), c, m));
+    let p0 = exp2::<PARTS>(masks.0, x0);
+    let p1 = exp2::<PARTS>(masks.1, x1);
     let sum = _mm512_add_ps(_mm512_loadu_ps(partial.as_ptr()), _mm512_add_ps(p0, p1));
     _mm512_storeu_ps(partial.as_mut_ptr(), sum);
-    for (part, lines) in lines.iter_mut().enumerate().take(PARTS) {
-        let packed = _mm512_cvtne2ps_pbh(p1, p0);
-        let packed: __m512i = std::mem::transmute(packed);
-        _mm512_store_si512(lines[r].0.as_mut_ptr() as *mut _, packed);
-        if part + 1 < PARTS {
-            let as_f32 = |half: __m256i| _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(half)));
-            p0 = _mm512_sub_ps(p0, as_f32(_mm512_castsi512_si256(packed)));
-            p1 = _mm512_sub_ps(p1, as_f32(_mm512_extracti64x4_epi64::<1>(packed)));
-        }
-    }
+    split_pair(p0, p1, PARTS, |part, packed| _mm512_store_si512(lines[part][r].0.as_mut_ptr() as *mut _, packed));
 }
 
 /// Probabilities of every row of the block against its reference. Stops at the first row with
@@ -476,17 +483,14 @@ unsafe fn probabilities<const PARTS: usize>(
     let cv = _mm512_set1_ps(c);
     let headroom = _mm512_set1_ps(HEADROOM);
     for r in 0..Q_BLOCK {
-        let s = scores[r * K_BLOCK..].as_ptr();
-        let m = _mm512_set1_ps(reference[r]);
-        let x0 = _mm512_fmsub_ps(_mm512_loadu_ps(s), cv, m);
-        let x1 = _mm512_fmsub_ps(_mm512_loadu_ps(s.add(16)), cv, m);
+        let (x0, x1) = exponents(scores[r * K_BLOCK..].as_ptr(), cv, _mm512_set1_ps(reference[r]));
         // NaN-safe: a reference of -∞ gives x = +∞, which is over.
         let over = _mm512_mask_cmp_ps_mask::<_CMP_NLE_UQ>(masks.0, x0, headroom)
             | _mm512_mask_cmp_ps_mask::<_CMP_NLE_UQ>(masks.1, x1, headroom);
         if over != 0 {
             return Some(r);
         }
-        row_probabilities::<PARTS>(s, masks, cv, m, lines, r, &mut partial[r]);
+        row_probabilities::<PARTS>((x0, x1), masks, lines, r, &mut partial[r]);
     }
     None
 }
@@ -540,8 +544,8 @@ unsafe fn rebase_rows<const PARTS: usize>(
                 std::slice::from_raw_parts_mut(o.add(r * HEAD_DIM), HEAD_DIM).iter_mut().for_each(|v| *v *= factor);
             }
         }
-        let m = _mm512_set1_ps(reference[r]);
-        row_probabilities::<PARTS>(s, masks, cv, m, lines, r, &mut partial[r]);
+        let x = exponents(s, cv, _mm512_set1_ps(reference[r]));
+        row_probabilities::<PARTS>(x, masks, lines, r, &mut partial[r]);
     }
     if rescale {
         load_accumulators(o);
@@ -550,23 +554,12 @@ unsafe fn rebase_rows<const PARTS: usize>(
 
 #[cfg(test)]
 mod tests {
+    use super::super::reference::noise;
     use super::*;
 
     thread_local! {
         /// Rows whose reference moved after the first block (the slow path's real work).
         pub static REBASED_ROWS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
-    }
-
-    fn noise(n: usize, seed: u64) -> Vec<f32> {
-        let mut z = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..n)
-            .map(|_| {
-                z ^= z << 13;
-                z ^= z >> 7;
-                z ^= z << 17;
-                ((z >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
     }
 
     /// Against the f64 reference: lengths around the blocks (16 queries, 32 keys, 1024-key

@@ -342,6 +342,11 @@ fn int8_column_sums(data: &[u32], panels: usize, steps: usize, parallel: bool) -
 /// One activation row as int8 quads for [`PackedType::Int8`] (`dst` is `steps` quads, the
 /// padding zero); returns its scale. Rounds half to even (weights round half away from zero).
 fn quantize_row(row: &[f32], dst: &mut [u32]) -> f32 {
+    quantize_row_flipped(row, dst, 0)
+}
+
+/// [`quantize_row`] with every byte, padding included, xor-ed with `flip` in the same pass.
+fn quantize_row_flipped(row: &[f32], dst: &mut [u32], flip: u8) -> f32 {
     // 1.5·2^23 + q holds the integer q in its low mantissa bits, so its low byte is q as a
     // two's-complement int8: a vectorisable rounding, where `as i8` is compiled lane by lane.
     const ROUND: f32 = 12_582_912.0;
@@ -351,9 +356,9 @@ fn quantize_row(row: &[f32], dst: &mut [u32]) -> f32 {
     // SAFETY: a u32 slice viewed as its bytes (little-endian: input 4s + j is byte j of quad s).
     let bytes = unsafe { std::slice::from_raw_parts_mut(dst.as_mut_ptr() as *mut u8, 4 * quads) };
     for (b, v) in bytes.iter_mut().zip(row) {
-        *b = ((v * inverse).clamp(-127.0, 127.0) + ROUND).to_bits() as u8;
+        *b = ((v * inverse).clamp(-127.0, 127.0) + ROUND).to_bits() as u8 ^ flip;
     }
-    bytes[row.len().min(4 * quads)..].fill(0);
+    bytes[row.len().min(4 * quads)..].fill(flip);
     scale
 }
 
@@ -362,11 +367,7 @@ fn quantize_row(row: &[f32], dst: &mut [u32]) -> f32 {
 /// zero weights.
 #[cfg(target_arch = "x86_64")]
 fn quantize_row_unsigned(row: &[f32], dst: &mut [u32]) -> f32 {
-    let scale = quantize_row(row, dst);
-    for quad in dst.iter_mut() {
-        *quad ^= 0x8080_8080;
-    }
-    scale
+    quantize_row_flipped(row, dst, 0x80)
 }
 
 /// `rows` rows of `k` values (`stride` apart) as [`quantize_row_unsigned`] quads, `steps` a

@@ -46,24 +46,25 @@ pub fn attention(qkv: &[f32], sequences: &[SequenceRange], heads: usize, d: usiz
     ctx
 }
 
+/// A deterministic pseudo-random vector in [-1, 1): test data for the kernels' tests.
+#[cfg(test)]
+pub(crate) fn noise(n: usize, seed: u64) -> Vec<f32> {
+    let mut z = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            z ^= z << 13;
+            z ^= z >> 7;
+            z ^= z << 17;
+            ((z >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::packed::PackedType;
     use super::super::{attention, matmul_transposed, MatmulInit};
     use super::*;
-
-    /// A deterministic pseudo-random vector in [-1, 1).
-    fn noise(n: usize, seed: u64) -> Vec<f32> {
-        let mut z = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..n)
-            .map(|_| {
-                z ^= z << 13;
-                z ^= z >> 7;
-                z ^= z << 17;
-                ((z >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
 
     #[test]
     fn matmul_matches_reference_on_awkward_shapes() {
