@@ -6,6 +6,9 @@ use jina_engine::kernels::packed::{self, PackedMatrix, PackedType};
 use jina_engine::kernels::{matmul_transposed, MatmulInit};
 
 fn main() {
+    if std::env::var_os("GEMM_SPEED_LAYOUTS").is_some() {
+        return compare_layouts();
+    }
     for &(m, k, n) in &[(128, 1024, 3072), (1024, 1024, 3072), (1024, 1024, 4096), (1024, 4096, 1024)] {
         let x: Vec<f32> = (0..m * k).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect();
         let w: Vec<f32> = (0..n * k).map(|i| ((i * 104729) % 1000) as f32 / 1000.0 - 0.5).collect();
@@ -60,6 +63,49 @@ fn main() {
                 });
                 line += &format!(" (+bias+LoRA {rate:.1}),");
             }
+        }
+        println!("{line}");
+    }
+}
+
+/// `GEMM_SPEED_LAYOUTS=1`: the AMX kernels with weights in the tiled and in the linear panel
+/// layout, timed alternately (30 rounds of one product each) in this one process, as the speed
+/// of this machine drifts from minute to minute; prints the median and best of each and the
+/// ratio of the medians.
+fn compare_layouts() {
+    let types = [PackedType::Bf16, PackedType::Bf16x3, PackedType::Int8];
+    for &(m, k, n) in &[(1024, 1024, 3072), (1024, 1024, 1024), (1024, 1024, 4096), (1024, 4096, 1024)] {
+        let x: Vec<f32> = (0..m * k).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect();
+        let w: Vec<f32> = (0..n * k).map(|i| ((i * 104729) % 1000) as f32 / 1000.0 - 0.5).collect();
+        let bias: Vec<f32> = (0..n).map(|i| i as f32 * 1e-3).collect();
+        let mut out = vec![0f32; m * n];
+        let flops = 2.0 * (m * k * n) as f64;
+        let mut line = format!("{m}x{k}x{n}:");
+        for ty in types {
+            if !packed::amx_available() {
+                println!("no AMX here");
+                return;
+            }
+            let packs = [PackedMatrix::pack_tiled(&w, n, k, ty, true), PackedMatrix::pack_tiled(&w, n, k, ty, false)];
+            let mut times = [vec![], vec![]];
+            for round in 0..31 {
+                for (pack, t) in packs.iter().zip(&mut times) {
+                    let start = Instant::now();
+                    packed::matmul(&x, k, m, pack, &mut out, n, MatmulInit::Bias(&bias), true);
+                    if round > 0 {
+                        t.push(start.elapsed().as_secs_f64());
+                    }
+                }
+            }
+            let rate = |t: &mut Vec<f64>| {
+                t.sort_by(f64::total_cmp);
+                (flops / t[t.len() / 2] / 1e9, flops / t[0] / 1e9)
+            };
+            let (tiled, linear) = (rate(&mut times[0]), rate(&mut times[1]));
+            line += &format!(
+                " {ty:?} tiled {:.0} (best {:.0}) linear {:.0} (best {:.0}) GFLOP/s, {:.2}×;",
+                tiled.0, tiled.1, linear.0, linear.1, tiled.0 / linear.0
+            );
         }
         println!("{line}");
     }

@@ -142,15 +142,18 @@ const TILE_STEPS: usize = 16;
 /// Where a panel's values lie in its `steps × 64` slots.
 ///
 /// `Linear`: step after step, the 64 columns of a step side by side (what the FMA kernels read
-/// with four contiguous loads). `Tiled` (one-part bf16 and int8, whole tiles of 16 steps): each
-/// half of 32 columns on its own, `steps × 32` slots, as AMX weight tiles of 16 steps × 16
-/// columns (1 KiB, rows 64 bytes apart), the two tiles of a tile step side by side. A block's
-/// weights are then one contiguous stream, 2 KiB per tile step, that the prefetchers follow and
-/// that fills every L1 set; rows of a whole 64-column panel are 256 bytes apart, so a tile of
-/// 16 of them touched 16 lines 4 KiB apart, a quarter of the L1 sets, and a new page each time.
-/// On the reference machine (`examples/gemm_speed`, alternated with the linear layout) this made
-/// bf16 products 1.2–1.3× faster and int8 ones up to 1.1×, but bf16x3 ones (three activation
-/// parts per weight tile) 0.8–1.0×, so [`PackedType::Bf16x3`] keeps the linear layout.
+/// with four contiguous loads). `Tiled`: each half of 32 columns on its own, `steps × 32`
+/// slots, as AMX weight tiles of 16 steps × 16 columns (1 KiB, rows 64 bytes apart), the two
+/// tiles of a tile step side by side. A block's weights are then one contiguous stream, 2 KiB
+/// per tile step, that fills every L1 set and can be prefetched; in the linear layout the 16
+/// rows of a tile are 256 bytes apart, so a tile touches 16 lines 4 KiB apart (a quarter of
+/// the L1 sets) and a new page.
+///
+/// Only bf16 weights take the tiled layout. `GEMM_SPEED_LAYOUTS=1 cargo run --release -p
+/// jina-engine --example gemm_speed` times both alternately in one process: on the reference
+/// machine (2 threads, 1024 rows) tiled bf16 ran at 1.02–1.51× linear over three runs (median
+/// of 30 products per shape), but bf16x3 (three activation parts per weight tile) at 0.93–1.10×
+/// and int8 at 0.88–0.96× for 1024 inputs (1.04–1.09× for 4096).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum PanelLayout {
     Linear,
@@ -160,7 +163,7 @@ enum PanelLayout {
 impl PanelLayout {
     fn new(ty: PackedType, steps: usize) -> Self {
         match ty {
-            PackedType::Bf16 | PackedType::Int8 if steps % TILE_STEPS == 0 => PanelLayout::Tiled { steps },
+            PackedType::Bf16 if steps % TILE_STEPS == 0 => PanelLayout::Tiled { steps },
             _ => PanelLayout::Linear,
         }
     }
@@ -211,6 +214,8 @@ pub struct PackedMatrix {
     data: Vec<u32>,
     /// int8 only: the scale of each column (`w ≈ q · scale`).
     scales: Vec<f32>,
+    /// Tiled (`true`) or linear layout whatever the type's default ([`PackedMatrix::pack_tiled`]).
+    tiled: Option<bool>,
     /// int8 only: `[panel][chunk][column in panel]`, the sum of the column's int8 weights over
     /// each chunk of [`INT8_CHUNK_STEPS`] steps (0 past `n`). The VNNI kernel's activations are
     /// unsigned (`q + 128`), so its sums exceed the signed ones by 128 times this.
@@ -226,7 +231,7 @@ impl PackedMatrix {
 
     /// Packs `n` rows of `k` values that start `stride` apart in `w`.
     pub fn pack_strided(w: &[f32], stride: usize, n: usize, k: usize, ty: PackedType) -> Self {
-        let mut packed = PackedMatrix { ty, n, k, steps: 0, data: Vec::new(), scales: Vec::new(), col_sums: Vec::new() };
+        let mut packed = PackedMatrix::empty(ty);
         packed.repack_strided(w, stride, n, k);
         packed
     }
@@ -309,7 +314,7 @@ impl PackedMatrix {
 
     /// An empty matrix of the given type, to be filled by [`PackedMatrix::repack_strided`].
     pub fn empty(ty: PackedType) -> Self {
-        PackedMatrix { ty, n: 0, k: 0, steps: 0, data: Vec::new(), scales: Vec::new(), col_sums: Vec::new() }
+        PackedMatrix { ty, n: 0, k: 0, steps: 0, data: Vec::new(), scales: Vec::new(), tiled: None, col_sums: Vec::new() }
     }
 
     /// Output width.
@@ -329,7 +334,20 @@ impl PackedMatrix {
 
     /// How each panel's values are laid out.
     fn layout(&self) -> PanelLayout {
-        PanelLayout::new(self.ty, self.steps)
+        match self.tiled {
+            Some(true) if self.ty != PackedType::F32 && self.steps % TILE_STEPS == 0 => PanelLayout::Tiled { steps: self.steps },
+            Some(_) => PanelLayout::Linear,
+            None => PanelLayout::new(self.ty, self.steps),
+        }
+    }
+
+    /// [`PackedMatrix::pack`] into the tiled (where the steps allow) or the linear panel layout,
+    /// whatever the type's default: for `examples/gemm_speed` to compare the two in one process.
+    #[doc(hidden)]
+    pub fn pack_tiled(w: &[f32], n: usize, k: usize, ty: PackedType, tiled: bool) -> Self {
+        let mut packed = PackedMatrix { tiled: Some(tiled), ..PackedMatrix::empty(ty) };
+        packed.repack_strided(w, k, n, k);
+        packed
     }
 
     /// The stored weight at `(col, i)` as f32 (for tests).
@@ -1032,6 +1050,34 @@ mod tests {
                         assert_eq!(packed.get(c, i), w[c * k + i], "{ty:?} ({c}, {i})");
                     }
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn tiled_and_linear_layouts_give_the_same_bits() {
+        // Every kernel reads the same weights in the same order from either layout: 5 rows take
+        // AVX512_BF16 / VNNI, 40 rows AMX where present.
+        let (k, n) = (1024, 130);
+        let w = round_bf16(noise(n * k, 3));
+        for ty in [PackedType::Bf16, PackedType::Bf16x3, PackedType::Int8] {
+            let ok = if ty == PackedType::Int8 { int8_available() } else { bf16_available() };
+            if !ok {
+                eprintln!("skipped {ty:?}: this CPU lacks the instructions");
+                continue;
+            }
+            let packs = [PackedMatrix::pack_tiled(&w, n, k, ty, true), PackedMatrix::pack_tiled(&w, n, k, ty, false)];
+            assert_eq!(packs[0].layout(), PanelLayout::Tiled { steps: packs[0].steps });
+            assert_eq!(packs[1].layout(), PanelLayout::Linear);
+            assert_eq!(packs[0].col_sums, packs[1].col_sums, "{ty:?}");
+            for rows in [5, 40] {
+                let x = noise(rows * k, 4);
+                let outs = packs.each_ref().map(|p| {
+                    let mut out = vec![0f32; rows * n];
+                    matmul(&x, k, rows, p, &mut out, n, MatmulInit::Zero, false);
+                    out
+                });
+                assert!(outs[0].iter().zip(&outs[1]).all(|(a, b)| a.to_bits() == b.to_bits()), "{ty:?} {rows} rows");
             }
         }
     }
@@ -1748,7 +1794,7 @@ fn matmul_amx(
     }
     let mut pairs = TILES.with(|t| std::mem::take(&mut *t.borrow_mut()));
     // With tiled weights, the activations of a block of 32 rows form one stream too, and both
-    // are prefetched; with linear weights (bf16x3), groups of 16 rows as before (see PanelLayout).
+    // are prefetched; with linear weights (bf16x3, int8), groups of 16 rows (see PanelLayout).
     let w_layout = w.layout();
     let tiled = matches!(w_layout, PanelLayout::Tiled { .. });
     let group_rows = if tiled { BLOCK } else { BLOCK / 2 };
