@@ -4,6 +4,9 @@
 Every (engine, shape) pair runs in its own subprocess, so the peak RSS reported is that engine's
 alone (load included, as in `jina-embed bench`). Shapes are the outer loop, so all engines of one
 shape run close together in time: on a shared machine only ratios taken in one run mean anything.
+With --rounds R the whole sequence runs R times; each ratio is then the median over the rounds of
+the ratio within a round (two engines measured minutes apart, not hours), and each engine's
+figures are those of its median round.
 
 Engines
   ours-f32, ours-bf16, ours-int8  `jina-embed bench --precision P` (its own timing and JSON line)
@@ -630,6 +633,8 @@ def main() -> int:
     ap.add_argument("--shapes", default="8x128,4x512,1x2048,1x8192", help="BATCHxTOKENS, comma-separated")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--iters", type=int, default=3, help="timed iterations per shape, after one warm-up")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="run every (shape, engine) this many times, interleaved; ratios are medians of the per-round ratios")
     ap.add_argument("--engines", default=DEFAULT_ENGINES, help=f"comma-separated, from {','.join(ALL_ENGINES)}")
     ap.add_argument("--skip", default="ort-f32@1x8192,ort-int8@1x8192",
                     help="ENGINE@SHAPE pairs not to run (default: ORT at 1x8192, which needs ~21 GB); '' runs all")
@@ -757,41 +762,51 @@ def drive(args) -> int:
                     (f", int8 in {res[0]['quantize_s']:.0f} s" if "quantize_s" in res[0] else ""))
         onnx_paths = {"ort-f32": str(f32_path), "ort-int8": str(int8_path)}
 
-    # ---- timing: shapes outer, engines inner --------------------------------------------------
+    # ---- timing: rounds outer, then shapes, engines inner -------------------------------------
     first_shape_of: dict[str, str] = {}
-    for shape in shapes:
-        sname = shape_name(shape)
-        for e in active:
-            if f"{e}@{sname}" in skip or e in skip:
-                log(f"[skip] {e} @ {sname} (--skip)")
-                continue
-            do_check = not args.no_check and e not in first_shape_of and not e.startswith("ours-")
-            first_shape_of.setdefault(e, sname)
-            log(f"[run] {e} @ {sname} ...")
-            t0 = time.perf_counter()
-            if e.startswith("ours-"):
-                rep, err = run_ours(binary, args, e.split("-")[1], shape)
-                reps = [rep] if rep else []
-            else:
-                argv = ["--worker", e.split("-")[0], "--engine", e, "--model", args.model, "--shapes", sname,
-                        "--threads", str(args.threads), "--iters", str(args.iters), "--task", args.task]
-                if e.startswith("ort-"):
-                    argv += ["--onnx", onnx_paths[e]]
-                if do_check:
-                    argv.append("--check")
-                reps, err = run_worker(argv, args.threads, args.timeout, args.wait_policy)
-            for rep in reps:
-                if "check" in rep:
-                    checks[e] = rep["check"]
+    rounds: dict[tuple[str, str], list[dict]] = {}
+    for rnd in range(max(args.rounds, 1)):
+        for shape in shapes:
+            sname = shape_name(shape)
+            for e in active:
+                if f"{e}@{sname}" in skip or e in skip:
+                    if rnd == 0:
+                        log(f"[skip] {e} @ {sname} (--skip)")
+                    continue
+                if (e, sname) in failures:
+                    continue
+                do_check = not args.no_check and e not in first_shape_of and not e.startswith("ours-")
+                first_shape_of.setdefault(e, sname)
+                log(f"[run] {e} @ {sname}" + (f" (round {rnd + 1} of {args.rounds})" if args.rounds > 1 else "") + " ...")
+                t0 = time.perf_counter()
+                if e.startswith("ours-"):
+                    rep, err = run_ours(binary, args, e.split("-")[1], shape)
+                    reps = [rep] if rep else []
                 else:
-                    results[(e, sname)] = rep
-            if err:
-                failures[(e, sname)] = err
-                log(f"[fail] {e} @ {sname}: {err}")
-            elif (e, sname) in results:
-                r = results[(e, sname)]
-                log(f"[done] {e} @ {sname}: {r['tokens_per_s']:.1f} tok/s, median {r['median_s']:.3f} s, "
-                    f"peak RSS {r['peak_rss_mb']:.0f} MB ({time.perf_counter() - t0:.0f} s wall)")
+                    argv = ["--worker", e.split("-")[0], "--engine", e, "--model", args.model, "--shapes", sname,
+                            "--threads", str(args.threads), "--iters", str(args.iters), "--task", args.task]
+                    if e.startswith("ort-"):
+                        argv += ["--onnx", onnx_paths[e]]
+                    if do_check:
+                        argv.append("--check")
+                    reps, err = run_worker(argv, args.threads, args.timeout, args.wait_policy)
+                for rep in reps:
+                    if "check" in rep:
+                        checks[e] = rep["check"]
+                    else:
+                        rounds.setdefault((e, sname), []).append(rep)
+                if err:
+                    failures[(e, sname)] = err
+                    log(f"[fail] {e} @ {sname}: {err}")
+                elif (e, sname) in rounds:
+                    r = rounds[(e, sname)][-1]
+                    log(f"[done] {e} @ {sname}: {r['tokens_per_s']:.1f} tok/s, median {r['median_s']:.3f} s, "
+                        f"peak RSS {r['peak_rss_mb']:.0f} MB ({time.perf_counter() - t0:.0f} s wall)")
+    # An engine's figures: its median round (by tokens/s), with every round's tokens/s.
+    for key, reps in rounds.items():
+        median_rep = sorted(reps, key=lambda r: r["tokens_per_s"])[(len(reps) - 1) // 2]
+        results[key] = dict(median_rep, rounds_tokens_per_s=[r["tokens_per_s"] for r in reps])
+    args.round_results = rounds
 
     if tmp_onnx:
         shutil.rmtree(tmp_onnx, ignore_errors=True)
@@ -828,17 +843,18 @@ def drive(args) -> int:
         "cpu": cpu_name(),
         "threads": args.threads,
         "iters": args.iters,
+        "rounds": args.rounds,
         "task": args.task,
         "versions": versions(),
         "results": list(results.values()),
-        "ratios": ratio_rows(shapes, results),
+        "ratios": ratio_rows(shapes, rounds),
         "cosine_min": cos_values,
         "failures": {f"{e}@{s}": v for (e, s), v in failures.items()},
         "notes": notes,
     }
     if args.json:
         Path(args.json).write_text(json.dumps(payload, indent=1) + "\n")
-    print("JSON " + json.dumps({k: payload[k] for k in ("cpu", "threads", "iters", "results", "ratios", "cosine_min")}))
+    print("JSON " + json.dumps({k: payload[k] for k in ("cpu", "threads", "iters", "rounds", "results", "ratios", "cosine_min")}))
     bad = [k for k, v in cos_values.items() if k == "torch-f32" and v < 0.9999]
     if bad:
         log(f"[error] torch-f32 does not match ours-f32 (cosine {cos_values['torch-f32']:.6f} < 0.9999)")
@@ -846,16 +862,23 @@ def drive(args) -> int:
     return 1 if failures else 0
 
 
-def ratio_rows(shapes, results) -> list[dict]:
+def ratio_rows(shapes, rounds) -> list[dict]:
+    """Per shape, each of our engines against its baseline: the median over the rounds of the
+    ratio within a round (tokens/s of the median iteration, and of the fastest), and the list."""
     rows = []
     for shape in shapes:
         s = shape_name(shape)
         row = {"shape": s}
         for ours, theirs in RATIOS:
-            a, b = results.get((ours, s)), results.get((theirs, s))
-            if a and b:
-                row[f"{ours}/{theirs}"] = a["tokens_per_s"] / b["tokens_per_s"]
-                row[f"{ours}/{theirs} (fastest iteration)"] = b["min_s"] / a["min_s"]
+            a, b = rounds.get((ours, s), []), rounds.get((theirs, s), [])
+            pairs = list(zip(a, b))
+            if pairs:
+                median = [x["tokens_per_s"] / y["tokens_per_s"] for x, y in pairs]
+                fastest = [y["min_s"] / x["min_s"] for x, y in pairs]
+                row[f"{ours}/{theirs}"] = statistics.median(median)
+                row[f"{ours}/{theirs} (fastest iteration)"] = statistics.median(fastest)
+                if len(pairs) > 1:
+                    row[f"{ours}/{theirs} (rounds)"] = median
         rows.append(row)
     return rows
 
@@ -863,7 +886,9 @@ def ratio_rows(shapes, results) -> list[dict]:
 def render(args, cfg, shapes, engines, active, results, failures, skip, cos_values, notes, started) -> str:
     lines = []
     vers = versions()
-    lines.append(f"### {started:%Y-%m-%d %H:%M} — {cpu_name()}, {args.threads} threads, iters {args.iters}")
+    ratios = {r["shape"]: r for r in ratio_rows(shapes, args.round_results)}
+    rounds_note = f", {args.rounds} rounds" if args.rounds > 1 else ""
+    lines.append(f"### {started:%Y-%m-%d %H:%M} — {cpu_name()}, {args.threads} threads, iters {args.iters}{rounds_note}")
     lines.append("")
     lines.append(f"Command: `scripts/bench-compare.sh {shlex.join(sys.argv[1:])}` (task {args.task}, "
                  f"wait policy {args.wait_policy}); "
@@ -893,10 +918,16 @@ def render(args, cfg, shapes, engines, active, results, failures, skip, cos_valu
                 row.append("–")
         for o, t in RATIOS:
             if o in engines and t in engines:
-                a, b = results.get((o, s)), results.get((t, s))
-                row.append(f"**{a['tokens_per_s'] / b['tokens_per_s']:.2f}×**" if a and b else "–")
+                r = ratios[s].get(f"{o}/{t}")
+                row.append(f"**{r:.2f}×**" if r else "–")
         lines.append("| " + " | ".join(row) + " |")
     lines.append("")
+    if args.rounds > 1:
+        lines.append("Tokens per second of each engine's median round; each ratio is the median over the rounds of the "
+                     "ratio within a round. Per-round ratios: " + "; ".join(
+                         f"{s} {k.removesuffix(' (rounds)')} " + ", ".join(f"{v:.2f}" for v in vals)
+                         for s, row in ratios.items() for k, vals in row.items() if k.endswith("(rounds)")) + ".")
+        lines.append("")
     lines.append("Tokens per second (median of the timed iterations). Peak RSS (MB, whole process, load included):")
     lines.append("")
     lines.append("| shape | " + " | ".join(engines) + " |")
@@ -909,6 +940,9 @@ def render(args, cfg, shapes, engines, active, results, failures, skip, cos_valu
     lines.append("Tokens per second from the fastest timed iteration (less sensitive to other load on a shared machine):")
     lines.append("")
     best_ratios = [(o, t) for o, t in RATIOS if o in engines and t in engines]
+    if args.rounds > 1:
+        lines.append("(each engine's median round; the ratios are medians of the per-round ratios)")
+        lines.append("")
     lines.append("| shape | " + " | ".join(engines + [f"{o} / {t}" for o, t in best_ratios]) + " |")
     lines.append("|" + "---|" * (len(engines) + len(best_ratios) + 1))
     for shape in shapes:
@@ -917,7 +951,8 @@ def render(args, cfg, shapes, engines, active, results, failures, skip, cos_valu
                 for e in engines if (e, s) in results}
         lines.append("| " + s + " | " + " | ".join(
             [f"{best[e]:.1f}" if e in best else "–" for e in engines]
-            + [f"{best[o] / best[t]:.2f}×" if o in best and t in best else "–" for o, t in best_ratios]) + " |")
+            + [f"{ratios[s][f'{o}/{t} (fastest iteration)']:.2f}×" if f"{o}/{t} (fastest iteration)" in ratios[s] else "–"
+               for o, t in best_ratios]) + " |")
     lines.append("")
     if cos_values:
         lines.append("Correctness (smallest cosine over the check texts; torch/ORT against `jina-embed embed` f32 "
