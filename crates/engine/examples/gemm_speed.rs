@@ -1,5 +1,6 @@
 //! Quick GFLOP/s of the f32, bf16, bf16x3 (exact f32) and int8 linear kernels on the model's shapes:
-//! `cargo run --release -p jina-engine --example gemm_speed`.
+//! `cargo run --release -p jina-engine --example gemm_speed`. With `GEMM_SPEED_LAYOUTS=1`, the
+//! AMX kernels with tiled against linear weight panels instead, alternated in one process.
 use std::time::Instant;
 
 use jina_engine::kernels::packed::{self, PackedMatrix, PackedType};
