@@ -163,7 +163,7 @@ enum PanelLayout {
 impl PanelLayout {
     fn new(ty: PackedType, steps: usize) -> Self {
         match ty {
-            PackedType::Bf16 if steps % TILE_STEPS == 0 => PanelLayout::Tiled { steps },
+            PackedType::Bf16 if steps.is_multiple_of(TILE_STEPS) => PanelLayout::Tiled { steps },
             _ => PanelLayout::Linear,
         }
     }
@@ -188,7 +188,7 @@ impl PanelLayout {
 
     /// How [`amx::block`] finds a block's weight tiles in a panel of this layout.
     #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
-    fn amx_tiles(self) -> amx::BLayout {
+    fn amx_weights(self) -> amx::BLayout {
         match self {
             PanelLayout::Tiled { .. } => amx::BLayout { stride: 64, step: 2 * TILE_STEPS * 16, second: TILE_STEPS * 16, prefetch: true },
             PanelLayout::Linear => amx::BLayout { stride: PANEL * 4, step: TILE_STEPS * PANEL, second: 16, prefetch: false },
@@ -335,7 +335,7 @@ impl PackedMatrix {
     /// How each panel's values are laid out.
     fn layout(&self) -> PanelLayout {
         match self.tiled {
-            Some(true) if self.ty != PackedType::F32 && self.steps % TILE_STEPS == 0 => PanelLayout::Tiled { steps: self.steps },
+            Some(true) if self.ty != PackedType::F32 && self.steps.is_multiple_of(TILE_STEPS) => PanelLayout::Tiled { steps: self.steps },
             Some(_) => PanelLayout::Linear,
             None => PanelLayout::new(self.ty, self.steps),
         }
@@ -1879,7 +1879,7 @@ unsafe fn amx_panel(
     int8: Option<Int8Scales>,
 ) {
     use amx::BLOCK;
-    let b_layout = w_layout.amx_tiles();
+    let b_layout = w_layout.amx_weights();
     amx::configure();
     let mut c = [0f32; BLOCK * BLOCK];
     for half in 0..PANEL / BLOCK {
