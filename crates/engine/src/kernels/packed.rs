@@ -1219,8 +1219,9 @@ mod tests {
             eprintln!("skipped: this CPU lacks AVX512_BF16");
             return;
         }
-        // Rows below and above AMX's 16, k past one 1024-wide chunk, and rows without a term.
-        for &(rows, k, n) in &[(5, 96, 70), (40, 2048, 64)] {
+        // Rows below and above AMX's 16, k past one 1024-wide chunk, rows without a term, and on
+        // AMX several blocks of 32 rows and partial ones, in both weight layouts.
+        for &(rows, k, n) in &[(5, 96, 70), (40, 2048, 64), (100, 1024, 130)] {
             let rank = 4;
             let x = noise(rows * k, 31);
             let w = round_bf16(noise(n * k, 32));
@@ -1229,7 +1230,7 @@ mod tests {
             let up_t = noise(rank * n, 35);
             let up: Vec<Option<&[f32]>> = (0..rows).map(|r| (r % 3 != 0).then_some(&up_t[..])).collect();
             let int8 = int8_available().then_some(PackedType::Int8);
-            for ty in [PackedType::F32, PackedType::Bf16x3].into_iter().chain(int8) {
+            for ty in [PackedType::F32, PackedType::Bf16, PackedType::Bf16x3].into_iter().chain(int8) {
                 let packed = PackedMatrix::pack(&w, n, k, ty);
                 let mut plain = vec![0f32; rows * n];
                 matmul(&x, k, rows, &packed, &mut plain, n, MatmulInit::Bias(&bias), false);
