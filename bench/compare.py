@@ -671,6 +671,8 @@ def main() -> int:
 
 
 def drive(args) -> int:
+    if args.rounds < 1:
+        raise SystemExit(f"--rounds must be at least 1 (got {args.rounds})")
     args.load_before = load_average()
     model_dir = Path(args.model).resolve()
     args.model = str(model_dir)
@@ -765,7 +767,7 @@ def drive(args) -> int:
     # ---- timing: rounds outer, then shapes, engines inner -------------------------------------
     first_shape_of: dict[str, str] = {}
     rounds: dict[tuple[str, str], list[dict]] = {}
-    for rnd in range(max(args.rounds, 1)):
+    for rnd in range(args.rounds):
         for shape in shapes:
             sname = shape_name(shape)
             for e in active:
@@ -806,7 +808,6 @@ def drive(args) -> int:
     for key, reps in rounds.items():
         median_rep = sorted(reps, key=lambda r: r["tokens_per_s"])[(len(reps) - 1) // 2]
         results[key] = dict(median_rep, rounds_tokens_per_s=[r["tokens_per_s"] for r in reps])
-    args.round_results = rounds
 
     if tmp_onnx:
         shutil.rmtree(tmp_onnx, ignore_errors=True)
@@ -832,7 +833,8 @@ def drive(args) -> int:
             cos_values[f"{e} vs ours-f32 (bench inputs)"] = min(vals)
 
     # ---- report ------------------------------------------------------------------------------
-    report = render(args, cfg, shapes, engines, active, results, failures, skip, cos_values, notes, started)
+    ratios = ratio_rows(shapes, rounds)
+    report = render(args, cfg, shapes, engines, active, results, ratios, failures, skip, cos_values, notes, started)
     print(report)
     if args.out:
         with open(args.out, "a") as f:
@@ -847,7 +849,7 @@ def drive(args) -> int:
         "task": args.task,
         "versions": versions(),
         "results": list(results.values()),
-        "ratios": ratio_rows(shapes, rounds),
+        "ratios": ratios,
         "cosine_min": cos_values,
         "failures": {f"{e}@{s}": v for (e, s), v in failures.items()},
         "notes": notes,
@@ -883,10 +885,10 @@ def ratio_rows(shapes, rounds) -> list[dict]:
     return rows
 
 
-def render(args, cfg, shapes, engines, active, results, failures, skip, cos_values, notes, started) -> str:
+def render(args, cfg, shapes, engines, active, results, ratio_list, failures, skip, cos_values, notes, started) -> str:
     lines = []
     vers = versions()
-    ratios = {r["shape"]: r for r in ratio_rows(shapes, args.round_results)}
+    ratios = {r["shape"]: r for r in ratio_list}
     rounds_note = f", {args.rounds} rounds" if args.rounds > 1 else ""
     lines.append(f"### {started:%Y-%m-%d %H:%M} — {cpu_name()}, {args.threads} threads, iters {args.iters}{rounds_note}")
     lines.append("")
