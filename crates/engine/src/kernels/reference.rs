@@ -84,7 +84,7 @@ mod tests {
     #[test]
     fn thin_matmul_matches_reference() {
         use super::super::matmul_thin;
-        for &(rows, k, n) in &[(1, 1, 1), (0, 8, 4), (3, 17, 4), (40, 1024, 4), (5000, 64, 2), (9, 100, 0)] {
+        for &(rows, k, n) in &[(1, 1, 1), (0, 8, 4), (3, 17, 4), (40, 1024, 4), (7, 1027, 6), (2, 33, 8), (5000, 64, 2), (9, 100, 0)] {
             let x = noise(rows * k, 4);
             let w = noise(n * k, 5);
             let mut out = vec![f32::NAN; rows * n];
