@@ -1,14 +1,18 @@
 //! Quick GFLOP/s of the f32, bf16, bf16x3 (exact f32) and int8 linear kernels on the model's shapes:
 //! `cargo run --release -p jina-engine --example gemm_speed`. With `GEMM_SPEED_LAYOUTS=1`, the
-//! AMX kernels with tiled against linear weight panels instead, alternated in one process.
+//! AMX kernels with tiled against linear weight panels instead, alternated in one process; with
+//! `GEMM_SPEED_LORA=1`, the two ways of adding a rank-4 LoRA term (see `compare_lora`).
 use std::time::Instant;
 
-use jina_engine::kernels::packed::{self, PackedMatrix, PackedType};
+use jina_engine::kernels::packed::{self, Epilogue, LowRank, LowRankInputs, PackedMatrix, PackedType};
 use jina_engine::kernels::{matmul_transposed, MatmulInit};
 
 fn main() {
     if std::env::var_os("GEMM_SPEED_LAYOUTS").is_some() {
         return compare_layouts();
+    }
+    if std::env::var_os("GEMM_SPEED_LORA").is_some() {
+        return compare_lora();
     }
     for &(m, k, n) in &[(128, 1024, 3072), (1024, 1024, 3072), (1024, 1024, 4096), (1024, 4096, 1024)] {
         let x: Vec<f32> = (0..m * k).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect();
@@ -109,5 +113,59 @@ fn compare_layouts() {
             );
         }
         println!("{line}");
+    }
+}
+
+/// `GEMM_SPEED_LORA=1`: a product with bias and no LoRA, then with a rank-4 LoRA term of one of
+/// 5 adapters added by the epilogue ([`LowRank`]), then as 20 extra inputs multiplied by extra
+/// weight columns ([`LowRankInputs`], as the model runs bf16), timed alternately (15 rounds)
+/// in this one process; prints the median and best GFLOP/s of each (counting the main product
+/// only).
+fn compare_lora() {
+    let (rank, slots) = (4, 5);
+    for ty in [PackedType::Bf16, PackedType::Bf16x3] {
+        if !packed::amx_available() {
+            println!("no AMX here");
+            return;
+        }
+        for (m, k, n) in [(1024, 1024, 3072), (1024, 4096, 1024)] {
+            let extra = slots * rank;
+            let x: Vec<f32> = (0..m * k).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect();
+            let w: Vec<f32> = (0..n * (k + extra)).map(|i| ((i * 104729) % 1000) as f32 / 1000.0 - 0.5).collect();
+            let w_main: Vec<f32> = w.chunks_exact(k + extra).flat_map(|row| row[..k].to_vec()).collect();
+            let (plain, with_columns) = (PackedMatrix::pack(&w_main, n, k, ty), PackedMatrix::pack(&w, n, k + extra, ty));
+            let bias: Vec<f32> = (0..n).map(|i| i as f32 * 1e-3).collect();
+            let low = vec![0.01f32; m * rank];
+            let up_t: Vec<f32> = (0..rank * n).map(|i| (i % 7) as f32 * 1e-2).collect();
+            let up = vec![Some(&up_t[..]); m];
+            let slot = vec![Some(2); m];
+            let mut out = vec![0f32; m * n];
+            let names = ["no LoRA", "LoRA epilogue", "LoRA inputs"];
+            let mut times = [vec![], vec![], vec![]];
+            for _ in 0..15 {
+                for (variant, t) in times.iter_mut().enumerate() {
+                    let (init, start) = (MatmulInit::Bias(&bias), Instant::now());
+                    match variant {
+                        0 => packed::matmul_with(&x, k, m, &plain, &mut out, n, init, Epilogue::default(), true),
+                        1 => {
+                            let epilogue = Epilogue { low_rank: Some(LowRank { low: &low, rank, up: &up }), gelu: false };
+                            packed::matmul_with(&x, k, m, &plain, &mut out, n, init, epilogue, true)
+                        }
+                        _ => {
+                            let inputs = LowRankInputs { low: &low, rank, slot: &slot, slots };
+                            packed::matmul_extended(&x, k, m, Some(inputs), &with_columns, &mut out, n, init, Epilogue::default(), true)
+                        }
+                    }
+                    t.push(start.elapsed().as_secs_f64());
+                }
+            }
+            let flops = 2.0 * (m * k * n) as f64;
+            let mut line = format!("{m}x{k}x{n} {ty:?}:");
+            for (name, t) in names.iter().zip(&mut times) {
+                t.sort_by(f64::total_cmp);
+                line += &format!(" {name} {:.0} (best {:.0}),", flops / t[t.len() / 2] / 1e9, flops / t[0] / 1e9);
+            }
+            println!("{line} GFLOP/s");
+        }
     }
 }

@@ -37,13 +37,24 @@ struct Segment {
 /// The official code adds `s·B[t]·A[t]` to `W` before the product; here the adapter is applied as
 /// the side product `s·(x·A[t]ᵀ)·B[t]ᵀ`, which is the same up to rounding, costs `2r/in` of the
 /// main product, and lets every sequence of a batch use its own adapter.
+///
+/// bf16 weights carry every task's `B` as extra input columns after `W` (`tasks · r` of them,
+/// 20 after 1024 or 4096 inputs), and the product reads each row's `s·x·A[t]ᵀ` in its task's
+/// slot there ([`packed::LowRankInputs`]): the up-projection is part of the AMX product (one
+/// more tile step) instead of an epilogue on every output block. Timed alternately in one
+/// process (`gemm_speed` example, `GEMM_SPEED_LORA=1`), bf16 at 1024 × 1024 × 3072 ran at 1.12–1.15×
+/// the epilogue's speed and as fast at 1024 × 4096 × 1024; bf16x3 (f32), whose product does
+/// three times the work, gained nothing, so it keeps the exact f32 epilogue.
 struct Linear {
     weight: LinearWeight,
     bias: Vec<f32>,
     lora_a: Vec<f32>,
     lora_b: Vec<f32>,
-    /// `lora_b` of each task transposed to `[rank × n_out]`, for the product's epilogue.
+    /// `lora_b` of each task transposed to `[rank × n_out]`, for the product's epilogue; empty
+    /// where the weights carry `B` as extra columns.
     lora_b_t: Vec<f32>,
+    /// Tasks whose `B` the packed weights carry as extra input columns (0: none).
+    lora_slots: usize,
     n_in: usize,
     n_out: usize,
     rank: usize,
@@ -57,6 +68,17 @@ impl Linear {
         let bias = w.f32(&format!("{prefix}.bias"))?;
         let n_out = bias.len();
         let n_in = weight.len() / n_out;
+        let rank = config.lora_rank;
+        let lora_b = w.f32(&format!("{base}.0.lora_B"))?;
+        let tasks = lora_b.len() / (n_out * rank).max(1);
+        // bf16 products carry the adapters' B as extra inputs (see above).
+        let with_lora = |ty| match tasks * rank {
+            0 => LinearWeight::Packed(PackedMatrix::pack(&weight, n_out, n_in, ty)),
+            extra => {
+                let columns = with_lora_columns(&weight, &lora_b, n_out, rank);
+                LinearWeight::Packed(PackedMatrix::pack(&columns, n_out, n_in + extra, ty))
+            }
+        };
         let weight = match precision {
             // Exact f32 on AMX tiles when the weights are bf16 values (a bf16 checkpoint): see
             // `PackedType::Bf16x3`. Other weights (an f32 or f16 checkpoint) take the FMA kernel.
@@ -67,19 +89,22 @@ impl Linear {
                 LinearWeight::Packed(PackedMatrix::pack(&weight, n_out, n_in, PackedType::F32))
             }
             Precision::F32 => LinearWeight::Plain(weight),
-            Precision::Bf16 => LinearWeight::Packed(PackedMatrix::pack(&weight, n_out, n_in, PackedType::Bf16)),
+            Precision::Bf16 => with_lora(PackedType::Bf16),
             Precision::Int8 => LinearWeight::Packed(PackedMatrix::pack(&weight, n_out, n_in, PackedType::Int8)),
         };
-        let rank = config.lora_rank;
-        let lora_b = w.f32(&format!("{base}.0.lora_B"))?;
+        let lora_slots = match &weight {
+            LinearWeight::Packed(w) if w.k() > n_in => tasks,
+            _ => 0,
+        };
         Ok(Linear {
             n_in,
             n_out,
             weight,
             bias,
             lora_a: w.f32(&format!("{base}.0.lora_A"))?,
-            lora_b_t: transpose_per_task(&lora_b, n_out, rank),
+            lora_b_t: if lora_slots > 0 { Vec::new() } else { transpose_per_task(&lora_b, n_out, rank) },
             lora_b,
+            lora_slots,
             rank,
             scaling: config.lora_scaling(),
         })
@@ -106,6 +131,16 @@ impl Linear {
                 if gelu {
                     kernels::gelu_erf_in_place(out);
                 }
+            }
+            LinearWeight::Packed(w) if self.lora_slots > 0 => {
+                let mut slot = vec![None; tokens];
+                for seg in &runs {
+                    slot[seg.start..seg.start + seg.len].fill(seg.adapter);
+                }
+                let inputs = packed::LowRankInputs { low: &low, rank: self.rank, slot: &slot, slots: self.lora_slots };
+                let epilogue = packed::Epilogue { low_rank: None, gelu };
+                let init = MatmulInit::Bias(&self.bias);
+                packed::matmul_extended(x, self.n_in, tokens, Some(inputs), w, out, self.n_out, init, epilogue, true);
             }
             LinearWeight::Packed(w) => {
                 // The LoRA up-projection and GELU are applied to each output block as it is
@@ -140,6 +175,21 @@ impl Linear {
         }
         low
     }
+}
+
+/// `weight` (`[n, in]`) with each row followed by that output's row of `B` for every task
+/// (`lora_b` is `[task][n × rank]`): `[n, in + tasks · rank]`.
+fn with_lora_columns(weight: &[f32], lora_b: &[f32], n: usize, rank: usize) -> Vec<f32> {
+    let n_in = weight.len() / n.max(1);
+    let tasks = lora_b.len() / (n * rank).max(1);
+    let mut out = Vec::with_capacity(n * (n_in + tasks * rank));
+    for c in 0..n {
+        out.extend_from_slice(&weight[c * n_in..(c + 1) * n_in]);
+        for task in lora_b.chunks_exact(n * rank) {
+            out.extend_from_slice(&task[c * rank..(c + 1) * rank]);
+        }
+    }
+    out
 }
 
 /// `[task][n × rank]` matrices transposed to `[task][rank × n]`.

@@ -105,7 +105,9 @@ impl PackedType {
     fn steps(self, k: usize) -> usize {
         match self {
             PackedType::F32 => k,
-            PackedType::Bf16 | PackedType::Bf16x3 => k.div_ceil(2),
+            // Whole AMX tile steps, so that any `k` (the LoRA inputs after 1024 values, say) can
+            // take AMX; the zero pairs cost the other kernels at most 15 steps.
+            PackedType::Bf16 | PackedType::Bf16x3 => k.div_ceil(2).next_multiple_of(TILE_STEPS),
             PackedType::Int8 => k.div_ceil(4).next_multiple_of(INT8_TILE_STEPS),
         }
     }
@@ -207,7 +209,8 @@ pub struct PackedMatrix {
     ty: PackedType,
     n: usize,
     k: usize,
-    /// Steps along the input dimension: `k` for f32, `ceil(k / 2)` for bf16.
+    /// Steps along the input dimension: `k` for f32, `ceil(k / 2)` for bf16 rounded up to
+    /// whole tiles.
     steps: usize,
     /// `[panel][steps × 64]` in the panel's [`PanelLayout`]: f32 bits, two bf16 (even position
     /// in the low half), or four int8 (lowest position in the low byte).
@@ -301,6 +304,7 @@ impl PackedMatrix {
                     let col = panel * PANEL + c;
                     dst[layout.at(s, c)] = match ty {
                         PackedType::F32 => v[s * stride + col].to_bits(),
+                        PackedType::Bf16 | PackedType::Bf16x3 | PackedType::Int8 if 2 * s >= k => 0,
                         PackedType::Bf16 | PackedType::Bf16x3 | PackedType::Int8 => {
                             let lo = bf16::from_f32(v[2 * s * stride + col]).to_bits() as u32;
                             let hi = if 2 * s + 1 < k { bf16::from_f32(v[(2 * s + 1) * stride + col]).to_bits() as u32 } else { 0 };
@@ -368,9 +372,9 @@ impl PackedMatrix {
     }
 }
 
-/// bf16 of `row[2s]` in the low half and of `row[2s + 1]` (or 0) in the high half.
+/// bf16 of `row[2s]` in the low half and of `row[2s + 1]` in the high half (0 past the row).
 fn bf16_pair(row: &[f32], s: usize) -> u32 {
-    let lo = bf16::from_f32(row[2 * s]).to_bits() as u32;
+    let lo = row.get(2 * s).map_or(0, |&v| bf16::from_f32(v).to_bits() as u32);
     let hi = row.get(2 * s + 1).map_or(0, |&v| bf16::from_f32(v).to_bits() as u32);
     lo | (hi << 16)
 }
@@ -584,6 +588,45 @@ unsafe fn split_row_into_tiles(row: &[f32], tile_steps: usize, parts: usize, dst
     }
 }
 
+/// Inputs appended to every row of a product's `x`: LoRA's down-projections, so that the weights'
+/// extra columns (each adapter's up-projection, [`PackedMatrix::pack`]ed after `W`) add the
+/// low-rank term inside the product itself, for bf16 and bf16x3 weights.
+///
+/// Row `r` of `x` is followed by `slots · rank` values: `low[r·rank..(r+1)·rank]` in slot
+/// `slot[r]` (its adapter), zeros in the other slots and everywhere for a row without adapter.
+#[derive(Clone, Copy)]
+pub struct LowRankInputs<'a> {
+    /// `rows × rank`.
+    pub low: &'a [f32],
+    /// Columns of `low`: LoRA's rank.
+    pub rank: usize,
+    /// Each row's adapter.
+    pub slot: &'a [Option<usize>],
+    /// Adapters: the extra inputs of a row are `slots · rank`.
+    pub slots: usize,
+}
+
+impl LowRankInputs<'_> {
+    /// Extra inputs of a row.
+    fn len(&self) -> usize {
+        self.slots * self.rank
+    }
+
+    /// Row `r`'s extra inputs, into `dst` (`len()` values).
+    fn row(&self, r: usize, dst: &mut [f32]) {
+        dst.fill(0.0);
+        if let Some(slot) = self.slot[r] {
+            dst[slot * self.rank..][..self.rank].copy_from_slice(&self.low[r * self.rank..][..self.rank]);
+        }
+    }
+}
+
+/// Row `r` of `x` (its first `k_x` values) followed by its extra inputs, into `dst`.
+fn extended_row(x: &[f32], stride: usize, k_x: usize, extra: &LowRankInputs, r: usize, dst: &mut [f32]) {
+    dst[..k_x].copy_from_slice(&x[r * stride..][..k_x]);
+    extra.row(r, &mut dst[k_x..]);
+}
+
 /// Activations in the form the kernel of `ty` reads: f32 rows as they are, or bf16 pairs.
 enum Activations<'a> {
     F32 { x: &'a [f32], stride: usize },
@@ -592,13 +635,24 @@ enum Activations<'a> {
 }
 
 impl Activations<'_> {
-    fn prepare<'a>(x: &'a [f32], stride: usize, rows: usize, w: &PackedMatrix) -> Activations<'a> {
+    fn prepare<'a>(x: &'a [f32], stride: usize, rows: usize, w: &PackedMatrix, extra: Option<LowRankInputs>) -> Activations<'a> {
         match w.ty {
             PackedType::F32 => Activations::F32 { x, stride },
             PackedType::Int8 => unreachable!("int8 products run in matmul_amx or matmul_vnni"),
             PackedType::Bf16 | PackedType::Bf16x3 => {
                 let parts = w.ty.activation_parts();
-                let pairs = bf16_rows(x, stride, rows, w.k, w.steps, rows, parts, rows >= 64);
+                let pairs = match extra {
+                    None => bf16_rows(x, stride, rows, w.k, w.steps, rows, parts, rows >= 64),
+                    Some(extra) => {
+                        // Few rows take this kernel: each is extended in a copy first.
+                        let k_x = w.k - extra.len();
+                        let mut rows_x = vec![0f32; rows * w.k];
+                        for (r, dst) in rows_x.chunks_exact_mut(w.k).enumerate() {
+                            extended_row(x, stride, k_x, &extra, r, dst);
+                        }
+                        bf16_rows(&rows_x, w.k, rows, w.k, w.steps, rows, parts, rows >= 64)
+                    }
+                };
                 Activations::Bf16 { pairs, parts }
             }
         }
@@ -741,6 +795,33 @@ pub fn matmul_with(
     epilogue: Epilogue,
     parallel: bool,
 ) {
+    matmul_extended(x, x_stride, rows, None, w, out, out_stride, init, epilogue, parallel)
+}
+
+/// [`matmul_with`] where each row of `x` (`w.k − extra.len()` values) is followed by the
+/// [`LowRankInputs`] `extra`; bf16 and bf16x3 weights only.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_extended(
+    x: &[f32],
+    x_stride: usize,
+    rows: usize,
+    extra: Option<LowRankInputs>,
+    w: &PackedMatrix,
+    out: &mut [f32],
+    out_stride: usize,
+    init: MatmulInit,
+    epilogue: Epilogue,
+    parallel: bool,
+) {
+    let k_x = match extra {
+        None => w.k,
+        Some(extra) => {
+            assert!(matches!(w.ty, PackedType::Bf16 | PackedType::Bf16x3), "extra inputs need bf16 or bf16x3 weights");
+            assert!(extra.len() <= w.k && extra.low.len() >= rows * extra.rank && extra.slot.len() >= rows);
+            assert!(extra.slot[..rows].iter().flatten().all(|&s| s < extra.slots), "adapter slot out of range");
+            w.k - extra.len()
+        }
+    };
     match w.ty {
         PackedType::F32 => assert!(avx512_available(), "the packed f32 kernel needs AVX-512"),
         PackedType::Bf16 | PackedType::Bf16x3 => {
@@ -751,7 +832,7 @@ pub fn matmul_with(
     if rows == 0 || w.n == 0 {
         return;
     }
-    assert!(x.len() >= (rows - 1) * x_stride + w.k, "x too short");
+    assert!(x.len() >= (rows - 1) * x_stride + k_x, "x too short");
     assert!(out.len() >= (rows - 1) * out_stride + w.n && out_stride >= w.n, "out too short");
     if let MatmulInit::Bias(b) = init {
         assert_eq!(b.len(), w.n);
@@ -771,13 +852,13 @@ pub fn matmul_with(
     };
     #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
     if on_amx && w.steps % amx::PAIRS_PER_STEP == 0 {
-        return matmul_amx(x, x_stride, rows, w, out, out_stride, init, epilogue, parallel);
+        return matmul_amx((x, x_stride, extra), rows, w, out, out_stride, init, epilogue, parallel);
     }
     #[cfg(target_arch = "x86_64")]
     if w.ty == PackedType::Int8 {
         return matmul_vnni(x, x_stride, rows, w, out, out_stride, init, epilogue, parallel);
     }
-    let acts = Activations::prepare(x, x_stride, rows, w);
+    let acts = Activations::prepare(x, x_stride, rows, w, extra);
     let out_ptr = SharedOut(out.as_mut_ptr());
     let run_panel = |panel: usize, block: Range<usize>| {
         let cols = PANEL.min(w.n - panel * PANEL);
@@ -1126,6 +1207,42 @@ mod tests {
         v.into_iter().map(|x| bf16::from_f32(x).to_f32()).collect()
     }
 
+    #[test]
+    fn extra_inputs_give_the_bits_of_rows_extended_by_hand() {
+        if !bf16_available() {
+            return;
+        }
+        let (rank, slots) = (4, 5);
+        // k_x a whole number of AMX tile steps (1024, 64) or not (100); rows for the AVX512_BF16
+        // kernel (5) and for AMX (40, 100: several blocks and a partial one).
+        for (rows, k_x, n) in [(5, 64, 70), (40, 1024, 96), (100, 64, 130), (40, 100, 64)] {
+            let k = k_x + slots * rank;
+            let x = noise(rows * k_x, 1);
+            let low = noise(rows * rank, 2);
+            let slot: Vec<Option<usize>> = (0..rows).map(|r| (r % 7 != 3).then_some(r % slots)).collect();
+            let extra = LowRankInputs { low: &low, rank, slot: &slot, slots };
+            let mut by_hand = vec![0f32; rows * k];
+            for (r, row) in by_hand.chunks_exact_mut(k).enumerate() {
+                row[..k_x].copy_from_slice(&x[r * k_x..][..k_x]);
+                if let Some(s) = slot[r] {
+                    row[k_x + s * rank..][..rank].copy_from_slice(&low[r * rank..][..rank]);
+                }
+            }
+            let w = round_bf16(noise(n * k, 3));
+            let bias = noise(n, 4);
+            for ty in [PackedType::Bf16, PackedType::Bf16x3] {
+                let packed = PackedMatrix::pack(&w, n, k, ty);
+                let mut want = vec![0f32; rows * n];
+                matmul(&by_hand, k, rows, &packed, &mut want, n, MatmulInit::Bias(&bias), true);
+                let mut got = vec![f32::NAN; rows * n];
+                let epilogue = Epilogue::default();
+                matmul_extended(&x, k_x, rows, Some(extra), &packed, &mut got, n, MatmulInit::Bias(&bias), epilogue, true);
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert!(bits(&got) == bits(&want), "{ty:?}, {rows}×{k_x}+{}×{n}", slots * rank);
+            }
+        }
+    }
+
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn rows_split_straight_into_tiles_give_the_row_buffers_bits() {
@@ -1156,12 +1273,12 @@ mod tests {
 
     #[test]
     fn packing_round_trips() {
-        // k = 64: whole tiles of 16 pair steps, so bf16 takes the tiled layout; k = 5 does not.
+        // bf16 steps are padded to whole tiles of 16 pair steps (k = 5 too): bf16 is tiled.
         for (n, k) in [(70, 5), (70, 64)] {
             let w = round_bf16(noise(n * k, 1));
             for ty in [PackedType::F32, PackedType::Bf16, PackedType::Bf16x3] {
                 let packed = PackedMatrix::pack(&w, n, k, ty);
-                let tiled = ty == PackedType::Bf16 && k == 64;
+                let tiled = ty == PackedType::Bf16;
                 assert_eq!(packed.layout() != PanelLayout::Linear, tiled, "{ty:?} {k}");
                 for c in 0..n {
                     for i in 0..k {
@@ -1552,7 +1669,10 @@ mod tests {
                     kernel(&x, k, rows, &packed, &mut out, n + 3, init, epilogue, true);
                     out.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
                 };
-                assert_eq!(run(matmul_vnni), run(matmul_amx), "{rows}x{k}x{n}");
+                let amx: Int8Kernel = |x, stride, rows, w, out, out_stride, init, epilogue, parallel| {
+                    matmul_amx((x, stride, None), rows, w, out, out_stride, init, epilogue, parallel)
+                };
+                assert_eq!(run(matmul_vnni), run(amx), "{rows}x{k}x{n}");
             }
         }
     }
@@ -1822,8 +1942,7 @@ pub fn amx_available() -> bool {
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 #[allow(clippy::too_many_arguments)]
 fn amx_tiles(
-    x: &[f32],
-    stride: usize,
+    (x, stride, extra): (&[f32], usize, Option<LowRankInputs>),
     rows: usize,
     k: usize,
     steps: usize,
@@ -1851,6 +1970,7 @@ fn amx_tiles(
     let at = move |s: usize, p: usize, r: usize| (s * parts + p) * group_rows * width + r * width;
     let fill_group = |group: usize, dst: &mut [u32], scales: &mut [f32]| {
         let mut row_buf = vec![0u32; row_pairs];
+        let mut row_x = vec![0f32; if extra.is_some() { k } else { 0 }];
         let valid = group_rows.min(rows.saturating_sub(group * group_rows));
         for r in valid..group_rows {
             for s in 0..tile_steps {
@@ -1861,12 +1981,30 @@ fn amx_tiles(
         }
         for r in 0..valid {
             let row = group * group_rows + r;
-            let values = &x[row * stride..row * stride + k];
+            let k_x = k - extra.map_or(0, |e| e.len());
+            let values = &x[row * stride..row * stride + k_x];
+            // Extra inputs: with `x`'s share a whole number of tile steps, converted on their
+            // own after it; otherwise the row is extended in a copy first.
+            let (values, value_steps) = match extra {
+                Some(extra) if !quantize && bf16_available() && k_x.is_multiple_of(2 * width) => {
+                    let mut tail = vec![0f32; extra.len()];
+                    extra.row(row, &mut tail);
+                    let (x_steps, dst) = (k_x / (2 * width), &mut dst[at(k_x / (2 * width), 0, r)..]);
+                    // SAFETY: as below, for the tile steps after x's.
+                    unsafe { split_row_into_tiles(&tail, tile_steps - x_steps, parts, dst.as_mut_ptr(), group_rows * width) };
+                    (values, x_steps)
+                }
+                Some(extra) => {
+                    extended_row(x, stride, k_x, &extra, row, &mut row_x);
+                    (&row_x[..], tile_steps)
+                }
+                None => (values, tile_steps),
+            };
             if !quantize && bf16_available() {
                 // SAFETY: AVX512_BF16 is there; part p of tile step s of this row is the 16
                 // pairs at `at(s, p, r)`, inside `dst`, as `at(s, p, 0)` is `(s·parts + p)` whole
                 // tiles of `group_rows · width` pairs in.
-                unsafe { split_row_into_tiles(values, tile_steps, parts, dst[at(0, 0, r)..].as_mut_ptr(), group_rows * width) };
+                unsafe { split_row_into_tiles(values, value_steps, parts, dst[at(0, 0, r)..].as_mut_ptr(), group_rows * width) };
                 continue;
             }
             if quantize {
@@ -1897,8 +2035,7 @@ fn amx_tiles(
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 #[allow(clippy::too_many_arguments)]
 fn matmul_amx(
-    x: &[f32],
-    x_stride: usize,
+    (x, x_stride, extra): (&[f32], usize, Option<LowRankInputs>),
     rows: usize,
     w: &PackedMatrix,
     out: &mut [f32],
@@ -1924,7 +2061,7 @@ fn matmul_amx(
     let w_layout = w.layout();
     let tiled = matches!(w_layout, PanelLayout::Tiled { .. });
     let group_rows = if tiled { BLOCK } else { BLOCK / 2 };
-    amx_tiles(x, x_stride, rows, w.k, steps, padded_rows, parts, group_rows, scales_out, parallel && rows >= 64, &mut pairs);
+    amx_tiles((x, x_stride, extra), rows, w.k, steps, padded_rows, parts, group_rows, scales_out, parallel && rows >= 64, &mut pairs);
     let scales = int8.then_some(Int8Scales { rows: &row_scales, cols: &w.scales });
     let tile_steps = steps / amx::PAIRS_PER_STEP;
     let tile = amx::PAIRS_PER_STEP * 16;
@@ -1939,11 +2076,11 @@ fn matmul_amx(
     // The input dimension in chunks of at most CHUNK tile steps (1024 bf16 or 2048 int8
     // inputs), so that a block of rows and a panel's share of the weights fit L2 together even
     // for fc2 (4096 inputs); each chunk after the first adds to what the ones before it stored.
-    const CHUNK: usize = AMX_CHUNK_TILE_STEPS;
-    for chunk in (0..tile_steps).step_by(CHUNK) {
-        let chunk_steps = CHUNK.min(tile_steps - chunk);
+    let chunks = amx_chunks(tile_steps, int8);
+    for (i, chunks_done) in chunks.iter().enumerate() {
+        let (chunk, chunk_steps) = (chunks_done.start, chunks_done.len());
         let init = if chunk == 0 { init } else { MatmulInit::Accumulate };
-        let epilogue = if chunk + CHUNK >= tile_steps { epilogue } else { Epilogue::default() };
+        let epilogue = if i + 1 == chunks.len() { epilogue } else { Epilogue::default() };
         let run_panel = |panel: usize, block: Range<usize>| {
             let wp = &w.data[panel * steps * PANEL..(panel + 1) * steps * PANEL];
             let wp = (wp, w_layout, chunk * amx::PAIRS_PER_STEP);
@@ -1955,6 +2092,22 @@ fn matmul_amx(
         for_each_block(rows, chunk_steps * amx::PAIRS_PER_STEP * parts * 4, BLOCK, w.n.div_ceil(PANEL), parallel, run_panel);
     }
     TILES.with(|t| *t.borrow_mut() = pairs);
+}
+
+/// The chunks of tile steps [`matmul_amx`] runs one after another: [`AMX_CHUNK_TILE_STEPS`]
+/// each, except that for bf16 a last chunk of up to an eighth of that joins the one before (the
+/// tile step of LoRA inputs after 1024 or 4096 values; a chunk of its own would load and store
+/// every output block once more). int8 keeps the fixed chunks: they fix its rounding (see
+/// [`INT8_CHUNK_STEPS`]), which bf16's f32 sums, carried on from one chunk to the next, lack.
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+fn amx_chunks(tile_steps: usize, int8: bool) -> Vec<Range<usize>> {
+    const CHUNK: usize = AMX_CHUNK_TILE_STEPS;
+    let mut chunks: Vec<Range<usize>> = (0..tile_steps).step_by(CHUNK).map(|c| c..tile_steps.min(c + CHUNK)).collect();
+    if !int8 && chunks.len() > 1 && chunks[chunks.len() - 1].len() <= CHUNK / 8 {
+        let last = chunks.pop().unwrap();
+        chunks.last_mut().unwrap().end = last.end;
+    }
+    chunks
 }
 
 /// The scales that turn an int8 block's i32 sums back into values.
