@@ -1969,9 +1969,12 @@ fn amx_tiles(
     let scales = int8_scales.unwrap_or(&mut no_scales);
     // Where row `r` of a group puts its 16 pairs of tile step `s`, part `p`.
     let at = move |s: usize, p: usize, r: usize| (s * parts + p) * group_rows * width + r * width;
+    let k_x = k - extra.map_or(0, |e| e.len());
     let fill_group = |group: usize, dst: &mut [u32], scales: &mut [f32]| {
         let mut row_buf = vec![0u32; row_pairs];
+        // Extended rows: the whole row in `row_x`, or only the extra inputs in `tail`.
         let mut row_x = vec![0f32; if extra.is_some() { k } else { 0 }];
+        let mut tail = vec![0f32; extra.map_or(0, |e| e.len())];
         let valid = group_rows.min(rows.saturating_sub(group * group_rows));
         for r in valid..group_rows {
             for s in 0..tile_steps {
@@ -1982,13 +1985,11 @@ fn amx_tiles(
         }
         for r in 0..valid {
             let row = group * group_rows + r;
-            let k_x = k - extra.map_or(0, |e| e.len());
             let values = &x[row * stride..row * stride + k_x];
             // Extra inputs: with `x`'s share a whole number of tile steps, converted on their
             // own after it; otherwise the row is extended in a copy first.
             let (values, value_steps) = match extra {
                 Some(extra) if !quantize && bf16_available() && k_x.is_multiple_of(2 * width) => {
-                    let mut tail = vec![0f32; extra.len()];
                     extra.row(row, &mut tail);
                     let (x_steps, dst) = (k_x / (2 * width), &mut dst[at(k_x / (2 * width), 0, r)..]);
                     // SAFETY: as below, for the tile steps after x's.
