@@ -38,7 +38,7 @@ async fn clients_that_disconnect_mid_request_leak_nothing() {
     let mut config = config();
     config.limits = ServerLimits { max_concurrent_requests: 2, max_batch_tokens: 512, ..ServerLimits::default() };
     let server = TestServer::ready(config).await;
-    for round in 0..5 {
+    for _ in 0..5 {
         // Mid-body: headers and all but one byte, then gone.
         let held = Held::open(server.addr, "/v1/embeddings", &json!({"input": "never finished"})).await;
         wait_for_metrics(&server, "the held request admitted", |m| m.contains("\njina_in_flight_requests 1\n")).await;
@@ -50,14 +50,19 @@ async fn clients_that_disconnect_mid_request_leak_nothing() {
         let mut stream = tokio::net::TcpStream::connect(server.addr).await.expect("connect");
         let head = format!("POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n", body.len());
         stream.write_all(head.as_bytes()).await.expect("head");
+        // Dropped only once the body is read and the request queued (else it is a body-read 400).
+        let ran_before = metric_value(&server.metrics().await, "jina_forward_tokens_total");
         stream.write_all(&body).await.expect("body");
-        wait_for_metrics(&server, "sequences queued", |m| metric_value(m, "jina_forward_tokens_total") > 0.0 || m.contains("\njina_in_flight_requests 1\n")).await;
+        wait_for_metrics(&server, "sequences queued", |m| {
+            metric_value(m, "jina_queued_sequences") > 0.0 || metric_value(m, "jina_forward_tokens_total") > ran_before
+        })
+        .await;
         drop(stream);
         wait_for_metrics(&server, "the slot back after the disconnect", |m| m.contains("\njina_in_flight_requests 0\n")).await;
-        let m = server.metrics().await;
-        assert!(metric_value(&m, "jina_queued_sequences") == 0.0 || round < 4, "queued sequences left behind:\n{m}");
+        // The scheduler drops a cancelled request between forward passes, so its queued
+        // sequences leave the gauge once the pass under way (if any) ends, not at once.
+        wait_for_metrics(&server, "no queued sequences left behind", |m| metric_value(m, "jina_queued_sequences") == 0.0).await;
     }
-    wait_for_metrics(&server, "no queued sequences", |m| metric_value(m, "jina_queued_sequences") == 0.0).await;
     let m = server.metrics().await;
     let abandoned: f64 = m
         .lines()
