@@ -122,12 +122,12 @@ fn compare_layouts() {
 /// in this one process; prints the median and best GFLOP/s of each (counting the main product
 /// only).
 fn compare_lora() {
+    if !packed::amx_available() {
+        println!("no AMX here");
+        return;
+    }
     let (rank, slots) = (4, 5);
     for ty in [PackedType::Bf16, PackedType::Bf16x3] {
-        if !packed::amx_available() {
-            println!("no AMX here");
-            return;
-        }
         for (m, k, n) in [(1024, 1024, 3072), (1024, 4096, 1024)] {
             let extra = slots * rank;
             let x: Vec<f32> = (0..m * k).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect();

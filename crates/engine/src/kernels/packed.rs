@@ -1972,8 +1972,9 @@ fn amx_tiles(
     let k_x = k - extra.map_or(0, |e| e.len());
     let fill_group = |group: usize, dst: &mut [u32], scales: &mut [f32]| {
         let mut row_buf = vec![0u32; row_pairs];
-        // Extended rows: the whole row in `row_x`, or only the extra inputs in `tail`.
-        let mut row_x = vec![0f32; if extra.is_some() { k } else { 0 }];
+        // Extended rows: only the extra inputs in `tail`, or (sized on first use) the whole row
+        // in `row_x`.
+        let mut row_x = Vec::new();
         let mut tail = vec![0f32; extra.map_or(0, |e| e.len())];
         let valid = group_rows.min(rows.saturating_sub(group * group_rows));
         for r in valid..group_rows {
@@ -1997,6 +1998,7 @@ fn amx_tiles(
                     (values, x_steps)
                 }
                 Some(extra) => {
+                    row_x.resize(k, 0.0);
                     extended_row(x, stride, k_x, &extra, row, &mut row_x);
                     (&row_x[..], tile_steps)
                 }
