@@ -2,14 +2,16 @@
 //! real model: `cargo bench -p jina-engine --bench kernels`. Throughput is in FLOP/s.
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use jina_engine::kernels::packed::{self, PackedMatrix, PackedType};
-use jina_engine::kernels::{attention, matmul_transposed, MatmulInit, SequenceRange};
+use jina_engine::kernels::linear::{self, PackedMatrix, PackedType, Path};
+use jina_engine::kernels::{attention, matmul_transposed, Cpu, KernelPlan, MatmulInit, SequenceRange};
+use jina_engine::Precision;
 
 fn values(n: usize, seed: usize) -> Vec<f32> {
     (0..n).map(|i| (((i + seed) * 7919) % 2001) as f32 / 1000.0 - 1.0).collect()
 }
 
-/// GEMM `m × k · (n × k)ᵀ`: the gemm crate (reference speed), packed f32, packed bf16.
+/// GEMM `m × k · (n × k)ᵀ`: the gemm crate (reference speed), then each packed storage on the
+/// kernel this CPU (capped by `JINA_MAX_ISA`) runs for it.
 fn gemm(c: &mut Criterion) {
     let mut group = c.benchmark_group("gemm");
     group.sample_size(10);
@@ -22,19 +24,16 @@ fn gemm(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::new("gemm-crate-f32", &shape), &(), |b, _| {
             b.iter(|| matmul_transposed(black_box(&x), k, m, k, &w, n, &mut out, MatmulInit::Zero, true))
         });
-        for (name, ty, ok) in [
-            ("packed-f32", PackedType::F32, packed::avx512_available()),
-            ("packed-bf16", PackedType::Bf16, packed::bf16_available()),
-            // The exact f32 product on AMX (three bf16 parts per activation); its weights must
-            // be bf16 values, as a bf16 checkpoint's are.
-            ("packed-bf16x3", PackedType::Bf16x3, packed::bf16_available()),
-        ] {
-            if !ok {
+        let cpu = Cpu::host();
+        for ty in [PackedType::F32, PackedType::Bf16, PackedType::Bf16x3, PackedType::Int8] {
+            let packed = PackedMatrix::pack(&w, n, k, ty, cpu);
+            let path = Path::choose(&packed, m);
+            if path == Path::Reference {
                 continue;
             }
-            let packed = PackedMatrix::pack(&w, n, k, ty);
+            let name = format!("packed-{ty:?}-{path:?}").to_lowercase();
             group.bench_with_input(BenchmarkId::new(name, &shape), &(), |b, _| {
-                b.iter(|| packed::matmul(black_box(&x), k, m, &packed, &mut out, n, MatmulInit::Zero, true))
+                b.iter(|| linear::matmul(black_box(&x), k, m, &packed, &mut out, n, MatmulInit::Zero, true))
             });
         }
     }
@@ -50,9 +49,11 @@ fn attention_2048(c: &mut Criterion) {
     let mut group = c.benchmark_group("attention");
     group.sample_size(10);
     group.throughput(Throughput::Elements((4 * n * n * d * heads) as u64));
-    for (name, ty) in [("f32", PackedType::F32), ("bf16", PackedType::Bf16)] {
+    let cpu = Cpu::host();
+    for (name, precision) in [("f32", Precision::F32), ("bf16", Precision::Bf16)] {
+        let kernel = (KernelPlan::resolve(precision, cpu, true).attention, cpu);
         group.bench_function(BenchmarkId::new(name, "1x16x2048x64"), |b| {
-            b.iter(|| attention(black_box(&qkv), &mut ctx, &seqs, heads, d, ty))
+            b.iter(|| attention(black_box(&qkv), &mut ctx, &seqs, heads, d, kernel))
         });
     }
     group.finish();

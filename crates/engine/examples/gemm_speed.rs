@@ -2,10 +2,12 @@
 //! `cargo run --release -p jina-engine --example gemm_speed`. With `GEMM_SPEED_LAYOUTS=1`, the
 //! AMX kernels with tiled against linear weight panels instead, alternated in one process; with
 //! `GEMM_SPEED_LORA=1`, the two ways of adding a rank-4 LoRA term (see `compare_lora`).
+//! `JINA_MAX_ISA` caps the kernels as it caps the model (`JINA_MAX_ISA=avx2` times the AVX2
+//! kernels on an AVX-512 machine); each figure names the kernel that ran.
 use std::time::Instant;
 
-use jina_engine::kernels::packed::{self, Epilogue, LowRank, LowRankInputs, PackedMatrix, PackedType};
-use jina_engine::kernels::{matmul_transposed, MatmulInit};
+use jina_engine::kernels::linear::{self as packed, Epilogue, LowRank, LowRankInputs, PackedMatrix, PackedType, Path};
+use jina_engine::kernels::{matmul_transposed, Cpu, MatmulInit};
 
 fn main() {
     if std::env::var_os("GEMM_SPEED_LAYOUTS").is_some() {
@@ -38,25 +40,14 @@ fn main() {
             let f32_rate = time(&mut || matmul_transposed(&x, k, m, k, &w, n, &mut out, MatmulInit::Zero, true));
             line += &format!(" gemm crate f32 {f32_rate:.1} GFLOP/s,");
         }
-        let kinds = [
-            (PackedType::F32, packed::avx512_available()),
-            (PackedType::Bf16, packed::bf16_available()),
-            (PackedType::Bf16x3, packed::bf16_available()),
-            (PackedType::Int8, packed::int8_available()),
-        ];
-        for (ty, ok) in kinds {
-            if ok && wanted(&format!("{ty:?}").to_lowercase()) {
-                let w = PackedMatrix::pack(&w, n, k, ty);
+        let cpu = Cpu::host();
+        for ty in [PackedType::F32, PackedType::Bf16, PackedType::Bf16x3, PackedType::Int8] {
+            let w = PackedMatrix::pack(&w, n, k, ty, cpu);
+            let path = Path::choose(&w, m);
+            // The reference loops would take minutes at these shapes.
+            if path != Path::Reference && wanted(&format!("{ty:?}").to_lowercase()) {
                 let rate = time(&mut || packed::matmul(&x, k, m, &w, &mut out, n, MatmulInit::Zero, true));
-                let amx = match ty {
-                    PackedType::F32 => "",
-                    // m ≥ 128 here, so int8 takes AMX-INT8 wherever the CPU has it.
-                    PackedType::Int8 if packed::amx_int8_available() => " (AMX)",
-                    PackedType::Int8 => " (VNNI)",
-                    _ if packed::amx_available() => " (AMX)",
-                    _ => "",
-                };
-                line += &format!(" packed {ty:?}{amx} {rate:.1} GFLOP/s");
+                line += &format!(" packed {ty:?} ({path:?}) {rate:.1} GFLOP/s");
                 // As a model layer runs it: bias, then a rank-4 LoRA term on every row.
                 let bias: Vec<f32> = (0..n).map(|i| i as f32 * 1e-3).collect();
                 let (rank, low) = (4, vec![0.01f32; m * 4]);
@@ -86,12 +77,13 @@ fn compare_layouts() {
         let mut out = vec![0f32; m * n];
         let flops = 2.0 * (m * k * n) as f64;
         let mut line = format!("{m}x{k}x{n}:");
+        let cpu = Cpu::host();
         for ty in types {
-            if !packed::amx_available() {
+            if !cpu.amx_bf16 {
                 println!("no AMX here");
                 return;
             }
-            let packs = [PackedMatrix::pack_tiled(&w, n, k, ty, true), PackedMatrix::pack_tiled(&w, n, k, ty, false)];
+            let packs = [PackedMatrix::pack_tiled(&w, n, k, ty, true, cpu), PackedMatrix::pack_tiled(&w, n, k, ty, false, cpu)];
             let mut times = [vec![], vec![]];
             for round in 0..31 {
                 for (pack, t) in packs.iter().zip(&mut times) {
@@ -122,7 +114,8 @@ fn compare_layouts() {
 /// in this one process; prints the median and best GFLOP/s of each (counting the main product
 /// only).
 fn compare_lora() {
-    if !packed::amx_available() {
+    let cpu = Cpu::host();
+    if !cpu.amx_bf16 {
         println!("no AMX here");
         return;
     }
@@ -133,7 +126,7 @@ fn compare_lora() {
             let x: Vec<f32> = (0..m * k).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect();
             let w: Vec<f32> = (0..n * (k + extra)).map(|i| ((i * 104729) % 1000) as f32 / 1000.0 - 0.5).collect();
             let w_main: Vec<f32> = w.chunks_exact(k + extra).flat_map(|row| row[..k].to_vec()).collect();
-            let (plain, with_columns) = (PackedMatrix::pack(&w_main, n, k, ty), PackedMatrix::pack(&w, n, k + extra, ty));
+            let (plain, with_columns) = (PackedMatrix::pack(&w_main, n, k, ty, cpu), PackedMatrix::pack(&w, n, k + extra, ty, cpu));
             let bias: Vec<f32> = (0..n).map(|i| i as f32 * 1e-3).collect();
             let low = vec![0.01f32; m * rank];
             let up_t: Vec<f32> = (0..rank * n).map(|i| (i % 7) as f32 * 1e-2).collect();

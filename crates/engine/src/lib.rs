@@ -59,6 +59,7 @@ use rayon::prelude::*;
 
 pub use config::Config;
 pub use error::{Error, Result};
+pub use kernels::{Cpu, Isa, KernelPlan};
 pub use output::{EmbeddingType, Encoded};
 pub use pooling::{Finish, SpanSum};
 pub use precision::Precision;
@@ -133,8 +134,11 @@ pub struct Embeddings {
 /// How to load a model.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LoadOptions {
-    /// Precision of the linear layers.
+    /// Precision of the linear layers (what runs is [`Model::kernel_plan`]).
     pub precision: Precision,
+    /// The highest instruction-set level the kernels may use, on top of `JINA_MAX_ISA`: `None`
+    /// lets them use all the CPU has. A lower level runs that level's kernels on a bigger CPU.
+    pub max_isa: Option<Isa>,
 }
 
 /// A loaded model folder: config, tokenizer and encoder.
@@ -174,7 +178,14 @@ impl Model {
             });
         }
         let weights = Weights::open(&dir.join("model.safetensors"), &config)?;
-        let encoder = Encoder::load(&weights, &config, options.precision)?;
+        let cpu = Cpu::host_checked()?;
+        let cpu = options.max_isa.map_or(cpu, |isa| cpu.capped(isa));
+        let plan = KernelPlan::resolve(options.precision, cpu, weights.linear_weights_are_bf16());
+        tracing::info!(plan = %plan.summary(), cpu = ?cpu.feature_names(), "kernels resolved");
+        for reason in &plan.fallbacks {
+            tracing::warn!("precision {}: {reason}", options.precision.name());
+        }
+        let encoder = Encoder::load(&weights, &config, plan)?;
         let default_task = config.lora_adaptations.iter().position(|t| t == DEFAULT_TASK);
         Ok(Model {
             dir: dir.to_path_buf(),
@@ -203,9 +214,20 @@ impl Model {
         &self.tokenizer
     }
 
-    /// Precision of the linear layers.
+    /// Precision of the linear layers as they run (which may differ from the one asked for:
+    /// [`Model::kernel_plan`] says why).
     pub fn precision(&self) -> Precision {
         self.encoder.precision()
+    }
+
+    /// What runs: precision asked for and resolved, instruction set, kernels, fallbacks.
+    pub fn kernel_plan(&self) -> &KernelPlan {
+        self.encoder.plan()
+    }
+
+    /// Bytes the linear layers' weights hold in memory (one copy, in the storage that runs).
+    pub fn linear_weight_bytes(&self) -> usize {
+        self.encoder.linear_weight_bytes()
     }
 
     /// Storage dtype of the checkpoint.

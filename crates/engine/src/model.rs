@@ -3,15 +3,19 @@
 //!
 //! Sequences are packed one after another into a `tokens × hidden` matrix: no padding, so no
 //! mask, and a sequence's result cannot depend on what it is batched with. Each sequence carries
-//! its own adapter, so one batch can mix tasks. The file reads top to bottom: the layers from the
-//! smallest (a LoRA linear) to the whole encoder, weight names only in the `load` functions.
+//! its own adapter, so one batch can mix tasks. The file reads top to bottom, from the smallest
+//! layer to the whole encoder: `Linear` (with its LoRA), `Norm`, `Embeddings`, `Attention`,
+//! `Mlp`, `Block`, `Encoder`, each with a `load` (the only place weight names appear) and a
+//! `forward`. Which kernels run was decided once, at load, by [`KernelPlan`]: this file never
+//! looks at the CPU. Each layer's `forward` enters a TRACE span, so a subscriber can time them.
 
 use rayon::prelude::*;
+use tracing::trace_span;
 
 use crate::config::Config;
 use crate::error::Result;
-use crate::kernels::packed::{self, PackedMatrix, PackedType};
-use crate::kernels::{self, MatmulInit, RotaryTable, SequenceRange};
+use crate::kernels::linear::{self, LowRank, LowRankInputs, PackedMatrix, PackedType};
+use crate::kernels::{self, Cpu, KernelPlan, MatmulInit, RotaryTable, SequenceRange};
 use crate::precision::Precision;
 use crate::weights::{MappedTable, Weights};
 
@@ -40,9 +44,9 @@ struct Segment {
 ///
 /// bf16 weights carry every task's `B` as extra input columns after `W` (`tasks · r` of them,
 /// 20 after 1024 or 4096 inputs), and the product reads each row's `s·x·A[t]ᵀ` in its task's
-/// slot there ([`packed::LowRankInputs`]): the up-projection is part of the AMX product (one
-/// more tile step) instead of an epilogue on every output block. Timed alternately in one
-/// process (`gemm_speed` example, `GEMM_SPEED_LORA=1`), bf16 at 1024 × 1024 × 3072 ran at 1.12–1.15×
+/// slot there ([`LowRankInputs`]): the up-projection is part of the AMX product (one more tile
+/// step) instead of an epilogue on every output block. Timed alternately in one process
+/// (`gemm_speed` example, `GEMM_SPEED_LORA=1`), bf16 at 1024 × 1024 × 3072 ran at 1.12–1.15×
 /// the epilogue's speed and as fast at 1024 × 4096 × 1024; bf16x3 (f32), whose product does
 /// three times the work, gained nothing, so it keeps the exact f32 epilogue.
 struct Linear {
@@ -59,10 +63,19 @@ struct Linear {
     n_out: usize,
     rank: usize,
     scaling: f32,
+    cpu: Cpu,
+}
+
+/// The base weight of a linear layer, in the storage its kernel reads.
+enum LinearWeight {
+    /// Row-major `[out, in]` f32, multiplied by the `gemm` crate.
+    Gemm(Vec<f32>),
+    /// Packed panels (f32, bf16, bf16x3 or int8), with the kernel they were packed for.
+    Packed(PackedMatrix),
 }
 
 impl Linear {
-    fn load(w: &Weights, prefix: &str, config: &Config, precision: Precision) -> Result<Self> {
+    fn load(w: &Weights, prefix: &str, config: &Config, plan: &KernelPlan) -> Result<Self> {
         let base = format!("{prefix}.parametrizations.weight");
         let weight = w.f32(&format!("{base}.original"))?;
         let bias = w.f32(&format!("{prefix}.bias"))?;
@@ -71,26 +84,15 @@ impl Linear {
         let rank = config.lora_rank;
         let lora_b = w.f32(&format!("{base}.0.lora_B"))?;
         let tasks = lora_b.len() / (n_out * rank).max(1);
-        // bf16 products carry the adapters' B as extra inputs (see above).
-        let with_lora = |ty| match tasks * rank {
-            0 => LinearWeight::Packed(PackedMatrix::pack(&weight, n_out, n_in, ty)),
-            extra => {
+        let cpu = plan.cpu;
+        let weight = match plan.linear.storage() {
+            None => LinearWeight::Gemm(weight),
+            // bf16 products carry the adapters' B as extra inputs (see above).
+            Some(PackedType::Bf16) if tasks * rank > 0 => {
                 let columns = with_lora_columns(&weight, &lora_b, n_out, rank);
-                LinearWeight::Packed(PackedMatrix::pack(&columns, n_out, n_in + extra, ty))
+                LinearWeight::Packed(PackedMatrix::pack(&columns, n_out, n_in + tasks * rank, PackedType::Bf16, cpu))
             }
-        };
-        let weight = match precision {
-            // Exact f32 on AMX tiles when the weights are bf16 values (a bf16 checkpoint): see
-            // `PackedType::Bf16x3`. Other weights (an f32 or f16 checkpoint) take the FMA kernel.
-            Precision::F32 if packed::amx_available() && all_bf16(&weight) => {
-                LinearWeight::Packed(PackedMatrix::pack(&weight, n_out, n_in, PackedType::Bf16x3))
-            }
-            Precision::F32 if packed::avx512_available() => {
-                LinearWeight::Packed(PackedMatrix::pack(&weight, n_out, n_in, PackedType::F32))
-            }
-            Precision::F32 => LinearWeight::Plain(weight),
-            Precision::Bf16 => with_lora(PackedType::Bf16),
-            Precision::Int8 => LinearWeight::Packed(PackedMatrix::pack(&weight, n_out, n_in, PackedType::Int8)),
+            Some(ty) => LinearWeight::Packed(PackedMatrix::pack(&weight, n_out, n_in, ty, cpu)),
         };
         let lora_slots = match &weight {
             LinearWeight::Packed(w) if w.k() > n_in => tasks,
@@ -107,6 +109,7 @@ impl Linear {
             lora_slots,
             rank,
             scaling: config.lora_scaling(),
+            cpu,
         })
     }
 
@@ -117,9 +120,9 @@ impl Linear {
         let out = &mut out[..tokens * self.n_out];
         let runs = merge_adapter_runs(segments);
         let low = self.lora_down(x, &runs, tokens);
+        let init = MatmulInit::Bias(&self.bias);
         match &self.weight {
-            LinearWeight::Plain(w) => {
-                let init = MatmulInit::Bias(&self.bias);
+            LinearWeight::Gemm(w) => {
                 kernels::matmul_transposed(x, self.n_in, tokens, self.n_in, w, self.n_out, out, init, true);
                 for seg in &runs {
                     let Some(task) = seg.adapter else { continue };
@@ -129,7 +132,7 @@ impl Linear {
                     kernels::matmul_transposed(low, self.rank, seg.len, self.rank, b, self.n_out, dst, MatmulInit::Accumulate, true);
                 }
                 if gelu {
-                    kernels::gelu_erf_in_place(out);
+                    kernels::gelu_erf_in_place(out, self.cpu);
                 }
             }
             LinearWeight::Packed(w) if self.lora_slots > 0 => {
@@ -137,10 +140,9 @@ impl Linear {
                 for seg in &runs {
                     slot[seg.start..seg.start + seg.len].fill(seg.adapter);
                 }
-                let inputs = packed::LowRankInputs { low: &low, rank: self.rank, slot: &slot, slots: self.lora_slots };
-                let epilogue = packed::Epilogue { low_rank: None, gelu };
-                let init = MatmulInit::Bias(&self.bias);
-                packed::matmul_extended(x, self.n_in, tokens, Some(inputs), w, out, self.n_out, init, epilogue, true);
+                let inputs = LowRankInputs { low: &low, rank: self.rank, slot: &slot, slots: self.lora_slots };
+                let epilogue = linear::Epilogue { low_rank: None, gelu };
+                linear::matmul_extended(x, self.n_in, tokens, Some(inputs), w, out, self.n_out, init, epilogue, true);
             }
             LinearWeight::Packed(w) => {
                 // The LoRA up-projection and GELU are applied to each output block as it is
@@ -153,10 +155,9 @@ impl Linear {
                         up[seg.start..seg.start + seg.len].fill(Some(b_t));
                     }
                 }
-                let low_rank = packed::LowRank { low: &low, rank: self.rank, up: &up };
-                let epilogue = packed::Epilogue { low_rank: Some(low_rank), gelu };
-                let init = MatmulInit::Bias(&self.bias);
-                packed::matmul_with(x, self.n_in, tokens, w, out, self.n_out, init, epilogue, true);
+                let low_rank = LowRank { low: &low, rank: self.rank, up: &up };
+                let epilogue = linear::Epilogue { low_rank: Some(low_rank), gelu };
+                linear::matmul_with(x, self.n_in, tokens, w, out, self.n_out, init, epilogue, true);
             }
         }
     }
@@ -170,52 +171,19 @@ impl Linear {
             let xs = &x[seg.start * self.n_in..(seg.start + seg.len) * self.n_in];
             let a = &self.lora_a[task * self.rank * self.n_in..(task + 1) * self.rank * self.n_in];
             let dst = &mut low[seg.start * self.rank..(seg.start + seg.len) * self.rank];
-            kernels::matmul_thin(xs, seg.len, self.n_in, a, self.rank, dst);
+            kernels::matmul_thin(xs, seg.len, self.n_in, a, self.rank, dst, self.cpu);
             dst.iter_mut().for_each(|v| *v *= self.scaling);
         }
         low
     }
-}
 
-/// `weight` (`[n, in]`) with each row followed by that output's row of `B` for every task
-/// (`lora_b` is `[task][n × rank]`): `[n, in + tasks · rank]`.
-fn with_lora_columns(weight: &[f32], lora_b: &[f32], n: usize, rank: usize) -> Vec<f32> {
-    let n_in = weight.len() / n.max(1);
-    let tasks = lora_b.len() / (n * rank).max(1);
-    let mut out = Vec::with_capacity(n * (n_in + tasks * rank));
-    for c in 0..n {
-        out.extend_from_slice(&weight[c * n_in..(c + 1) * n_in]);
-        for task in lora_b.chunks_exact(n * rank) {
-            out.extend_from_slice(&task[c * rank..(c + 1) * rank]);
+    /// Bytes its weights hold in memory.
+    fn weight_bytes(&self) -> usize {
+        match &self.weight {
+            LinearWeight::Gemm(w) => 4 * w.len(),
+            LinearWeight::Packed(w) => w.bytes(),
         }
     }
-    out
-}
-
-/// `[task][n × rank]` matrices transposed to `[task][rank × n]`.
-fn transpose_per_task(b: &[f32], n: usize, rank: usize) -> Vec<f32> {
-    let mut t = vec![0f32; b.len()];
-    for (src, dst) in b.chunks_exact(n * rank).zip(t.chunks_exact_mut(n * rank)) {
-        for c in 0..n {
-            for j in 0..rank {
-                dst[j * n + c] = src[c * rank + j];
-            }
-        }
-    }
-    t
-}
-
-/// Whether every value is a bf16 value (so bf16 storage loses nothing).
-fn all_bf16(values: &[f32]) -> bool {
-    values.par_iter().all(|&v| half::bf16::from_f32(v).to_f32() == v)
-}
-
-/// The base weight of a linear layer, in the storage its precision needs.
-enum LinearWeight {
-    /// Row-major `[out, in]` f32, multiplied with the `gemm` crate (CPUs without AVX-512).
-    Plain(Vec<f32>),
-    /// Panels for the AVX-512 and AMX kernels: f32 or bf16x3 (exact), or bf16.
-    Packed(PackedMatrix),
 }
 
 /// Neighbouring segments with the same adapter, joined: one LoRA product per run of sequences
@@ -231,6 +199,7 @@ fn merge_adapter_runs(segments: &[Segment]) -> Vec<Segment> {
     runs
 }
 
+
 /// LayerNorm weights.
 struct Norm {
     weight: Vec<f32>,
@@ -245,6 +214,17 @@ impl Norm {
             bias: w.f32(&format!("{prefix}.bias"))?,
             eps: config.layer_norm_eps as f32,
         })
+    }
+
+    /// `x = LayerNorm(x)`, rows of `width`.
+    fn forward(&self, x: &mut [f32], width: usize, cpu: Cpu) {
+        kernels::layer_norm_in_place(x, width, &self.weight, &self.bias, self.eps, cpu);
+    }
+
+    /// Post-LN: `x = LayerNorm(y + x)`, with `y` as scratch.
+    fn add_and_forward(&self, y: &mut [f32], x: &mut [f32], width: usize, cpu: Cpu) {
+        kernels::add_residual_layer_norm(y, x, width, &self.weight, &self.bias, self.eps, cpu);
+        x.copy_from_slice(y);
     }
 }
 
@@ -296,7 +276,7 @@ impl Embeddings {
     }
 
     /// Fills `out` (`tokens × hidden`) with the normalised embeddings of every sequence.
-    fn forward(&self, batch: &[EncoderInput], segments: &[Segment], out: &mut [f32]) {
+    fn forward(&self, batch: &[EncoderInput], segments: &[Segment], out: &mut [f32], cpu: Cpu) {
         let h = self.hidden;
         let vocab = self.words.rows();
         let mut jobs = Vec::with_capacity(out.len() / h.max(1));
@@ -318,7 +298,7 @@ impl Embeddings {
                 *v += t;
             }
         });
-        kernels::layer_norm_in_place(out, h, &self.norm.weight, &self.norm.bias, self.norm.eps);
+        self.norm.forward(out, h, cpu);
     }
 }
 
@@ -341,37 +321,125 @@ fn add_lora_row(row: &mut [f32], a: &[f32], b: &[f32], scaling: f32) {
     }
 }
 
-/// One post-LN encoder block.
-struct Block {
+
+/// Self-attention: the packed QKV projection, rotary positions on Q and K, tiled softmax
+/// attention per sequence and head, the output projection.
+struct Attention {
     wqkv: Linear,
     out_proj: Linear,
-    norm1: Norm,
+    heads: usize,
+    head_dim: usize,
+}
+
+impl Attention {
+    fn load(w: &Weights, prefix: &str, config: &Config, plan: &KernelPlan) -> Result<Self> {
+        Ok(Attention {
+            wqkv: Linear::load(w, &format!("{prefix}.Wqkv"), config, plan)?,
+            out_proj: Linear::load(w, &format!("{prefix}.out_proj"), config, plan)?,
+            heads: config.num_attention_heads,
+            head_dim: config.head_dim(),
+        })
+    }
+
+    /// `out = attention(x)`, `tokens × hidden`.
+    fn forward(&self, x: &[f32], batch: &Batch, act: &mut Activations, out: &mut [f32]) {
+        let _span = trace_span!("attention", tokens = batch.tokens).entered();
+        trace_span!("qkv").in_scope(|| self.wqkv.forward(x, &batch.segments, &mut act.qkv, false));
+        trace_span!("rotary").in_scope(|| apply_rotary(&mut act.qkv, batch, self.heads * self.head_dim, self.head_dim));
+        trace_span!("softmax").in_scope(|| {
+            let kernel = (batch.plan.attention, batch.plan.cpu);
+            kernels::attention(&act.qkv, &mut act.ctx, &batch.ranges, self.heads, self.head_dim, kernel)
+        });
+        trace_span!("out_proj").in_scope(|| self.out_proj.forward(&act.ctx, &batch.segments, out, false));
+    }
+}
+
+/// Rotates every Q and K head vector by its position inside its own sequence (from 0).
+fn apply_rotary(qkv: &mut [f32], batch: &Batch, h: usize, d: usize) {
+    let mut positions = Vec::with_capacity(batch.tokens);
+    for seg in &batch.segments {
+        positions.extend(0..seg.len);
+    }
+    qkv.par_chunks_mut(3 * h).zip(positions.par_iter()).for_each(|(row, &pos)| {
+        // Q and K are the first 2·hidden values of the row, one head after another.
+        for head in row[..2 * h].chunks_exact_mut(d) {
+            batch.rotary.rotate(head, pos);
+        }
+    });
+}
+
+/// The feed-forward block: fc1, the exact GELU (fused into fc1's product), fc2.
+struct Mlp {
     fc1: Linear,
     fc2: Linear,
+}
+
+impl Mlp {
+    fn load(w: &Weights, prefix: &str, config: &Config, plan: &KernelPlan) -> Result<Self> {
+        Ok(Mlp {
+            fc1: Linear::load(w, &format!("{prefix}.fc1"), config, plan)?,
+            fc2: Linear::load(w, &format!("{prefix}.fc2"), config, plan)?,
+        })
+    }
+
+    fn forward(&self, x: &[f32], batch: &Batch, act: &mut Activations, out: &mut [f32]) {
+        let _span = trace_span!("mlp", tokens = batch.tokens).entered();
+        trace_span!("fc1+gelu").in_scope(|| self.fc1.forward(x, &batch.segments, &mut act.mlp_hidden, true));
+        trace_span!("fc2").in_scope(|| self.fc2.forward(&act.mlp_hidden, &batch.segments, out, false));
+    }
+}
+
+/// One post-LN encoder block: `x = LN(attention(x) + x)`, then `x = LN(mlp(x) + x)`.
+struct Block {
+    attention: Attention,
+    norm1: Norm,
+    mlp: Mlp,
     norm2: Norm,
 }
 
 impl Block {
-    fn load(w: &Weights, layer: usize, config: &Config, precision: Precision) -> Result<Self> {
+    fn load(w: &Weights, layer: usize, config: &Config, plan: &KernelPlan) -> Result<Self> {
         let p = format!("roberta.encoder.layers.{layer}");
         Ok(Block {
-            wqkv: Linear::load(w, &format!("{p}.mixer.Wqkv"), config, precision)?,
-            out_proj: Linear::load(w, &format!("{p}.mixer.out_proj"), config, precision)?,
+            attention: Attention::load(w, &format!("{p}.mixer"), config, plan)?,
             norm1: Norm::load(w, &format!("{p}.norm1"), config)?,
-            fc1: Linear::load(w, &format!("{p}.mlp.fc1"), config, precision)?,
-            fc2: Linear::load(w, &format!("{p}.mlp.fc2"), config, precision)?,
+            mlp: Mlp::load(w, &format!("{p}.mlp"), config, plan)?,
             norm2: Norm::load(w, &format!("{p}.norm2"), config)?,
         })
     }
+
+    fn forward(&self, x: &mut [f32], batch: &Batch, act: &mut Activations) {
+        let h = x.len() / batch.tokens.max(1);
+        let cpu = batch.plan.cpu;
+        let mut out = std::mem::take(&mut act.out);
+        self.attention.forward(x, batch, act, &mut out);
+        trace_span!("layer_norm").in_scope(|| self.norm1.add_and_forward(&mut out, x, h, cpu));
+        self.mlp.forward(x, batch, act, &mut out);
+        trace_span!("layer_norm").in_scope(|| self.norm2.add_and_forward(&mut out, x, h, cpu));
+        act.out = out;
+    }
+
+    fn weight_bytes(&self) -> usize {
+        [&self.attention.wqkv, &self.attention.out_proj, &self.mlp.fc1, &self.mlp.fc2].iter().map(|l| l.weight_bytes()).sum()
+    }
+}
+
+/// What every layer of one forward pass shares: the sequences' places, the rotary table, the plan.
+struct Batch<'a> {
+    segments: Vec<Segment>,
+    ranges: Vec<SequenceRange>,
+    tokens: usize,
+    rotary: &'a RotaryTable,
+    plan: &'a KernelPlan,
 }
 
 /// Buffers of one forward pass, sized for the batch and reused by every block.
 struct Activations {
     qkv: Vec<f32>,
     ctx: Vec<f32>,
-    attn_out: Vec<f32>,
     mlp_hidden: Vec<f32>,
-    mlp_out: Vec<f32>,
+    /// Each sub-layer's output before the residual LayerNorm.
+    out: Vec<f32>,
 }
 
 /// The whole encoder.
@@ -380,47 +448,40 @@ pub struct Encoder {
     blocks: Vec<Block>,
     rotary: RotaryTable,
     hidden: usize,
-    heads: usize,
-    head_dim: usize,
     intermediate: usize,
-    precision: Precision,
+    plan: KernelPlan,
 }
 
 impl Encoder {
-    /// Converts the checked weights into the encoder (the base linear weights to f32 or packed
-    /// bf16; the word table stays mapped). The pooler is not loaded: embeddings do not use it.
-    /// `Bf16` falls back to `F32` on a CPU without AVX512_BF16; [`Encoder::precision`] tells.
-    pub fn load(weights: &Weights, config: &Config, precision: Precision) -> Result<Self> {
-        let precision = match precision {
-            Precision::Int8 if !packed::int8_available() => {
-                let fallback = if packed::bf16_available() { Precision::Bf16 } else { Precision::F32 };
-                tracing::warn!("this CPU has neither AMX-INT8 nor AVX512_VNNI: running int8 in {}", fallback.name());
-                fallback
-            }
-            Precision::Bf16 if !packed::bf16_available() => {
-                tracing::warn!("this CPU has no AVX512_BF16: running bf16 in f32");
-                Precision::F32
-            }
-            p => p,
-        };
+    /// Converts the checked weights into the encoder, in the storage `plan` chose (the word
+    /// table stays mapped). The pooler is not loaded: embeddings do not use it.
+    pub fn load(weights: &Weights, config: &Config, plan: KernelPlan) -> Result<Self> {
         let blocks = (0..config.num_hidden_layers)
-            .map(|layer| Block::load(weights, layer, config, precision))
+            .map(|layer| Block::load(weights, layer, config, &plan))
             .collect::<Result<Vec<_>>>()?;
         Ok(Encoder {
             embeddings: Embeddings::load(weights, config)?,
             blocks,
             rotary: RotaryTable::new(config.head_dim(), config.rotary_emb_base, config.max_position_embeddings),
             hidden: config.hidden_size,
-            heads: config.num_attention_heads,
-            head_dim: config.head_dim(),
             intermediate: config.intermediate_size,
-            precision,
+            plan,
         })
+    }
+
+    /// What runs: the kernels and precision resolved at load.
+    pub fn plan(&self) -> &KernelPlan {
+        &self.plan
     }
 
     /// Precision of the linear layers actually in use.
     pub fn precision(&self) -> Precision {
-        self.precision
+        self.plan.precision()
+    }
+
+    /// Bytes the linear layers' weights hold in memory (one copy, in the storage that runs).
+    pub fn linear_weight_bytes(&self) -> usize {
+        self.blocks.iter().map(Block::weight_bytes).sum()
     }
 
     /// Width of a token vector.
@@ -444,112 +505,49 @@ impl Encoder {
             start += seq.ids.len();
         }
         let tokens = start;
+        let _span = trace_span!("forward", tokens, sequences = batch.len()).entered();
         let h = self.hidden;
         let mut x = vec![0f32; tokens * h];
-        self.embeddings.forward(batch, &segments, &mut x);
-        let ranges: Vec<SequenceRange> =
-            segments.iter().map(|s| SequenceRange { start: s.start, len: s.len }).collect();
+        trace_span!("embeddings").in_scope(|| self.embeddings.forward(batch, &segments, &mut x, self.plan.cpu));
+        let ranges = segments.iter().map(|s| SequenceRange { start: s.start, len: s.len }).collect();
+        let shared = Batch { segments, ranges, tokens, rotary: &self.rotary, plan: &self.plan };
         let mut act = Activations {
             qkv: vec![0f32; tokens * 3 * h],
             ctx: vec![0f32; tokens * h],
-            attn_out: vec![0f32; tokens * h],
             mlp_hidden: vec![0f32; tokens * self.intermediate],
-            mlp_out: vec![0f32; tokens * h],
+            out: vec![0f32; tokens * h],
         };
-        let mut profile = Profile::from_env();
         for block in &self.blocks {
-            self.block_forward(block, &mut x, &segments, &ranges, &mut act, &mut profile);
+            block.forward(&mut x, &shared, &mut act);
         }
-        profile.report(tokens);
         x
     }
+}
 
-    fn block_forward(
-        &self,
-        block: &Block,
-        x: &mut [f32],
-        segments: &[Segment],
-        ranges: &[SequenceRange],
-        act: &mut Activations,
-        profile: &mut Profile,
-    ) {
-        let h = self.hidden;
-        // Attention: packed QKV, rotary on Q and K, tiled softmax attention, output projection.
-        profile.time("qkv", || block.wqkv.forward(x, segments, &mut act.qkv, false));
-        profile.time("rotary", || self.apply_rotary(&mut act.qkv, segments));
-        let ty = match self.precision {
-            Precision::F32 => PackedType::F32,
-            // int8 is for the weights; attention's operands are activations, in bf16.
-            Precision::Bf16 | Precision::Int8 => PackedType::Bf16,
-        };
-        profile.time("attention", || kernels::attention(&act.qkv, &mut act.ctx, ranges, self.heads, self.head_dim, ty));
-        profile.time("out_proj", || block.out_proj.forward(&act.ctx, segments, &mut act.attn_out, false));
-        // Post-LN: x = LN(attn + x).
-        profile.time("layer_norm", || {
-            kernels::add_residual_layer_norm(&mut act.attn_out, x, h, &block.norm1.weight, &block.norm1.bias, block.norm1.eps);
-            x.copy_from_slice(&act.attn_out);
-        });
-        // MLP: fc1 → exact GELU (fused into fc1) → fc2, then x = LN(mlp + x).
-        profile.time("fc1+gelu", || block.fc1.forward(x, segments, &mut act.mlp_hidden, true));
-        profile.time("fc2", || block.fc2.forward(&act.mlp_hidden, segments, &mut act.mlp_out, false));
-        profile.time("layer_norm", || {
-            kernels::add_residual_layer_norm(&mut act.mlp_out, x, h, &block.norm2.weight, &block.norm2.bias, block.norm2.eps);
-            x.copy_from_slice(&act.mlp_out);
-        });
-    }
-
-    /// Rotates every Q and K head vector by its position inside its own sequence (from 0).
-    fn apply_rotary(&self, qkv: &mut [f32], segments: &[Segment]) {
-        let (h, d) = (self.hidden, self.head_dim);
-        let mut positions = Vec::with_capacity(qkv.len() / (3 * h));
-        for seg in segments {
-            positions.extend(0..seg.len);
+/// `weight` (`[n, in]`) with each row followed by that output's row of `B` for every task
+/// (`lora_b` is `[task][n × rank]`): `[n, in + tasks · rank]`.
+fn with_lora_columns(weight: &[f32], lora_b: &[f32], n: usize, rank: usize) -> Vec<f32> {
+    let n_in = weight.len() / n.max(1);
+    let tasks = lora_b.len() / (n * rank).max(1);
+    let mut out = Vec::with_capacity(n * (n_in + tasks * rank));
+    for c in 0..n {
+        out.extend_from_slice(&weight[c * n_in..(c + 1) * n_in]);
+        for task in lora_b.chunks_exact(n * rank) {
+            out.extend_from_slice(&task[c * rank..(c + 1) * rank]);
         }
-        qkv.par_chunks_mut(3 * h).zip(positions.par_iter()).for_each(|(row, &pos)| {
-            // Q and K are the first 2·hidden values of the row, one head after another.
-            for head in row[..2 * h].chunks_exact_mut(d) {
-                self.rotary.rotate(head, pos);
+    }
+    out
+}
+
+/// `[task][n × rank]` matrices transposed to `[task][rank × n]`.
+fn transpose_per_task(b: &[f32], n: usize, rank: usize) -> Vec<f32> {
+    let mut t = vec![0f32; b.len()];
+    for (src, dst) in b.chunks_exact(n * rank).zip(t.chunks_exact_mut(n * rank)) {
+        for c in 0..n {
+            for j in 0..rank {
+                dst[j * n + c] = src[c * rank + j];
             }
-        });
-    }
-}
-
-/// Wall time per operation of one forward pass, printed to stderr when `JINA_PROFILE` is set
-/// (what `jina-embed bench` users read to see where the time goes). Costs nothing otherwise.
-struct Profile {
-    enabled: bool,
-    totals: Vec<(&'static str, std::time::Duration)>,
-}
-
-impl Profile {
-    fn from_env() -> Self {
-        Profile { enabled: std::env::var_os("JINA_PROFILE").is_some(), totals: Vec::new() }
-    }
-
-    fn time<T>(&mut self, name: &'static str, f: impl FnOnce() -> T) -> T {
-        if !self.enabled {
-            return f();
         }
-        let start = std::time::Instant::now();
-        let out = f();
-        let spent = start.elapsed();
-        match self.totals.iter_mut().find(|(n, _)| *n == name) {
-            Some((_, total)) => *total += spent,
-            None => self.totals.push((name, spent)),
-        }
-        out
     }
-
-    fn report(&self, tokens: usize) {
-        if !self.enabled {
-            return;
-        }
-        let all: f64 = self.totals.iter().map(|(_, d)| d.as_secs_f64()).sum();
-        let parts: Vec<String> = self
-            .totals
-            .iter()
-            .map(|(n, d)| format!("{n} {:.3}s ({:.0}%)", d.as_secs_f64(), 100.0 * d.as_secs_f64() / all.max(1e-12)))
-            .collect();
-        eprintln!("profile: {tokens} tokens, {all:.3}s: {}", parts.join(", "));
-    }
+    t
 }

@@ -173,6 +173,13 @@ impl Weights {
             .unwrap_or(StoredDtype::F32)
     }
 
+    /// Whether every linear weight of the encoder is stored as bf16 (true of the published
+    /// checkpoint), so that bf16 storage of it loses nothing.
+    pub fn linear_weights_are_bf16(&self) -> bool {
+        let linear = |name: &str| name.starts_with("roberta.encoder.layers.") && name.ends_with(".parametrizations.weight.original");
+        self.tensors.iter().filter(|(name, _)| linear(name)).all(|(_, e)| e.dtype == StoredDtype::Bf16)
+    }
+
     /// Total number of stored values.
     pub fn parameter_count(&self) -> usize {
         self.tensors.values().map(|e| e.shape.iter().product::<usize>()).sum()

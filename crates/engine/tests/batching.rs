@@ -1,14 +1,15 @@
 //! An input's embedding does not depend on what it is batched with: other inputs, other
 //! lengths, other tasks. Late chunking of a single input is the ordinary embedding.
 //!
-//! "Does not depend" is checked to 1e-6 per component (50 times under the golden tolerance):
-//! the GEMM library may pick another micro-kernel for a 2-row matrix than for a 300-row one,
+//! Checked on every instruction-set variant this CPU has and every precision, to 1e-6 per
+//! component (50 times under the golden tolerance): the `gemm` crate (checkpoints without bf16
+//! weights, aarch64) may pick another micro-kernel for a 2-row matrix than for a 300-row one,
 //! which changes the last bit of a few sums.
 
 mod common;
 
-use common::{golden, max_abs_diff, small_model};
-use jina_engine::{pooling, EmbedRequest, Finish, LateChunking, Sequence};
+use common::{golden, max_abs_diff, small_model, variant_models};
+use jina_engine::{pooling, EmbedRequest, Finish, Isa, LateChunking, Model, Precision, Sequence};
 
 fn assert_close(a: &[f32], b: &[f32], what: &str) {
     let diff = max_abs_diff(a, b);
@@ -19,29 +20,49 @@ fn texts() -> Vec<String> {
     golden().cases[0].input.clone()
 }
 
-fn embed_alone(text: &str, task: &str) -> Vec<f32> {
+fn embed_alone(model: &Model, text: &str, task: &str) -> Vec<f32> {
     let request = EmbedRequest::new(vec![text.to_string()]).with_task(task);
-    small_model().embed(&request).unwrap().embeddings.remove(0)
+    model.embed(&request).unwrap().embeddings.remove(0)
+}
+
+/// Every variant of this CPU at every precision.
+fn every_variant(test: &str) -> Vec<(String, Model)> {
+    let mut models = Vec::new();
+    for precision in [Precision::F32, Precision::Bf16, Precision::Int8] {
+        let variants: Vec<(Isa, Model)> = variant_models(test, precision);
+        models.extend(variants.into_iter().map(|(isa, m)| (format!("{isa} {}", precision.name()), m)));
+    }
+    models
 }
 
 #[test]
 fn batch_composition_does_not_change_results() {
-    let model = small_model();
+    for (label, model) in every_variant("batching::batch_composition_does_not_change_results") {
+        batch_composition_on(&label, &model);
+    }
+}
+
+fn batch_composition_on(label: &str, model: &Model) {
     let texts = texts();
     let together = model.embed(&EmbedRequest::new(texts.clone()).with_task("retrieval.passage")).unwrap();
     // Reversed order, and every input alone.
     let reversed: Vec<String> = texts.iter().rev().cloned().collect();
     let backwards = model.embed(&EmbedRequest::new(reversed).with_task("retrieval.passage")).unwrap();
     for (i, text) in texts.iter().enumerate() {
-        let alone = embed_alone(text, "retrieval.passage");
-        assert_close(&together.embeddings[i], &alone, &format!("input {i} batched vs alone"));
-        assert_close(&backwards.embeddings[texts.len() - 1 - i], &alone, &format!("input {i} in reversed batch"));
+        let alone = embed_alone(model, text, "retrieval.passage");
+        assert_close(&together.embeddings[i], &alone, &format!("{label}: input {i} batched vs alone"));
+        assert_close(&backwards.embeddings[texts.len() - 1 - i], &alone, &format!("{label}: input {i} in reversed batch"));
     }
 }
 
 #[test]
 fn mixed_task_batch_equals_single_task_runs() {
-    let model = small_model();
+    for (label, model) in every_variant("batching::mixed_task_batch_equals_single_task_runs") {
+        mixed_tasks_on(&label, &model);
+    }
+}
+
+fn mixed_tasks_on(label: &str, model: &Model) {
     let texts = texts();
     let tasks = ["retrieval.query", "retrieval.passage", "separation", "classification", "text-matching", "none"];
     // One plan per (text, task), all sequences run in a single forward pass.
@@ -58,8 +79,8 @@ fn mixed_task_batch_equals_single_task_runs() {
     let hidden = model.config().hidden_size;
     for (i, ((task, plan), sums)) in plans.iter().zip(sums).enumerate() {
         let mixed = pooling::finish(plan, sums, hidden, Finish { dimensions: None, normalized: true }).remove(0);
-        let alone = embed_alone(&texts[i], task);
-        assert_close(&mixed, &alone, &format!("input {i} with task {task}"));
+        let alone = embed_alone(model, &texts[i], task);
+        assert_close(&mixed, &alone, &format!("{label}: input {i} with task {task}"));
     }
 }
 
@@ -110,4 +131,17 @@ fn empty_middle_chunk_is_all_zeros() {
     let result = model.embed(&request).unwrap();
     assert!(result.embeddings[1].iter().all(|&v| v == 0.0));
     assert!((common::norm(&result.embeddings[0]) - 1.0).abs() < 1e-5);
+}
+
+/// bf16 attention is chosen per sequence (long sequences round to bf16, short ones stay f32):
+/// a short input batched with a long one gives what it gives alone, on every variant.
+#[test]
+fn a_short_input_batched_with_a_long_one_is_unchanged() {
+    let long = "A long document about many things, written at length. ".repeat(60);
+    for (label, model) in every_variant("batching::a_short_input_batched_with_a_long_one_is_unchanged") {
+        let both = model.embed(&EmbedRequest::new(vec!["Paris".into(), long.clone()]).with_task("retrieval.passage")).unwrap();
+        assert!(both.total_tokens > 600, "the long input passes the bf16 threshold of 512 tokens");
+        let alone = embed_alone(&model, "Paris", "retrieval.passage");
+        assert_close(&both.embeddings[0], &alone, &format!("{label}: short input next to a long one"));
+    }
 }

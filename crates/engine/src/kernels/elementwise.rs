@@ -2,6 +2,8 @@
 
 use rayon::prelude::*;
 
+use super::cpu::{vectorized, Cpu};
+
 /// Rows per parallel task: enough work per task to amortise the scheduling.
 const ROWS_PER_TASK: usize = 16;
 
@@ -13,6 +15,7 @@ pub fn add_residual_layer_norm(
     weight: &[f32],
     bias: &[f32],
     eps: f32,
+    cpu: Cpu,
 ) {
     assert_eq!(x.len(), residual.len());
     x.par_chunks_mut(width * ROWS_PER_TASK)
@@ -22,42 +25,24 @@ pub fn add_residual_layer_norm(
                 for (v, r) in row.iter_mut().zip(res) {
                     *v += *r;
                 }
-                normalize_row(row, weight, bias, eps);
+                normalize_row(row, weight, bias, eps, cpu);
             }
         });
 }
 
 /// `x = LayerNorm(x)` row by row, in place.
-pub fn layer_norm_in_place(x: &mut [f32], width: usize, weight: &[f32], bias: &[f32], eps: f32) {
+pub fn layer_norm_in_place(x: &mut [f32], width: usize, weight: &[f32], bias: &[f32], eps: f32, cpu: Cpu) {
     x.par_chunks_mut(width * ROWS_PER_TASK).for_each(|xs| {
         for row in xs.chunks_exact_mut(width) {
-            normalize_row(row, weight, bias, eps);
+            normalize_row(row, weight, bias, eps, cpu);
         }
     });
 }
 
 /// One LayerNorm row: mean and biased variance accumulated in f64 (more exact than the
 /// reference's f32, so the two differ by rounding only), then `(x - mean) / sqrt(var + eps)`.
-fn normalize_row(row: &mut [f32], weight: &[f32], bias: &[f32], eps: f32) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use super::softmax::{level, Level};
-        #[target_feature(enable = "avx512f")]
-        unsafe fn avx512(row: &mut [f32], weight: &[f32], bias: &[f32], eps: f32) {
-            normalize_row_generic(row, weight, bias, eps)
-        }
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn avx2(row: &mut [f32], weight: &[f32], bias: &[f32], eps: f32) {
-            normalize_row_generic(row, weight, bias, eps)
-        }
-        match level() {
-            // SAFETY: `level` found the feature on this CPU.
-            Level::Avx512 => return unsafe { avx512(row, weight, bias, eps) },
-            Level::Avx2 => return unsafe { avx2(row, weight, bias, eps) },
-            Level::Baseline => {}
-        }
-    }
-    normalize_row_generic(row, weight, bias, eps)
+fn normalize_row(row: &mut [f32], weight: &[f32], bias: &[f32], eps: f32, cpu: Cpu) {
+    vectorized!(cpu, fn(row: &mut [f32], weight: &[f32], bias: &[f32], eps: f32) { normalize_row_generic(row, weight, bias, eps) })
 }
 
 /// f64 lanes of the row sums: one chain of additions per lane, so that the sums vectorise
@@ -93,31 +78,13 @@ fn lane_sum(row: &[f32], term: impl Fn(f32) -> f64) -> f64 {
 ///
 /// erf is the Abramowitz–Stegun 7.1.26 rational form (absolute error ≤ 1.5e-7), the same one
 /// PyTorch's vectorised CPU GELU uses, so it vectorises and tracks the reference closely.
-pub fn gelu_erf_in_place(x: &mut [f32]) {
-    x.par_chunks_mut(1 << 14).for_each(gelu_slice);
+pub fn gelu_erf_in_place(x: &mut [f32], cpu: Cpu) {
+    x.par_chunks_mut(1 << 14).for_each(|chunk| gelu_slice(chunk, cpu));
 }
 
 /// [`gelu_erf_in_place`] on one thread (product epilogues call it on each output block).
-pub fn gelu_slice(chunk: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use super::softmax::{level, Level};
-        #[target_feature(enable = "avx512f")]
-        unsafe fn avx512(chunk: &mut [f32]) {
-            gelu_generic(chunk)
-        }
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn avx2(chunk: &mut [f32]) {
-            gelu_generic(chunk)
-        }
-        match level() {
-            // SAFETY: `level` found the feature on this CPU.
-            Level::Avx512 => return unsafe { avx512(chunk) },
-            Level::Avx2 => return unsafe { avx2(chunk) },
-            Level::Baseline => {}
-        }
-    }
-    gelu_generic(chunk)
+pub fn gelu_slice(chunk: &mut [f32], cpu: Cpu) {
+    vectorized!(cpu, fn(chunk: &mut [f32]) { gelu_generic(chunk) })
 }
 
 #[inline(always)]
@@ -190,7 +157,7 @@ mod tests {
         let mut x = -12.0f32;
         while x < 12.0 {
             let mut v = [x];
-            gelu_erf_in_place(&mut v);
+            gelu_erf_in_place(&mut v, Cpu::detected());
             worst = worst.max((v[0] - gelu_erf(x)).abs() / x.abs().max(1.0));
             x += 0.0037;
         }
@@ -200,7 +167,7 @@ mod tests {
     #[test]
     fn layer_norm_matches_definition() {
         let mut x = vec![1.0, 2.0, 3.0, 4.0];
-        layer_norm_in_place(&mut x, 4, &[1.0; 4], &[0.5; 4], 1e-5);
+        layer_norm_in_place(&mut x, 4, &[1.0; 4], &[0.5; 4], 1e-5, Cpu::detected());
         let inv = 1.0 / (1.25f64 + 1e-5).sqrt();
         for (v, raw) in x.iter().zip([1.0, 2.0, 3.0, 4.0]) {
             assert!((*v as f64 - ((raw - 2.5) * inv + 0.5)).abs() < 1e-6);

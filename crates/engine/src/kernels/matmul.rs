@@ -1,6 +1,8 @@
 //! `y = x · Wᵀ` on row-major matrices, with the `gemm` crate (runtime-dispatched AVX-512/AVX2/
 //! NEON micro-kernels, ~95% of the FMA peak on the reference machine).
 
+use super::cpu::{vectorized, Cpu};
+
 /// What the output holds before the product is added.
 #[derive(Clone, Copy)]
 pub enum MatmulInit<'a> {
@@ -88,7 +90,7 @@ pub fn matmul_transposed(
 /// rank-4 down-projection): each output is one dot product of `k` values, in [`DOT_LANES`]
 /// independent sums, with rows split across the rayon pool. A general GEMM is built for wide
 /// outputs and spent more on packing than on these products, on one thread.
-pub fn matmul_thin(x: &[f32], rows: usize, k: usize, w: &[f32], n: usize, out: &mut [f32]) {
+pub fn matmul_thin(x: &[f32], rows: usize, k: usize, w: &[f32], n: usize, out: &mut [f32], cpu: Cpu) {
     use rayon::prelude::*;
     assert!(x.len() >= rows * k && w.len() >= n * k && out.len() >= rows * n);
     if n == 0 {
@@ -103,10 +105,10 @@ pub fn matmul_thin(x: &[f32], rows: usize, k: usize, w: &[f32], n: usize, out: &
             let mut quads = dst.chunks_exact_mut(4);
             let mut w_quads = w.chunks_exact(4 * k);
             for (d, w4) in (&mut quads).zip(&mut w_quads) {
-                d.copy_from_slice(&dot4(row, w4));
+                d.copy_from_slice(&dot4(row, w4, cpu));
             }
             for (d, w_row) in quads.into_remainder().iter_mut().zip(w_quads.remainder().chunks_exact(k)) {
-                *d = dot(row, w_row);
+                *d = dot(row, w_row, cpu);
             }
         }
     });
@@ -116,50 +118,14 @@ pub fn matmul_thin(x: &[f32], rows: usize, k: usize, w: &[f32], n: usize, out: &
 const DOT_LANES: usize = 16;
 
 /// `Σ a·b`, compiled per instruction set.
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use super::softmax::{level, Level};
-        #[target_feature(enable = "avx512f")]
-        unsafe fn avx512(a: &[f32], b: &[f32]) -> f32 {
-            dot_generic(a, b)
-        }
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn avx2(a: &[f32], b: &[f32]) -> f32 {
-            dot_generic(a, b)
-        }
-        match level() {
-            // SAFETY: `level` found the feature on this CPU.
-            Level::Avx512 => return unsafe { avx512(a, b) },
-            Level::Avx2 => return unsafe { avx2(a, b) },
-            Level::Baseline => {}
-        }
-    }
-    dot_generic(a, b)
+fn dot(a: &[f32], b: &[f32], cpu: Cpu) -> f32 {
+    vectorized!(cpu, fn(a: &[f32], b: &[f32]) -> f32 { dot_generic(a, b) })
 }
 
 /// The dot products of `a` with the four rows of `b` (`4 × a.len()`), each summed exactly as
 /// [`dot`] sums it; compiled per instruction set.
-fn dot4(a: &[f32], b: &[f32]) -> [f32; 4] {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use super::softmax::{level, Level};
-        #[target_feature(enable = "avx512f")]
-        unsafe fn avx512(a: &[f32], b: &[f32]) -> [f32; 4] {
-            dot4_generic(a, b)
-        }
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn avx2(a: &[f32], b: &[f32]) -> [f32; 4] {
-            dot4_generic(a, b)
-        }
-        match level() {
-            // SAFETY: `level` found the feature on this CPU.
-            Level::Avx512 => return unsafe { avx512(a, b) },
-            Level::Avx2 => return unsafe { avx2(a, b) },
-            Level::Baseline => {}
-        }
-    }
-    dot4_generic(a, b)
+fn dot4(a: &[f32], b: &[f32], cpu: Cpu) -> [f32; 4] {
+    vectorized!(cpu, fn(a: &[f32], b: &[f32]) -> [f32; 4] { dot4_generic(a, b) })
 }
 
 #[inline(always)]
@@ -207,8 +173,8 @@ mod tests {
         for k in [1, 15, 16, 17, 1024, 1027] {
             let a: Vec<f32> = (0..k).map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0).collect();
             let b: Vec<f32> = (0..4 * k).map(|i| ((i * 53 % 97) as f32 - 48.0) / 11.0).collect();
-            let one_by_one: Vec<u32> = b.chunks_exact(k).map(|row| dot(&a, row).to_bits()).collect();
-            assert_eq!(dot4(&a, &b).map(f32::to_bits).to_vec(), one_by_one, "k = {k}");
+            let one_by_one: Vec<u32> = b.chunks_exact(k).map(|row| dot(&a, row, Cpu::detected()).to_bits()).collect();
+            assert_eq!(dot4(&a, &b, Cpu::detected()).map(f32::to_bits).to_vec(), one_by_one, "k = {k}");
         }
     }
 }

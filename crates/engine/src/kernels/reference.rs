@@ -62,7 +62,8 @@ pub(crate) fn noise(n: usize, seed: u64) -> Vec<f32> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::packed::PackedType;
+    use super::super::cpu::{record_variant, Cpu};
+    use super::super::resolve::AttentionKernel;
     use super::super::{attention, matmul_transposed, MatmulInit};
     use super::*;
 
@@ -87,11 +88,15 @@ mod tests {
         for &(rows, k, n) in &[(1, 1, 1), (0, 8, 4), (3, 17, 4), (40, 1024, 4), (7, 1027, 6), (2, 33, 8), (5000, 64, 2), (9, 100, 0)] {
             let x = noise(rows * k, 4);
             let w = noise(n * k, 5);
-            let mut out = vec![f32::NAN; rows * n];
-            matmul_thin(&x, rows, k, &w, n, &mut out);
             let want = super::matmul_transposed(&x, rows, k, &w, n, None);
-            for (i, (a, b)) in out.iter().zip(&want).enumerate() {
-                assert!((a - b).abs() <= 1e-5 * (1.0 + k as f32).sqrt(), "shape {rows}x{k}x{n} [{i}]: {a} vs {b}");
+            let cpu = Cpu::detected();
+            for isa in cpu.variants() {
+                record_variant("reference::thin_matmul_matches_reference", isa);
+                let mut out = vec![f32::NAN; rows * n];
+                matmul_thin(&x, rows, k, &w, n, &mut out, cpu.capped(isa));
+                for (i, (a, b)) in out.iter().zip(&want).enumerate() {
+                    assert!((a - b).abs() <= 1e-5 * (1.0 + k as f32).sqrt(), "{isa}: shape {rows}x{k}x{n} [{i}]: {a} vs {b}");
+                }
             }
         }
     }
@@ -100,7 +105,7 @@ mod tests {
     fn tiled_attention_matches_reference() {
         let (heads, d) = (2, 64);
         // Lengths around the tiles (64 queries, 256 keys), packed back to back.
-        let lens = [1, 2, 63, 64, 65, 255, 257, 300];
+        let lens = [1, 2, 63, 64, 65, 255, 257, 300, 600];
         let mut sequences = Vec::new();
         let mut start = 0;
         for len in lens {
@@ -111,11 +116,27 @@ mod tests {
         let want = super::attention(&qkv, &sequences, heads, d);
         // f32 holds rounding error; bf16 rounds Q, K, P and V to 8 significant bits, and these
         // scores reach ±50, so a logit moves by up to ~0.2 (values here are up to 3).
-        for (ty, tolerance) in [(PackedType::F32, 1e-5), (PackedType::Bf16, 6e-2)] {
+        let cpu = Cpu::detected();
+        for isa in cpu.variants() {
+            record_variant("reference::tiled_attention_matches_reference", isa);
+            let capped = cpu.capped(isa);
+            for bf16 in [false, true] {
+                let plan = crate::kernels::KernelPlan::resolve(if bf16 { crate::Precision::Bf16 } else { crate::Precision::F32 }, capped, true);
+                let kernel = plan.attention;
+                let tolerance = if kernel.bf16() { 6e-2 } else { 1e-5 };
+                let mut ctx = vec![f32::NAN; start * heads * d];
+                attention(&qkv, &mut ctx, &sequences, heads, d, (kernel, capped));
+                let worst = ctx.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+                assert!(worst < tolerance, "{isa}: {kernel}: max abs difference {worst}");
+            }
+        }
+        // Every kernel family this CPU can run, whatever the plan would pick.
+        let families = [AttentionKernel::Reference, AttentionKernel::Gemm];
+        for kernel in families {
             let mut ctx = vec![f32::NAN; start * heads * d];
-            attention(&qkv, &mut ctx, &sequences, heads, d, ty);
+            attention(&qkv, &mut ctx, &sequences, heads, d, (kernel, cpu));
             let worst = ctx.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
-            assert!(worst < tolerance, "{ty:?}: max abs difference {worst}");
+            assert!(worst < 1e-5, "{kernel}: max abs difference {worst}");
         }
     }
 }

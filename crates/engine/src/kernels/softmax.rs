@@ -8,73 +8,16 @@
 /// Lanes of the partial reductions (one AVX-512 register of f32).
 const LANES: usize = 16;
 
+use super::cpu::{vectorized, Cpu};
+
 /// Multiplies `row` by `scale` in place and returns its maximum.
-pub fn scale_and_max(row: &mut [f32], scale: f32) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx512f")]
-        unsafe fn avx512(row: &mut [f32], scale: f32) -> f32 {
-            scale_and_max_generic(row, scale)
-        }
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn avx2(row: &mut [f32], scale: f32) -> f32 {
-            scale_and_max_generic(row, scale)
-        }
-        match level() {
-            // SAFETY: `level` found the feature on this CPU.
-            Level::Avx512 => return unsafe { avx512(row, scale) },
-            Level::Avx2 => return unsafe { avx2(row, scale) },
-            Level::Baseline => {}
-        }
-    }
-    scale_and_max_generic(row, scale)
+pub fn scale_and_max(row: &mut [f32], scale: f32, cpu: Cpu) -> f32 {
+    vectorized!(cpu, fn(row: &mut [f32], scale: f32) -> f32 { scale_and_max_generic(row, scale) })
 }
 
 /// Replaces each `s` of `row` by `exp(s − max)` and returns their sum.
-pub fn exp_and_sum(row: &mut [f32], max: f32) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx512f")]
-        unsafe fn avx512(row: &mut [f32], max: f32) -> f32 {
-            exp_and_sum_generic(row, max)
-        }
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn avx2(row: &mut [f32], max: f32) -> f32 {
-            exp_and_sum_generic(row, max)
-        }
-        match level() {
-            // SAFETY: `level` found the feature on this CPU.
-            Level::Avx512 => return unsafe { avx512(row, max) },
-            Level::Avx2 => return unsafe { avx2(row, max) },
-            Level::Baseline => {}
-        }
-    }
-    exp_and_sum_generic(row, max)
-}
-
-/// The widest vector instruction set of this CPU that the generic kernels are compiled for.
-#[cfg(target_arch = "x86_64")]
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Level {
-    Avx512,
-    Avx2,
-    Baseline,
-}
-
-/// Detects the [`Level`] once.
-#[cfg(target_arch = "x86_64")]
-pub(crate) fn level() -> Level {
-    use std::sync::OnceLock;
-    static LEVEL: OnceLock<Level> = OnceLock::new();
-    *LEVEL.get_or_init(|| {
-        if is_x86_feature_detected!("avx512f") {
-            Level::Avx512
-        } else if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-            Level::Avx2
-        } else {
-            Level::Baseline
-        }
-    })
+pub fn exp_and_sum(row: &mut [f32], max: f32, cpu: Cpu) -> f32 {
+    vectorized!(cpu, fn(row: &mut [f32], max: f32) -> f32 { exp_and_sum_generic(row, max) })
 }
 
 #[inline(always)]
@@ -172,10 +115,10 @@ mod tests {
         for len in [0, 1, 15, 16, 17, 100, 257] {
             let mut row: Vec<f32> = (0..len).map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0).collect();
             let plain: Vec<f32> = row.iter().map(|v| v * 0.125).collect();
-            let max = scale_and_max(&mut row, 0.125);
+            let max = scale_and_max(&mut row, 0.125, Cpu::detected());
             assert_eq!(row, plain);
             assert_eq!(max, plain.iter().cloned().fold(f32::NEG_INFINITY, f32::max));
-            let sum = exp_and_sum(&mut row, max);
+            let sum = exp_and_sum(&mut row, max, Cpu::detected());
             let want: f64 = plain.iter().map(|v| ((v - max) as f64).exp()).sum();
             assert!((sum as f64 - want).abs() <= 1e-6 * want.max(1.0), "len {len}: {sum} vs {want}");
         }

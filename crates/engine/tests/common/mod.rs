@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use jina_engine::fixture::{write_fixture, FixtureShape};
-use jina_engine::Model;
+use jina_engine::kernels::cpu::record_variant;
+use jina_engine::{Cpu, Isa, LoadOptions, Model, Precision};
 use serde::Deserialize;
 
 /// A folder holding the `small` checkpoint with seed 1 (generated on first use).
@@ -25,6 +26,22 @@ pub fn small_fixture_dir() -> &'static Path {
 pub fn small_model() -> &'static Model {
     static MODEL: OnceLock<Model> = OnceLock::new();
     MODEL.get_or_init(|| Model::load(small_fixture_dir()).expect("load the small fixture"))
+}
+
+/// The small model loaded once per instruction-set variant this CPU has (the detected CPU capped
+/// to each level, lowest first), at `precision`; each recorded as run by `test`.
+pub fn variant_models(test: &str, precision: Precision) -> Vec<(Isa, Model)> {
+    Cpu::detected()
+        .variants()
+        .into_iter()
+        .map(|isa| {
+            record_variant(test, isa);
+            let options = LoadOptions { precision, max_isa: Some(isa) };
+            let model = Model::load_with(small_fixture_dir(), options).expect("load the small fixture");
+            assert_eq!(model.kernel_plan().isa(), isa, "the cap gives the variant");
+            (isa, model)
+        })
+        .collect()
 }
 
 /// One case of `golden-small.json`.
@@ -57,6 +74,12 @@ pub fn golden() -> Golden {
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+/// Cosine similarity.
+pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    dot / (norm(a) * norm(b)).max(1e-12)
 }
 
 /// Euclidean norm.

@@ -28,7 +28,10 @@
 use std::arch::asm;
 use std::arch::x86_64::*;
 
-use super::SequenceRange;
+use rayon::prelude::*;
+
+use super::{write_rows, SequenceRange, Shape, SharedMut};
+use crate::kernels::cpu::Cpu;
 
 /// Dimensions per head this kernel handles.
 pub const HEAD_DIM: usize = 64;
@@ -44,6 +47,25 @@ const KEY_CHUNK: usize = 1024;
 const HEADROOM: f32 = 16.0;
 /// The most bf16 parts a value is split into.
 const MAX_PARTS: usize = 3;
+
+/// Every (sequence, head) of `tasks` through the fused kernel, in bf16 or exact f32.
+pub(super) fn attention(qkv: &[f32], ctx: SharedMut, tasks: &[(SequenceRange, usize)], shape: Shape, bf16: bool, cpu: Cpu) {
+    thread_local! {
+        /// Each thread's buffers, kept across calls: at 8192 tokens they are ~10 MB a head,
+        /// and fresh ones cost page faults every layer.
+        static KERNELS: std::cell::RefCell<[Option<AmxAttention>; 2]> = const { std::cell::RefCell::new([None, None]) };
+    }
+    let Shape { d, hidden, scale, .. } = shape;
+    let precision = if bf16 { Precision::Bf16 } else { Precision::F32 };
+    let slot = precision as usize;
+    tasks.par_iter().for_each(|&(seq, head)| {
+        let cached = KERNELS.with(|k| k.borrow_mut()[slot].take()).filter(|k| k.cpu == cpu);
+        let mut kernel = cached.unwrap_or_else(|| AmxAttention::new(precision, cpu));
+        let out = kernel.attend(qkv, seq, 3 * hidden, head * d, hidden, scale);
+        write_rows(ctx, out, seq.start, head, shape);
+        KERNELS.with(|k| k.borrow_mut()[slot] = Some(kernel));
+    });
+}
 
 /// What the products are computed in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,6 +96,8 @@ const ZERO_LINE: Line = Line([0; 16]);
 /// (one or three) side by side.
 pub struct AmxAttention {
     precision: Precision,
+    /// The features this kernel may use (AMX-BF16 among them).
+    cpu: Cpu,
     /// `[query block][d half][part]` tiles of Q, a query's 32 dimensions per line.
     q: Vec<Line>,
     /// `[key tile of 16][d half][part]` tiles of K: line `p` holds dimensions `2p, 2p + 1` of
@@ -103,9 +127,10 @@ struct BlockState {
 
 impl AmxAttention {
     /// Empty buffers for products in `precision`; they grow to the longest sequence seen.
-    pub fn new(precision: Precision) -> Self {
+    pub fn new(precision: Precision, cpu: Cpu) -> Self {
         AmxAttention {
             precision,
+            cpu,
             q: Vec::new(),
             k: Vec::new(),
             v: Vec::new(),
@@ -121,10 +146,10 @@ impl AmxAttention {
     /// `q_col + hidden` and `q_col + 2·hidden`. `scale` multiplies the scores.
     ///
     /// # Panics
-    /// Unless AMX-BF16 is usable ([`super::packed::amx_available`]).
+    /// Unless `cpu` has AMX-BF16 (the caller resolved this kernel for it).
     #[allow(clippy::too_many_arguments)]
     pub fn attend(&mut self, qkv: &[f32], seq: SequenceRange, stride: usize, q_col: usize, hidden: usize, scale: f32) -> &[f32] {
-        assert!(super::packed::amx_available(), "AMX attention needs AMX-BF16");
+        assert!(self.cpu.amx_bf16, "AMX attention needs AMX-BF16");
         let len = seq.len;
         assert!(len == 0 || qkv.len() >= (seq.start + len - 1) * stride + q_col + 2 * hidden + HEAD_DIM);
         if len == 0 {
@@ -132,7 +157,7 @@ impl AmxAttention {
         }
         let rows = |offset: usize| (0..len).map(move |t| &qkv[(seq.start + t) * stride + offset..][..HEAD_DIM]);
         let parts = self.precision.parts();
-        // SAFETY (all three): the features were checked by `amx_available` above.
+        // SAFETY (all three): the features were checked above.
         unsafe {
             pack_queries(rows(q_col), len, parts, &mut self.q);
             pack_keys(rows(q_col + hidden), len, parts, &mut self.k);
@@ -145,7 +170,7 @@ impl AmxAttention {
         self.reference.resize(q_blocks * Q_BLOCK, f32::NEG_INFINITY);
         self.sums.clear();
         self.sums.resize(q_blocks * Q_BLOCK, 0.0);
-        super::packed::configure_amx();
+        crate::kernels::amx::configure();
         let c = scale * std::f32::consts::LOG2_E;
         let mut state = BlockState {
             scores: [[0.0; Q_BLOCK * K_BLOCK]; 2],
@@ -554,7 +579,7 @@ unsafe fn rebase_rows<const PARTS: usize>(
 
 #[cfg(test)]
 mod tests {
-    use super::super::reference::noise;
+    use crate::kernels::reference::noise;
     use super::*;
 
     thread_local! {
@@ -565,10 +590,10 @@ mod tests {
     /// Against the f64 reference: lengths around the blocks (16 queries, 32 keys, 1024-key
     /// chunks), and scores that grow along the keys so that rows are rebased many times.
     fn matches_the_reference(precision: Precision, tolerance: f32, growth_tolerance: f32) {
-        if !super::super::packed::amx_available() {
-            eprintln!("no AMX-BF16: skipped");
+        // AMX is one of the variants only where the CPU has it (`Cpu::variants`).
+        let Some(cpu) = crate::kernels::cpu::Cpu::detected().amx_bf16.then(crate::kernels::cpu::Cpu::detected) else {
             return;
-        }
+        };
         let (heads, d) = (2, HEAD_DIM);
         let hidden = heads * d;
         for (len, growth) in [(1, 0.0), (15, 0.0), (17, 0.0), (33, 0.0), (100, 0.0), (1030, 0.0), (300, 0.03), (2100, 0.004)] {
@@ -580,10 +605,10 @@ mod tests {
                 }
             }
             let seq = SequenceRange { start: 0, len };
-            let want = super::super::reference::attention(&qkv, &[seq], heads, d);
+            let want = crate::kernels::reference::attention(&qkv, &[seq], heads, d);
             let tolerance = if growth == 0.0 { tolerance } else { growth_tolerance };
             let rebased_before = REBASED_ROWS.with(|n| n.get());
-            let mut kernel = AmxAttention::new(precision);
+            let mut kernel = AmxAttention::new(precision, cpu);
             let mut worst = 0f32;
             for h in 0..heads {
                 let got = kernel.attend(&qkv, seq, 3 * hidden, h * d, hidden, 1.0 / (d as f32).sqrt()).to_vec();

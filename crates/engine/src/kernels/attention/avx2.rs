@@ -1,0 +1,220 @@
+//! AVX2 + FMA attention: the flash-attention loop with the whole tile in registers.
+//!
+//! For each (sequence, head) K is packed once transposed, 8 keys side by side per dimension
+//! (as ggml-cpu's flash attention packs K per tile), so `S = Q·Kᵀ` for 4 queries × 16 keys is 8
+//! accumulator registers fed by one broadcast per query and two loads per dimension. The 16
+//! scores of a query then go through the online softmax in registers (a vectorised `exp`, the
+//! running maximum and sum), and `O += P·V` reads V's rows where they are, 16 (or 8) dimensions
+//! of 4 queries in registers at a time. Nothing the size of `n × n` or `Q_TILE × K_TILE` is
+//! stored: one pass per block of 4 queries over the packed keys, in f32.
+
+use std::arch::x86_64::*;
+
+use rayon::prelude::*;
+
+use super::portable;
+use super::{write_rows, SequenceRange, Shape, SharedMut};
+use crate::kernels::cpu::Cpu;
+
+/// Queries per block: 4 × 2 score registers, or 4 × 2 output registers, in flight.
+const QUERIES: usize = 4;
+/// Keys per block: two registers of scores per query.
+const KEYS: usize = 16;
+
+/// Every (sequence, head) of `tasks`. Heads whose size is not a multiple of 8 take the
+/// portable kernel (the model's heads are 64).
+pub(super) fn attention(qkv: &[f32], ctx: SharedMut, tasks: &[(SequenceRange, usize)], shape: Shape, cpu: Cpu) {
+    assert!(cpu.avx2, "the AVX2 attention kernel needs AVX2 and FMA");
+    if shape.d % 8 != 0 {
+        return portable::attention(qkv, ctx, tasks, shape, true, cpu);
+    }
+    tasks.par_iter().for_each_init(Head::default, |state, &(seq, head)| {
+        state.load(qkv, seq, head, shape);
+        for q0 in (0..seq.len).step_by(QUERIES) {
+            let queries = QUERIES.min(seq.len - q0);
+            // SAFETY: AVX2 and FMA were checked above; `load` sized the buffers for `seq`.
+            let out = unsafe { state.attend(qkv, seq, head, q0, queries, shape) };
+            write_rows(ctx, out, seq.start + q0, head, shape);
+        }
+    });
+}
+
+/// One thread's buffers for one head of one sequence.
+#[derive(Default)]
+struct Head {
+    /// `[key block of 8][d][8]`: K transposed, zero past the last key.
+    keys: Vec<f32>,
+    /// `QUERIES × d` accumulators of the block of queries.
+    out: Vec<f32>,
+    /// `QUERIES × KEYS` probabilities of the current key block.
+    probabilities: Vec<f32>,
+}
+
+impl Head {
+    /// Packs this head's K transposed.
+    fn load(&mut self, qkv: &[f32], seq: SequenceRange, head: usize, shape: Shape) {
+        let Shape { d, hidden, .. } = shape;
+        let stride = 3 * hidden;
+        let blocks = seq.len.div_ceil(KEYS) * (KEYS / 8);
+        self.keys.clear();
+        self.keys.resize(blocks * d * 8, 0.0);
+        for t in 0..seq.len {
+            let key = &qkv[(seq.start + t) * stride + hidden + head * d..][..d];
+            let block = &mut self.keys[(t / 8) * d * 8..][..d * 8];
+            for (c, &v) in key.iter().enumerate() {
+                block[c * 8 + t % 8] = v;
+            }
+        }
+        self.out.resize(QUERIES * d, 0.0);
+        self.probabilities.resize(QUERIES * KEYS, 0.0);
+    }
+
+    /// Attention of queries `q0 .. q0 + queries` (at most [`QUERIES`]) over every key.
+    ///
+    /// # Safety
+    /// AVX2 and FMA available; [`Head::load`] ran for this sequence and head.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn attend(&mut self, qkv: &[f32], seq: SequenceRange, head: usize, q0: usize, queries: usize, shape: Shape) -> &[f32] {
+        let Shape { d, hidden, scale, .. } = shape;
+        let stride = 3 * hidden;
+        let q_row = |i: usize| &qkv[(seq.start + q0 + i.min(queries - 1)) * stride + head * d..][..d];
+        let q: [&[f32]; QUERIES] = std::array::from_fn(q_row);
+        let mut max = [f32::NEG_INFINITY; QUERIES];
+        let mut sum = [0f32; QUERIES];
+        self.out.fill(0.0);
+        for k0 in (0..seq.len).step_by(KEYS) {
+            let live = KEYS.min(seq.len - k0);
+            let scores = self.scores(&q, k0, d, scale, live);
+            for (i, row) in scores.iter().enumerate() {
+                let tile_max = horizontal_max(_mm256_max_ps(row[0], row[1]));
+                let new_max = max[i].max(tile_max);
+                let m = _mm256_set1_ps(new_max);
+                let p = [exp(_mm256_sub_ps(row[0], m)), exp(_mm256_sub_ps(row[1], m))];
+                // Through the same cut-off as the probabilities (see `softmax::exp`).
+                let correction = crate::kernels::softmax::exp(max[i] - new_max);
+                sum[i] = sum[i] * correction + horizontal_sum(_mm256_add_ps(p[0], p[1]));
+                max[i] = new_max;
+                if correction != 1.0 {
+                    scale_row(&mut self.out[i * d..][..d], correction);
+                }
+                let dst = self.probabilities[i * KEYS..].as_mut_ptr();
+                _mm256_storeu_ps(dst, p[0]);
+                _mm256_storeu_ps(dst.add(8), p[1]);
+            }
+            let values = &qkv[(seq.start + k0) * stride + 2 * hidden + head * d..];
+            self.accumulate(values, stride, live, d);
+        }
+        for (i, &s) in sum.iter().enumerate().take(queries) {
+            scale_row(&mut self.out[i * d..][..d], 1.0 / s);
+        }
+        &self.out[..queries * d]
+    }
+
+    /// `scale · q·k` of the 4 queries and the 16 keys from `k0`; keys past `live` score −∞.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn scores(&self, q: &[&[f32]; QUERIES], k0: usize, d: usize, scale: f32, live: usize) -> [[__m256; 2]; QUERIES] {
+        let mut acc = [[_mm256_setzero_ps(); 2]; QUERIES];
+        let blocks = self.keys[(k0 / 8) * d * 8..].as_ptr();
+        for c in 0..d {
+            let k_lo = _mm256_loadu_ps(blocks.add(c * 8));
+            let k_hi = _mm256_loadu_ps(blocks.add(d * 8 + c * 8));
+            for (acc_i, q_i) in acc.iter_mut().zip(q) {
+                let qc = _mm256_set1_ps(*q_i.get_unchecked(c));
+                acc_i[0] = _mm256_fmadd_ps(qc, k_lo, acc_i[0]);
+                acc_i[1] = _mm256_fmadd_ps(qc, k_hi, acc_i[1]);
+            }
+        }
+        let scale = _mm256_set1_ps(scale);
+        let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        let keep = [0, 8].map(|base| _mm256_cmpgt_epi32(_mm256_set1_epi32(live as i32 - base), lanes));
+        let minus_infinity = _mm256_set1_ps(f32::NEG_INFINITY);
+        acc.map(|row| {
+            std::array::from_fn(|h| _mm256_blendv_ps(minus_infinity, _mm256_mul_ps(row[h], scale), _mm256_castsi256_ps(keep[h])))
+        })
+    }
+
+    /// `out += P · V` for the `live` keys of the block; V's rows are `stride` apart.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn accumulate(&mut self, values: &[f32], stride: usize, live: usize, d: usize) {
+        assert!(values.len() >= (live - 1) * stride + d);
+        let (p, v, out) = (self.probabilities.as_ptr(), values.as_ptr(), self.out.as_mut_ptr());
+        // Two registers a query (16 dimensions) where the head allows: 8 independent chains.
+        let mut c0 = 0;
+        while c0 + 16 <= d {
+            pv_columns::<2>(p, v, stride, live, out, d, c0);
+            c0 += 16;
+        }
+        if c0 < d {
+            pv_columns::<1>(p, v, stride, live, out, d, c0);
+        }
+    }
+}
+
+/// `out[i][c0 .. c0 + 8R] += Σ_j p[i][j] · v[j][c0 .. c0 + 8R]` for the block's queries.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn pv_columns<const R: usize>(p: *const f32, v: *const f32, stride: usize, live: usize, out: *mut f32, d: usize, c0: usize) {
+    let mut acc: [[__m256; R]; QUERIES] = std::array::from_fn(|i| std::array::from_fn(|r| _mm256_loadu_ps(out.add(i * d + c0 + 8 * r))));
+    for j in 0..live {
+        let v_j: [__m256; R] = std::array::from_fn(|r| _mm256_loadu_ps(v.add(j * stride + c0 + 8 * r)));
+        for (i, acc_i) in acc.iter_mut().enumerate() {
+            let p_ij = _mm256_set1_ps(*p.add(i * KEYS + j));
+            for r in 0..R {
+                acc_i[r] = _mm256_fmadd_ps(p_ij, v_j[r], acc_i[r]);
+            }
+        }
+    }
+    for (i, acc_i) in acc.iter().enumerate() {
+        for (r, a) in acc_i.iter().enumerate() {
+            _mm256_storeu_ps(out.add(i * d + c0 + 8 * r), *a);
+        }
+    }
+}
+
+/// `row *= factor`.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn scale_row(row: &mut [f32], factor: f32) {
+    let f = _mm256_set1_ps(factor);
+    for chunk in row.chunks_exact_mut(8) {
+        _mm256_storeu_ps(chunk.as_mut_ptr(), _mm256_mul_ps(_mm256_loadu_ps(chunk.as_ptr()), f));
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn horizontal_max(v: __m256) -> f32 {
+    let m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    _mm_cvtss_f32(_mm_max_ss(m, _mm_shuffle_ps::<0b01>(m, m)))
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn horizontal_sum(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps::<0b01>(s, s)))
+}
+
+/// [`crate::kernels::softmax::exp`] on 8 lanes: the same reduction, polynomial and cut-off.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn exp(x: __m256) -> __m256 {
+    let clamped = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0)), _mm256_set1_ps(88.0));
+    let round = _mm256_set1_ps(12_582_912.0);
+    let n = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(clamped, _mm256_set1_ps(std::f32::consts::LOG2_E)), round), round);
+    let r = _mm256_sub_ps(_mm256_sub_ps(clamped, _mm256_mul_ps(n, _mm256_set1_ps(0.693_359_4))), _mm256_mul_ps(n, _mm256_set1_ps(-2.121_944_4e-4)));
+    let mut p = _mm256_set1_ps(1.987_569_1e-4);
+    for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 5.000_000_1e-1] {
+        p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(c));
+    }
+    let y = _mm256_add_ps(_mm256_add_ps(_mm256_mul_ps(_mm256_mul_ps(p, r), r), r), _mm256_set1_ps(1.0));
+    let biased = _mm256_and_si256(_mm256_castps_si256(_mm256_add_ps(n, _mm256_set1_ps(12_582_912.0 + 127.0))), _mm256_set1_epi32(0x3F_FFFF));
+    let e = _mm256_mul_ps(y, _mm256_castsi256_ps(_mm256_slli_epi32::<23>(biased)));
+    // Exactly 0 below the cut-off (and for −∞, the keys past the sequence).
+    let live = _mm256_cmp_ps::<_CMP_GE_OQ>(x, _mm256_set1_ps(-60.0));
+    _mm256_and_ps(e, live)
+}

@@ -1,0 +1,130 @@
+//! AVX2 + FMA tile kernels (Haswell and later, AMD Zen 1–3, and every AVX-512 CPU under
+//! `JINA_MAX_ISA=avx2`). With 16 registers a `rows × 64` block does not fit, so each walks the
+//! 64-column panel in groups: 16 columns (two registers) for f32, 8 for int8, up to 6 rows.
+//!
+//! - f32: bf16 weights (the checkpoint's values) widened in registers: the low bf16 of a pair
+//!   shifted up 16 bits, the high one masked, which is exact; then one FMA per input in input
+//!   order, so the bits are the reference's. Half the weight memory and bandwidth of f32.
+//! - int8: `VPMADDWD` on activations widened to i16 and weights sign-extended from int8: each
+//!   32-bit lane sums two products of at most 127·127, so nothing can saturate (the
+//!   `VPMADDUBSW` route saturates its 16-bit pair sums at 2·255·127 and would need 7-bit
+//!   operands). The i32 sums are exact and scaled per chunk as every int8 kernel does: the same
+//!   bits as VNNI, AMX and the reference.
+
+use std::arch::x86_64::*;
+
+use super::{Int8Panel, PanelLayout, Tile};
+
+/// f32 tile on bf16 pairs: `out[m][c] = Σ_i x[m·stride + i] · w(i, c)` for `i < k`.
+///
+/// # Safety
+/// AVX2 and FMA available; `x` holds `mr` rows of `k` values `stride` apart; `w` one panel of
+/// bf16 pairs of at least `ceil(k / 2)` steps in `layout`.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn tile_widened(mr: usize, x: &[f32], stride: usize, k: usize, w: (&[u32], PanelLayout), out: &mut Tile) {
+    match mr {
+        1 => widened_rows::<1>(x, stride, k, w, out),
+        2 => widened_rows::<2>(x, stride, k, w, out),
+        3 => widened_rows::<3>(x, stride, k, w, out),
+        4 => widened_rows::<4>(x, stride, k, w, out),
+        5 => widened_rows::<5>(x, stride, k, w, out),
+        _ => widened_rows::<6>(x, stride, k, w, out),
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn widened_rows<const MR: usize>(x: &[f32], stride: usize, k: usize, (w, layout): (&[u32], PanelLayout), out: &mut Tile) {
+    assert!(x.len() >= (MR - 1) * stride + k && w.len() >= layout.step(k / 2));
+    let x = x.as_ptr();
+    let high = _mm256_set1_epi32(0xFFFF_0000u32 as i32);
+    for g in 0..4 {
+        let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+        let group = layout.group(g);
+        // Step s holds inputs 2s (low halves) and 2s + 1 (high halves) of the 16 columns.
+        let step = |s: usize, acc: &mut [[__m256; 2]; MR], odd_tail: bool| {
+            let wp = w.as_ptr().add(layout.step(s) + group);
+            let raw = [_mm256_loadu_si256(wp as *const __m256i), _mm256_loadu_si256(wp.add(8) as *const __m256i)];
+            let lo = raw.map(|r| _mm256_castsi256_ps(_mm256_slli_epi32::<16>(r)));
+            for (m, acc_m) in acc.iter_mut().enumerate() {
+                let xb = _mm256_broadcast_ss(&*x.add(m * stride + 2 * s));
+                acc_m[0] = _mm256_fmadd_ps(xb, lo[0], acc_m[0]);
+                acc_m[1] = _mm256_fmadd_ps(xb, lo[1], acc_m[1]);
+            }
+            if odd_tail {
+                return;
+            }
+            let hi = raw.map(|r| _mm256_castsi256_ps(_mm256_and_si256(r, high)));
+            for (m, acc_m) in acc.iter_mut().enumerate() {
+                let xb = _mm256_broadcast_ss(&*x.add(m * stride + 2 * s + 1));
+                acc_m[0] = _mm256_fmadd_ps(xb, hi[0], acc_m[0]);
+                acc_m[1] = _mm256_fmadd_ps(xb, hi[1], acc_m[1]);
+            }
+        };
+        for s in 0..k / 2 {
+            step(s, &mut acc, false);
+        }
+        if k % 2 == 1 {
+            step(k / 2, &mut acc, true);
+        }
+        for (m, acc_m) in acc.iter().enumerate() {
+            _mm256_storeu_ps(out[m].as_mut_ptr().add(16 * g), acc_m[0]);
+            _mm256_storeu_ps(out[m].as_mut_ptr().add(16 * g + 8), acc_m[1]);
+        }
+    }
+}
+
+/// int8 tile: `out[m][c] = (Σ_s Σ_j x·w) · row_scales[m] · col_scales[c]` over one chunk; `x`
+/// holds the rows' activations as i16, four a step, from the chunk's first step, `stride`
+/// values apart.
+///
+/// # Safety
+/// AVX2 available; `x` holds `mr` rows of the chunk's steps; `ops.w` the panel to the chunk's end.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn tile_int8(mr: usize, x: (&[i16], usize), row_scales: &[f32], ops: &Int8Panel, out: &mut Tile) {
+    match mr {
+        1 => int8_rows::<1>(x, row_scales, ops, out),
+        2 => int8_rows::<2>(x, row_scales, ops, out),
+        3 => int8_rows::<3>(x, row_scales, ops, out),
+        4 => int8_rows::<4>(x, row_scales, ops, out),
+        5 => int8_rows::<5>(x, row_scales, ops, out),
+        _ => int8_rows::<6>(x, row_scales, ops, out),
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn int8_rows<const MR: usize>((x, stride): (&[i16], usize), row_scales: &[f32], ops: &Int8Panel, out: &mut Tile) {
+    let &Int8Panel { steps: (first, steps), w, layout, col_scales, .. } = ops;
+    assert!(x.len() >= (MR - 1) * stride + 4 * steps && row_scales.len() >= MR);
+    assert!(w.len() >= layout.step(first + steps));
+    let x = x.as_ptr();
+    for g in 0..8 {
+        // Columns 8g .. 8g + 8: 32 bytes of quads a step, sign-extended into two registers of
+        // 16 i16 (columns 8g..8g+4, then 8g+4..8g+8), each column's quad in two 32-bit lanes.
+        let offset = layout.group(g / 2) + 8 * (g % 2);
+        let mut acc = [[_mm256_setzero_si256(); 2]; MR];
+        for s in 0..steps {
+            let wp = w.as_ptr().add(layout.step(first + s) + offset) as *const __m128i;
+            let w_lo = _mm256_cvtepi8_epi16(_mm_loadu_si128(wp));
+            let w_hi = _mm256_cvtepi8_epi16(_mm_loadu_si128(wp.add(1)));
+            for (m, acc_m) in acc.iter_mut().enumerate() {
+                // The step's four i16 activations in every 64-bit lane: lane pair (2c, 2c + 1)
+                // meets inputs (0, 1) and (2, 3) of column c.
+                let quad = (x.add(m * stride + 4 * s) as *const i64).read_unaligned();
+                let xq = _mm256_set1_epi64x(quad);
+                acc_m[0] = _mm256_add_epi32(acc_m[0], _mm256_madd_epi16(xq, w_lo));
+                acc_m[1] = _mm256_add_epi32(acc_m[1], _mm256_madd_epi16(xq, w_hi));
+            }
+        }
+        let col_scale = _mm256_loadu_ps(col_scales.as_ptr().add(8 * g));
+        for (m, acc_m) in acc.iter().enumerate() {
+            // Adjacent lanes summed: [c0 c1 c4 c5 | c2 c3 c6 c7], then the 64-bit lanes put
+            // back in column order.
+            let sums = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_hadd_epi32(acc_m[0], acc_m[1]));
+            // (sum · row scale) · column scale: every int8 kernel's order.
+            let scaled = _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(sums), _mm256_set1_ps(row_scales[m])), col_scale);
+            _mm256_storeu_ps(out[m].as_mut_ptr().add(8 * g), scaled);
+        }
+    }
+}

@@ -1,0 +1,458 @@
+//! `y = x · Wᵀ` with weights packed once into panels ([`PackedMatrix`]), one kernel per
+//! instruction set, each in its own file:
+//! - [`reference`]: plain loops, any CPU, every storage: the truth the others are tested against;
+//! - `avx2`: FMA on bf16 weights widened in registers (exact f32), int8 with `VPMADDWD`;
+//! - `avx512`: f32 (`VFMADD231PS`), bf16 (`VDPBF16PS`) and int8 (`VPDPBUSD`);
+//! - `amx`: bf16, exact bf16x3 and int8 on AMX tiles.
+//!
+//! The packed weight carries the [`Cpu`] it was packed for and [`matmul_extended`] picks the
+//! kernel from it and the row count ([`Path::choose`]): the one place that decides. The
+//! epilogue (bias, LoRA, GELU) is shared by all of them ([`epilogue`]).
+//!
+//! Layout: output columns are grouped in panels of [`PANEL`] = 64. A panel stores, for each step
+//! of the input dimension (one value for f32, a pair for bf16, a quad for int8), its 64 columns
+//! side by side, so a micro-kernel streams the panel linearly ([`pack`]). The AVX-512 kernels
+//! hold a `rows × 64` tile of sums in 24 registers; the AVX2 ones, with 16 registers, walk the
+//! panel 16 (f32) or 8 (int8) columns at a time. Every output element is summed in the same
+//! order whatever the number of rows, so a row's result does not depend on the rest of the
+//! batch. Threads split the panels; each keeps its panel hot in L2 while it walks the rows.
+
+use std::borrow::Cow;
+use std::ops::Range;
+
+use rayon::prelude::*;
+
+#[cfg(test)]
+use super::cpu::Cpu;
+use super::matmul::MatmulInit;
+
+mod activations;
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+mod amx;
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+mod epilogue;
+mod pack;
+pub mod reference;
+#[cfg(test)]
+mod tests;
+
+pub use activations::LowRankInputs;
+use activations::{bf16_rows, extended_row, quantize_row, quantize_rows};
+pub use epilogue::{Epilogue, LowRank};
+use epilogue::{finish_block, SharedOut};
+pub use pack::PackedMatrix;
+use pack::PanelLayout;
+
+/// Output columns per panel (four 16-lane registers).
+pub const PANEL: usize = 64;
+/// Rows per micro-kernel call: 6 × 4 accumulators + 4 weight registers + 1 broadcast ≤ 32.
+const MAX_ROWS: usize = 6;
+
+/// The sums of a `MAX_ROWS × PANEL` block, as every tile kernel hands them to the epilogue.
+type Tile = [[f32; PANEL]; MAX_ROWS];
+
+/// Element type of a packed matrix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PackedType {
+    /// f32 values, one per step.
+    F32,
+    /// bf16 pairs, two input positions per step; activations are rounded to bf16.
+    Bf16,
+    /// bf16 pairs as for `Bf16`, but the f32 activations are split exactly into three bf16
+    /// parts (`x = hi + mid + lo`). With weights that are exactly bf16 (a bf16 checkpoint) every
+    /// product is exact and the sums are f32, so the result is an f32 product's up to the order
+    /// of summation: the exact path, on AMX tiles. Without AMX the same storage is read by FMA
+    /// kernels that widen each weight to f32 in registers (a shift: exact) and multiply the f32
+    /// activations as they are: exact f32 products at half the memory of f32 weights.
+    Bf16x3,
+    /// int8 weights, quantised symmetrically per output column (`w ≈ q · max|w| / 127`), four
+    /// input positions per step (steps padded to whole AMX tiles); activations are quantised per
+    /// row on the fly the same way, products summed in i32 on AMX (`TDPBSSD`) or with
+    /// AVX512_VNNI (`VPDPBUSD`) or AVX2 (`VPMADDWD`), and scaled back. Every kernel sums the same
+    /// integers exactly and scale each chunk of [`INT8_CHUNK_STEPS`] steps in the same order, so
+    /// they give the same bits.
+    Int8,
+}
+
+impl PackedType {
+    /// Steps along an input dimension of `k` values.
+    pub(super) fn steps(self, k: usize) -> usize {
+        match self {
+            PackedType::F32 => k,
+            // Whole AMX tile steps, so that any `k` (the LoRA inputs after 1024 values, say) can
+            // take AMX; the zero pairs cost the other kernels at most 15 steps.
+            PackedType::Bf16 | PackedType::Bf16x3 => k.div_ceil(2).next_multiple_of(TILE_STEPS),
+            PackedType::Int8 => k.div_ceil(4).next_multiple_of(INT8_TILE_STEPS),
+        }
+    }
+
+    /// bf16 parts each activation is split into (0: f32 activations).
+    pub(super) fn activation_parts(self) -> usize {
+        match self {
+            PackedType::F32 => 0,
+            PackedType::Bf16 => 1,
+            PackedType::Bf16x3 => 3,
+            PackedType::Int8 => 1,
+        }
+    }
+}
+
+/// Quads (64 int8 inputs) per AMX int8 tile step; int8 steps are padded to a multiple of it.
+pub(super) const INT8_TILE_STEPS: usize = 16;
+
+/// Tile steps per chunk of the input dimension on AMX (see [`matmul_amx`]).
+pub(super) const AMX_CHUNK_TILE_STEPS: usize = 32;
+
+/// int8 steps (quads; 2048 inputs) whose i32 sums are scaled to f32 and added to the output
+/// together: AMX's chunk, which every other int8 kernel follows so that all round the same way.
+pub(super) const INT8_CHUNK_STEPS: usize = AMX_CHUNK_TILE_STEPS * INT8_TILE_STEPS;
+
+/// Chunks of [`INT8_CHUNK_STEPS`] in `steps` (at least one, so that `k = 0` still stores).
+pub(super) fn int8_chunks(steps: usize) -> usize {
+    steps.div_ceil(INT8_CHUNK_STEPS).max(1)
+}
+
+/// Steps (pair or quad rows) in one AMX weight tile.
+pub(super) const TILE_STEPS: usize = 16;
+
+
+/// `out[rows × n] (init) + x[rows × k] · Wᵀ`; rows of `x` are `x_stride` apart, rows of `out`
+/// `out_stride` apart. `parallel` splits panels across the rayon pool.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul(
+    x: &[f32],
+    x_stride: usize,
+    rows: usize,
+    w: &PackedMatrix,
+    out: &mut [f32],
+    out_stride: usize,
+    init: MatmulInit,
+    parallel: bool,
+) {
+    matmul_with(x, x_stride, rows, w, out, out_stride, init, Epilogue::default(), parallel)
+}
+
+/// [`matmul`] with an [`Epilogue`].
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_with(
+    x: &[f32],
+    x_stride: usize,
+    rows: usize,
+    w: &PackedMatrix,
+    out: &mut [f32],
+    out_stride: usize,
+    init: MatmulInit,
+    epilogue: Epilogue,
+    parallel: bool,
+) {
+    matmul_extended(x, x_stride, rows, None, w, out, out_stride, init, epilogue, parallel)
+}
+
+/// The kernel one product runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Path {
+    /// Plain loops ([`reference`]).
+    Reference,
+    /// AVX2 + FMA: f32 products on widened bf16 weights (bf16 storage: activations rounded
+    /// first) or int8 with `VPMADDWD`.
+    Avx2,
+    /// AVX-512 FMA on f32 weights, `VDPBF16PS` on bf16 pairs.
+    Avx512,
+    /// AVX512_VNNI `VPDPBUSD` (int8).
+    Vnni,
+    /// AMX tiles.
+    Amx,
+}
+
+impl Path {
+    /// The kernel for `rows` rows times `w`, from the features `w` was packed for.
+    pub fn choose(w: &PackedMatrix, rows: usize) -> Path {
+        let cpu = w.cpu;
+        // AMX pads the rows to 32. For one bf16 part a few rows run faster on AVX512_BF16; with
+        // three parts that kernel does 1.5× the work of the f32 one, so bf16x3 takes AMX at any
+        // size. int8: see INT8_AMX_MIN_ROWS.
+        let amx_steps = cfg!(all(target_arch = "x86_64", target_os = "linux")) && w.steps % TILE_STEPS == 0;
+        let on_amx = amx_steps
+            && match w.ty {
+                PackedType::F32 => false,
+                PackedType::Bf16 => rows >= 16 && cpu.amx_bf16,
+                PackedType::Bf16x3 => cpu.amx_bf16,
+                PackedType::Int8 => (rows >= INT8_AMX_MIN_ROWS || !cpu.avx512_vnni) && cpu.amx_int8,
+            };
+        let x86 = cfg!(target_arch = "x86_64");
+        match w.ty {
+            _ if on_amx => Path::Amx,
+            PackedType::F32 if x86 && cpu.avx512 => Path::Avx512,
+            PackedType::Bf16 | PackedType::Bf16x3 if x86 && cpu.avx512_bf16 => Path::Avx512,
+            PackedType::Bf16 | PackedType::Bf16x3 if x86 && cpu.avx2 => Path::Avx2,
+            PackedType::Int8 if x86 && cpu.avx512 && cpu.avx512_vnni => Path::Vnni,
+            PackedType::Int8 if x86 && cpu.avx2 => Path::Avx2,
+            _ => Path::Reference,
+        }
+    }
+}
+
+/// Rows from which int8 products take AMX-INT8 when VNNI is there too. AMX pads the rows to
+/// 32: on 2 threads of the reference machine, VNNI took 0.55–0.9× AMX's time up to 16 rows,
+/// about as long at 20, and 1.1–1.7× from 24 rows on (k × n = 1024 × 3072 and 4096 × 1024).
+const INT8_AMX_MIN_ROWS: usize = 20;
+
+/// [`matmul_with`] where each row of `x` (`w.k − extra.len()` values) is followed by the
+/// [`LowRankInputs`] `extra`; bf16 and bf16x3 weights only.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_extended(
+    x: &[f32],
+    x_stride: usize,
+    rows: usize,
+    extra: Option<LowRankInputs>,
+    w: &PackedMatrix,
+    out: &mut [f32],
+    out_stride: usize,
+    init: MatmulInit,
+    epilogue: Epilogue,
+    parallel: bool,
+) {
+    let k_x = match extra {
+        None => w.k,
+        Some(extra) => {
+            assert!(matches!(w.ty, PackedType::Bf16 | PackedType::Bf16x3), "extra inputs need bf16 or bf16x3 weights");
+            assert!(extra.len() <= w.k && extra.low.len() >= rows * extra.rank && extra.slot.len() >= rows);
+            assert!(extra.slot[..rows].iter().flatten().all(|&s| s < extra.slots), "adapter slot out of range");
+            w.k - extra.len()
+        }
+    };
+    if rows == 0 || w.n == 0 {
+        return;
+    }
+    assert!(x.len() >= (rows - 1) * x_stride + k_x, "x too short");
+    assert!(out.len() >= (rows - 1) * out_stride + w.n && out_stride >= w.n, "out too short");
+    if let MatmulInit::Bias(b) = init {
+        assert_eq!(b.len(), w.n);
+    }
+    if let Some(LowRank { low, rank, up }) = epilogue.low_rank {
+        assert!(low.len() >= rows * rank && up.len() >= rows, "low-rank term too short");
+        assert!(up.iter().flatten().all(|u| u.len() == rank * w.n), "up-projection of the wrong size");
+    }
+    let path = Path::choose(w, rows);
+    let out = (SharedOut::new(out), out_stride);
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    if path == Path::Amx {
+        return amx::matmul_amx((x, x_stride, extra), rows, w, out, init, epilogue, parallel);
+    }
+    if w.ty == PackedType::Int8 {
+        return matmul_int8((x, x_stride), rows, w, out, (init, epilogue), (path, parallel));
+    }
+    let acts = Activations::prepare(x, x_stride, rows, w, extra, path);
+    let run_panel = |panel: usize, block: Range<usize>| {
+        let cols = PANEL.min(w.n - panel * PANEL);
+        let wp = &w.data[panel * w.steps * PANEL..(panel + 1) * w.steps * PANEL];
+        let mut tile = [[0f32; PANEL]; MAX_ROWS];
+        for r0 in block.clone().step_by(MAX_ROWS) {
+            let mr = MAX_ROWS.min(block.end - r0);
+            acts.tile(path, w, wp, r0, mr, &mut tile);
+            // SAFETY: this panel's task alone writes columns panel·64 .. panel·64 + cols of
+            // rows r0..r0 + mr, and they lie inside `out` (asserted above).
+            unsafe { finish_block(tile.as_flattened_mut(), PANEL, mr, cols, out, (r0, panel * PANEL), init, &epilogue, w.cpu) };
+        }
+    };
+    let parallel = parallel && rows * w.n * w.k >= 1 << 18;
+    for_each_block(rows, acts.row_bytes(w), MAX_ROWS, w.n.div_ceil(PANEL), parallel, run_panel);
+}
+
+/// Activations in the form the chosen kernel reads: f32 rows (extended with their LoRA inputs,
+/// or rounded to bf16 for bf16 weights, in a copy), or rows of bf16 pairs in `parts` parts.
+enum Activations<'a> {
+    F32 { x: Cow<'a, [f32]>, stride: usize },
+    Bf16 { pairs: Vec<u32>, parts: usize },
+}
+
+impl Activations<'_> {
+    fn prepare<'a>(x: &'a [f32], stride: usize, rows: usize, w: &PackedMatrix, extra: Option<LowRankInputs>, path: Path) -> Activations<'a> {
+        let reads_pairs = path == Path::Avx512 && w.ty != PackedType::F32;
+        // Few rows take the kernels that read extended rows: each is extended in a copy first.
+        let (x, stride) = match extra {
+            None => (Cow::Borrowed(x), stride),
+            Some(extra) => {
+                let k_x = w.k - extra.len();
+                let mut rows_x = vec![0f32; rows * w.k];
+                for (r, dst) in rows_x.chunks_exact_mut(w.k).enumerate() {
+                    extended_row(x, stride, k_x, &extra, r, dst);
+                }
+                (Cow::Owned(rows_x), w.k)
+            }
+        };
+        if reads_pairs {
+            let parts = w.ty.activation_parts();
+            let pairs = bf16_rows(&x, stride, rows, w.k, w.steps, rows, parts, (w.cpu, rows >= 64));
+            return Activations::Bf16 { pairs, parts };
+        }
+        if w.ty == PackedType::Bf16 {
+            // bf16 weights mean bf16 activations, whichever kernel multiplies them.
+            let rounded = (0..rows).flat_map(|r| x[r * stride..][..w.k].iter().map(|&v| half::bf16::from_f32(v).to_f32()));
+            return Activations::F32 { x: Cow::Owned(rounded.collect()), stride: w.k };
+        }
+        Activations::F32 { x, stride }
+    }
+
+    /// Bytes of one row as the kernel reads it.
+    fn row_bytes(&self, w: &PackedMatrix) -> usize {
+        match self {
+            Activations::F32 { .. } => w.k * 4,
+            Activations::Bf16 { parts, .. } => parts * w.steps * 4,
+        }
+    }
+
+    /// The sums of rows `r0 .. r0 + mr` times the panel `wp` of `w`, by `path`, into `tile`.
+    fn tile(&self, path: Path, w: &PackedMatrix, wp: &[u32], r0: usize, mr: usize, tile: &mut Tile) {
+        let layout = w.layout();
+        match (self, path) {
+            // SAFETY (all three): `Path::choose` took the path for features `w.cpu` has; `x` or
+            // `pairs` hold rows r0..r0+mr of `steps` steps each and `wp` one panel of `steps`.
+            #[cfg(target_arch = "x86_64")]
+            (Activations::F32 { x, stride }, Path::Avx512) => unsafe {
+                avx512::tile_f32(mr, x[r0 * stride..].as_ptr(), *stride, w.steps, wp, tile)
+            },
+            #[cfg(target_arch = "x86_64")]
+            (Activations::Bf16 { pairs, parts }, Path::Avx512) => unsafe {
+                let row_pairs = parts * w.steps;
+                let panel = avx512::Bf16Panel { w: wp, layout };
+                avx512::tile_bf16(mr, pairs[r0 * row_pairs..].as_ptr(), row_pairs, *parts, w.steps, panel, tile)
+            },
+            #[cfg(target_arch = "x86_64")]
+            (Activations::F32 { x, stride }, Path::Avx2) => unsafe {
+                avx2::tile_widened(mr, &x[r0 * stride..], *stride, w.k, (wp, layout), tile)
+            },
+            (Activations::F32 { x, stride }, _) => reference::tile(mr, &x[r0 * stride..], *stride, w, (wp, layout), tile),
+            (Activations::Bf16 { .. }, _) => unreachable!("only the AVX-512 kernel reads bf16 pairs"),
+        }
+    }
+}
+
+/// The int8 product on every kernel but AMX: activations quantised per row in the form the
+/// kernel reads (`VPDPBUSD` takes them unsigned, as `q + 128`, and its sums start from
+/// −128·Σw, [`PackedMatrix::col_sums`]; `VPMADDWD` takes them widened to i16; the reference
+/// signed). Each chunk of [`INT8_CHUNK_STEPS`] steps is summed exactly in i32, scaled and added
+/// to the output on its own, as on AMX, so every kernel gives the same bits.
+fn matmul_int8(
+    (x, x_stride): (&[f32], usize),
+    rows: usize,
+    w: &PackedMatrix,
+    out: (SharedOut, usize),
+    (init, epilogue): (MatmulInit, Epilogue),
+    (path, parallel): (Path, bool),
+) {
+    let steps = w.steps;
+    let source = (x, x_stride, rows, w.k);
+    let quantize_parallel = parallel && rows >= 64;
+    let acts = match path {
+        Path::Vnni => Int8Rows::Quads(quantize_rows(source, steps, quantize_parallel, activations::quantize_row_unsigned)),
+        Path::Avx2 => Int8Rows::Wide(quantize_rows(source, 4 * steps, quantize_parallel, activations::quantize_row_i16)),
+        _ => Int8Rows::Quads(quantize_rows(source, steps, quantize_parallel, quantize_row)),
+    };
+    let chunks = int8_chunks(steps);
+    let run_panel = |panel: usize, block: Range<usize>| {
+        let first_col = panel * PANEL;
+        let cols = PANEL.min(w.n - first_col);
+        // Kernels read 64 column scales; past `n` they meet zero sums and are not stored.
+        let mut col_scales = [0f32; PANEL];
+        col_scales[..cols].copy_from_slice(&w.scales[first_col..first_col + cols]);
+        let wp = &w.data[panel * steps * PANEL..(panel + 1) * steps * PANEL];
+        let sums = &w.col_sums[panel * chunks * PANEL..(panel + 1) * chunks * PANEL];
+        let mut tile = [[0f32; PANEL]; MAX_ROWS];
+        for r0 in block.clone().step_by(MAX_ROWS) {
+            let mr = MAX_ROWS.min(block.end - r0);
+            for chunk in 0..chunks {
+                let s0 = chunk * INT8_CHUNK_STEPS;
+                let ops = Int8Panel {
+                    steps: (s0, INT8_CHUNK_STEPS.min(steps - s0)),
+                    w: wp,
+                    layout: w.layout(),
+                    sums: &sums[chunk * PANEL..][..PANEL],
+                    col_scales: &col_scales,
+                };
+                acts.tile(path, r0, mr, steps, &ops, &mut tile);
+                // As on AMX: the first chunk is stored with `init`, the next ones added to it.
+                let init = if chunk == 0 { init } else { MatmulInit::Accumulate };
+                let no_epilogue = Epilogue::default();
+                let epilogue = if chunk + 1 == chunks { &epilogue } else { &no_epilogue };
+                // SAFETY: this panel's task alone writes columns first_col .. first_col + cols
+                // of rows r0..r0 + mr, and they lie inside `out` (asserted by the caller).
+                unsafe { finish_block(tile.as_flattened_mut(), PANEL, mr, cols, out, (r0, first_col), init, epilogue, w.cpu) };
+            }
+        }
+    };
+    let parallel = parallel && rows * w.n * w.k >= 1 << 18;
+    for_each_block(rows, steps * 4, MAX_ROWS, w.n.div_ceil(PANEL), parallel, run_panel);
+}
+
+/// One chunk of one panel of int8 weights, as the int8 tile kernels read it.
+struct Int8Panel<'a> {
+    /// The chunk's first step and its number of steps.
+    steps: (usize, usize),
+    /// The whole panel and its layout.
+    w: &'a [u32],
+    layout: PanelLayout,
+    /// The chunk's column sums of the panel's 64 columns (`PackedMatrix::col_sums`).
+    sums: &'a [i32],
+    /// The panel's 64 column scales (zero past `n`).
+    col_scales: &'a [f32; PANEL],
+}
+
+/// Quantised activation rows and their scales: quads (u32 a step; signed, or unsigned for
+/// VNNI) or i16 (four a step, for `VPMADDWD`).
+enum Int8Rows {
+    Quads((Vec<u32>, Vec<f32>)),
+    Wide((Vec<i16>, Vec<f32>)),
+}
+
+impl Int8Rows {
+    /// The scaled sums of rows `r0 .. r0 + mr` (each `steps` steps) times the chunk `ops`.
+    fn tile(&self, path: Path, r0: usize, mr: usize, steps: usize, ops: &Int8Panel, tile: &mut Tile) {
+        let s0 = ops.steps.0;
+        match (self, path) {
+            // SAFETY: `Path::choose` took VNNI for a CPU with AVX512_VNNI; `x` holds rows
+            // r0..r0+mr from step s0 (each `steps` quads) and `w` the panel to the chunk's end.
+            #[cfg(target_arch = "x86_64")]
+            (Int8Rows::Quads((x, scales)), Path::Vnni) => unsafe {
+                avx512::tile_int8(mr, (&x[r0 * steps + s0..], steps), &scales[r0..r0 + mr], ops, tile)
+            },
+            // SAFETY: as above, for AVX2.
+            #[cfg(target_arch = "x86_64")]
+            (Int8Rows::Wide((x, scales)), Path::Avx2) => unsafe {
+                avx2::tile_int8(mr, (&x[4 * (r0 * steps + s0)..], 4 * steps), &scales[r0..r0 + mr], ops, tile)
+            },
+            (Int8Rows::Quads((x, scales)), _) => reference::tile_int8(mr, (&x[r0 * steps + s0..], steps), &scales[r0..r0 + mr], ops, tile),
+            (Int8Rows::Wide(_), _) => unreachable!("only the AVX2 kernel reads i16 rows"),
+        }
+    }
+}
+
+/// Bytes of activations in one block of rows: under half of a 2 MiB L2, so that a block stays
+/// there while every panel passes over it. Walking all rows for each panel instead streams the
+/// activations from L3 once per panel, which starves the AMX tiles (a quarter of their speed).
+const ROW_BLOCK_BYTES: usize = 1 << 20;
+
+/// Runs `task(panel, rows)` for every panel and every block of rows of about
+/// [`ROW_BLOCK_BYTES`] (`row_bytes` a row; a multiple of `align` rows), block after block; the
+/// panels of a block are split across threads when `parallel`.
+fn for_each_block(
+    rows: usize,
+    row_bytes: usize,
+    align: usize,
+    panels: usize,
+    parallel: bool,
+    task: impl Fn(usize, Range<usize>) + Sync,
+) {
+    let block = (ROW_BLOCK_BYTES / row_bytes.max(1)).max(align) / align * align;
+    for start in (0..rows).step_by(block) {
+        let range = start..rows.min(start + block);
+        if parallel && panels > 1 {
+            (0..panels).into_par_iter().for_each(|panel| task(panel, range.clone()));
+        } else {
+            (0..panels).for_each(|panel| task(panel, range.clone()));
+        }
+    }
+}

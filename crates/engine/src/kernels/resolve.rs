@@ -1,0 +1,280 @@
+//! Precision × CPU → what each operation runs, decided once at load, with the reason for any
+//! fallback. The model asks for a [`KernelPlan`] and never looks at CPU features itself; the table test
+//! below lists every decision.
+
+use std::fmt;
+
+use super::cpu::{Cpu, Isa};
+use super::linear::PackedType;
+use crate::precision::Precision;
+
+/// How the linear layers store their weights and which kernel family multiplies them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinearKernel {
+    /// Plain loops over packed weights (the reference: any CPU, any storage).
+    Reference(PackedType),
+    /// f32 weights multiplied by the `gemm` crate (its own AVX2/NEON micro-kernels): for
+    /// checkpoints whose weights are not bf16 values, where no packed kernel of ours fits.
+    Gemm,
+    /// AVX2 + FMA: f32 products, the bf16 weights widened in registers (exact), or int8 pairs
+    /// summed with `vpmaddwd`.
+    Avx2(PackedType),
+    /// AVX-512: f32 FMA on f32 weights, `vdpbf16ps` on bf16, `vpdpbusd` on int8.
+    Avx512(PackedType),
+    /// AMX tiles (AVX-512 for rows too few for a tile): bf16, bf16x3 (exact f32) or int8.
+    Amx(PackedType),
+}
+
+impl LinearKernel {
+    /// The packed storage, or `None` for the `gemm` crate's f32 rows.
+    pub fn storage(self) -> Option<PackedType> {
+        match self {
+            LinearKernel::Gemm => None,
+            LinearKernel::Reference(ty) | LinearKernel::Avx2(ty) | LinearKernel::Avx512(ty) | LinearKernel::Amx(ty) => Some(ty),
+        }
+    }
+
+    /// The arithmetic the products are computed in.
+    pub fn precision(self) -> Precision {
+        match self.storage() {
+            None | Some(PackedType::F32) | Some(PackedType::Bf16x3) => Precision::F32,
+            Some(PackedType::Bf16) => Precision::Bf16,
+            Some(PackedType::Int8) => Precision::Int8,
+        }
+    }
+}
+
+impl fmt::Display for LinearKernel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let storage = |ty: PackedType| match ty {
+            PackedType::F32 => "f32 weights",
+            PackedType::Bf16 => "bf16 weights and activations",
+            PackedType::Bf16x3 => "bf16 weights, exact f32 products",
+            PackedType::Int8 => "int8 weights and activations",
+        };
+        match *self {
+            LinearKernel::Reference(ty) => write!(f, "reference loops ({})", storage(ty)),
+            LinearKernel::Gemm => write!(f, "gemm crate (f32 weights)"),
+            LinearKernel::Avx2(ty) => write!(f, "avx2 ({})", storage(ty)),
+            LinearKernel::Avx512(ty) => write!(f, "avx512 ({})", storage(ty)),
+            LinearKernel::Amx(ty) => write!(f, "amx ({})", storage(ty)),
+        }
+    }
+}
+
+/// Which attention kernel runs, and in what precision its products are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttentionKernel {
+    /// Plain loops, online softmax (any CPU).
+    Reference,
+    /// Key tiles multiplied by the `gemm` crate, online softmax in f32 (aarch64 until it has
+    /// its own kernel; x86 CPUs without AVX2).
+    Gemm,
+    /// AVX2 + FMA: tiled online softmax in registers, f32.
+    Avx2,
+    /// AVX-512: K and V packed once per head for the packed product kernels; `bf16` rounds Q, K,
+    /// P and V for sequences over 512 tokens (shorter ones are as fast in f32).
+    Avx512 {
+        /// Whether long sequences round their products to bf16.
+        bf16: bool,
+    },
+    /// The fused AMX flash kernel for heads of 64 (other head sizes take `Avx512`).
+    Amx {
+        /// Whether the products are bf16 (else exact f32 in three bf16 parts).
+        bf16: bool,
+    },
+}
+
+impl AttentionKernel {
+    /// Whether products may be rounded to bf16 (for some sequences, see the variants).
+    pub fn bf16(self) -> bool {
+        matches!(self, AttentionKernel::Avx512 { bf16: true } | AttentionKernel::Amx { bf16: true })
+    }
+}
+
+impl fmt::Display for AttentionKernel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let precision = |bf16: bool| if bf16 { "bf16" } else { "f32" };
+        match *self {
+            AttentionKernel::Reference => write!(f, "reference loops (f32)"),
+            AttentionKernel::Gemm => write!(f, "gemm crate tiles (f32)"),
+            AttentionKernel::Avx2 => write!(f, "avx2 (f32)"),
+            AttentionKernel::Avx512 { bf16 } => write!(f, "avx512 ({})", precision(bf16)),
+            AttentionKernel::Amx { bf16 } => write!(f, "amx ({})", precision(bf16)),
+        }
+    }
+}
+
+/// What a model runs, resolved once at load from the requested precision and the CPU.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KernelPlan {
+    /// The precision asked for.
+    pub requested: Precision,
+    /// The CPU features the kernels may use (after any cap).
+    pub cpu: Cpu,
+    /// The linear layers' storage and kernel.
+    pub linear: LinearKernel,
+    /// The attention kernel.
+    pub attention: AttentionKernel,
+    /// Why what runs differs from what was asked for, one line per operation that differs.
+    pub fallbacks: Vec<String>,
+}
+
+impl KernelPlan {
+    /// Resolves `requested` on `cpu`. `bf16_weights`: every linear weight of the checkpoint is a
+    /// bf16 value (true of the published one), so bf16 storage loses nothing and exact f32
+    /// products may read it.
+    pub fn resolve(requested: Precision, cpu: Cpu, bf16_weights: bool) -> KernelPlan {
+        let mut fallbacks = Vec::new();
+        let linear = match requested {
+            Precision::F32 => exact_linear(cpu, bf16_weights),
+            Precision::Bf16 if cpu.avx512_bf16 && cpu.amx_bf16 => LinearKernel::Amx(PackedType::Bf16),
+            Precision::Bf16 if cpu.avx512_bf16 => LinearKernel::Avx512(PackedType::Bf16),
+            Precision::Bf16 => {
+                // Where a kernel of ours reads them, the weights stay bf16 (read exactly): the
+                // memory of bf16 is kept and only the arithmetic is f32.
+                let kernel = exact_bf16_weights(cpu);
+                let storage = if kernel == LinearKernel::Gemm { "f32 weights" } else { "bf16 weights" };
+                fallbacks.push(format!("bf16: no bf16 dot product on this CPU ({}): {storage}, f32 arithmetic", cpu.level()));
+                kernel
+            }
+            Precision::Int8 if cpu.amx_int8 => LinearKernel::Amx(PackedType::Int8),
+            Precision::Int8 if cpu.avx512 && cpu.avx512_vnni => LinearKernel::Avx512(PackedType::Int8),
+            Precision::Int8 if cpu.avx2 => LinearKernel::Avx2(PackedType::Int8),
+            Precision::Int8 if cpu.level() == Isa::Scalar => LinearKernel::Reference(PackedType::Int8),
+            Precision::Int8 => {
+                // aarch64 has no int8 kernel of ours yet; the reference loops would be slower
+                // than f32 there.
+                let kernel = exact_linear(cpu, bf16_weights);
+                fallbacks.push(format!("int8: no int8 kernel for this CPU ({}) yet: f32 ({kernel})", cpu.level()));
+                kernel
+            }
+        };
+        // Attention's operands are activations: int8 runs it in bf16, as bf16 does.
+        let wants_bf16 = requested != Precision::F32;
+        let attention = if cpu.amx_bf16 {
+            AttentionKernel::Amx { bf16: wants_bf16 }
+        } else if cpu.avx512 {
+            AttentionKernel::Avx512 { bf16: wants_bf16 && cpu.avx512_bf16 }
+        } else if cpu.avx2 {
+            AttentionKernel::Avx2
+        } else if cpu.level() == Isa::Scalar {
+            AttentionKernel::Reference
+        } else {
+            AttentionKernel::Gemm
+        };
+        if wants_bf16 && !attention.bf16() {
+            fallbacks.push(format!("attention: no bf16 dot product on this CPU ({}): f32", cpu.level()));
+        }
+        KernelPlan { requested, cpu, linear, attention, fallbacks }
+    }
+
+    /// The arithmetic of the linear layers, what `--precision` reports as run.
+    pub fn precision(&self) -> Precision {
+        self.linear.precision()
+    }
+
+    /// The instruction-set level in use.
+    pub fn isa(&self) -> Isa {
+        self.cpu.level()
+    }
+
+    /// One line for logs and reports: `int8 (requested int8) on avx2: linear …; attention …`.
+    pub fn summary(&self) -> String {
+        let mut line = format!(
+            "{} (requested {}) on {}: linear {}; attention {}",
+            self.precision().name(),
+            self.requested.name(),
+            self.isa(),
+            self.linear,
+            self.attention
+        );
+        for reason in &self.fallbacks {
+            line.push_str("; ");
+            line.push_str(reason);
+        }
+        line
+    }
+}
+
+/// The f32 path: exact products.
+fn exact_linear(cpu: Cpu, bf16_weights: bool) -> LinearKernel {
+    match () {
+        // bf16x3 is exact on bf16 weights and runs on the tiles.
+        _ if cpu.amx_bf16 && bf16_weights => LinearKernel::Amx(PackedType::Bf16x3),
+        _ if cpu.avx512 => LinearKernel::Avx512(PackedType::F32),
+        _ if bf16_weights => exact_bf16_weights(cpu),
+        _ if cpu.level() == Isa::Scalar => LinearKernel::Reference(PackedType::F32),
+        // x86 AVX2 without bf16 weights, and aarch64.
+        _ => LinearKernel::Gemm,
+    }
+}
+
+/// Exact f32 products on bf16 weights, without a bf16 dot product. aarch64 has no packed
+/// kernel of ours yet: the `gemm` crate's NEON kernel on f32 weights is faster than the
+/// reference loops there.
+fn exact_bf16_weights(cpu: Cpu) -> LinearKernel {
+    match cpu.level() {
+        _ if cpu.avx2 => LinearKernel::Avx2(PackedType::Bf16x3),
+        Isa::Scalar => LinearKernel::Reference(PackedType::Bf16x3),
+        _ => LinearKernel::Gemm,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every decision of the table, on the CPU classes users have.
+    #[test]
+    fn the_table() {
+        let amx = Cpu {
+            avx2: true,
+            avx512: true,
+            avx512_vnni: true,
+            avx512_bf16: true,
+            amx_bf16: true,
+            amx_int8: true,
+            ..Cpu::SCALAR
+        };
+        let zen4 = Cpu { amx_bf16: false, amx_int8: false, ..amx };
+        let icelake = Cpu { avx512_bf16: false, ..zen4 };
+        let zen3 = Cpu { avx2: true, ..Cpu::SCALAR };
+        use AttentionKernel as A;
+        use LinearKernel as L;
+        use PackedType as T;
+        use Precision as P;
+        #[rustfmt::skip]
+        let table: [(Cpu, P, L, A, usize); 16] = [
+            (amx, P::F32, L::Amx(T::Bf16x3), A::Amx { bf16: false }, 0),
+            (amx, P::Bf16, L::Amx(T::Bf16), A::Amx { bf16: true }, 0),
+            (amx, P::Int8, L::Amx(T::Int8), A::Amx { bf16: true }, 0),
+            (zen4, P::F32, L::Avx512(T::F32), A::Avx512 { bf16: false }, 0),
+            (zen4, P::Bf16, L::Avx512(T::Bf16), A::Avx512 { bf16: true }, 0),
+            (zen4, P::Int8, L::Avx512(T::Int8), A::Avx512 { bf16: true }, 0),
+            (icelake, P::Bf16, L::Avx2(T::Bf16x3), A::Avx512 { bf16: false }, 2),
+            (icelake, P::Int8, L::Avx512(T::Int8), A::Avx512 { bf16: false }, 1),
+            (zen3, P::F32, L::Avx2(T::Bf16x3), A::Avx2, 0),
+            (zen3, P::Bf16, L::Avx2(T::Bf16x3), A::Avx2, 2),
+            (zen3, P::Int8, L::Avx2(T::Int8), A::Avx2, 1),
+            (Cpu::SCALAR, P::F32, L::Reference(T::Bf16x3), A::Reference, 0),
+            (Cpu::SCALAR, P::Int8, L::Reference(T::Int8), A::Reference, 1),
+            (Cpu { neon: true, ..Cpu::SCALAR }, P::F32, L::Gemm, A::Gemm, 0),
+            (Cpu { neon: true, ..Cpu::SCALAR }, P::Bf16, L::Gemm, A::Gemm, 2),
+            (Cpu { neon: true, ..Cpu::SCALAR }, P::Int8, L::Gemm, A::Gemm, 2),
+        ];
+        for (i, (cpu, requested, linear, attention, fallbacks)) in table.into_iter().enumerate() {
+            let plan = KernelPlan::resolve(requested, cpu, true);
+            assert_eq!((plan.linear, plan.attention, plan.fallbacks.len()), (linear, attention, fallbacks), "row {i}: {}", plan.summary());
+        }
+        // A checkpoint with f32 weights keeps them f32 where no packed f32 kernel fits.
+        assert_eq!(KernelPlan::resolve(P::F32, zen3, false).linear, L::Gemm);
+        assert_eq!(KernelPlan::resolve(P::F32, amx, false).linear, L::Avx512(T::F32));
+        assert_eq!(KernelPlan::resolve(P::F32, Cpu::SCALAR, false).linear, L::Reference(T::F32));
+        // The fallback names the operation and what runs instead.
+        let plan = KernelPlan::resolve(P::Bf16, zen3, true);
+        assert_eq!(plan.precision(), P::F32);
+        assert!(plan.fallbacks[0].starts_with("bf16: ") && plan.fallbacks[0].contains("bf16 weights, f32 arithmetic"), "{:?}", plan.fallbacks);
+        assert!(plan.summary().starts_with("f32 (requested bf16) on avx2"), "{}", plan.summary());
+    }
+}
