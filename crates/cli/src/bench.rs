@@ -1,5 +1,10 @@
 //! `jina-embed bench`: tokens per second of the forward pass on synthetic inputs of exact
 //! lengths, with peak RSS, and for a reduced precision its cosine to the f32 path.
+//!
+//! Every figure names what ran: the precision the CPU resolved (`requested` says what was asked
+//! for), the instruction set and the kernels. Peak RSS is read after each shape's timing, before
+//! the f32 reference for the cosine is loaded: the reference is loaded only after every timing,
+//! once the measured model is dropped, so it never counts in the figure.
 
 use std::time::Instant;
 
@@ -29,6 +34,13 @@ pub struct BenchArgs {
     /// Compute threads (0: one per core).
     #[arg(long, default_value_t = 0)]
     threads: usize,
+    /// Highest instruction-set level the kernels may use (avx2, avx512, …; default: all the CPU
+    /// has; JINA_MAX_ISA caps it too): to measure a lower path on a bigger CPU.
+    #[arg(long, value_name = "ISA", value_parser = crate::parse_isa)]
+    max_isa: Option<jina_engine::Isa>,
+    /// Print the time spent in each operation of the forward pass (the engine's trace spans).
+    #[arg(long)]
+    pub profile: bool,
 }
 
 /// The final JSON line of one shape.
@@ -37,7 +49,13 @@ struct Report {
     shape: String,
     batch: usize,
     tokens: usize,
+    /// The precision that ran.
     precision: &'static str,
+    requested_precision: &'static str,
+    isa: &'static str,
+    kernels: String,
+    /// MB of linear-layer weights held (one copy, in the storage that runs).
+    linear_weights_mb: f64,
     threads: usize,
     tokens_per_s: f64,
     min_s: f64,
@@ -47,19 +65,19 @@ struct Report {
     cosine_to_f32_min: Option<f64>,
 }
 
-pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+pub fn run(args: BenchArgs, profile: Option<crate::logging::SpanTimes>) -> anyhow::Result<()> {
     crate::init_threads(args.threads)?;
     let shapes = args.shape.iter().map(|s| parse_shape(s)).collect::<anyhow::Result<Vec<_>>>()?;
-    let options = LoadOptions { precision: args.precision };
+    let options = LoadOptions { precision: args.precision, max_isa: args.max_isa };
     let dir = crate::resolve::resolve(&args.model)?.dir;
     let model = Model::load_with(&dir, options).with_context(|| format!("loading {}", dir.display()))?;
+    let plan = model.kernel_plan().clone();
+    eprintln!("kernels: {}", plan.summary());
     let adapter = model.adapter_of(&args.task)?;
-    let reference = (args.precision != Precision::F32)
-        .then(|| Model::load_with(&dir, LoadOptions { precision: Precision::F32 }))
-        .transpose()?;
     let vocab = model.config().vocab_size as u64;
     println!("{:<9} {:>9} {:>12} {:>10} {:>10} {:>11} {:>10}", "shape", "precision", "tokens/s", "min s", "median s", "peak RSS MB", "cos(f32)");
     let mut reports = Vec::new();
+    let mut runs = Vec::new();
     for (batch, tokens) in shapes {
         if tokens < 2 || tokens > model.max_tokens() {
             bail!("tokens per input must be between 2 and {}, got {tokens}", model.max_tokens());
@@ -67,6 +85,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         let sequences: Vec<Sequence> = (0..batch).map(|b| synthetic_sequence(b as u64, tokens, vocab, adapter)).collect();
         let refs: Vec<&Sequence> = sequences.iter().collect();
         let warm = model.run(&refs);
+        if let Some(times) = &profile {
+            times.take();
+        }
         let mut times = Vec::with_capacity(args.iters);
         for _ in 0..args.iters.max(1) {
             let start = Instant::now();
@@ -75,22 +96,39 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
         times.sort_by(f64::total_cmp);
         let median = times[times.len() / 2];
-        let cosine = reference.as_ref().map(|f32_model| {
-            let exact = f32_model.run(&refs);
-            min_cosine(&model, &sequences, warm, exact)
-        });
+        if let Some(spans) = &profile {
+            print_profile(&format!("{batch}x{tokens}"), spans.take(), times.len());
+        }
         let report = Report {
             shape: format!("{batch}x{tokens}"),
             batch,
             tokens,
-            precision: args.precision.name(),
+            precision: plan.precision().name(),
+            requested_precision: plan.requested.name(),
+            isa: plan.isa().name(),
+            kernels: format!("linear {}; attention {}", plan.linear, plan.attention),
+            linear_weights_mb: model.linear_weight_bytes() as f64 / 1e6,
             threads: rayon::current_num_threads(),
             tokens_per_s: (batch * tokens) as f64 / median,
             min_s: times[0],
             median_s: median,
             peak_rss_mb: peak_rss_mb(),
-            cosine_to_f32_min: cosine,
+            cosine_to_f32_min: None,
         };
+        reports.push(report);
+        runs.push((sequences, warm));
+    }
+    // The cosine to f32, with the measured model gone: its reference never adds to the RSS above.
+    if args.precision != Precision::F32 {
+        drop(model);
+        let reference = Model::load_with(&dir, LoadOptions { precision: Precision::F32, max_isa: args.max_isa })?;
+        for (report, (sequences, warm)) in reports.iter_mut().zip(runs) {
+            let refs: Vec<&Sequence> = sequences.iter().collect();
+            let exact = reference.run(&refs);
+            report.cosine_to_f32_min = Some(min_cosine(&reference, &sequences, warm, exact));
+        }
+    }
+    for report in &reports {
         println!(
             "{:<9} {:>9} {:>12.1} {:>10.3} {:>10.3} {:>11.0} {:>10}",
             report.shape,
@@ -99,14 +137,25 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             report.min_s,
             report.median_s,
             report.peak_rss_mb,
-            cosine.map_or("-".into(), |c| format!("{c:.6}"))
+            report.cosine_to_f32_min.map_or("-".into(), |c| format!("{c:.6}"))
         );
-        reports.push(report);
     }
     for report in reports {
         println!("{}", serde_json::to_string(&report)?);
     }
     Ok(())
+}
+
+/// The time of each operation over the timed iterations, as a share of their sum.
+fn print_profile(shape: &str, spans: Vec<(&'static str, std::time::Duration)>, iterations: usize) {
+    // Parent spans (`forward`, `attention`, `mlp`) contain the others: only the leaves add up.
+    let leaves: Vec<_> = spans.into_iter().filter(|(name, _)| !matches!(*name, "forward" | "attention" | "mlp")).collect();
+    let total: f64 = leaves.iter().map(|(_, d)| d.as_secs_f64()).sum::<f64>().max(1e-12);
+    let parts: Vec<String> = leaves
+        .iter()
+        .map(|(name, d)| format!("{name} {:.3}s ({:.0}%)", d.as_secs_f64() / iterations as f64, 100.0 * d.as_secs_f64() / total))
+        .collect();
+    eprintln!("profile {shape} (per iteration): {}", parts.join(", "));
 }
 
 fn parse_shape(s: &str) -> anyhow::Result<(usize, usize)> {

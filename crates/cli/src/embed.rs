@@ -92,11 +92,16 @@ pub struct EmbedArgs {
     /// Compute threads (0: one per core).
     #[arg(long, default_value_t = 0)]
     threads: usize,
-    /// Precision of the linear layers and attention: f32 (the official numbers), bf16 (faster
-    /// where the CPU has AVX512_BF16 or AMX; cosine to f32 ≥ 0.999 on the fixtures) or int8
-    /// (linear layers on AMX-INT8 or AVX512_VNNI; cosine to f32 ≥ 0.99).
+    /// Precision of the linear layers and attention: f32 (the official numbers), bf16 (bf16 dot
+    /// products where the CPU has them, AVX512_BF16 or AMX; elsewhere bf16 weights with f32
+    /// arithmetic, with a warning; cosine to f32 ≥ 0.999 on the fixtures) or int8 (AMX-INT8,
+    /// AVX512_VNNI or AVX2; cosine to f32 ≥ 0.999).
     #[arg(long, value_enum, default_value = "f32")]
     precision: jina_engine::Precision,
+    /// Highest instruction-set level the kernels may use (avx2, avx512, …; default: all the CPU
+    /// has; JINA_MAX_ISA caps it too).
+    #[arg(long, value_name = "ISA", value_parser = crate::parse_isa)]
+    max_isa: Option<jina_engine::Isa>,
     /// Hide the progress bar.
     #[arg(long)]
     quiet: bool,
@@ -134,15 +139,14 @@ fn install_stop_handler() {
 }
 
 /// Loads a model from a folder or a hub id (downloaded into the cache if missing and allowed).
-pub fn load_model(spec: &str, precision: jina_engine::Precision) -> anyhow::Result<Model> {
+pub fn load_model(spec: &str, options: jina_engine::LoadOptions) -> anyhow::Result<Model> {
     let resolved = crate::resolve::resolve(spec)?;
-    let options = jina_engine::LoadOptions { precision };
     Model::load_with(&resolved.dir, options).with_context(|| format!("loading the model from {}", resolved.dir.display()))
 }
 
 pub fn run(args: EmbedArgs) -> anyhow::Result<()> {
     crate::init_threads(args.threads)?;
-    let mut model = load_model(&args.model, args.precision)?;
+    let mut model = load_model(&args.model, jina_engine::LoadOptions { precision: args.precision, max_isa: args.max_isa })?;
     model.set_max_batch_tokens(args.max_batch_tokens);
     model.check_dimensions(args.dimensions)?;
     model.adapter_of(&args.task)?;

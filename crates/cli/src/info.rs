@@ -23,6 +23,9 @@ pub struct InfoArgs {
     /// Skip the sha256 of each file (hashing the full model reads 1.1 GB).
     #[arg(long)]
     no_hash: bool,
+    /// Show the kernels as capped to this instruction-set level (avx2, avx512, …).
+    #[arg(long, value_name = "ISA", value_parser = crate::parse_isa)]
+    max_isa: Option<jina_engine::Isa>,
 }
 
 pub fn run(args: InfoArgs) -> anyhow::Result<()> {
@@ -58,6 +61,23 @@ pub fn run(args: InfoArgs) -> anyhow::Result<()> {
         .iter()
         .map(|t| json!({"task": t, "prefix": config.task_instructions.get(t).cloned().unwrap_or_default()}))
         .collect();
+    // What each --precision runs on this CPU, as a model load would resolve it.
+    let cpu = jina_engine::Cpu::host_checked()?;
+    let cpu = args.max_isa.map_or(cpu, |isa| cpu.capped(isa));
+    let bf16_weights = weights.linear_weights_are_bf16();
+    let precisions: Vec<_> = [jina_engine::Precision::F32, jina_engine::Precision::Bf16, jina_engine::Precision::Int8]
+        .into_iter()
+        .map(|p| {
+            let plan = jina_engine::KernelPlan::resolve(p, cpu, bf16_weights);
+            json!({
+                "requested": p.name(),
+                "runs": plan.precision().name(),
+                "linear": plan.linear.to_string(),
+                "attention": plan.attention.to_string(),
+                "fallbacks": plan.fallbacks,
+            })
+        })
+        .collect();
     let info = json!({
         "folder": dir.display().to_string(),
         "source": source,
@@ -74,6 +94,8 @@ pub fn run(args: InfoArgs) -> anyhow::Result<()> {
         "dtype": weights.dtype().name(),
         "parameters": weights.parameter_count(),
         "files": files,
+        "cpu": {"isa": cpu.level().name(), "features": cpu.feature_names()},
+        "precisions": precisions,
     });
     if args.json {
         println!("{}", serde_json::to_string_pretty(&info)?);
@@ -102,6 +124,15 @@ fn print_text(info: &serde_json::Value, dir: &Path) {
         let prefix = task["prefix"].as_str().unwrap_or("");
         let prefix = if prefix.is_empty() { "(no prefix)".to_string() } else { format!("prefix {prefix:?}") };
         println!("  {:<20} {prefix}", task["task"].as_str().unwrap_or(""));
+    }
+    println!("cpu            {} ({})", info["cpu"]["isa"].as_str().unwrap_or(""), info["cpu"]["features"].as_array().map_or(String::new(), |f| f.iter().filter_map(|v| v.as_str()).collect::<Vec<_>>().join(" ")));
+    println!("precisions     (what --precision runs on this CPU)");
+    for p in info["precisions"].as_array().into_iter().flatten() {
+        let (requested, runs) = (p["requested"].as_str().unwrap_or(""), p["runs"].as_str().unwrap_or(""));
+        println!("  {requested:<5} runs {runs:<5} linear {}; attention {}", p["linear"].as_str().unwrap_or(""), p["attention"].as_str().unwrap_or(""));
+        for reason in p["fallbacks"].as_array().into_iter().flatten() {
+            println!("        {}", reason.as_str().unwrap_or(""));
+        }
     }
     println!("files");
     for file in info["files"].as_array().into_iter().flatten() {

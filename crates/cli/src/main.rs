@@ -8,6 +8,7 @@ mod fixture;
 #[cfg(feature = "download")]
 mod hub_download;
 mod info;
+mod logging;
 mod resolve;
 
 use clap::{Parser, Subcommand};
@@ -23,6 +24,13 @@ struct Cli {
     /// (HF_HUB_OFFLINE=1 does the same).
     #[arg(long, global = true, env = "JINA_OFFLINE", value_parser = clap::builder::BoolishValueParser::new())]
     offline: bool,
+    /// More log lines on stderr: -v adds info (the kernels chosen at load), -vv debug. The
+    /// default shows warnings, such as a precision the CPU cannot run. RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "quiet")]
+    verbose: u8,
+    /// Errors only on stderr.
+    #[arg(short, long, global = true)]
+    quiet: bool,
 }
 
 #[derive(Subcommand)]
@@ -65,6 +73,14 @@ enum Command {
 fn main() {
     let cli = Cli::parse();
     resolve::set_offline(cli.offline);
+    // `serve` installs its own subscriber (text or JSON, --log-format).
+    let times = match &cli.command {
+        Command::Serve(_) => None,
+        command => {
+            let verbosity = if cli.quiet { -1 } else { cli.verbose.min(8) as i8 };
+            logging::init(verbosity, matches!(command, Command::Bench(args) if args.profile))
+        }
+    };
     let result = match cli.command {
         Command::Fixture(args) => fixture::run(args),
         Command::Embed(args) => embed::run(args),
@@ -75,7 +91,7 @@ fn main() {
             clap_complete::generate(shell, &mut Cli::command(), "jina-embed", &mut std::io::stdout());
             Ok(())
         }
-        Command::Bench(args) => bench::run(args),
+        Command::Bench(args) => bench::run(args, times),
         Command::Serve(args) => serve(args),
     };
     if let Err(err) = result {
@@ -98,6 +114,11 @@ fn is_broken_pipe(err: &anyhow::Error) -> bool {
     err.chain().any(|cause| {
         cause.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
     })
+}
+
+/// Parses `--max-isa`.
+pub(crate) fn parse_isa(s: &str) -> Result<jina_engine::Isa, String> {
+    s.parse::<jina_engine::Isa>().map_err(|e| e.to_string())
 }
 
 /// Sizes the rayon pool that every kernel runs on; 0 keeps rayon's default (one per core).

@@ -506,8 +506,26 @@ pub struct ModelCard {
     pub tasks: Vec<String>,
     /// Task used when a request names none.
     pub default_task: String,
-    /// Precision of the linear layers (`f32` = the official numbers, `bf16` or `int8`).
+    /// Precision the linear layers run in (`f32` = the official numbers, `bf16` or `int8`):
+    /// what the CPU resolved `--precision` to.
     pub precision: String,
+    /// Precision asked for with `--precision`.
+    pub requested_precision: String,
+    /// Instruction-set level the kernels use (`avx2`, `avx512bf16`, `amx`, `neon`, …).
+    pub isa: String,
+    /// The kernels that run.
+    pub kernels: Kernels,
+    /// Why what runs differs from what was asked for, one line per operation (empty: nothing).
+    pub precision_fallbacks: Vec<String>,
+}
+
+/// The kernels a model runs, as resolved at load.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Kernels {
+    /// The linear layers' kernel and weight storage.
+    pub linear: String,
+    /// The attention kernel and its precision.
+    pub attention: String,
 }
 
 /// The response of `GET /health`.

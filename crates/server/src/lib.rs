@@ -135,11 +135,18 @@ pub struct ServeArgs {
     #[arg(long, env = "JINA_PAYLOAD_LIMIT", value_name = "BYTES", default_value_t = ServerLimits::DEFAULT_PAYLOAD_LIMIT)]
     pub payload_limit: usize,
 
-    /// Precision of the linear layers: `f32` gives the official numbers; `bf16` is faster on
-    /// CPUs with AVX512_BF16 (elsewhere it falls back to f32) at a cosine of about 0.999 to f32;
-    /// `int8` runs them on AMX-INT8 or AVX512_VNNI (elsewhere bf16) at a cosine of at least 0.99.
+    /// Precision of the linear layers: `f32` gives the official numbers; `bf16` runs bf16 dot
+    /// products where the CPU has them (AVX512_BF16, AMX; elsewhere bf16 weights with f32
+    /// arithmetic, said in the log and by /v1/models) at a cosine of about 0.999 to f32; `int8`
+    /// runs int8 products (AMX-INT8, AVX512_VNNI or AVX2) at a cosine of at least 0.999.
     #[arg(long, env = "JINA_PRECISION", default_value = "f32", value_parser = parse_precision)]
     pub precision: Precision,
+
+    /// Highest instruction-set level the kernels may use (`scalar`, `avx2`, `avxvnni`, `avx512`,
+    /// `avx512bf16`, `amx`; on aarch64 `neon`, `dotprod`, `i8mm`, `bf16`): a lower path on a
+    /// bigger CPU. Default: all the CPU has. The variable JINA_MAX_ISA caps it too.
+    #[arg(long, value_name = "ISA", value_parser = parse_isa)]
+    pub max_isa: Option<jina_engine::Isa>,
 
     /// Compute threads of the forward pass (default: one per core).
     #[arg(long, env = "JINA_THREADS")]
@@ -172,6 +179,10 @@ pub struct ServeArgs {
 
 fn parse_precision(s: &str) -> Result<Precision, String> {
     s.parse::<Precision>().map_err(|e| e.to_string())
+}
+
+fn parse_isa(s: &str) -> Result<jina_engine::Isa, String> {
+    s.parse::<jina_engine::Isa>().map_err(|e| e.to_string())
 }
 
 impl ServeArgs {
@@ -207,6 +218,7 @@ impl ServeArgs {
             api_keys: ApiKeys::new(keys),
             limits,
             precision: self.precision,
+            max_isa: self.max_isa,
             cors_allow_origins: cors::CorsOrigins::new(&self.cors_allow_origins),
         })
     }
@@ -225,8 +237,11 @@ pub struct ServerConfig {
     pub api_keys: ApiKeys,
     /// Limits.
     pub limits: ServerLimits,
-    /// Precision of the linear layers (f32: the official numbers).
+    /// Precision of the linear layers asked for (f32: the official numbers); what runs is the
+    /// model's [`jina_engine::KernelPlan`].
     pub precision: Precision,
+    /// Highest instruction-set level the kernels may use (`None`: all the CPU has).
+    pub max_isa: Option<jina_engine::Isa>,
     /// Origins allowed by CORS (empty: CORS off).
     pub cors_allow_origins: cors::CorsOrigins,
 }
@@ -242,6 +257,7 @@ impl ServerConfig {
             api_keys: ApiKeys::default(),
             limits: ServerLimits::default(),
             precision: Precision::F32,
+            max_isa: None,
             cors_allow_origins: cors::CorsOrigins::default(),
         }
     }
@@ -328,7 +344,7 @@ async fn load(state: Arc<AppState>) -> anyhow::Result<()> {
     let config = state.config.clone();
     let metrics = state.metrics.clone();
     let engine = tokio::task::spawn_blocking(move || -> anyhow::Result<Engine> {
-        let options = LoadOptions { precision: config.precision };
+        let options = LoadOptions { precision: config.precision, max_isa: config.max_isa };
         let mut model = Model::load_with(&config.model_dir, options)
             .with_context(|| format!("cannot load the model from {}", config.model_dir.display()))?;
         model.set_default_task(&config.default_task).context("invalid --default-task")?;
@@ -347,6 +363,7 @@ async fn load(state: Arc<AppState>) -> anyhow::Result<()> {
         model = %state.config.model_dir.display(),
         weights = engine.model.weights_dtype(),
         precision = engine.model.precision().name(),
+        kernels = %engine.model.kernel_plan().summary(),
         parameters = engine.model.parameter_count(),
         hidden_size = engine.model.config().hidden_size,
         default_task = engine.model.default_task(),

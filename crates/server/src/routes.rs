@@ -28,7 +28,7 @@ use utoipa::OpenApi;
 
 use crate::api::{
     decode_request, parse_object, typed, EmbeddingItem, EmbeddingTypes, EmbeddingValue, EmbeddingsResponse, EncodingFormat, Health,
-    LateChunkingField, ModelCard, ModelList, TokenizeRequest, TokenizeResponse, TokenizedItem, Usage,
+    Kernels, LateChunkingField, ModelCard, ModelList, TokenizeRequest, TokenizeResponse, TokenizedItem, Usage,
 };
 use crate::errors::{ApiError, Dialect, ErrorNote, Failure};
 use crate::{auth, AppState, ServerLimits};
@@ -410,6 +410,7 @@ pub async fn models(State(state): State<Arc<AppState>>, headers: HeaderMap) -> R
         Err(error) => return Failure { dialect: Dialect::from_headers(&headers), error }.into_response(),
     };
     let model = &engine.model;
+    let plan = model.kernel_plan();
     let mut tasks = model.tasks().to_vec();
     tasks.push(jina_engine::NO_TASK.to_string());
     Json(ModelList {
@@ -425,6 +426,10 @@ pub async fn models(State(state): State<Arc<AppState>>, headers: HeaderMap) -> R
             tasks,
             default_task: model.default_task().to_string(),
             precision: model.precision().name().to_string(),
+            requested_precision: plan.requested.name().to_string(),
+            isa: plan.isa().name().to_string(),
+            kernels: Kernels { linear: plan.linear.to_string(), attention: plan.attention.to_string() },
+            precision_fallbacks: plan.fallbacks.clone(),
         }],
     })
     .into_response()

@@ -123,28 +123,50 @@ async fn binary_encodings_and_type_lists_match_the_engine() {
     assert_eq!(reply.body["data"][0]["embedding"].as_array().map(Vec::len), Some(16));
 }
 
-/// `--precision bf16` is opt-in, reported by `/v1/models`, and stays within a cosine of 0.999
-/// of every golden vector (the fixtures' bound for bf16).
+/// `--precision bf16` is opt-in, `/v1/models` reports what runs (bf16 where the CPU has a bf16
+/// dot product, else f32 arithmetic on bf16 weights, with the reason), and the vectors stay
+/// within a cosine of 0.999 of every golden vector (the fixtures' bound for bf16).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bf16_precision_is_opt_in_and_close_to_the_golden_outputs() {
+async fn bf16_precision_is_opt_in_reported_as_resolved_and_close_to_the_golden_outputs() {
     let default: Value = reqwest::get(format!("{}/v1/models", shared().await.url)).await.expect("get").json().await.expect("json");
     assert_eq!(default["data"][0]["precision"], "f32");
+    assert_eq!(default["data"][0]["requested_precision"], "f32");
+    assert_eq!(default["data"][0]["precision_fallbacks"], json!([]));
 
-    let mut config = crate::common::config();
-    config.precision = jina_engine::Precision::Bf16;
-    let server = crate::common::TestServer::ready(config).await;
-    let models: Value = reqwest::get(format!("{}/v1/models", server.url)).await.expect("get").json().await.expect("json");
-    assert_eq!(models["data"][0]["precision"], "bf16");
-    let url = format!("{}/v1/embeddings", server.url);
-    let mut worst = 1f32;
-    for case in golden().cases.iter().filter(|c| c.normalized) {
-        let reply = post(&url, &request(case)).await;
-        assert_eq!(reply.status, 200, "{}", reply.text);
-        for (ours, theirs) in embeddings_of(&reply.body).iter().zip(&case.embeddings) {
-            let dot: f32 = ours.iter().zip(theirs).map(|(a, b)| a * b).sum();
-            worst = worst.min(dot / (norm(ours) * norm(theirs)).max(1e-12));
-        }
+    let host = jina_engine::Cpu::detected();
+    // The CPU as it is, and capped to AVX2 (no bf16 dot product) where it has more: both ways
+    // of resolving bf16 run wherever the CPU allows them.
+    let mut caps = vec![None];
+    if host.level() > jina_engine::Isa::Avx2 && host.avx2 {
+        caps.push(Some(jina_engine::Isa::Avx2));
     }
-    assert!(worst >= 0.999, "worst cosine {worst}");
-    server.stop(std::time::Duration::from_secs(10)).await.expect("clean stop");
+    for cap in caps {
+        let mut config = crate::common::config();
+        config.precision = jina_engine::Precision::Bf16;
+        config.max_isa = cap;
+        let server = crate::common::TestServer::ready(config).await;
+        let models: Value = reqwest::get(format!("{}/v1/models", server.url)).await.expect("get").json().await.expect("json");
+        let card = &models["data"][0];
+        let cpu = cap.map_or(host, |isa| host.capped(isa));
+        let has_bf16_dot = cpu.avx512_bf16;
+        assert_eq!(card["requested_precision"], "bf16", "{cap:?}");
+        assert_eq!(card["precision"], if has_bf16_dot { "bf16" } else { "f32" }, "{cap:?}: {card}");
+        assert_eq!(card["isa"], cpu.level().name(), "{cap:?}");
+        let fallbacks = card["precision_fallbacks"].as_array().expect("fallbacks");
+        let linear_fallback = fallbacks.iter().filter_map(Value::as_str).any(|f| f.starts_with("bf16: ") && f.contains("f32 arithmetic"));
+        assert_eq!(linear_fallback, !has_bf16_dot, "{cap:?}: {card}");
+        assert!(card["kernels"]["linear"].is_string() && card["kernels"]["attention"].is_string());
+        let url = format!("{}/v1/embeddings", server.url);
+        let mut worst = 1f32;
+        for case in golden().cases.iter().filter(|c| c.normalized) {
+            let reply = post(&url, &request(case)).await;
+            assert_eq!(reply.status, 200, "{}", reply.text);
+            for (ours, theirs) in embeddings_of(&reply.body).iter().zip(&case.embeddings) {
+                let dot: f32 = ours.iter().zip(theirs).map(|(a, b)| a * b).sum();
+                worst = worst.min(dot / (norm(ours) * norm(theirs)).max(1e-12));
+            }
+        }
+        assert!(worst >= 0.999, "{cap:?}: worst cosine {worst}");
+        server.stop(std::time::Duration::from_secs(10)).await.expect("clean stop");
+    }
 }
