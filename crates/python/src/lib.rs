@@ -140,6 +140,8 @@ impl Model {
         }
         let pool = builder.build().map_err(|e| PyRuntimeError::new_err(format!("cannot start {threads:?} threads: {e}")))?;
         let dir = std::path::PathBuf::from(folder);
+        // `..Default::default()`: LoadOptions gains fields over time; their defaults apply here.
+        #[allow(clippy::needless_update)]
         let options = LoadOptions { precision, ..Default::default() };
         // Loading converts weights in parallel: on this model's own threads.
         let model = py.detach(|| guarded(|| pool.install(|| jina_engine::Model::load_with(&dir, options))))?;
@@ -190,7 +192,7 @@ impl Model {
             if let Some(task) = &request.task {
                 model.adapter_of(task).map_err(engine_error)?;
             }
-            return Ok(flat_to_array(py, flatten(Vec::new(), ty), width));
+            return Ok(Rows::new(ty, 0, width).into_array(py));
         }
 
         // Tokenise everything first, so that a bad input fails before any compute and its index
@@ -199,27 +201,45 @@ impl Model {
         let plan = py.detach(|| guarded(|| self.pool.install(|| model.plan(&request))))?.map_err(engine_error)?;
         let lengths: Vec<usize> = plan.sequences.iter().map(|s| s.ids.len()).collect();
         let total = plan.sequences.len();
-        let mut sums: Vec<SpanSum> = Vec::new();
+        let finish = Finish { dimensions, normalized: normalize };
+        let hidden = model.config().hidden_size;
+        // Without late chunking every sequence is one whole output: its vector is finished and
+        // written into the output buffer as soon as its pass is done, so memory stays at the
+        // output's size. Late-chunked spans may be split over windows and are finished at the end.
+        let direct = late_chunking == LateChunking::Off;
+        let mut rows = Rows::new(ty, plan.outputs, width);
+        let mut pending: Vec<SpanSum> = Vec::new();
         let mut done = 0;
         for pass in batch::pack_by_tokens(&lengths, self.max_batch_tokens) {
             let chosen: Vec<&Sequence> = pass.iter().map(|&i| &plan.sequences[i]).collect();
-            let result = py.detach(|| guarded(|| self.pool.install(|| model.run(&chosen))))?;
-            sums.extend(result.into_iter().flatten());
+            py.detach(|| {
+                guarded(|| {
+                    let sums = self.pool.install(|| model.run(&chosen)).into_iter().flatten();
+                    if direct {
+                        for sum in sums {
+                            rows.write(sum.output, &pooling::finish_vector(mean(&sum), finish));
+                        }
+                    } else {
+                        pending.extend(sums);
+                    }
+                })
+            })?;
             done += pass.len();
             py.check_signals()?;
             if let Some(callback) = &progress {
                 callback.call1((done, total))?;
             }
         }
-        let finish = Finish { dimensions, normalized: normalize };
-        let hidden = model.config().hidden_size;
-        let flat = py.detach(|| {
-            guarded(|| {
-                let vectors = pooling::finish(&plan, sums, hidden, finish);
-                flatten(vectors, ty)
-            })
-        })?;
-        Ok(flat_to_array(py, flat, width))
+        if !direct {
+            py.detach(|| {
+                guarded(|| {
+                    for (output, vector) in pooling::finish(&plan, pending, hidden, finish).iter().enumerate() {
+                        rows.write(output, vector);
+                    }
+                })
+            })?;
+        }
+        Ok(rows.into_array(py))
     }
 
     /// The tokens of each text as the model sees them for `task` (default: the model's default
@@ -278,34 +298,60 @@ impl Model {
     }
 }
 
-/// All vectors in one row-major buffer, in the output type (floats as f32 bits, packed bits as
-/// bytes); this buffer is handed to numpy as it is.
-enum Flat {
+/// The mean of a span sum, as `pooling::finish` takes it (all zeros for an empty span).
+fn mean(sum: &SpanSum) -> Vec<f32> {
+    sum.sum.iter().map(|s| if sum.count == 0 { 0.0 } else { (s / sum.count as f64) as f32 }).collect()
+}
+
+/// The output rows in one row-major buffer of the output type (f32 values, or packed sign bits
+/// as bytes), filled row by row and handed to numpy as it is.
+enum Buffer {
     F32(Vec<f32>),
     U8(Vec<u8>),
     I8(Vec<i8>),
 }
 
-fn flatten(vectors: Vec<Vec<f32>>, ty: EmbeddingType) -> Flat {
-    match ty {
-        EmbeddingType::Float => Flat::F32(vectors.concat()),
-        EmbeddingType::Binary => {
-            Flat::I8(vectors.iter().flat_map(|v| output::pack_bits(v)).map(|b| (b as i16 - 128) as i8).collect())
-        }
-        EmbeddingType::Ubinary | EmbeddingType::Base64 => Flat::U8(vectors.iter().flat_map(|v| output::pack_bits(v)).collect()),
-    }
+struct Rows {
+    buffer: Buffer,
+    /// Elements per row: the dimensions, or the bytes that hold their bits.
+    cols: usize,
 }
 
-/// A numpy array that owns `flat` (no copy), shaped `(n, width)` or `(n, ceil(width / 8))`.
-fn flat_to_array(py: Python<'_>, flat: Flat, width: usize) -> Bound<'_, PyAny> {
-    fn shaped<T: numpy::Element>(py: Python<'_>, v: Vec<T>, cols: usize) -> Bound<'_, PyAny> {
-        let rows = if cols == 0 { 0 } else { v.len() / cols };
-        Array2::from_shape_vec((rows, cols), v).expect("rows × cols is the buffer's length").into_pyarray(py).into_any()
+impl Rows {
+    fn new(ty: EmbeddingType, rows: usize, width: usize) -> Rows {
+        let bytes = width.div_ceil(8);
+        match ty {
+            EmbeddingType::Float => Rows { buffer: Buffer::F32(vec![0.0; rows * width]), cols: width },
+            EmbeddingType::Binary => Rows { buffer: Buffer::I8(vec![0; rows * bytes]), cols: bytes },
+            EmbeddingType::Ubinary | EmbeddingType::Base64 => Rows { buffer: Buffer::U8(vec![0; rows * bytes]), cols: bytes },
+        }
     }
-    match flat {
-        Flat::F32(v) => shaped(py, v, width),
-        Flat::U8(v) => shaped(py, v, width.div_ceil(8)),
-        Flat::I8(v) => shaped(py, v, width.div_ceil(8)),
+
+    /// Writes the finished vector of output `row` (its length is the width `new` was given).
+    fn write(&mut self, row: usize, vector: &[f32]) {
+        let range = row * self.cols..(row + 1) * self.cols;
+        match &mut self.buffer {
+            Buffer::F32(buf) => buf[range].copy_from_slice(vector),
+            Buffer::U8(buf) => buf[range].copy_from_slice(&output::pack_bits(vector)),
+            Buffer::I8(buf) => {
+                for (b, bits) in buf[range].iter_mut().zip(output::pack_bits(vector)) {
+                    *b = (bits as i16 - 128) as i8;
+                }
+            }
+        }
+    }
+
+    /// A `(rows, cols)` numpy array that owns the buffer (no copy).
+    fn into_array(self, py: Python<'_>) -> Bound<'_, PyAny> {
+        fn shaped<T: numpy::Element>(py: Python<'_>, v: Vec<T>, cols: usize) -> Bound<'_, PyAny> {
+            let rows = v.len().checked_div(cols).unwrap_or(0);
+            Array2::from_shape_vec((rows, cols), v).expect("rows × cols is the buffer's length").into_pyarray(py).into_any()
+        }
+        match self.buffer {
+            Buffer::F32(v) => shaped(py, v, self.cols),
+            Buffer::U8(v) => shaped(py, v, self.cols),
+            Buffer::I8(v) => shaped(py, v, self.cols),
+        }
     }
 }
 

@@ -88,6 +88,8 @@ def test_output_is_a_plain_writable_array(model):
     v = model.encode(["x", "y", "z"], dimensions=64)
     assert v.shape == (3, 64) and v.flags["C_CONTIGUOUS"] and v.flags["WRITEABLE"]
     np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-6)
+    # The array wraps the engine's buffer (numpy's base is the Rust container), not a copy.
+    assert not v.flags["OWNDATA"] and type(v.base).__name__ == "PySliceContainer"
     assert model.encode([]).shape == (0, 128)
     assert model.encode([], embedding_type="ubinary", dimensions=12).shape == (0, 2)
 
