@@ -29,7 +29,9 @@ def test_ray_data_job_with_two_actors_matches_encode(local_ray, fixture_dir):
     options = {"model": fixture_dir, "task": "retrieval.passage", "dimensions": 64, "precision": "f32",
                "threads": 1, "text_column": "body", "embedding_column": "vector"}
     started = time.perf_counter()
-    out = ds.map_batches(Embedder, fn_constructor_kwargs=options, concurrency=2, num_cpus=1, batch_size=64)
+    # Two actors: `compute=ActorPoolStrategy(size=2)`, which `concurrency=2` means on Ray < 2.51.
+    out = ds.map_batches(Embedder, fn_constructor_kwargs=options, compute=ray.data.ActorPoolStrategy(size=2),
+                         num_cpus=1, batch_size=64)
     rows = sorted(out.take_all(), key=lambda r: r["id"])
     elapsed = time.perf_counter() - started
     print(f"Ray Data, two actors: {len(rows)} rows in {elapsed:.1f} s ({len(rows) / elapsed:.0f} rows/s, "

@@ -7,7 +7,8 @@
 ...     Embedder,
 ...     fn_constructor_kwargs={"model": "jinaai/jina-embeddings-v3", "task": "retrieval.passage",
 ...                            "dimensions": 256, "precision": "bf16"},
-...     concurrency=2, num_cpus=8, batch_size=256)
+...     compute=ray.data.ActorPoolStrategy(size=2),  # two actors; concurrency=2 on Ray < 2.51
+...     num_cpus=8, batch_size=256)
 >>> ds.write_parquet("vectors/")
 
 Each actor loads the model once, in its constructor. Ray itself is not imported here: the class
