@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Builds the Python package (crates/python) into a wheel with maturin, installs it into a fresh
+# venv (.venv-py, gitignored) with the test requirements (numpy, pytest, pyarrow, the real
+# ray[data], tqdm) and runs the pytest suite against the installed wheel.
+#   JINA_PY_REUSE_VENV=1   keep an existing .venv-py (only missing requirements are installed)
+#   PYTHON=python3.X       the interpreter the venv is made from (3.9 or later)
+#   extra arguments go to pytest (e.g. -k ray -x)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python="${PYTHON:-python3}"
+venv=.venv-py
+started=$(date +%s)
+if [ "${JINA_PY_REUSE_VENV:-0}" != 1 ]; then
+    rm -rf "$venv"
+fi
+if [ ! -x "$venv/bin/python" ]; then
+    "$python" -m venv "$venv"
+fi
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r crates/python/requirements-test.txt
+
+# The wheel: abi3 (CPython 3.9+), built in release mode in the workspace's target folder.
+wheels="${CARGO_TARGET_DIR:-target}/wheels"
+rm -f "$wheels"/jina_embeddings_rs-*.whl
+"$venv/bin/maturin" build --release --quiet -m crates/python/Cargo.toml -o "$wheels"
+wheel=$(ls "$wheels"/jina_embeddings_rs-*.whl)
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check --force-reinstall --no-deps "$wheel"
+echo "installed $(basename "$wheel") ($(du -h "$wheel" | cut -f1)) into $venv after $(( $(date +%s) - started )) s"
+
+# Run from the tests folder so that the installed wheel, not the source tree, is imported.
+cd crates/python/tests
+"../../../$venv/bin/python" - <<'PY'
+import jina_embeddings, os
+assert "site-packages" in jina_embeddings.__file__, f"imported {jina_embeddings.__file__}, not the wheel"
+PY
+status=0
+"../../../$venv/bin/python" -m pytest -q -p no:cacheprovider "$@" . || status=$?
+if [ "$status" = 5 ]; then
+    echo "test-python: pytest collected no tests (exit code 5): that is a failure" >&2
+    exit 1
+fi
+if [ "$status" != 0 ]; then
+    exit "$status"
+fi
+echo "test-python: passed in $(( $(date +%s) - started )) s"
