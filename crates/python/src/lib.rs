@@ -284,7 +284,12 @@ impl Model {
         let config = model.config();
         let info = PyDict::new(py);
         info.set_item("path", model.dir().to_string_lossy())?;
+        let plan = model.kernel_plan();
         info.set_item("precision", model.precision().name())?;
+        info.set_item("requested_precision", plan.requested.name())?;
+        info.set_item("isa", plan.isa().name())?;
+        info.set_item("kernels", format!("linear {}; attention {}", plan.linear, plan.attention))?;
+        info.set_item("precision_fallbacks", plan.fallbacks.clone())?;
         info.set_item("weights_dtype", model.weights_dtype())?;
         info.set_item("parameters", model.parameter_count())?;
         info.set_item("dimensions", config.hidden_size)?;
