@@ -1,16 +1,34 @@
 #!/usr/bin/env bash
 # The project's test command (README, "Run the tests"): sets up what the tests need, then runs
-# every test of the workspace in release mode (the forward pass is too slow unoptimised).
+# every test of the workspace in release mode (the forward pass is too slow unoptimised), checks
+# that every numeric test ran on every instruction-set variant of this CPU, runs the Python
+# package's tests against its built wheel, and fuzzes for a bounded time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+started=$(date +%s)
+step() { echo "== $1 (at $(( $(date +%s) - started )) s)"; }
 if [ -f scripts/setup-test-venv.sh ]; then
     # A Python venv with the real client libraries that the client tests drive.
     bash scripts/setup-test-venv.sh
 fi
+step "cargo test --release --workspace"
+export JINA_VARIANT_LOG="$PWD/target/variant-runs.txt"
+mkdir -p target && rm -f "$JINA_VARIANT_LOG"
 cargo test --release --workspace "$@"
+step "every variant ran"
+bash scripts/check-variants.sh "$JINA_VARIANT_LOG"
+# The Python package: the wheel built with maturin, installed into a fresh venv, its pytest suite
+# (golden cases, errors, GIL release, pickling, a real local Ray cluster). JINA_SKIP_PYTHON=1
+# skips it.
+if [ "${JINA_SKIP_PYTHON:-0}" != 1 ]; then
+    step "Python package"
+    bash scripts/test-python.sh
+fi
 # Fuzzing, bounded (docs/reliability.md): the libFuzzer targets of fuzz/, built by a plain cargo
 # build with cargo-fuzz's instrumentation (no cargo-fuzz install; stable Rust), 60 s each.
 # JINA_SKIP_FUZZ=1 skips it; JINA_FUZZ_SECONDS changes the time per target.
 if [ "${JINA_SKIP_FUZZ:-0}" != 1 ]; then
+    step "fuzz"
     JINA_FUZZ_DRIVER=plain JINA_FUZZ_SECONDS="${JINA_FUZZ_SECONDS:-60}" bash scripts/fuzz.sh
 fi
+step "all tests passed"

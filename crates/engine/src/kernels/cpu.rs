@@ -21,8 +21,6 @@ pub enum Isa {
     Scalar,
     /// x86-64: AVX2 and FMA (Haswell and later, AMD Zen 1–3).
     Avx2,
-    /// x86-64: AVX2 with AVX-VNNI (`vpdpbusd` in its VEX form: Alder Lake and later, Zen 5).
-    AvxVnni,
     /// x86-64: AVX-512 F, BW, VL and DQ, with AVX512_VNNI where the CPU has it.
     Avx512,
     /// x86-64: AVX-512 with AVX512_BF16 (`vdpbf16ps`: Cooper Lake, Sapphire Rapids, Zen 4).
@@ -41,10 +39,9 @@ pub enum Isa {
 
 impl Isa {
     /// Every level, lowest first.
-    pub const ALL: [Isa; 10] = [
+    pub const ALL: [Isa; 9] = [
         Isa::Scalar,
         Isa::Avx2,
-        Isa::AvxVnni,
         Isa::Avx512,
         Isa::Avx512Bf16,
         Isa::Amx,
@@ -59,7 +56,6 @@ impl Isa {
         match self {
             Isa::Scalar => "scalar",
             Isa::Avx2 => "avx2",
-            Isa::AvxVnni => "avxvnni",
             Isa::Avx512 => "avx512",
             Isa::Avx512Bf16 => "avx512bf16",
             Isa::Amx => "amx",
@@ -74,7 +70,7 @@ impl Isa {
     pub fn is_native(self) -> bool {
         match self {
             Isa::Scalar => true,
-            Isa::Avx2 | Isa::AvxVnni | Isa::Avx512 | Isa::Avx512Bf16 | Isa::Amx => cfg!(target_arch = "x86_64"),
+            Isa::Avx2 | Isa::Avx512 | Isa::Avx512Bf16 | Isa::Amx => cfg!(target_arch = "x86_64"),
             Isa::Neon | Isa::Dotprod | Isa::I8mm | Isa::Bf16 => cfg!(target_arch = "aarch64"),
         }
     }
@@ -113,8 +109,6 @@ impl FromStr for Isa {
 pub struct Cpu {
     /// AVX2 and FMA.
     pub avx2: bool,
-    /// AVX-VNNI (VEX `vpdpbusd`).
-    pub avx_vnni: bool,
     /// AVX-512 F, BW, VL and DQ.
     pub avx512: bool,
     /// AVX512_VNNI (`vpdpbusd` on 512-bit registers).
@@ -139,7 +133,6 @@ impl Cpu {
     /// A CPU with no SIMD of ours: the reference kernels only.
     pub const SCALAR: Cpu = Cpu {
         avx2: false,
-        avx_vnni: false,
         avx512: false,
         avx512_vnni: false,
         avx512_bf16: false,
@@ -188,7 +181,6 @@ impl Cpu {
         let keep = |level: Isa, has: bool| has && level <= max;
         Cpu {
             avx2: keep(Isa::Avx2, self.avx2),
-            avx_vnni: keep(Isa::AvxVnni, self.avx_vnni),
             avx512: keep(Isa::Avx512, self.avx512),
             avx512_vnni: keep(Isa::Avx512, self.avx512_vnni),
             avx512_bf16: keep(Isa::Avx512Bf16, self.avx512_bf16),
@@ -203,9 +195,8 @@ impl Cpu {
 
     /// The highest level whose defining feature this CPU has (and every level below it).
     pub fn level(self) -> Isa {
-        let chain: [(Isa, bool); 9] = [
+        let chain: [(Isa, bool); 8] = [
             (Isa::Avx2, self.avx2),
-            (Isa::AvxVnni, self.avx2 && self.avx_vnni),
             (Isa::Avx512, self.avx2 && self.avx512),
             (Isa::Avx512Bf16, self.avx2 && self.avx512 && self.avx512_bf16),
             (Isa::Amx, self.avx2 && self.avx512 && self.avx512_bf16 && self.amx_bf16),
@@ -217,8 +208,7 @@ impl Cpu {
         chain.iter().filter(|(_, has)| *has).map(|(isa, _)| *isa).max().unwrap_or(Isa::Scalar)
     }
 
-    /// The distinct levels this CPU can be capped to, lowest first: what the tests run once each.
-    /// A level the CPU lacks is left out (on a Zen 4, `avxvnni` would only repeat `avx2`).
+    /// The levels this CPU can be capped to, lowest first: what the tests run once each.
     pub fn variants(self) -> Vec<Isa> {
         Isa::native().filter(|&isa| isa <= self.level() && self.capped(isa).level() == isa).collect()
     }
@@ -227,7 +217,6 @@ impl Cpu {
     pub fn feature_names(self) -> Vec<&'static str> {
         let all = [
             ("avx2", self.avx2),
-            ("avx-vnni", self.avx_vnni),
             ("avx512", self.avx512),
             ("avx512-vnni", self.avx512_vnni),
             ("avx512-bf16", self.avx512_bf16),
@@ -315,7 +304,6 @@ fn probe() -> Cpu {
     let (amx_bf16, amx_int8) = (false, false);
     Cpu {
         avx2,
-        avx_vnni: avx2 && is_x86_feature_detected!("avxvnni"),
         avx512,
         avx512_vnni: avx512 && is_x86_feature_detected!("avx512vnni"),
         avx512_bf16,
@@ -351,7 +339,6 @@ mod tests {
     fn a_cap_clears_every_feature_above_it() {
         let all = Cpu {
             avx2: true,
-            avx_vnni: true,
             avx512: true,
             avx512_vnni: true,
             avx512_bf16: true,
@@ -363,10 +350,9 @@ mod tests {
         assert_eq!(all.capped(Isa::Avx512Bf16).level(), Isa::Avx512Bf16);
         assert!(!all.capped(Isa::Avx512Bf16).amx_int8);
         assert!(all.capped(Isa::Avx512).avx512_vnni && !all.capped(Isa::Avx512).avx512_bf16);
-        assert_eq!(all.capped(Isa::AvxVnni), Cpu { avx2: true, avx_vnni: true, ..Cpu::SCALAR });
         assert_eq!(all.capped(Isa::Avx2), Cpu { avx2: true, ..Cpu::SCALAR });
         assert_eq!(all.capped(Isa::Scalar), Cpu::SCALAR);
-        let zen4 = Cpu { amx_bf16: false, amx_int8: false, avx_vnni: false, ..all };
+        let zen4 = Cpu { amx_bf16: false, amx_int8: false, ..all };
         if cfg!(target_arch = "x86_64") {
             assert_eq!(zen4.variants(), [Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Avx512Bf16]);
         }
