@@ -385,7 +385,9 @@ fn matmul_int8(
         }
     };
     let parallel = parallel && rows * w.n * w.k >= 1 << 18;
-    for_each_block(rows, steps * 4, MAX_ROWS, w.n.div_ceil(PANEL), parallel, run_panel);
+    // The AVX2 kernel's rows are i16, twice the bytes of quads.
+    let row_bytes = if path == Path::Avx2 { steps * 8 } else { steps * 4 };
+    for_each_block(rows, row_bytes, MAX_ROWS, w.n.div_ceil(PANEL), parallel, run_panel);
 }
 
 /// One chunk of one panel of int8 weights, as the int8 tile kernels read it.
