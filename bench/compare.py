@@ -446,7 +446,9 @@ def worker_torch(args) -> None:
             ids = torch.tensor([synthetic_ids(i, n, vocab) for i in range(b)], dtype=torch.long)
             mask = torch.ones_like(ids)
             times = time_runs(lambda: pooled(model, ids, mask), args.iters)
-            emit(shape_result(args.engine, shape, args.threads, times, {"load_s": load_s}))
+            # What oneDNN/ATen dispatch to (ONEDNN_MAX_CPU_ISA caps it): named in the report.
+            capability = torch.backends.cpu.get_cpu_capability()
+            emit(shape_result(args.engine, shape, args.threads, times, {"load_s": load_s, "cpu_capability": capability}))
         if args.check:
             ids, mask = check_batch(Path(args.model), args.task)
             e = pooled(model, torch.tensor(ids), torch.tensor(mask))
@@ -718,9 +720,10 @@ def drive(args) -> int:
                     import onnxruntime.quantization  # noqa: F401
                 except Exception as exc:  # noqa: BLE001
                     unavailable[e] = f"onnxruntime.quantization not importable ({exc})"
-    flags = cpu_flags()
-    if "ours-bf16" in engines and "ours-bf16" not in unavailable and "avx512_bf16" not in flags:
-        notes.append("this CPU has no AVX512_BF16: `jina-embed bench --precision bf16` falls back to f32 kernels")
+    caps = {k: os.environ[k] for k in ("JINA_MAX_ISA", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS") if os.environ.get(k)}
+    if caps:
+        notes.append("instruction sets capped: " + ", ".join(f"{k}={v}" for k, v in caps.items())
+                     + " (ONNX Runtime's MLAS has no such switch: it runs what the CPU has)")
     for e, why in unavailable.items():
         log(f"[skip] {e}: {why}")
         notes.append(f"{e} skipped: {why}")
@@ -887,6 +890,16 @@ def ratio_rows(shapes, rounds) -> list[dict]:
 
 def render(args, cfg, shapes, engines, active, results, ratio_list, failures, skip, cos_values, notes, started) -> str:
     lines = []
+    # What each of our engines really ran (the precision the CPU resolved, the kernels).
+    for e in engines:
+        ran = next((r for (eng, _), r in results.items() if eng == e and "isa" in r), None)
+        torch_ran = next((r for (eng, _), r in results.items() if eng == e and "cpu_capability" in r), None)
+        if torch_ran:
+            notes.append(f"{e}: torch.backends.cpu.get_cpu_capability() = {torch_ran['cpu_capability']}")
+        if ran:
+            notes.append(f"{e} ran {ran['precision']} (requested {ran['requested_precision']}) on {ran['isa']}: "
+                         f"{ran['kernels']}; linear weights {ran['linear_weights_mb']:.0f} MB; its peak RSS is "
+                         "read before the f32 reference of the cosine is loaded")
     vers = versions()
     ratios = {r["shape"]: r for r in ratio_list}
     rounds_note = f", {args.rounds} rounds" if args.rounds > 1 else ""
