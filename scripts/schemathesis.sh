@@ -19,10 +19,14 @@ version=4.32.5
 seconds="${SCHEMATHESIS_SECONDS:-60}"
 seed="${SCHEMATHESIS_SEED:-20261202}"
 target="${CARGO_TARGET_DIR:-target}"
+mkdir -p "$target/schemathesis"
+target="$(cd "$target" && pwd)"
 out="$target/schemathesis"
 venv="$target/schemathesis-venv"
 python="${PYTHON:-python3}"
-mkdir -p "$out"
+# schemathesis keeps a crash cache in ./.schemathesis and replays it on the next run: it runs in
+# $out, from a clean cache, so that a run depends only on the seed.
+rm -rf "$out/.schemathesis"
 
 if ! "$venv/bin/schemathesis" --version 2>/dev/null | grep -q "version $version\$"; then
     rm -rf "$venv"
@@ -89,9 +93,9 @@ open(path, "wb").write(urllib.request.urlopen(request, timeout=10).read())
 PY
     echo "== schemathesis, server $mode (${seconds} s, seed $seed)"
     local status=0
-    "$venv/bin/schemathesis" --config-file "$config" run "$out/openapi-$mode.json" --url "$url" "${auth[@]}" \
+    (cd "$out" && "$venv/bin/schemathesis" --config-file "$config" run "$out/openapi-$mode.json" --url "$url" "${auth[@]}" \
         --checks all --seed "$seed" --max-time "$seconds" --workers 1 --generation-database none \
-        --report junit,ndjson --report-dir "$out/report-$mode" --no-color || status=$?
+        --report junit,ndjson --report-dir "$out/report-$mode" --no-color) || status=$?
     stop_server
     if [ "$status" -ne 0 ]; then
         echo "schemathesis found problems with the server $mode (exit $status); server log: $out/server-$mode.log" >&2
