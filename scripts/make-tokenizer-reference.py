@@ -1,15 +1,35 @@
-"""Writes crates/engine/tests/fixtures/tokenizer-reference.json: token ids that the Python
-`tokenizers` package (the reference implementation) gives for multilingual texts with the vendored
-XLM-RoBERTa tokenizer.json. Rerun after changing the texts:
+"""Writes the tokenizer references of crates/engine/tests/tokenizer.rs:
 
-    python3 -m venv /tmp/tok && /tmp/tok/bin/pip install tokenizers
+- crates/engine/tests/fixtures/tokenizer-reference.json: token ids that the Python `tokenizers`
+  package (the reference implementation) gives for multilingual texts with the vendored
+  XLM-RoBERTa tokenizer.json alone.
+- crates/engine/tests/fixtures/tokenizer-reference-transformers.json: token ids that
+  `transformers.AutoTokenizer` (the official pipeline's loader) gives on the folder that
+  `jina-embed fixture` writes (tokenizer.json + the real repository's tokenizer_config.json and
+  special_tokens_map.json), for texts holding the literal spellings of the special tokens, and on
+  the same folder with a tokenizer_config.json whose flags are flipped.
+
+transformers is pinned to 4.57.6, the last 4.x: transformers 4 loads tokenizer.json unchanged and
+applies tokenizer_config.json's added_tokens_decoder over it. transformers 5 instead rebuilds an
+XLM-RoBERTa tokenizer's normaliser and pre-tokeniser from the class definition, ignoring
+tokenizer.json's (it drops the `▁` before a special token and the collapsing of space runs), so it
+no longer tokenises as the model's own tokenizer.json does. Rerun after changing the texts
+(no torch needed):
+
+    python3 -m venv /tmp/tok && /tmp/tok/bin/pip install "transformers==4.57.6"
     /tmp/tok/bin/python scripts/make-tokenizer-reference.py
 """
-import gzip, json, pathlib
+import copy, gzip, json, pathlib, tempfile
 import tokenizers
+import transformers
 
 root = pathlib.Path(__file__).resolve().parent.parent
-tok = tokenizers.Tokenizer.from_str(gzip.decompress((root / "assets/xlm-roberta-tokenizer.json.gz").read_bytes()).decode())
+assets = root / "assets"
+fixtures = root / "crates/engine/tests/fixtures"
+tokenizer_json = gzip.decompress((assets / "xlm-roberta-tokenizer.json.gz").read_bytes())
+
+# 1. tokenizers alone on tokenizer.json.
+tok = tokenizers.Tokenizer.from_str(tokenizer_json.decode())
 texts = [
     "Organic skincare for sensitive skin with aloe vera and chamomile.",
     "Bio-Hautpflege für empfindliche Haut mit Aloe Vera und Kamille.",
@@ -39,6 +59,76 @@ for text in texts:
         "plain": tok.encode(text, add_special_tokens=False).ids,
     })
 out = {"reference": f"Python tokenizers {tokenizers.__version__}", "cases": cases}
-path = root / "crates/engine/tests/fixtures/tokenizer-reference.json"
+path = fixtures / "tokenizer-reference.json"
 path.write_text(json.dumps(out, ensure_ascii=False, indent=1) + "\n")
 print(f"wrote {len(cases)} cases to {path}")
+
+# 2. transformers.AutoTokenizer on the fixture folder, as shipped and with flipped flags.
+special_texts = [
+    "a <mask> b",
+    "a<mask>b",
+    "a  <mask>",
+    "<mask>",
+    " <mask> ",
+    "<mask> at the start",
+    "at the end <mask>",
+    "(<mask>)",
+    "x, <mask>. y",
+    "a\t<mask>",
+    "a\n<mask>",
+    "a \u00a0<mask>",
+    "a\u3000<mask>",
+    "你好 <mask>世界",
+    "x <s> y </s> z",
+    "<s>",
+    "</s>",
+    "x<s>y</s>",
+    " <s> ",
+    "<s><mask></s>",
+    "</s></s> <s>",
+    "hello <pad>. <unk>!",
+    "a <unk>",
+    "<unk><unk> <unk>",
+    "<pad><pad> <pad>",
+    "is this <s>, </s>; <pad>: <unk>? <mask>!",
+    "near misses: <mask <MASK> < mask> <s > <<s>> </ s> <pa d>",
+    "Represent the query for retrieving evidence documents: <mask>",
+    "Represent the document for retrieval: </s> <mask> text",
+]
+config = json.loads((assets / "tokenizer_config.json").read_text())
+flipped = copy.deepcopy(config)
+flipped["added_tokens_decoder"]["250001"]["lstrip"] = False  # <mask>
+flipped["added_tokens_decoder"]["2"]["rstrip"] = True  # </s>
+flipped["added_tokens_decoder"]["3"]["lstrip"] = True  # <unk>
+
+
+def ids_on_folder(tokenizer_config_text):
+    with tempfile.TemporaryDirectory() as d:
+        d = pathlib.Path(d)
+        (d / "tokenizer.json").write_bytes(tokenizer_json)
+        (d / "tokenizer_config.json").write_text(tokenizer_config_text)
+        (d / "special_tokens_map.json").write_bytes((assets / "special_tokens_map.json").read_bytes())
+        t = transformers.AutoTokenizer.from_pretrained(str(d))
+        assert t.is_fast, type(t)
+        return [
+            {
+                "text": text,
+                "with_specials": t(text)["input_ids"],
+                "plain": t(text, add_special_tokens=False)["input_ids"],
+            }
+            for text in special_texts
+        ], t.model_max_length
+
+
+shipped, max_length = ids_on_folder((assets / "tokenizer_config.json").read_text())
+flipped_cases, _ = ids_on_folder(json.dumps(flipped, indent=2))
+out = {
+    "reference": f"Python transformers {transformers.__version__} AutoTokenizer (tokenizers {tokenizers.__version__})",
+    "model_max_length": max_length,
+    "flipped_config": flipped,
+    "cases": shipped,
+    "flipped_cases": flipped_cases,
+}
+path = fixtures / "tokenizer-reference-transformers.json"
+path.write_text(json.dumps(out, ensure_ascii=False, indent=1) + "\n")
+print(f"wrote {len(shipped)} + {len(flipped_cases)} cases to {path}")

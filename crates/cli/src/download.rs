@@ -12,7 +12,7 @@ use std::process::Command;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use jina_engine::hub::{self, HubId, MODEL_FILES};
+use jina_engine::hub::{self, HubId};
 
 #[derive(Args)]
 pub struct DownloadArgs {
@@ -78,13 +78,16 @@ fn native(id: &HubId, cache: &Path) -> anyhow::Result<PathBuf> {
 fn with_hf_cli(id: &HubId, cache: &Path, cli: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     let cli = find_cli(cli)?;
     let mut command = Command::new(&cli);
-    command.arg("download").arg(&id.repo).args(MODEL_FILES);
+    // The optional files too: the official repository has them (a repository without them
+    // makes the CLI fail; the built-in downloader skips them there).
+    let files: Vec<&str> = hub::all_model_files().collect();
+    command.arg("download").arg(&id.repo).args(&files);
     if let Some(revision) = &id.revision {
         command.args(["--revision", revision]);
     }
     // The same cache this tool reads, whatever the CLI's own defaults.
     command.env("HF_HUB_CACHE", cache);
-    eprintln!("running {} download {} {} into {}", cli.display(), id.repo, MODEL_FILES.join(" "), cache.display());
+    eprintln!("running {} download {} {} into {}", cli.display(), id.repo, files.join(" "), cache.display());
     let status = command.status().with_context(|| format!("cannot run {}", cli.display()))?;
     if !status.success() {
         bail!("{} download {} failed ({status}); see its messages above", cli.display(), id);
@@ -97,7 +100,7 @@ fn with_hf_cli(id: &HubId, cache: &Path, cli: Option<PathBuf>) -> anyhow::Result
 /// Checks the sha256 of every model file whose cache blob is named by one.
 pub fn verify(dir: &Path) -> anyhow::Result<usize> {
     let mut checked = 0;
-    for name in MODEL_FILES {
+    for name in hub::all_model_files() {
         let path = dir.join(name);
         if let Some(want) = hub::expected_sha256(&path) {
             let got = hub::sha256_file(&path).with_context(|| format!("hashing {}", path.display()))?;

@@ -16,7 +16,8 @@ pub enum Variant {
 
 #[derive(Args)]
 pub struct FixtureArgs {
-    /// Folder to write config.json, model.safetensors and tokenizer.json into.
+    /// Folder to write config.json, model.safetensors, tokenizer.json, tokenizer_config.json and
+    /// special_tokens_map.json into.
     #[arg(long)]
     out: PathBuf,
     /// Preset shape.

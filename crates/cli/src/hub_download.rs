@@ -1,7 +1,8 @@
 //! A Hugging Face hub client that fills the local cache exactly as `huggingface_hub` does, so
 //! that `hf`, `huggingface-cli`, Python and this tool share one copy of the weights.
 //!
-//! For each model file (protocol of `huggingface_hub.file_download`):
+//! For each model file (protocol of `huggingface_hub.file_download`), the optional ones
+//! (`tokenizer_config.json`, `special_tokens_map.json`) skipped when the hub answers 404:
 //!
 //! 1. `HEAD {endpoint}/{repo}/resolve/{revision}/{file}`, following only relative redirects: the
 //!    answer names the commit (`X-Repo-Commit`), the blob (`X-Linked-Etag`, else `ETag`; for LFS
@@ -23,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use indicatif::{HumanBytes, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use jina_engine::hub::{self, HubId, MODEL_FILES};
+use jina_engine::hub::{self, HubId, OPTIONAL_FILES};
 use sha2::{Digest, Sha256};
 use ureq::http::Response;
 use ureq::Body;
@@ -91,9 +92,13 @@ impl Hub {
         let repo_dir = cache.join(id.cache_folder_name());
         let blobs = repo_dir.join("blobs");
         let mut commit: Option<String> = None;
-        for file in MODEL_FILES {
+        for file in hub::all_model_files() {
             let revision = commit.as_deref().unwrap_or(id.revision());
-            let meta = self.head(&id.repo, revision, file)?;
+            let optional = OPTIONAL_FILES.contains(&file);
+            let Some(meta) = self.head(&id.repo, revision, file, optional)? else {
+                eprintln!("{file}: not in the repository (optional; tokenizer.json is used as it is)");
+                continue;
+            };
             if commit.as_ref().is_some_and(|c| *c != meta.commit) {
                 bail!("{file}: the hub answered commit {} for revision {revision}", meta.commit);
             }
@@ -108,8 +113,9 @@ impl Hub {
         Ok(commit)
     }
 
-    /// `HEAD` of the file's resolve address, following same-host redirects only.
-    fn head(&self, repo: &str, revision: &str, file: &str) -> anyhow::Result<FileMeta> {
+    /// `HEAD` of the file's resolve address, following same-host redirects only; `None` when an
+    /// `optional` file is not in the repository (404).
+    fn head(&self, repo: &str, revision: &str, file: &str, optional: bool) -> anyhow::Result<Option<FileMeta>> {
         let mut url = format!("{}/{repo}/resolve/{revision}/{file}", self.endpoint);
         for _ in 0..=MAX_RELATIVE_REDIRECTS {
             let response = self
@@ -124,8 +130,9 @@ impl Hub {
                     url = format!("{}{next}", origin(&url));
                     continue;
                 }
-                Some(next) if status.is_redirection() => return file_meta(&response, file, next),
-                _ if status.is_success() => return file_meta(&response, file, url.clone()),
+                Some(next) if status.is_redirection() => return file_meta(&response, file, next).map(Some),
+                _ if status.is_success() => return file_meta(&response, file, url.clone()).map(Some),
+                _ if optional && status.as_u16() == 404 => return Ok(None),
                 _ => bail!("{file}: {}", refusal(&response, &url)),
             }
         }

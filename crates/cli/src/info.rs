@@ -7,7 +7,7 @@ use std::path::Path;
 use anyhow::Context;
 use clap::Args;
 use jina_engine::config::Config;
-use jina_engine::hub::{self, Source, MODEL_FILES};
+use jina_engine::hub::{self, Source, OPTIONAL_FILES};
 use jina_engine::weights::Weights;
 use serde_json::json;
 
@@ -33,8 +33,11 @@ pub fn run(args: InfoArgs) -> anyhow::Result<()> {
     let dir = &resolved.dir;
     // Hashes first: a corrupt file is reported as such, not as whatever parsing it gives.
     let mut files = Vec::new();
-    for name in MODEL_FILES {
+    for name in hub::all_model_files() {
         let path = dir.join(name);
+        if !path.exists() && OPTIONAL_FILES.contains(&name) {
+            continue;
+        }
         let size = std::fs::metadata(&path).with_context(|| format!("reading {}", path.display()))?.len();
         let sha256 = if args.no_hash { None } else { Some(hub::sha256_file(&path).with_context(|| format!("hashing {}", path.display()))?) };
         let expected = hub::expected_sha256(&path);

@@ -65,7 +65,10 @@ fn download_runs_the_hf_cli_into_the_cache_and_checks_sha256() {
     let log = std::fs::read_to_string(bin.join("args.txt")).expect("args");
     assert_eq!(
         log.lines().collect::<Vec<_>>(),
-        ["download jinaai/jina-embeddings-v3 config.json tokenizer.json model.safetensors", &*cache.to_string_lossy()]
+        [
+            "download jinaai/jina-embeddings-v3 config.json tokenizer.json model.safetensors tokenizer_config.json special_tokens_map.json",
+            &*cache.to_string_lossy()
+        ]
     );
     let snapshot = cache.join(id.cache_folder_name()).join("snapshots").join(COMMIT);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), snapshot.to_string_lossy());

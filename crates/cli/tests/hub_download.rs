@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use jina_engine::hub::{self, HubId, Source, MODEL_FILES};
+use jina_engine::hub::{self, HubId, Source, MODEL_FILES, OPTIONAL_FILES};
 use sha2::{Digest, Sha256};
 
 mod common;
@@ -50,6 +50,8 @@ struct Options {
     corrupt: bool,
     /// Refuse hub requests without `Authorization: Bearer <token>`.
     token: Option<String>,
+    /// Answer 404 for the optional files, as for a repository without them.
+    without_optional: bool,
 }
 
 struct MockHub {
@@ -62,7 +64,7 @@ impl MockHub {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let files: HashMap<String, Vec<u8>> =
-            MODEL_FILES.iter().map(|f| (f.to_string(), std::fs::read(fixture().join(f)).expect("fixture file"))).collect();
+            hub::all_model_files().map(|f| (f.to_string(), std::fs::read(fixture().join(f)).expect("fixture file"))).collect();
         let requests = Arc::new(Mutex::new(Vec::new()));
         let state = Arc::new((url.clone(), files, options, requests.clone()));
         std::thread::spawn(move || {
@@ -143,6 +145,7 @@ fn respond(req: &Request, base: &str, files: &HashMap<String, Vec<u8>>, options:
         }
         return match file {
             "config.json" => small_file(file),
+            "tokenizer_config.json" | "special_tokens_map.json" if !options.without_optional => small_file(file),
             // As the hub does today for non-LFS files: a same-host redirect to resolve-cache.
             "tokenizer.json" => (307, h(&[("Location", format!("/api/resolve-cache/models/{REPO}/{COMMIT}/tokenizer.json"))]), Vec::new()),
             "model.safetensors" => {
@@ -212,7 +215,7 @@ fn download_fills_the_cache_in_the_huggingface_hub_layout() {
     let snapshot = repo.join("snapshots").join(COMMIT);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), snapshot.to_string_lossy());
     assert_eq!(std::fs::read_to_string(repo.join("refs/main")).expect("ref"), COMMIT);
-    for file in MODEL_FILES {
+    for file in hub::all_model_files() {
         let want = std::fs::read(fixture().join(file)).expect("fixture");
         let etag = if file == "model.safetensors" { sha256(&want) } else { git_etag(&want) };
         let link = std::fs::read_link(snapshot.join(file)).expect("a symlink");
@@ -221,7 +224,7 @@ fn download_fills_the_cache_in_the_huggingface_hub_layout() {
     }
     let mut blobs: Vec<String> = std::fs::read_dir(repo.join("blobs")).expect("blobs").map(|e| e.expect("e").file_name().to_string_lossy().into_owned()).collect();
     blobs.sort();
-    assert_eq!(blobs.len(), 3, "no .incomplete left: {blobs:?}");
+    assert_eq!(blobs.len(), 5, "no .incomplete left: {blobs:?}");
     let resolved = hub::resolve_with_cache(REPO, Some(&cache)).expect("resolves");
     assert_eq!(resolved.source, Source::Cache { id: HubId::parse(REPO).expect("id"), commit: COMMIT.into() });
 
@@ -245,6 +248,25 @@ fn download_fills_the_cache_in_the_huggingface_hub_layout() {
     // Offline, download only checks what is cached.
     let out = jina(&cache, "http://127.0.0.1:1").env("HF_HUB_OFFLINE", "1").args(["download"]).output().expect("run");
     assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
+fn a_repository_without_the_optional_tokenizer_files_still_downloads() {
+    let hub = MockHub::start(Options { without_optional: true, ..Options::default() });
+    let tmp = tempfile::tempdir().expect("tmp");
+    let cache = tmp.path().join("cache");
+    let out = jina(&cache, &hub.url).args(["download", "--model", REPO]).output().expect("run");
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("tokenizer_config.json: not in the repository (optional"), "{err}");
+    let snapshot = repo_dir(&cache).join("snapshots").join(COMMIT);
+    for file in MODEL_FILES {
+        assert!(snapshot.join(file).is_file(), "{file}");
+    }
+    for file in OPTIONAL_FILES {
+        assert!(!snapshot.join(file).exists(), "{file}");
+    }
+    assert!(hub::resolve_with_cache(REPO, Some(&cache)).is_ok());
 }
 
 #[test]

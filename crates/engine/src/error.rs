@@ -42,6 +42,14 @@ pub enum Error {
         /// What the `tokenizers` crate reported.
         message: String,
     },
+    /// `tokenizer_config.json` is not valid JSON or has a field of the wrong type.
+    #[error("invalid tokenizer configuration {path}: {message}")]
+    TokenizerConfig {
+        /// The configuration file.
+        path: PathBuf,
+        /// What is wrong, with the field.
+        message: String,
+    },
     /// `model.safetensors` is corrupt or truncated.
     #[error("corrupt or truncated {path}: {message}")]
     Safetensors {

@@ -1,7 +1,8 @@
 //! The formula checkpoint of `shared/fixtures/README.md`: every value of every tensor is a
 //! function of the seed, the tensor's name and the element's index, so any language regenerates
 //! the same bits. Written in the exact official layout (config.json, bf16 model.safetensors,
-//! tokenizer.json) so that the loader sees what it sees with the real weights.
+//! tokenizer.json, and the real repository's tokenizer_config.json and special_tokens_map.json)
+//! so that the loader, and transformers, see what they see with the real weights.
 
 use std::io::Read;
 use std::path::Path;
@@ -17,6 +18,13 @@ use crate::weights::expected_tensors;
 
 /// The real XLM-RoBERTa `tokenizer.json`, gzip-compressed (MIT licence, see `assets/NOTICE`).
 const TOKENIZER_GZ: &[u8] = include_bytes!("../../../assets/xlm-roberta-tokenizer.json.gz");
+
+/// `tokenizer_config.json` of the jinaai/jina-embeddings-v3 repository, unchanged (see
+/// `assets/NOTICE`): transformers applies its added-token flags over `tokenizer.json`.
+pub const TOKENIZER_CONFIG_JSON: &[u8] = include_bytes!("../../../assets/tokenizer_config.json");
+
+/// `special_tokens_map.json` of the jinaai/jina-embeddings-v3 repository, unchanged.
+pub const SPECIAL_TOKENS_MAP_JSON: &[u8] = include_bytes!("../../../assets/special_tokens_map.json");
 
 /// The shape of a generated checkpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,7 +122,8 @@ pub fn tokenizer_json() -> Vec<u8> {
     out
 }
 
-/// Writes `config.json`, `model.safetensors` (bf16) and `tokenizer.json` into `dir`.
+/// Writes `config.json`, `model.safetensors` (bf16), `tokenizer.json`, `tokenizer_config.json`
+/// and `special_tokens_map.json` into `dir`.
 pub fn write_fixture(dir: &Path, shape: FixtureShape, seed: u64) -> Result<()> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
@@ -144,6 +153,10 @@ pub fn write_fixture(dir: &Path, shape: FixtureShape, seed: u64) -> Result<()> {
 
     let tokenizer_path = dir.join("tokenizer.json");
     std::fs::write(&tokenizer_path, tokenizer_json()).map_err(io(&tokenizer_path))?;
+    for (name, bytes) in [("tokenizer_config.json", TOKENIZER_CONFIG_JSON), ("special_tokens_map.json", SPECIAL_TOKENS_MAP_JSON)] {
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).map_err(io(&path))?;
+    }
     Ok(())
 }
 

@@ -26,6 +26,16 @@ pub const DEFAULT_MODEL: &str = "jinaai/jina-embeddings-v3";
 /// The files a model folder must hold.
 pub const MODEL_FILES: [&str; 3] = ["config.json", "tokenizer.json", "model.safetensors"];
 
+/// Files used when the repository has them: transformers applies `tokenizer_config.json` over
+/// `tokenizer.json` (the real repository's changes the ids of texts that spell `<mask>`), and
+/// `special_tokens_map.json` comes with it.
+pub const OPTIONAL_FILES: [&str; 2] = ["tokenizer_config.json", "special_tokens_map.json"];
+
+/// Every file fetched for a model: the required ones first, then the optional ones.
+pub fn all_model_files() -> impl Iterator<Item = &'static str> {
+    MODEL_FILES.into_iter().chain(OPTIONAL_FILES)
+}
+
 /// A hub repository id with an optional revision (branch, tag or commit sha).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HubId {
@@ -68,13 +78,15 @@ impl HubId {
         format!("models--{}", self.repo.replace('/', "--"))
     }
 
-    /// The `huggingface-cli` command that downloads the files this project reads into the cache.
+    /// The `huggingface-cli` command that downloads the files this project reads into the cache
+    /// (the optional ones too: the official repository has them).
     pub fn download_command(&self) -> String {
         let revision = match &self.revision {
             Some(rev) => format!(" --revision {rev}"),
             None => String::new(),
         };
-        format!("huggingface-cli download {}{revision} {}", self.repo, MODEL_FILES.join(" "))
+        let files: Vec<&str> = all_model_files().collect();
+        format!("huggingface-cli download {}{revision} {}", self.repo, files.join(" "))
     }
 }
 
@@ -280,16 +292,20 @@ pub fn link_snapshot(repo_dir: &Path, commit: &str, file: &str, blob: &str) -> s
     return std::fs::copy(repo_dir.join("blobs").join(blob), &link).map(|_| ());
 }
 
-/// Copies a model folder into `cache` in `huggingface_hub`'s layout, as `huggingface-cli
-/// download` leaves it: each file in `blobs/<sha256>`, `snapshots/<commit>/<file>` a relative
+/// Copies a model folder (its [`MODEL_FILES`], and the [`OPTIONAL_FILES`] it has) into `cache`
+/// in `huggingface_hub`'s layout, as `huggingface-cli download` leaves it: each file in
+/// `blobs/<sha256>`, `snapshots/<commit>/<file>` a relative
 /// symlink to it (a copy where symlinks are unsupported), and `refs/<reference>` holding `commit`.
 /// Used by the tests and to seed a cache from a local folder.
 pub fn install_into_cache(cache: &Path, id: &HubId, commit: &str, reference: &str, from: &Path) -> std::io::Result<PathBuf> {
     let repo_dir = cache.join(id.cache_folder_name());
     std::fs::create_dir_all(repo_dir.join("blobs"))?;
     std::fs::create_dir_all(repo_dir.join("refs"))?;
-    for file in MODEL_FILES {
+    for file in all_model_files() {
         let src = from.join(file);
+        if !src.exists() && OPTIONAL_FILES.contains(&file) {
+            continue;
+        }
         let hash = sha256_file(&src)?;
         let blob = repo_dir.join("blobs").join(&hash);
         if !blob.exists() {

@@ -51,6 +51,7 @@ pub mod output;
 pub mod pooling;
 pub mod precision;
 pub mod tokenize;
+pub mod tokenizer_config;
 pub mod weights;
 
 use std::path::{Path, PathBuf};
@@ -166,7 +167,7 @@ impl Model {
             return Err(Error::MissingFile { path: config_path });
         }
         let config = Config::from_file(&config_path)?;
-        let tokenizer = TextTokenizer::from_file(&dir.join("tokenizer.json"))?;
+        let tokenizer = TextTokenizer::from_dir(dir)?;
         if tokenizer.vocab_size() > config.vocab_size {
             return Err(Error::Tokenizer {
                 path: dir.join("tokenizer.json"),
@@ -240,9 +241,10 @@ impl Model {
         self.parameter_count
     }
 
-    /// Longest sequence, `<s>` and `</s>` included.
+    /// Longest sequence, `<s>` and `</s>` included: `max_position_embeddings`, or the
+    /// tokenizer's `model_max_length` if smaller (the official `encode()` truncates there).
     pub fn max_tokens(&self) -> usize {
-        self.config.max_position_embeddings
+        self.config.max_position_embeddings.min(self.tokenizer.model_max_length().unwrap_or(usize::MAX))
     }
 
     /// Task names, in adapter order.

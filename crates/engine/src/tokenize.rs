@@ -10,13 +10,31 @@ use std::ops::Range;
 use std::path::Path;
 
 use crate::error::{Error, Result};
+use crate::tokenizer_config::{self, TokenizerConfig};
 
-/// The XLM-RoBERTa tokenizer of the checkpoint (`tokenizer.json`, HF `tokenizers`).
+/// The XLM-RoBERTa tokenizer of the checkpoint (`tokenizer.json`, HF `tokenizers`), with what
+/// `tokenizer_config.json` changes applied as transformers applies it.
 pub struct TextTokenizer {
     inner: tokenizers::Tokenizer,
+    model_max_length: Option<usize>,
 }
 
 impl TextTokenizer {
+    /// Loads `tokenizer.json` from a model folder and, when the folder has one,
+    /// `tokenizer_config.json` over it ([`crate::tokenizer_config`]).
+    pub fn from_dir(dir: &Path) -> Result<Self> {
+        let mut tokenizer = Self::from_file(&dir.join("tokenizer.json"))?;
+        let config_path = dir.join(tokenizer_config::FILE_NAME);
+        if config_path.exists() {
+            let config = TokenizerConfig::from_file(&config_path)?;
+            config.apply(&mut tokenizer.inner)?;
+            tokenizer.model_max_length = config.model_max_length;
+        } else {
+            tracing::debug!(dir = %dir.display(), "no tokenizer_config.json: tokenizer.json is used as it is");
+        }
+        Ok(tokenizer)
+    }
+
     /// Loads `tokenizer.json`; any truncation or padding it configures is switched off, since
     /// limits are applied here with their own errors.
     pub fn from_file(path: &Path) -> Result<Self> {
@@ -34,7 +52,7 @@ impl TextTokenizer {
         if inner.get_vocab_size(true) == 0 {
             return Err(Error::Tokenizer { path: path.to_path_buf(), message: "the vocabulary is empty".into() });
         }
-        Ok(TextTokenizer { inner })
+        Ok(TextTokenizer { inner, model_max_length: None })
     }
 
     /// Ids of `text` with `<s>` and `</s>` around it.
@@ -57,6 +75,12 @@ impl TextTokenizer {
     /// The piece of every id (for `/tokenize`).
     pub fn pieces(&self, ids: &[u32]) -> Vec<String> {
         ids.iter().map(|&id| self.inner.id_to_token(id).unwrap_or_default()).collect()
+    }
+
+    /// `model_max_length` of `tokenizer_config.json`: the longest sequence the official
+    /// `encode()` keeps, special tokens included (`None` without a limit).
+    pub fn model_max_length(&self) -> Option<usize> {
+        self.model_max_length
     }
 
     /// Number of ids in the vocabulary, added tokens included.

@@ -38,6 +38,10 @@ fn a_hub_id_resolves_to_the_cached_snapshot_and_loads_the_same_model() {
     let resolved = hub::resolve_with_cache("jinaai/jina-embeddings-v3", Some(cache.path())).expect("resolve");
     let snapshot = cache.path().join("models--jinaai--jina-embeddings-v3/snapshots").join(COMMIT);
     assert_eq!(resolved.dir, snapshot);
+    // The optional tokenizer files travel with the model (transformers applies them).
+    for file in hub::OPTIONAL_FILES {
+        assert!(resolved.dir.join(file).is_file(), "{file}");
+    }
     assert!(matches!(&resolved.source, Source::Cache { commit, .. } if commit == COMMIT));
     #[cfg(unix)]
     {

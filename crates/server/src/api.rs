@@ -112,7 +112,7 @@ pub struct EmbeddingsRequest {
     pub task: Option<String>,
     /// Matryoshka size: keep the first `dimensions` values (1 to the hidden size), then
     /// normalise. Default: all.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "integer")]
     #[schema(minimum = 1, example = 256)]
     pub dimensions: Option<i64>,
     /// Jina: `true` embeds all inputs in one sequence and pools each input's span;
@@ -121,7 +121,7 @@ pub struct EmbeddingsRequest {
     #[serde(default)]
     pub late_chunking: Option<LateChunkingField>,
     /// Overlap in tokens of the windows of `late_chunking: "long"`. Default 512.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "integer")]
     #[schema(example = 512)]
     pub late_chunking_overlap: Option<usize>,
     /// Jina: `float`, `base64`, `binary`, `ubinary`, or a list of them (each item's
@@ -142,6 +142,23 @@ pub struct EmbeddingsRequest {
     /// OpenAI: an end-user id. Accepted and ignored.
     #[serde(default)]
     pub user: Option<String>,
+}
+
+/// An integer field, or null. JSON Schema's `integer` (and JavaScript, which has no integer type)
+/// counts `34.0` as the integer 34, so a number without a fractional part is accepted whatever
+/// its spelling; anything else names what it is.
+fn integer<'de, D: Deserializer<'de>, T: TryFrom<i64>>(d: D) -> Result<Option<T>, D::Error> {
+    let value = match Value::deserialize(d)? {
+        Value::Null => return Ok(None),
+        Value::Number(n) => match (n.as_i64(), n.as_f64()) {
+            (Some(i), _) => Some(i),
+            (None, Some(f)) if f.fract() == 0.0 && f.abs() < 9.0e15 => Some(f as i64),
+            _ => None,
+        }
+        .ok_or_else(|| D::Error::custom(format!("must be an integer, found {n}")))?,
+        other => return Err(D::Error::custom(format!("must be an integer, found {} {other}", json_kind(&other)))),
+    };
+    T::try_from(value).map(Some).map_err(|_| D::Error::custom(format!("{value} is out of range")))
 }
 
 /// The `input` field.
@@ -573,5 +590,11 @@ mod tests {
         assert!(err.contains("accepted values are float and base64"), "{err}");
         let err = req(r#"{"input": "a", "late_chunking": 1}"#).unwrap_err().to_string();
         assert!(err.contains("must be true, false or \"long\""), "{err}");
+        // JSON Schema's integers: 34.0 is 34; 34.5, "34" and -1 for a count are not.
+        assert_eq!(req(r#"{"input": "a", "dimensions": 34.0}"#).unwrap().dimensions, Some(34));
+        assert_eq!(req(r#"{"input": "a", "late_chunking_overlap": 8.0}"#).unwrap().late_chunking_overlap, Some(8));
+        assert!(req(r#"{"input": "a", "dimensions": 34.5}"#).unwrap_err().to_string().contains("must be an integer, found 34.5"));
+        assert!(req(r#"{"input": "a", "dimensions": "34"}"#).unwrap_err().to_string().contains(r#"found a string "34""#));
+        assert!(req(r#"{"input": "a", "late_chunking_overlap": -1}"#).unwrap_err().to_string().contains("-1 is out of range"));
     }
 }

@@ -143,6 +143,17 @@ pub struct JinaErrorBody {
     pub detail: String,
 }
 
+/// An error body in either dialect (schema only): `{"detail"}` for Jina requests,
+/// `{"error": {…}}` for OpenAI ones (see the module documentation for how the dialect is known).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum ErrorBody {
+    /// Jina dialect.
+    Jina(JinaErrorBody),
+    /// OpenAI dialect.
+    OpenAi(OpenAiErrorBody),
+}
+
 /// The OpenAI error body.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct OpenAiErrorBody {

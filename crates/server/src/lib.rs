@@ -57,6 +57,7 @@ pub mod cors;
 pub mod errors;
 pub mod limits;
 pub mod metrics;
+pub mod openapi;
 pub mod routes;
 pub mod scheduler;
 

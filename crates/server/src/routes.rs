@@ -10,7 +10,7 @@
 //! | `GET /metrics` | open | Prometheus text |
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Body;
@@ -22,15 +22,15 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use jina_engine::pooling::{self, Finish};
-use jina_engine::{output, EmbedRequest, EmbeddingType, LateChunking};
-use tracing::{debug, error, info, warn, Instrument};
+use jina_engine::{output, EmbedRequest, EmbeddingType};
+use tracing::{debug, error, info, Instrument};
 use utoipa::OpenApi;
 
 use crate::api::{
     decode_request, parse_object, typed, EmbeddingItem, EmbeddingTypes, EmbeddingValue, EmbeddingsResponse, EncodingFormat, Health,
     Kernels, LateChunkingField, ModelCard, ModelList, TokenizeRequest, TokenizeResponse, TokenizedItem, Usage,
 };
-use crate::errors::{ApiError, Dialect, ErrorNote, Failure};
+use crate::errors::{ApiError, Dialect, ErrorBody, ErrorNote, Failure};
 use crate::{auth, AppState, ServerLimits};
 
 /// Builds the router over `state`.
@@ -229,12 +229,13 @@ fn check_inputs(texts: &[String], max_inputs: usize) -> Result<(), ApiError> {
     request_body = crate::api::EmbeddingsRequest,
     responses(
         (status = 200, description = "One embedding per input, in input order", body = EmbeddingsResponse),
-        (status = 400, description = "Malformed JSON (invalid UTF-8 and nesting deeper than 32 included), or an input over the token limit (`truncate` off)", body = crate::errors::JinaErrorBody),
-        (status = 401, description = "Missing or invalid API key", body = crate::errors::JinaErrorBody),
-        (status = 413, description = "Body over payload_limit, or more inputs than max_inputs_per_request", body = crate::errors::JinaErrorBody),
-        (status = 422, description = "A field of the wrong type or value (named in the message), or an empty input array", body = crate::errors::JinaErrorBody),
-        (status = 429, description = "max_concurrent_requests in flight; see Retry-After", body = crate::errors::JinaErrorBody),
-        (status = 503, description = "The model is loading", body = crate::errors::JinaErrorBody),
+        (status = 400, description = "Malformed JSON (invalid UTF-8 and nesting deeper than 32 included), or an input over the token limit (`truncate` off)", body = ErrorBody),
+        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
+        (status = 408, description = "The body did not arrive within body_timeout", body = ErrorBody),
+        (status = 413, description = "Body over payload_limit, or more inputs than max_inputs_per_request", body = ErrorBody),
+        (status = 422, description = "A field of the wrong type or value (named in the message), or an empty input array", body = ErrorBody),
+        (status = 429, description = "max_concurrent_requests in flight; see Retry-After", body = ErrorBody),
+        (status = 503, description = "The model is loading", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -280,8 +281,9 @@ async fn embed(
         Some(d) => Some(d as usize),
     };
     let outputs = outputs(request.embedding_type, request.encoding_format)?;
-    let late_chunking = LateChunkingField::mode(request.late_chunking, request.late_chunking_overlap);
-    if let LateChunking::Long { overlap } = late_chunking {
+    // Checked whenever it is sent, not only with `late_chunking: "long"`: a value that can never
+    // be valid is refused where it is (the OpenAPI document gives the same maximum).
+    if let Some(overlap) = request.late_chunking_overlap {
         let max = model.max_tokens() / 2;
         if overlap > max {
             return Err(ApiError::InvalidField {
@@ -290,6 +292,7 @@ async fn embed(
             });
         }
     }
+    let late_chunking = LateChunkingField::mode(request.late_chunking, request.late_chunking_overlap);
     let embed_request = EmbedRequest {
         inputs: texts,
         task: Some(task.clone()),
@@ -349,7 +352,13 @@ async fn embed(
     request_body = TokenizeRequest,
     responses(
         (status = 200, description = "Ids, pieces and counts per input", body = TokenizeResponse),
-        (status = 422, description = "A field of the wrong type, an unknown task or an empty input array", body = crate::errors::JinaErrorBody),
+        (status = 400, description = "Malformed JSON (invalid UTF-8 and nesting deeper than 32 included)", body = ErrorBody),
+        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
+        (status = 408, description = "The body did not arrive within body_timeout", body = ErrorBody),
+        (status = 413, description = "Body over payload_limit, or more inputs than max_inputs_per_request", body = ErrorBody),
+        (status = 422, description = "A field of the wrong type, an unknown task or an empty input array", body = ErrorBody),
+        (status = 429, description = "max_concurrent_requests in flight; see Retry-After", body = ErrorBody),
+        (status = 503, description = "The model is loading", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -401,7 +410,11 @@ async fn tokenize_inner(
 #[utoipa::path(
     get,
     path = "/v1/models",
-    responses((status = 200, body = ModelList), (status = 503, description = "The model is loading", body = crate::errors::JinaErrorBody)),
+    responses(
+        (status = 200, body = ModelList),
+        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
+        (status = 503, description = "The model is loading", body = ErrorBody),
+    ),
     security(("bearer" = []))
 )]
 pub async fn models(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
@@ -460,18 +473,38 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     ([(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"))], text).into_response()
 }
 
-/// This document.
-#[utoipa::path(get, path = "/openapi.json", responses((status = 200, description = "OpenAPI 3.1 document")), security(("bearer" = [])))]
-pub async fn openapi() -> Response {
-    static DOC: OnceLock<String> = OnceLock::new();
-    let text = DOC.get_or_init(|| match ApiDoc::openapi().to_json() {
-        Ok(text) => text,
-        Err(e) => {
-            warn!(error = %e, "cannot serialise the OpenAPI document");
-            "{}".into()
+/// This document, for the served model, limits and keys ([`crate::openapi`]).
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    responses(
+        (status = 200, description = "OpenAPI 3.1 document"),
+        (status = 401, description = "Missing or invalid API key", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn openapi(State(state): State<Arc<AppState>>) -> Response {
+    let served = match state.engine() {
+        Ok(engine) => {
+            let model = &engine.model;
+            let mut tasks = model.tasks().to_vec();
+            tasks.push(jina_engine::NO_TASK.to_string());
+            crate::openapi::Served {
+                keys: !state.keys.is_empty(),
+                tasks,
+                hidden_size: model.config().hidden_size,
+                max_tokens: model.max_tokens(),
+                max_inputs: state.config.limits.max_inputs_per_request,
+            }
         }
-    });
-    ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], text.clone()).into_response()
+        // While the model loads: the real model's values.
+        Err(_) => crate::openapi::Served {
+            keys: !state.keys.is_empty(),
+            max_inputs: state.config.limits.max_inputs_per_request,
+            ..crate::openapi::Served::reference()
+        },
+    };
+    Json(crate::openapi::document(&served)).into_response()
 }
 
 struct BearerAuth;
@@ -492,7 +525,7 @@ impl utoipa::Modify for BearerAuth {
         description = "Jina- and OpenAI-compatible embeddings for jina-embeddings-v3. `POST /embeddings` is the same as `/v1/embeddings`, `GET /models` the same as `/v1/models`. Errors are `{\"detail\": …}` (Jina dialect) or `{\"error\": {\"message\", \"type\", \"param\", \"code\"}}` (OpenAI dialect: the body has `encoding_format`, or the request has the `X-Stainless-Lang` header of the OpenAI SDKs)."
     ),
     paths(embeddings, tokenize, models, health, metrics, openapi),
-    components(schemas(crate::errors::JinaErrorBody, crate::errors::OpenAiErrorBody, crate::errors::OpenAiError)),
+    components(schemas(ErrorBody, crate::errors::JinaErrorBody, crate::errors::OpenAiErrorBody, crate::errors::OpenAiError)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;

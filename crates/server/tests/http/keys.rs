@@ -46,6 +46,17 @@ async fn keys_guard_every_route_but_health_and_metrics() {
         assert_eq!(reply.status, 200, "{auth}: {}", reply.text);
     }
 
+    // The document declares what is enforced: bearer and a 401 on the guarded routes only.
+    let doc = get_with(&url("/openapi.json"), &[("Authorization", "Bearer key-one")]).await.body;
+    assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+    for (path, method) in [("/v1/embeddings", "post"), ("/tokenize", "post"), ("/v1/models", "get"), ("/openapi.json", "get")] {
+        assert_eq!(doc["paths"][path][method]["security"], json!([{"bearer": []}]), "{path}");
+        assert!(doc["paths"][path][method]["responses"]["401"].is_object(), "{path}");
+    }
+    for path in ["/health", "/metrics"] {
+        assert!(doc["paths"][path]["get"]["security"].is_null(), "{path}");
+    }
+
     // Open routes.
     assert_eq!(get_with(&url("/health"), &[]).await.status, 200);
     let metrics = get_with(&url("/metrics"), &[]).await;
