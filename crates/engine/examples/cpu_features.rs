@@ -3,8 +3,16 @@
 //! On aarch64 this shows whether `is_aarch64_feature_detected!` follows qemu's `-cpu` model
 //! (scripts/test-aarch64.sh checks it: `cortex-a53` is NEON only, `neoverse-n1` adds dotprod,
 //! `max` has everything); on x86-64 it prints the AVX-512 features the kernels pick from.
+//!
+//! The detection runs in a spawned thread, so that the script's first emulated run also checks
+//! that threads start under qemu: with a dynamic loader and libc from different glibc builds the
+//! first `pthread_create` never returns (see scripts/qemu-aarch64-runner.sh).
 
 fn main() {
+    std::thread::spawn(print_features).join().expect("the detecting thread panicked");
+}
+
+fn print_features() {
     #[cfg(target_arch = "aarch64")]
     {
         use std::arch::is_aarch64_feature_detected as has;
