@@ -2,7 +2,8 @@
 # The project's test command (README, "Run the tests"): sets up what the tests need, then runs
 # every test of the workspace in release mode (the forward pass is too slow unoptimised), checks
 # that every numeric test ran on every instruction-set variant of this CPU, runs the Python
-# package's tests against its built wheel, and fuzzes for a bounded time.
+# package's tests against its built wheel, checks the OpenAPI document with schemathesis, and
+# fuzzes for a bounded time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 started=$(date +%s)
@@ -23,6 +24,19 @@ bash scripts/check-variants.sh "$JINA_VARIANT_LOG"
 if [ "${JINA_SKIP_PYTHON:-0}" != 1 ]; then
     step "Python package"
     bash scripts/test-python.sh
+fi
+# The OpenAPI document against the server: schemathesis --checks all, a fixed seed, 60 s per mode
+# (without keys, with --api-key). JINA_SKIP_SCHEMATHESIS=1 skips it.
+if [ "${JINA_SKIP_SCHEMATHESIS:-0}" != 1 ]; then
+    step "schemathesis"
+    bash scripts/schemathesis.sh
+fi
+# The engine's tests cross-built for aarch64 and run under qemu-aarch64 (NEON only and every
+# feature): opt-in with JINA_AARCH64=1 for now (a fresh machine spends ~15 minutes on the cross
+# toolchain and build; see docs/benchmarks.md and scripts/test-aarch64.sh).
+if [ "${JINA_AARCH64:-0}" = 1 ]; then
+    step "aarch64 under qemu"
+    bash scripts/test-aarch64.sh
 fi
 # Fuzzing, bounded (docs/reliability.md): the libFuzzer targets of fuzz/, built by a plain cargo
 # build with cargo-fuzz's instrumentation (no cargo-fuzz install; stable Rust), 60 s each.

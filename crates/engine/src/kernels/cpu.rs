@@ -213,6 +213,20 @@ impl Cpu {
         Isa::native().filter(|&isa| isa <= self.level() && self.capped(isa).level() == isa).collect()
     }
 
+    /// [`Cpu::variants`] as the tests run them: all of them, or those `JINA_TEST_VARIANTS` names
+    /// (comma-separated levels, or `top` for this CPU's own level alone: what the emulated
+    /// aarch64 runs use, one qemu CPU model per level, where every level is tens of times
+    /// slower than native).
+    #[doc(hidden)]
+    pub fn test_variants(self) -> Vec<Isa> {
+        let all = self.variants();
+        match std::env::var("JINA_TEST_VARIANTS") {
+            Ok(list) if list.trim() == "top" => vec![self.level()],
+            Ok(list) if !list.trim().is_empty() => all.into_iter().filter(|isa| list.split(',').any(|v| v.trim() == isa.name())).collect(),
+            _ => all,
+        }
+    }
+
     /// The features present, by name, for logs and reports.
     pub fn feature_names(self) -> Vec<&'static str> {
         let all = [

@@ -90,7 +90,7 @@ mod tests {
             let w = noise(n * k, 5);
             let want = super::matmul_transposed(&x, rows, k, &w, n, None);
             let cpu = Cpu::detected();
-            for isa in cpu.variants() {
+            for isa in cpu.test_variants() {
                 record_variant("reference::thin_matmul_matches_reference", isa);
                 let mut out = vec![f32::NAN; rows * n];
                 matmul_thin(&x, rows, k, &w, n, &mut out, cpu.capped(isa));
@@ -117,7 +117,7 @@ mod tests {
         // f32 holds rounding error; bf16 rounds Q, K, P and V to 8 significant bits, and these
         // scores reach ±50, so a logit moves by up to ~0.2 (values here are up to 3).
         let cpu = Cpu::detected();
-        for isa in cpu.variants() {
+        for isa in cpu.test_variants() {
             record_variant("reference::tiled_attention_matches_reference", isa);
             let capped = cpu.capped(isa);
             for bf16 in [false, true] {

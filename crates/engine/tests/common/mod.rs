@@ -32,7 +32,7 @@ pub fn small_model() -> &'static Model {
 /// to each level, lowest first), at `precision`; each recorded as run by `test`.
 pub fn variant_models(test: &str, precision: Precision) -> Vec<(Isa, Model)> {
     Cpu::detected()
-        .variants()
+        .test_variants()
         .into_iter()
         .map(|isa| {
             record_variant(test, isa);

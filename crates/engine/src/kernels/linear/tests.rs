@@ -23,7 +23,7 @@ fn bits(v: &[f32]) -> Vec<u32> {
 /// The variants of this CPU, each recorded as run by `test` (see [`record_variant`]).
 fn variants(test: &str) -> Vec<(Isa, Cpu)> {
     let cpu = Cpu::detected();
-    cpu.variants()
+    cpu.test_variants()
         .into_iter()
         .map(|isa| {
             record_variant(test, isa);
