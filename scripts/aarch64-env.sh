@@ -3,7 +3,7 @@
 # aarch64 code on an x86 machine". Debian's cargo and rustc must be used together (the rustup
 # toolchain cannot load Debian's arm64 standard library), so /usr/bin comes first on PATH and the
 # build has its own target directory. Then:
-#   cargo build --release --target aarch64-unknown-linux-gnu -p jina-cli
+#   cargo build --release --target aarch64-unknown-linux-gnu -p jina-embed
 #   cargo test --release --target aarch64-unknown-linux-gnu -p jina-engine --lib kernels
 # `cargo test`/`cargo run` run the binaries under qemu-aarch64 with the CPU model in QEMU_CPU
 # (default `max`: every feature; `cortex-a53`: NEON only; `neoverse-n1`: + dotprod).
