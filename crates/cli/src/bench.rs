@@ -20,7 +20,11 @@ pub struct BenchArgs {
     #[arg(long, env = "JINA_MODEL", value_name = "DIR|HUB_ID")]
     model: String,
     /// Shapes to run, as BATCHxTOKENS (tokens per input, <s> and </s> included), comma-separated.
-    #[arg(long, default_value = "8x128,4x512,1x2048,1x8192", value_delimiter = ',')]
+    #[arg(
+        long,
+        default_value = "8x128,4x512,1x2048,1x8192",
+        value_delimiter = ','
+    )]
     shape: Vec<String>,
     /// Numeric precision of the linear layers.
     #[arg(long, value_enum, default_value = "f32")]
@@ -67,22 +71,38 @@ struct Report {
 
 pub fn run(args: BenchArgs, profile: Option<crate::logging::SpanTimes>) -> anyhow::Result<()> {
     crate::init_threads(args.threads)?;
-    let shapes = args.shape.iter().map(|s| parse_shape(s)).collect::<anyhow::Result<Vec<_>>>()?;
-    let options = LoadOptions { precision: args.precision, max_isa: args.max_isa };
+    let shapes = args
+        .shape
+        .iter()
+        .map(|s| parse_shape(s))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let options = LoadOptions {
+        precision: args.precision,
+        max_isa: args.max_isa,
+    };
     let dir = crate::resolve::resolve(&args.model)?.dir;
-    let model = Model::load_with(&dir, options).with_context(|| format!("loading {}", dir.display()))?;
+    let model =
+        Model::load_with(&dir, options).with_context(|| format!("loading {}", dir.display()))?;
     let plan = model.kernel_plan().clone();
     eprintln!("kernels: {}", plan.summary());
     let adapter = model.adapter_of(&args.task)?;
     let vocab = model.config().vocab_size as u64;
-    println!("{:<9} {:>9} {:>12} {:>10} {:>10} {:>11} {:>10}", "shape", "precision", "tokens/s", "min s", "median s", "peak RSS MB", "cos(f32)");
+    println!(
+        "{:<9} {:>9} {:>12} {:>10} {:>10} {:>11} {:>10}",
+        "shape", "precision", "tokens/s", "min s", "median s", "peak RSS MB", "cos(f32)"
+    );
     let mut reports = Vec::new();
     let mut runs = Vec::new();
     for (batch, tokens) in shapes {
         if tokens < 2 || tokens > model.max_tokens() {
-            bail!("tokens per input must be between 2 and {}, got {tokens}", model.max_tokens());
+            bail!(
+                "tokens per input must be between 2 and {}, got {tokens}",
+                model.max_tokens()
+            );
         }
-        let sequences: Vec<Sequence> = (0..batch).map(|b| synthetic_sequence(b as u64, tokens, vocab, adapter)).collect();
+        let sequences: Vec<Sequence> = (0..batch)
+            .map(|b| synthetic_sequence(b as u64, tokens, vocab, adapter))
+            .collect();
         let refs: Vec<&Sequence> = sequences.iter().collect();
         let warm = model.run(&refs);
         if let Some(times) = &profile {
@@ -121,7 +141,13 @@ pub fn run(args: BenchArgs, profile: Option<crate::logging::SpanTimes>) -> anyho
     // The cosine to f32, with the measured model gone: its reference never adds to the RSS above.
     if args.precision != Precision::F32 {
         drop(model);
-        let reference = Model::load_with(&dir, LoadOptions { precision: Precision::F32, max_isa: args.max_isa })?;
+        let reference = Model::load_with(
+            &dir,
+            LoadOptions {
+                precision: Precision::F32,
+                max_isa: args.max_isa,
+            },
+        )?;
         for (report, (sequences, warm)) in reports.iter_mut().zip(runs) {
             let refs: Vec<&Sequence> = sequences.iter().collect();
             let exact = reference.run(&refs);
@@ -137,7 +163,9 @@ pub fn run(args: BenchArgs, profile: Option<crate::logging::SpanTimes>) -> anyho
             report.min_s,
             report.median_s,
             report.peak_rss_mb,
-            report.cosine_to_f32_min.map_or("-".into(), |c| format!("{c:.6}"))
+            report
+                .cosine_to_f32_min
+                .map_or("-".into(), |c| format!("{c:.6}"))
         );
     }
     for report in reports {
@@ -149,18 +177,37 @@ pub fn run(args: BenchArgs, profile: Option<crate::logging::SpanTimes>) -> anyho
 /// The time of each operation over the timed iterations, as a share of their sum.
 fn print_profile(shape: &str, spans: Vec<(&'static str, std::time::Duration)>, iterations: usize) {
     // Parent spans (`forward`, `attention`, `mlp`) contain the others: only the leaves add up.
-    let leaves: Vec<_> = spans.into_iter().filter(|(name, _)| !matches!(*name, "forward" | "attention" | "mlp")).collect();
-    let total: f64 = leaves.iter().map(|(_, d)| d.as_secs_f64()).sum::<f64>().max(1e-12);
+    let leaves: Vec<_> = spans
+        .into_iter()
+        .filter(|(name, _)| !matches!(*name, "forward" | "attention" | "mlp"))
+        .collect();
+    let total: f64 = leaves
+        .iter()
+        .map(|(_, d)| d.as_secs_f64())
+        .sum::<f64>()
+        .max(1e-12);
     let parts: Vec<String> = leaves
         .iter()
-        .map(|(name, d)| format!("{name} {:.3}s ({:.0}%)", d.as_secs_f64() / iterations as f64, 100.0 * d.as_secs_f64() / total))
+        .map(|(name, d)| {
+            format!(
+                "{name} {:.3}s ({:.0}%)",
+                d.as_secs_f64() / iterations as f64,
+                100.0 * d.as_secs_f64() / total
+            )
+        })
         .collect();
     eprintln!("profile {shape} (per iteration): {}", parts.join(", "));
 }
 
 fn parse_shape(s: &str) -> anyhow::Result<(usize, usize)> {
-    let (b, n) = s.trim().split_once(['x', 'X']).with_context(|| format!("shape {s:?} is not BATCHxTOKENS"))?;
-    Ok((b.parse().with_context(|| format!("batch in {s:?}"))?, n.parse().with_context(|| format!("tokens in {s:?}"))?))
+    let (b, n) = s
+        .trim()
+        .split_once(['x', 'X'])
+        .with_context(|| format!("shape {s:?} is not BATCHxTOKENS"))?;
+    Ok((
+        b.parse().with_context(|| format!("batch in {s:?}"))?,
+        n.parse().with_context(|| format!("tokens in {s:?}"))?,
+    ))
 }
 
 /// `<s>`, `tokens − 2` pseudo-random ordinary ids, `</s>`, pooled whole.
@@ -172,21 +219,43 @@ fn synthetic_sequence(seed: u64, tokens: usize, vocab: u64, adapter: Option<usiz
         ids.push(5 + (z % (vocab - 6)) as u32);
     }
     ids.push(2);
-    Sequence { spans: vec![Span { output: 0, range: 0..tokens }], ids, adapter }
+    Sequence {
+        spans: vec![Span {
+            output: 0,
+            range: 0..tokens,
+        }],
+        ids,
+        adapter,
+    }
 }
 
 /// Smallest cosine between the pooled embeddings of two runs over the same sequences.
-fn min_cosine(model: &Model, sequences: &[Sequence], a: Vec<Vec<jina_engine::SpanSum>>, b: Vec<Vec<jina_engine::SpanSum>>) -> f64 {
+fn min_cosine(
+    model: &Model,
+    sequences: &[Sequence],
+    a: Vec<Vec<jina_engine::SpanSum>>,
+    b: Vec<Vec<jina_engine::SpanSum>>,
+) -> f64 {
     let hidden = model.config().hidden_size;
-    let finish = Finish { dimensions: None, normalized: true };
+    let finish = Finish {
+        dimensions: None,
+        normalized: true,
+    };
     sequences
         .iter()
         .zip(a.into_iter().zip(b))
         .map(|(seq, (x, y))| {
-            let plan = jina_engine::Plan { sequences: vec![seq.clone()], outputs: 1, total_tokens: seq.ids.len() };
+            let plan = jina_engine::Plan {
+                sequences: vec![seq.clone()],
+                outputs: 1,
+                total_tokens: seq.ids.len(),
+            };
             let u = pooling::finish(&plan, x, hidden, finish).remove(0);
             let v = pooling::finish(&plan, y, hidden, finish).remove(0);
-            u.iter().zip(&v).map(|(p, q)| *p as f64 * *q as f64).sum::<f64>()
+            u.iter()
+                .zip(&v)
+                .map(|(p, q)| *p as f64 * *q as f64)
+                .sum::<f64>()
         })
         .fold(f64::INFINITY, f64::min)
 }
@@ -195,6 +264,10 @@ fn min_cosine(model: &Model, sequences: &[Sequence], a: Vec<Vec<jina_engine::Spa
 fn peak_rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
         .map_or(0.0, |kb| kb / 1024.0)
 }

@@ -44,7 +44,11 @@ fn find_cli(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
 
 pub fn run(args: DownloadArgs) -> anyhow::Result<()> {
     let Some(id) = HubId::parse(&args.model) else {
-        bail!("--model {:?} is not a hub id like {}[@revision]", args.model, hub::DEFAULT_MODEL);
+        bail!(
+            "--model {:?} is not a hub id like {}[@revision]",
+            args.model,
+            hub::DEFAULT_MODEL
+        );
     };
     let Some(cache) = hub::cache_dir() else {
         bail!("no Hugging Face cache folder: set HF_HUB_CACHE or HF_HOME (HOME is unset)");
@@ -62,13 +66,20 @@ pub fn run(args: DownloadArgs) -> anyhow::Result<()> {
 #[cfg(feature = "download")]
 fn native(id: &HubId, cache: &Path) -> anyhow::Result<PathBuf> {
     if let Some(reason) = crate::resolve::offline_reason() {
-        let resolved = hub::resolve_with_cache(&id.to_string(), Some(cache)).with_context(|| format!("not downloading: {reason}"))?;
+        let resolved = hub::resolve_with_cache(&id.to_string(), Some(cache))
+            .with_context(|| format!("not downloading: {reason}"))?;
         verify(&resolved.dir)?;
         return Ok(resolved.dir);
     }
     let hub_client = crate::hub_download::Hub::from_env();
-    eprintln!("downloading {id} from {} into {}", hub_client.endpoint(), cache.display());
-    let commit = hub_client.download(id, cache).with_context(|| format!("downloading {id}"))?;
+    eprintln!(
+        "downloading {id} from {} into {}",
+        hub_client.endpoint(),
+        cache.display()
+    );
+    let commit = hub_client
+        .download(id, cache)
+        .with_context(|| format!("downloading {id}"))?;
     eprintln!("{id}: commit {commit}");
     // What was written must be what every command reads.
     Ok(hub::resolve_with_cache(&id.to_string(), Some(cache))?.dir)
@@ -87,10 +98,22 @@ fn with_hf_cli(id: &HubId, cache: &Path, cli: Option<PathBuf>) -> anyhow::Result
     }
     // The same cache this tool reads, whatever the CLI's own defaults.
     command.env("HF_HUB_CACHE", cache);
-    eprintln!("running {} download {} {} into {}", cli.display(), id.repo, files.join(" "), cache.display());
-    let status = command.status().with_context(|| format!("cannot run {}", cli.display()))?;
+    eprintln!(
+        "running {} download {} {} into {}",
+        cli.display(),
+        id.repo,
+        files.join(" "),
+        cache.display()
+    );
+    let status = command
+        .status()
+        .with_context(|| format!("cannot run {}", cli.display()))?;
     if !status.success() {
-        bail!("{} download {} failed ({status}); see its messages above", cli.display(), id);
+        bail!(
+            "{} download {} failed ({status}); see its messages above",
+            cli.display(),
+            id
+        );
     }
     let resolved = hub::resolve_with_cache(&id.to_string(), Some(cache))?;
     verify(&resolved.dir)?;
@@ -103,7 +126,8 @@ pub fn verify(dir: &Path) -> anyhow::Result<usize> {
     for name in hub::all_model_files() {
         let path = dir.join(name);
         if let Some(want) = hub::expected_sha256(&path) {
-            let got = hub::sha256_file(&path).with_context(|| format!("hashing {}", path.display()))?;
+            let got =
+                hub::sha256_file(&path).with_context(|| format!("hashing {}", path.display()))?;
             if got != want {
                 bail!("{} is corrupt: its sha256 is {got} but the cache names it {want}; delete it and download again", path.display());
             }

@@ -141,16 +141,27 @@ fn install_stop_handler() {
 /// Loads a model from a folder or a hub id (downloaded into the cache if missing and allowed).
 pub fn load_model(spec: &str, options: jina_engine::LoadOptions) -> anyhow::Result<Model> {
     let resolved = crate::resolve::resolve(spec)?;
-    Model::load_with(&resolved.dir, options).with_context(|| format!("loading the model from {}", resolved.dir.display()))
+    Model::load_with(&resolved.dir, options)
+        .with_context(|| format!("loading the model from {}", resolved.dir.display()))
 }
 
 pub fn run(args: EmbedArgs) -> anyhow::Result<()> {
     crate::init_threads(args.threads)?;
-    let mut model = load_model(&args.model, jina_engine::LoadOptions { precision: args.precision, max_isa: args.max_isa })?;
+    let mut model = load_model(
+        &args.model,
+        jina_engine::LoadOptions {
+            precision: args.precision,
+            max_isa: args.max_isa,
+        },
+    )?;
     model.set_max_batch_tokens(args.max_batch_tokens);
     model.check_dimensions(args.dimensions)?;
     model.adapter_of(&args.task)?;
-    let fields = Fields { text: args.text_field.clone(), id: args.id_field.clone(), document: args.document_field.clone() };
+    let fields = Fields {
+        text: args.text_field.clone(),
+        id: args.id_field.clone(),
+        document: args.document_field.clone(),
+    };
     let spec = Spec {
         path: args.output.clone(),
         format: args.output_format,
@@ -165,7 +176,11 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<()> {
     };
     let mut rows = input::open(&args.input, args.format, &fields)?.peekable();
     let (mut sink, already) = output::open(&spec, existing)?;
-    let total = if args.quiet { None } else { input::count(&args.input, args.format)? };
+    let total = if args.quiet {
+        None
+    } else {
+        input::count(&args.input, args.format)?
+    };
     let template = EmbedRequest {
         inputs: Vec::new(),
         task: Some(args.task.clone()),
@@ -191,7 +206,11 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<()> {
                 args.input.display()
             ),
         };
-        if args.late_chunking && carried.last().is_some_and(|last| last.document != row.document) {
+        if args.late_chunking
+            && carried
+                .last()
+                .is_some_and(|last| last.document != row.document)
+        {
             carried.clear();
         }
         if args.late_chunking {
@@ -200,14 +219,22 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<()> {
         index += 1;
     }
     let cut = match rows.peek() {
-        Some(Ok(next)) if args.late_chunking && carried.last().is_some_and(|last| last.document == next.document) => carried.len(),
+        Some(Ok(next))
+            if args.late_chunking
+                && carried
+                    .last()
+                    .is_some_and(|last| last.document == next.document) =>
+        {
+            carried.len()
+        }
         _ => 0,
     };
     if cut > 0 {
         sink.rewind(already - cut as u64)?;
         index -= cut as u64;
     }
-    let mut carried: std::collections::VecDeque<Row> = carried.split_off(carried.len() - cut).into();
+    let mut carried: std::collections::VecDeque<Row> =
+        carried.split_off(carried.len() - cut).into();
 
     install_stop_handler();
     let progress = progress_bar(!args.quiet && args.input != Path::new("-"), total);
@@ -215,9 +242,13 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<()> {
     progress.reset_eta();
     let started = Instant::now();
     let (mut tokens, mut written) = (0usize, 0u64);
-    let mut next_row = || -> Option<anyhow::Result<Row>> { carried.pop_front().map(Ok).or_else(|| rows.next()) };
+    let mut next_row =
+        || -> Option<anyhow::Result<Row>> { carried.pop_front().map(Ok).or_else(|| rows.next()) };
     let mut lookahead: Option<Row> = None;
-    let finish = Finish { dimensions: args.dimensions, normalized: !args.no_normalize };
+    let finish = Finish {
+        dimensions: args.dimensions,
+        normalized: !args.no_normalize,
+    };
     loop {
         if STOP.load(Ordering::SeqCst) {
             break;
@@ -234,7 +265,10 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<()> {
                 },
             };
             if args.late_chunking {
-                let same = units.last().and_then(|u| u.last()).is_some_and(|last| last.document == row.document);
+                let same = units
+                    .last()
+                    .and_then(|u| u.last())
+                    .is_some_and(|last| last.document == row.document);
                 if same {
                     units.last_mut().map(|u| u.push(row));
                 } else if batch_rows >= ROWS_PER_BATCH {
@@ -259,11 +293,19 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<()> {
         let flat: Vec<&Row> = units.iter().flatten().collect();
         let mut out = Vec::with_capacity(flat.len());
         for (row, vector) in flat.iter().zip(&vectors) {
-            out.push(OutRow { index, id: row.id.as_deref(), vector });
+            out.push(OutRow {
+                index,
+                id: row.id.as_deref(),
+                vector,
+            });
             index += 1;
         }
         if out.len() != flat.len() {
-            bail!("internal error: {} vectors for {} rows", out.len(), flat.len());
+            bail!(
+                "internal error: {} vectors for {} rows",
+                out.len(),
+                flat.len()
+            );
         }
         sink.write(&out)?;
         sink.commit()?;
@@ -287,7 +329,11 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<()> {
         eprintln!(
             "embedded {written} rows ({tokens} tokens, {:.0} tokens/s){}; {} holds {index} rows",
             tokens as f64 / secs.max(1e-3),
-            if already > 0 { format!(", skipped {already} already written") } else { String::new() },
+            if already > 0 {
+                format!(", skipped {already} already written")
+            } else {
+                String::new()
+            },
             args.output.display()
         );
     }
@@ -296,10 +342,17 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<()> {
 
 /// Tokenises a batch: one plan of all rows, or one plan per late-chunked document. Each plan
 /// comes with the rows it covers, for error messages.
-fn plan_batch<'a>(model: &Model, template: &EmbedRequest, units: &'a [Vec<Row>]) -> anyhow::Result<Vec<(&'a [Row], Plan)>> {
+fn plan_batch<'a>(
+    model: &Model,
+    template: &EmbedRequest,
+    units: &'a [Vec<Row>],
+) -> anyhow::Result<Vec<(&'a [Row], Plan)>> {
     if template.late_chunking == LateChunking::Off {
         let rows: Vec<&Row> = units.iter().flatten().collect();
-        let request = EmbedRequest { inputs: rows.iter().map(|r| r.text.clone()).collect(), ..template.clone() };
+        let request = EmbedRequest {
+            inputs: rows.iter().map(|r| r.text.clone()).collect(),
+            ..template.clone()
+        };
         let plan = model.plan(&request).map_err(|e| match e {
             jina_engine::Error::InputTooLong { index, tokens, limit } => anyhow!(
                 "row {} has {tokens} tokens, more than the limit of {limit}; pass --truncate to cut it",
@@ -333,7 +386,12 @@ fn describe(row: &Row) -> String {
 
 /// Packs the sequences of all plans into forward passes of at most `budget` tokens and returns
 /// the finished vectors of every plan, in order.
-fn run_plans(model: &Model, plans: &[(&[Row], Plan)], finish: Finish, budget: usize) -> Vec<Vec<f32>> {
+fn run_plans(
+    model: &Model,
+    plans: &[(&[Row], Plan)],
+    finish: Finish,
+    budget: usize,
+) -> Vec<Vec<f32>> {
     let seqs: Vec<&Sequence> = plans.iter().flat_map(|(_, p)| p.sequences.iter()).collect();
     let lengths: Vec<usize> = seqs.iter().map(|s| s.ids.len()).collect();
     let mut sums: Vec<Option<Vec<jina_engine::SpanSum>>> = (0..seqs.len()).map(|_| None).collect();
@@ -347,7 +405,12 @@ fn run_plans(model: &Model, plans: &[(&[Row], Plan)], finish: Finish, budget: us
     let mut vectors = Vec::new();
     for (_, plan) in plans {
         let mine = sums.by_ref().take(plan.sequences.len()).flatten().flatten();
-        vectors.extend(jina_engine::pooling::finish(plan, mine, model.config().hidden_size, finish));
+        vectors.extend(jina_engine::pooling::finish(
+            plan,
+            mine,
+            model.config().hidden_size,
+            finish,
+        ));
     }
     vectors
 }
@@ -357,9 +420,17 @@ fn progress_bar(visible: bool, total: Option<u64>) -> ProgressBar {
         return ProgressBar::hidden();
     }
     let (bar, template) = match total {
-        Some(total) => (ProgressBar::new(total), "{bar:40} {pos}/{len} rows, {msg} [{elapsed_precise} < {eta_precise}]"),
-        None => (ProgressBar::new_spinner(), "{spinner} {pos} rows, {msg} [{elapsed_precise}]"),
+        Some(total) => (
+            ProgressBar::new(total),
+            "{bar:40} {pos}/{len} rows, {msg} [{elapsed_precise} < {eta_precise}]",
+        ),
+        None => (
+            ProgressBar::new_spinner(),
+            "{spinner} {pos} rows, {msg} [{elapsed_precise}]",
+        ),
     };
-    bar.set_style(ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar()));
+    bar.set_style(
+        ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
     bar
 }

@@ -60,8 +60,13 @@ impl Hub {
     /// The hub named by `HF_ENDPOINT` (default [`DEFAULT_ENDPOINT`]), with the token of
     /// `HF_TOKEN` or of the file `huggingface-cli login` writes.
     pub fn from_env() -> Hub {
-        let endpoint = std::env::var("HF_ENDPOINT").ok().filter(|e| !e.trim().is_empty());
-        Hub::new(endpoint.as_deref().unwrap_or(DEFAULT_ENDPOINT), token_from_env())
+        let endpoint = std::env::var("HF_ENDPOINT")
+            .ok()
+            .filter(|e| !e.trim().is_empty());
+        Hub::new(
+            endpoint.as_deref().unwrap_or(DEFAULT_ENDPOINT),
+            token_from_env(),
+        )
     }
 
     pub fn new(endpoint: &str, token: Option<String>) -> Hub {
@@ -79,7 +84,12 @@ impl Hub {
                 .build()
                 .into()
         };
-        Hub { endpoint: endpoint.trim_end_matches('/').to_string(), token, head_agent: agent(0), get_agent: agent(10) }
+        Hub {
+            endpoint: endpoint.trim_end_matches('/').to_string(),
+            token,
+            head_agent: agent(0),
+            get_agent: agent(10),
+        }
     }
 
     pub fn endpoint(&self) -> &str {
@@ -96,11 +106,16 @@ impl Hub {
             let revision = commit.as_deref().unwrap_or(id.revision());
             let optional = OPTIONAL_FILES.contains(&file);
             let Some(meta) = self.head(&id.repo, revision, file, optional)? else {
-                eprintln!("{file}: not in the repository (optional; tokenizer.json is used as it is)");
+                eprintln!(
+                    "{file}: not in the repository (optional; tokenizer.json is used as it is)"
+                );
                 continue;
             };
             if commit.as_ref().is_some_and(|c| *c != meta.commit) {
-                bail!("{file}: the hub answered commit {} for revision {revision}", meta.commit);
+                bail!(
+                    "{file}: the hub answered commit {} for revision {revision}",
+                    meta.commit
+                );
             }
             let started = Instant::now();
             let outcome = self.fetch_blob(&meta, file, &blobs)?;
@@ -115,7 +130,13 @@ impl Hub {
 
     /// `HEAD` of the file's resolve address, following same-host redirects only; `None` when an
     /// `optional` file is not in the repository (404).
-    fn head(&self, repo: &str, revision: &str, file: &str, optional: bool) -> anyhow::Result<Option<FileMeta>> {
+    fn head(
+        &self,
+        repo: &str,
+        revision: &str,
+        file: &str,
+        optional: bool,
+    ) -> anyhow::Result<Option<FileMeta>> {
         let mut url = format!("{}/{repo}/resolve/{revision}/{file}", self.endpoint);
         for _ in 0..=MAX_RELATIVE_REDIRECTS {
             let response = self
@@ -130,8 +151,12 @@ impl Hub {
                     url = format!("{}{next}", origin(&url));
                     continue;
                 }
-                Some(next) if status.is_redirection() => return file_meta(&response, file, next).map(Some),
-                _ if status.is_success() => return file_meta(&response, file, url.clone()).map(Some),
+                Some(next) if status.is_redirection() => {
+                    return file_meta(&response, file, next).map(Some)
+                }
+                _ if status.is_success() => {
+                    return file_meta(&response, file, url.clone()).map(Some)
+                }
                 _ if optional && status.as_u16() == 404 => return Ok(None),
                 _ => bail!("{file}: {}", refusal(&response, &url)),
             }
@@ -143,7 +168,9 @@ impl Hub {
     /// signed and needs none).
     fn with_auth<B>(&self, request: ureq::RequestBuilder<B>, url: &str) -> ureq::RequestBuilder<B> {
         match &self.token {
-            Some(token) if origin(url) == origin(&self.endpoint) => request.header("Authorization", format!("Bearer {token}")),
+            Some(token) if origin(url) == origin(&self.endpoint) => {
+                request.header("Authorization", format!("Bearer {token}"))
+            }
             _ => request,
         }
     }
@@ -151,7 +178,8 @@ impl Hub {
     /// Makes sure `blobs/<etag>` holds the file, fetching (or finishing) it if needed.
     fn fetch_blob(&self, meta: &FileMeta, file: &str, blobs: &Path) -> anyhow::Result<Outcome> {
         // Created only once the hub has answered: a failed first request leaves no trace.
-        std::fs::create_dir_all(blobs).with_context(|| format!("cannot create {}", blobs.display()))?;
+        std::fs::create_dir_all(blobs)
+            .with_context(|| format!("cannot create {}", blobs.display()))?;
         let blob = blobs.join(&meta.etag);
         let sha256 = hub::is_sha256_hex(&meta.etag).then_some(meta.etag.as_str());
         if blob.is_file() {
@@ -161,7 +189,8 @@ impl Hub {
         let mut have = std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
         if meta.size.is_some_and(|size| have > size) {
             // Longer than the file can be: not a prefix of it.
-            std::fs::remove_file(&partial).with_context(|| format!("cannot remove {}", partial.display()))?;
+            std::fs::remove_file(&partial)
+                .with_context(|| format!("cannot remove {}", partial.display()))?;
             have = 0;
         }
         let mut hasher = Sha256::new();
@@ -179,19 +208,36 @@ impl Hub {
             let _ = std::fs::remove_file(&partial);
             bail!("{file}: sha256 mismatch: the hub names it {want} but the downloaded content hashes to {got}; the download was deleted, run again");
         }
-        std::fs::rename(&partial, &blob).with_context(|| format!("cannot rename {} to {}", partial.display(), blob.display()))?;
-        Ok(Outcome::Fetched { bytes, resumed_at, sha256_checked: sha256.is_some() })
+        std::fs::rename(&partial, &blob).with_context(|| {
+            format!("cannot rename {} to {}", partial.display(), blob.display())
+        })?;
+        Ok(Outcome::Fetched {
+            bytes,
+            resumed_at,
+            sha256_checked: sha256.is_some(),
+        })
     }
 
     /// `GET`s the file into `partial`, appending to its first `have` bytes when the server honours
     /// the range; returns the length of the complete file, whose bytes `hasher` has seen, and the
     /// offset the transfer started at.
-    fn get_into(&self, meta: &FileMeta, file: &str, partial: &Path, have: u64, hasher: &mut Sha256) -> anyhow::Result<(u64, u64)> {
-        let mut request = self.with_auth(self.get_agent.get(&meta.location), &meta.location).header("Accept-Encoding", "identity");
+    fn get_into(
+        &self,
+        meta: &FileMeta,
+        file: &str,
+        partial: &Path,
+        have: u64,
+        hasher: &mut Sha256,
+    ) -> anyhow::Result<(u64, u64)> {
+        let mut request = self
+            .with_auth(self.get_agent.get(&meta.location), &meta.location)
+            .header("Accept-Encoding", "identity");
         if have > 0 {
             request = request.header("Range", format!("bytes={have}-"));
         }
-        let response = request.call().with_context(|| format!("GET {}", meta.location))?;
+        let response = request
+            .call()
+            .with_context(|| format!("GET {}", meta.location))?;
         let status = response.status().as_u16();
         let mut out = match status {
             206 if have > 0 => {
@@ -218,11 +264,13 @@ impl Hub {
                 }
             };
             hasher.update(&buf[..n]);
-            out.write_all(&buf[..n]).with_context(|| format!("cannot write {}", partial.display()))?;
+            out.write_all(&buf[..n])
+                .with_context(|| format!("cannot write {}", partial.display()))?;
             total += n as u64;
             bar.inc(n as u64);
         }
-        out.sync_all().with_context(|| format!("cannot write {}", partial.display()))?;
+        out.sync_all()
+            .with_context(|| format!("cannot write {}", partial.display()))?;
         bar.finish_and_clear();
         Ok((total, start))
     }
@@ -232,7 +280,11 @@ impl Hub {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
     /// Downloaded (or finished, from byte `resumed_at` of an interrupted run) now.
-    Fetched { bytes: u64, resumed_at: u64, sha256_checked: bool },
+    Fetched {
+        bytes: u64,
+        resumed_at: u64,
+        sha256_checked: bool,
+    },
     /// Its blob was already in the cache.
     Cached { bytes: u64, sha256_checked: bool },
 }
@@ -241,26 +293,50 @@ pub enum Outcome {
 pub fn summary(file: &str, outcome: &Outcome, elapsed: Duration) -> String {
     let check = |checked: bool| if checked { ", sha256 ok" } else { "" };
     match outcome {
-        Outcome::Fetched { bytes, resumed_at, sha256_checked } => {
+        Outcome::Fetched {
+            bytes,
+            resumed_at,
+            sha256_checked,
+        } => {
             let secs = elapsed.as_secs_f64().max(1e-3);
             // The rate of this run's transfer, not of bytes an earlier run received.
             let rate = HumanBytes((bytes.saturating_sub(*resumed_at) as f64 / secs) as u64);
-            let resumed = if *resumed_at > 0 { format!(", resumed at {}", HumanBytes(*resumed_at)) } else { String::new() };
-            format!("{file}: downloaded {}{resumed} in {secs:.1} s ({rate}/s){}", HumanBytes(*bytes), check(*sha256_checked))
+            let resumed = if *resumed_at > 0 {
+                format!(", resumed at {}", HumanBytes(*resumed_at))
+            } else {
+                String::new()
+            };
+            format!(
+                "{file}: downloaded {}{resumed} in {secs:.1} s ({rate}/s){}",
+                HumanBytes(*bytes),
+                check(*sha256_checked)
+            )
         }
-        Outcome::Cached { bytes, sha256_checked } => {
-            format!("{file}: already in the cache ({}){}", HumanBytes(*bytes), check(*sha256_checked))
+        Outcome::Cached {
+            bytes,
+            sha256_checked,
+        } => {
+            format!(
+                "{file}: already in the cache ({}){}",
+                HumanBytes(*bytes),
+                check(*sha256_checked)
+            )
         }
     }
 }
 
 /// The bar's layout: name, bar, bytes so far of total, rate and time left.
-pub const PROGRESS_TEMPLATE: &str = "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}";
+pub const PROGRESS_TEMPLATE: &str =
+    "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}";
 
 /// A byte progress bar on stderr when it is a terminal; hidden (every call a no-op) otherwise,
 /// so logs and pipes get only the summary lines.
 fn progress_bar(file: &str, size: Option<u64>, start: u64) -> ProgressBar {
-    let target = if std::io::stderr().is_terminal() { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() };
+    let target = if std::io::stderr().is_terminal() {
+        ProgressDrawTarget::stderr()
+    } else {
+        ProgressDrawTarget::hidden()
+    };
     let bar = ProgressBar::with_draw_target(size, target);
     if let Ok(style) = ProgressStyle::with_template(PROGRESS_TEMPLATE) {
         bar.set_style(style.progress_chars("=> "));
@@ -274,7 +350,9 @@ fn progress_bar(file: &str, size: Option<u64>, start: u64) -> ProgressBar {
 /// An existing blob named by a sha256 is hashed: a corrupt one is deleted (and the run fails, so
 /// the next run fetches it afresh) rather than trusted.
 fn check_existing(blob: &Path, file: &str, sha256: Option<&str>) -> anyhow::Result<Outcome> {
-    let bytes = std::fs::metadata(blob).with_context(|| format!("cannot read {}", blob.display()))?.len();
+    let bytes = std::fs::metadata(blob)
+        .with_context(|| format!("cannot read {}", blob.display()))?
+        .len();
     if let Some(want) = sha256 {
         let got = hub::sha256_file(blob).with_context(|| format!("hashing {}", blob.display()))?;
         if got != want {
@@ -282,7 +360,10 @@ fn check_existing(blob: &Path, file: &str, sha256: Option<&str>) -> anyhow::Resu
             bail!("{file}: the cached blob {} is corrupt (sha256 {got}, expected {want}); it was deleted, run again", blob.display());
         }
     }
-    Ok(Outcome::Cached { bytes, sha256_checked: sha256.is_some() })
+    Ok(Outcome::Cached {
+        bytes,
+        sha256_checked: sha256.is_some(),
+    })
 }
 
 /// Feeds a file to `hasher`; returns its length.
@@ -292,8 +373,12 @@ fn hash_file(hasher: &mut Sha256, path: &Path) -> anyhow::Result<u64> {
 
 /// `snapshots/<commit>/<file>` → `../../blobs/<etag>`.
 fn link_snapshot(repo_dir: &Path, commit: &str, file: &str, etag: &str) -> anyhow::Result<()> {
-    hub::link_snapshot(repo_dir, commit, file, etag)
-        .with_context(|| format!("cannot link snapshot {commit}/{file} of {} to blobs/{etag}", repo_dir.display()))
+    hub::link_snapshot(repo_dir, commit, file, etag).with_context(|| {
+        format!(
+            "cannot link snapshot {commit}/{file} of {} to blobs/{etag}",
+            repo_dir.display()
+        )
+    })
 }
 
 /// `refs/<revision>` = commit, so that `owner/name@revision` finds the snapshot offline. A commit
@@ -304,43 +389,66 @@ fn write_ref(repo_dir: &Path, revision: &str, commit: &str) -> anyhow::Result<()
     }
     let path = repo_dir.join("refs").join(revision);
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
     }
     std::fs::write(&path, commit).with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// Reads the commit, etag and size of a `HEAD` answer.
 fn file_meta(response: &Response<Body>, file: &str, location: String) -> anyhow::Result<FileMeta> {
-    let commit = header(response, "x-repo-commit")
-        .with_context(|| format!("{file}: the answer has no X-Repo-Commit header (is HF_ENDPOINT a Hugging Face hub?)"))?;
+    let commit = header(response, "x-repo-commit").with_context(|| {
+        format!(
+            "{file}: the answer has no X-Repo-Commit header (is HF_ENDPOINT a Hugging Face hub?)"
+        )
+    })?;
     let etag = header(response, "x-linked-etag")
         .or_else(|| header(response, "etag"))
         .map(|e| e.trim_start_matches("W/").trim_matches('"').to_string())
         .with_context(|| format!("{file}: the answer has no ETag header"))?;
     // Both become file names in the cache: refuse anything that could leave it.
     for (what, value) in [("commit", &commit), ("etag", &etag)] {
-        if value.is_empty() || !value.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_')) {
+        if value.is_empty()
+            || !value
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
+        {
             bail!("{file}: the hub sent an unusable {what} {value:?}");
         }
     }
-    let size = header(response, "x-linked-size").or_else(|| header(response, "content-length")).and_then(|s| s.parse().ok());
-    Ok(FileMeta { commit, etag, size, location })
+    let size = header(response, "x-linked-size")
+        .or_else(|| header(response, "content-length"))
+        .and_then(|s| s.parse().ok());
+    Ok(FileMeta {
+        commit,
+        etag,
+        size,
+        location,
+    })
 }
 
 /// Why the hub refused, with the hint that fits the status.
 fn refusal(response: &Response<Body>, url: &str) -> String {
     let status = response.status();
     let hint = match status.as_u16() {
-        401 | 403 => " (a private or gated repository? set HF_TOKEN, or accept its terms on the hub)",
+        401 | 403 => {
+            " (a private or gated repository? set HF_TOKEN, or accept its terms on the hub)"
+        }
         404 => " (check the repository id and revision)",
         _ => "",
     };
-    let message = header(response, "x-error-message").map(|m| format!(": {m}")).unwrap_or_default();
+    let message = header(response, "x-error-message")
+        .map(|m| format!(": {m}"))
+        .unwrap_or_default();
     format!("{url} answered {status}{message}{hint}")
 }
 
 fn header(response: &Response<Body>, name: &str) -> Option<String> {
-    response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
+    response
+        .headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
 }
 
 /// `scheme://host[:port]` of a URL.
@@ -352,25 +460,38 @@ fn origin(url: &str) -> &str {
     }
 }
 
-
 /// `HF_TOKEN`, else the token file of `huggingface-cli login` (`HF_TOKEN_PATH`, else
 /// `$HF_HOME/token`, else `~/.cache/huggingface/token`).
 fn token_from_env() -> Option<String> {
     let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
     if let Some(token) = var("HF_TOKEN") {
-        return token.into_string().ok().map(|t| t.trim().to_string()).filter(|t| !t.is_empty());
+        return token
+            .into_string()
+            .ok()
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty());
     }
     let path = var("HF_TOKEN_PATH").map(PathBuf::from).or_else(|| {
-        let home = var("HF_HOME").map(PathBuf::from).or_else(|| var("HOME").map(|h| Path::new(&h).join(".cache/huggingface")))?;
+        let home = var("HF_HOME")
+            .map(PathBuf::from)
+            .or_else(|| var("HOME").map(|h| Path::new(&h).join(".cache/huggingface")))?;
         Some(home.join("token"))
     })?;
-    std::fs::read_to_string(path).ok().map(|t| t.trim().to_string()).filter(|t| !t.is_empty())
+    std::fs::read_to_string(path)
+        .ok()
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty())
 }
 
 /// Whether the environment forbids downloads: `HF_HUB_OFFLINE` set to a true value, as
 /// `huggingface_hub` reads it.
 pub fn offline_from_env() -> bool {
-    std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
+    std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| {
+        matches!(
+            v.trim().to_ascii_lowercase().as_str(),
+            "1" | "true" | "yes" | "on"
+        )
+    })
 }
 
 #[cfg(test)]
@@ -379,15 +500,32 @@ mod tests {
 
     #[test]
     fn summaries_name_the_file_size_rate_and_check() {
-        let fetched = Outcome::Fetched { bytes: 3 << 20, resumed_at: 0, sha256_checked: true };
-        assert_eq!(summary("model.safetensors", &fetched, Duration::from_secs(2)), "model.safetensors: downloaded 3.00 MiB in 2.0 s (1.50 MiB/s), sha256 ok");
-        let resumed = Outcome::Fetched { bytes: 3 << 20, resumed_at: 1 << 20, sha256_checked: true };
+        let fetched = Outcome::Fetched {
+            bytes: 3 << 20,
+            resumed_at: 0,
+            sha256_checked: true,
+        };
+        assert_eq!(
+            summary("model.safetensors", &fetched, Duration::from_secs(2)),
+            "model.safetensors: downloaded 3.00 MiB in 2.0 s (1.50 MiB/s), sha256 ok"
+        );
+        let resumed = Outcome::Fetched {
+            bytes: 3 << 20,
+            resumed_at: 1 << 20,
+            sha256_checked: true,
+        };
         assert_eq!(
             summary("model.safetensors", &resumed, Duration::from_secs(2)),
             "model.safetensors: downloaded 3.00 MiB, resumed at 1.00 MiB in 2.0 s (1.00 MiB/s), sha256 ok"
         );
-        let cached = Outcome::Cached { bytes: 512, sha256_checked: false };
-        assert_eq!(summary("config.json", &cached, Duration::ZERO), "config.json: already in the cache (512 B)");
+        let cached = Outcome::Cached {
+            bytes: 512,
+            sha256_checked: false,
+        };
+        assert_eq!(
+            summary("config.json", &cached, Duration::ZERO),
+            "config.json: already in the cache (512 B)"
+        );
     }
 
     #[test]
@@ -405,7 +543,10 @@ mod tests {
 
     #[test]
     fn origins_and_etags() {
-        assert_eq!(origin("https://huggingface.co/a/b/resolve/main/x"), "https://huggingface.co");
+        assert_eq!(
+            origin("https://huggingface.co/a/b/resolve/main/x"),
+            "https://huggingface.co"
+        );
         assert_eq!(origin("http://127.0.0.1:8080"), "http://127.0.0.1:8080");
         assert!(hub::is_sha256_hex(&"a".repeat(64)) && !hub::is_sha256_hex(&"a".repeat(40)));
     }

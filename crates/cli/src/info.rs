@@ -38,8 +38,14 @@ pub fn run(args: InfoArgs) -> anyhow::Result<()> {
         if !path.exists() && OPTIONAL_FILES.contains(&name) {
             continue;
         }
-        let size = std::fs::metadata(&path).with_context(|| format!("reading {}", path.display()))?.len();
-        let sha256 = if args.no_hash { None } else { Some(hub::sha256_file(&path).with_context(|| format!("hashing {}", path.display()))?) };
+        let size = std::fs::metadata(&path)
+            .with_context(|| format!("reading {}", path.display()))?
+            .len();
+        let sha256 = if args.no_hash {
+            None
+        } else {
+            Some(hub::sha256_file(&path).with_context(|| format!("hashing {}", path.display()))?)
+        };
         let expected = hub::expected_sha256(&path);
         if let (Some(got), Some(want)) = (&sha256, &expected) {
             if got != want {
@@ -57,7 +63,9 @@ pub fn run(args: InfoArgs) -> anyhow::Result<()> {
     let weights = Weights::open(&dir.join("model.safetensors"), &config)?;
     let source = match &resolved.source {
         Source::Folder => json!({"kind": "folder"}),
-        Source::Cache { id, commit } => json!({"kind": "huggingface-cache", "repo": id.repo, "revision": id.revision(), "commit": commit}),
+        Source::Cache { id, commit } => {
+            json!({"kind": "huggingface-cache", "repo": id.repo, "revision": id.revision(), "commit": commit})
+        }
     };
     let tasks: Vec<_> = config
         .lora_adaptations
@@ -68,19 +76,23 @@ pub fn run(args: InfoArgs) -> anyhow::Result<()> {
     let cpu = jina_engine::Cpu::host_checked()?;
     let cpu = args.max_isa.map_or(cpu, |isa| cpu.capped(isa));
     let bf16_weights = weights.linear_weights_are_bf16();
-    let precisions: Vec<_> = [jina_engine::Precision::F32, jina_engine::Precision::Bf16, jina_engine::Precision::Int8]
-        .into_iter()
-        .map(|p| {
-            let plan = jina_engine::KernelPlan::resolve(p, cpu, bf16_weights);
-            json!({
-                "requested": p.name(),
-                "runs": plan.precision().name(),
-                "linear": plan.linear.to_string(),
-                "attention": plan.attention.to_string(),
-                "fallbacks": plan.fallbacks,
-            })
+    let precisions: Vec<_> = [
+        jina_engine::Precision::F32,
+        jina_engine::Precision::Bf16,
+        jina_engine::Precision::Int8,
+    ]
+    .into_iter()
+    .map(|p| {
+        let plan = jina_engine::KernelPlan::resolve(p, cpu, bf16_weights);
+        json!({
+            "requested": p.name(),
+            "runs": plan.precision().name(),
+            "linear": plan.linear.to_string(),
+            "attention": plan.attention.to_string(),
+            "fallbacks": plan.fallbacks,
         })
-        .collect();
+    })
+    .collect();
     let info = json!({
         "folder": dir.display().to_string(),
         "source": source,
@@ -111,28 +123,65 @@ pub fn run(args: InfoArgs) -> anyhow::Result<()> {
 fn print_text(info: &serde_json::Value, dir: &Path) {
     println!("model folder   {}", dir.display());
     if info["source"]["kind"] == "huggingface-cache" {
-        println!("from cache     {}@{} (commit {})", info["source"]["repo"].as_str().unwrap_or(""), info["source"]["revision"].as_str().unwrap_or(""), info["source"]["commit"].as_str().unwrap_or(""));
+        println!(
+            "from cache     {}@{} (commit {})",
+            info["source"]["repo"].as_str().unwrap_or(""),
+            info["source"]["revision"].as_str().unwrap_or(""),
+            info["source"]["commit"].as_str().unwrap_or("")
+        );
     }
     println!(
         "architecture   XLM-RoBERTa, {} layers, hidden {}, {} heads, MLP {}, vocab {}",
-        info["layers"], info["hidden_size"], info["attention_heads"], info["intermediate_size"], info["vocab_size"]
+        info["layers"],
+        info["hidden_size"],
+        info["attention_heads"],
+        info["intermediate_size"],
+        info["vocab_size"]
     );
     println!("max tokens     {} (with <s> and </s>)", info["max_tokens"]);
     println!("dtype          {}", info["dtype"].as_str().unwrap_or(""));
     let params = info["parameters"].as_u64().unwrap_or(0);
     println!("parameters     {params} ({:.1} M)", params as f64 / 1e6);
-    println!("dimensions     any of 1..={}; trained (Matryoshka): {}", info["hidden_size"], info["matryoshka_dimensions"]);
-    println!("tasks          (LoRA rank {}; default {})", info["lora_rank"], info["default_task"].as_str().unwrap_or(""));
+    println!(
+        "dimensions     any of 1..={}; trained (Matryoshka): {}",
+        info["hidden_size"], info["matryoshka_dimensions"]
+    );
+    println!(
+        "tasks          (LoRA rank {}; default {})",
+        info["lora_rank"],
+        info["default_task"].as_str().unwrap_or("")
+    );
     for task in info["tasks"].as_array().into_iter().flatten() {
         let prefix = task["prefix"].as_str().unwrap_or("");
-        let prefix = if prefix.is_empty() { "(no prefix)".to_string() } else { format!("prefix {prefix:?}") };
+        let prefix = if prefix.is_empty() {
+            "(no prefix)".to_string()
+        } else {
+            format!("prefix {prefix:?}")
+        };
         println!("  {:<20} {prefix}", task["task"].as_str().unwrap_or(""));
     }
-    println!("cpu            {} ({})", info["cpu"]["isa"].as_str().unwrap_or(""), info["cpu"]["features"].as_array().map_or(String::new(), |f| f.iter().filter_map(|v| v.as_str()).collect::<Vec<_>>().join(" ")));
+    println!(
+        "cpu            {} ({})",
+        info["cpu"]["isa"].as_str().unwrap_or(""),
+        info["cpu"]["features"]
+            .as_array()
+            .map_or(String::new(), |f| f
+                .iter()
+                .filter_map(|v| v.as_str())
+                .collect::<Vec<_>>()
+                .join(" "))
+    );
     println!("precisions     (what --precision runs on this CPU)");
     for p in info["precisions"].as_array().into_iter().flatten() {
-        let (requested, runs) = (p["requested"].as_str().unwrap_or(""), p["runs"].as_str().unwrap_or(""));
-        println!("  {requested:<5} runs {runs:<5} linear {}; attention {}", p["linear"].as_str().unwrap_or(""), p["attention"].as_str().unwrap_or(""));
+        let (requested, runs) = (
+            p["requested"].as_str().unwrap_or(""),
+            p["runs"].as_str().unwrap_or(""),
+        );
+        println!(
+            "  {requested:<5} runs {runs:<5} linear {}; attention {}",
+            p["linear"].as_str().unwrap_or(""),
+            p["attention"].as_str().unwrap_or("")
+        );
         for reason in p["fallbacks"].as_array().into_iter().flatten() {
             println!("        {}", reason.as_str().unwrap_or(""));
         }
@@ -140,7 +189,15 @@ fn print_text(info: &serde_json::Value, dir: &Path) {
     println!("files");
     for file in info["files"].as_array().into_iter().flatten() {
         let sha = file["sha256"].as_str().unwrap_or("(not hashed: --no-hash)");
-        let check = if file["verified_against_cache"] == true { " (matches the cache)" } else { "" };
-        println!("  {:<18} {:>14} bytes  sha256 {sha}{check}", file["name"].as_str().unwrap_or(""), file["bytes"]);
+        let check = if file["verified_against_cache"] == true {
+            " (matches the cache)"
+        } else {
+            ""
+        };
+        println!(
+            "  {:<18} {:>14} bytes  sha256 {sha}{check}",
+            file["name"].as_str().unwrap_or(""),
+            file["bytes"]
+        );
     }
 }

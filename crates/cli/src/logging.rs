@@ -31,9 +31,16 @@ pub fn init(verbosity: i8, profile: bool) -> Option<SpanTimes> {
     let times = profile.then(SpanTimes::default);
     if profile {
         // The spans must be enabled to be timed; their events stay at the chosen level.
-        filter = filter.add_directive("jina_engine::model=trace".parse().expect("a valid directive"));
+        filter = filter.add_directive(
+            "jina_engine::model=trace"
+                .parse()
+                .expect("a valid directive"),
+        );
     }
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false).with_filter(printed(level));
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_filter(printed(level));
     let registry = tracing_subscriber::registry().with(filter).with(fmt);
     // A second install (tests calling `run` twice) keeps the first.
     let _ = match &times {
@@ -65,7 +72,10 @@ struct Entered(Instant);
 impl SpanTimes {
     /// The totals so far, largest first, and clears them.
     pub fn take(&self) -> Vec<(&'static str, Duration)> {
-        let mut totals: Vec<_> = std::mem::take(&mut *self.totals.lock().unwrap_or_else(|e| e.into_inner())).into_iter().collect();
+        let mut totals: Vec<_> =
+            std::mem::take(&mut *self.totals.lock().unwrap_or_else(|e| e.into_inner()))
+                .into_iter()
+                .collect();
         totals.sort_by(|a, b| b.1.cmp(&a.1));
         totals
     }
@@ -80,7 +90,9 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for SpanTimes {
 
     fn on_exit(&self, id: &Id, ctx: Context<'_, S>) {
         let Some(span) = ctx.span(id) else { return };
-        let Some(Entered(start)) = span.extensions_mut().remove::<Entered>() else { return };
+        let Some(Entered(start)) = span.extensions_mut().remove::<Entered>() else {
+            return;
+        };
         let mut totals = self.totals.lock().unwrap_or_else(|e| e.into_inner());
         *totals.entry(span.name()).or_default() += start.elapsed();
     }

@@ -77,8 +77,15 @@ fn main() {
     let times = match &cli.command {
         Command::Serve(_) => None,
         command => {
-            let verbosity = if cli.quiet { -1 } else { cli.verbose.min(8) as i8 };
-            logging::init(verbosity, matches!(command, Command::Bench(args) if args.profile))
+            let verbosity = if cli.quiet {
+                -1
+            } else {
+                cli.verbose.min(8) as i8
+            };
+            logging::init(
+                verbosity,
+                matches!(command, Command::Bench(args) if args.profile),
+            )
         }
     };
     let result = match cli.command {
@@ -88,7 +95,12 @@ fn main() {
         Command::Download(args) => download::run(args),
         Command::Completions { shell } => {
             use clap::CommandFactory as _;
-            clap_complete::generate(shell, &mut Cli::command(), "jina-embed", &mut std::io::stdout());
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "jina-embed",
+                &mut std::io::stdout(),
+            );
             Ok(())
         }
         Command::Bench(args) => bench::run(args, times),
@@ -112,7 +124,9 @@ fn serve(mut args: jina_server::ServeArgs) -> anyhow::Result<()> {
 /// A closed stdout (`jina-embed embed … | head`) is not a failure.
 fn is_broken_pipe(err: &anyhow::Error) -> bool {
     err.chain().any(|cause| {
-        cause.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
     })
 }
 
@@ -124,7 +138,9 @@ pub(crate) fn parse_isa(s: &str) -> Result<jina_engine::Isa, String> {
 /// Sizes the rayon pool that every kernel runs on; 0 keeps rayon's default (one per core).
 pub(crate) fn init_threads(threads: usize) -> anyhow::Result<()> {
     if threads > 0 {
-        rayon::ThreadPoolBuilder::new().num_threads(threads).build_global()?;
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build_global()?;
     }
     Ok(())
 }

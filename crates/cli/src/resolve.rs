@@ -45,10 +45,17 @@ fn fetch_missing(spec: &str, not_cached: ResolveError) -> anyhow::Result<Resolve
         return Err(not_cached.into());
     };
     let hub = crate::hub_download::Hub::from_env();
-    eprintln!("{id} is not in the Hugging Face cache {}: downloading it from {}", cache.display(), hub.endpoint());
+    eprintln!(
+        "{id} is not in the Hugging Face cache {}: downloading it from {}",
+        cache.display(),
+        hub.endpoint()
+    );
     match hub.download(&id, &cache) {
         Ok(_) => Ok(hub::resolve_with_cache(spec, Some(&cache))?),
-        Err(err) => Err(anyhow!("{id} is not cached and downloading it from {} failed: {err:#}\n{not_cached}", hub.endpoint())),
+        Err(err) => Err(anyhow!(
+            "{id} is not cached and downloading it from {} failed: {err:#}\n{not_cached}",
+            hub.endpoint()
+        )),
     }
 }
 

@@ -52,7 +52,11 @@ fn download(cache: &Path, path_env: &str, extra: &[&str]) -> Output {
 #[test]
 fn download_runs_the_hf_cli_into_the_cache_and_checks_sha256() {
     let tmp = tempfile::tempdir().expect("tmp");
-    let (bin, stage, cache) = (tmp.path().join("bin"), tmp.path().join("stage"), tmp.path().join("cache"));
+    let (bin, stage, cache) = (
+        tmp.path().join("bin"),
+        tmp.path().join("stage"),
+        tmp.path().join("cache"),
+    );
     std::fs::create_dir_all(&bin).expect("mkdir");
     let id = HubId::parse("jinaai/jina-embeddings-v3").expect("id");
     hub::install_into_cache(&stage, &id, COMMIT, "main", &fixture()).expect("stage");
@@ -61,7 +65,11 @@ fn download_runs_the_hf_cli_into_the_cache_and_checks_sha256() {
     // The stand-in itself needs mkdir and cp.
     let path_env = format!("{}:/usr/bin:/bin", bin.display());
     let out = download(&cache, &path_env, &[]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let log = std::fs::read_to_string(bin.join("args.txt")).expect("args");
     assert_eq!(
         log.lines().collect::<Vec<_>>(),
@@ -70,14 +78,33 @@ fn download_runs_the_hf_cli_into_the_cache_and_checks_sha256() {
             &*cache.to_string_lossy()
         ]
     );
-    let snapshot = cache.join(id.cache_folder_name()).join("snapshots").join(COMMIT);
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), snapshot.to_string_lossy());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("model.safetensors: sha256"), "the LFS file was checked");
+    let snapshot = cache
+        .join(id.cache_folder_name())
+        .join("snapshots")
+        .join(COMMIT);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        snapshot.to_string_lossy()
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("model.safetensors: sha256"),
+        "the LFS file was checked"
+    );
 
     // A revision is passed on.
-    let out = download(&cache, &path_env, &["--model", &format!("jinaai/jina-embeddings-v3@{COMMIT}")]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(std::fs::read_to_string(bin.join("args.txt")).expect("args").contains(&format!("--revision {COMMIT}")));
+    let out = download(
+        &cache,
+        &path_env,
+        &["--model", &format!("jinaai/jina-embeddings-v3@{COMMIT}")],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(std::fs::read_to_string(bin.join("args.txt"))
+        .expect("args")
+        .contains(&format!("--revision {COMMIT}")));
 
     // A blob whose content does not match its sha256 name is refused.
     let blob = hub::expected_sha256(&snapshot.join("model.safetensors")).expect("blob name");
@@ -88,7 +115,10 @@ fn download_runs_the_hf_cli_into_the_cache_and_checks_sha256() {
     std::fs::write(&staged_blob, bytes).expect("corrupt");
     let out = download(&cache, &path_env, &[]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("corrupt") && err.contains(&blob), "{err}");
+    assert!(
+        !out.status.success() && err.contains("corrupt") && err.contains(&blob),
+        "{err}"
+    );
 
     // No Hugging Face CLI installed: say how to get it (only looked for without the built-in
     // downloader). A folder is not a hub id.
@@ -97,11 +127,17 @@ fn download_runs_the_hf_cli_into_the_cache_and_checks_sha256() {
         std::fs::create_dir_all(&empty).expect("mkdir");
         let out = download(&cache, &empty.to_string_lossy(), &[]);
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success() && err.contains("pip install -U huggingface_hub"), "{err}");
+        assert!(
+            !out.status.success() && err.contains("pip install -U huggingface_hub"),
+            "{err}"
+        );
     } else {
         let out = download(&cache, &path_env, &["--hf-cli", "/nonexistent/hf"]);
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success() && err.contains("cannot run /nonexistent/hf"), "{err}");
+        assert!(
+            !out.status.success() && err.contains("cannot run /nonexistent/hf"),
+            "{err}"
+        );
     }
     let out = download(&cache, &path_env, &["--model", "/some/folder"]);
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("not a hub id"));

@@ -3,11 +3,15 @@
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use jina_engine::kernels::linear::{self, PackedMatrix, PackedType, Path};
-use jina_engine::kernels::{attention, matmul_transposed, Cpu, KernelPlan, MatmulInit, SequenceRange};
+use jina_engine::kernels::{
+    attention, matmul_transposed, Cpu, KernelPlan, MatmulInit, SequenceRange,
+};
 use jina_engine::Precision;
 
 fn values(n: usize, seed: usize) -> Vec<f32> {
-    (0..n).map(|i| (((i + seed) * 7919) % 2001) as f32 / 1000.0 - 1.0).collect()
+    (0..n)
+        .map(|i| (((i + seed) * 7919) % 2001) as f32 / 1000.0 - 1.0)
+        .collect()
 }
 
 /// GEMM `m × k · (n × k)ᵀ`: the gemm crate (reference speed), then each packed storage on the
@@ -22,10 +26,27 @@ fn gemm(c: &mut Criterion) {
         group.throughput(Throughput::Elements((2 * m * k * n) as u64));
         let shape = format!("{m}x{k}x{n}");
         group.bench_with_input(BenchmarkId::new("gemm-crate-f32", &shape), &(), |b, _| {
-            b.iter(|| matmul_transposed(black_box(&x), k, m, k, &w, n, &mut out, MatmulInit::Zero, true))
+            b.iter(|| {
+                matmul_transposed(
+                    black_box(&x),
+                    k,
+                    m,
+                    k,
+                    &w,
+                    n,
+                    &mut out,
+                    MatmulInit::Zero,
+                    true,
+                )
+            })
         });
         let cpu = Cpu::host();
-        for ty in [PackedType::F32, PackedType::Bf16, PackedType::Bf16x3, PackedType::Int8] {
+        for ty in [
+            PackedType::F32,
+            PackedType::Bf16,
+            PackedType::Bf16x3,
+            PackedType::Int8,
+        ] {
             let packed = PackedMatrix::pack(&w, n, k, ty, cpu);
             let path = Path::choose(&packed, m);
             if path == Path::Reference {
@@ -33,7 +54,18 @@ fn gemm(c: &mut Criterion) {
             }
             let name = format!("packed-{ty:?}-{path:?}").to_lowercase();
             group.bench_with_input(BenchmarkId::new(name, &shape), &(), |b, _| {
-                b.iter(|| linear::matmul(black_box(&x), k, m, &packed, &mut out, n, MatmulInit::Zero, true))
+                b.iter(|| {
+                    linear::matmul(
+                        black_box(&x),
+                        k,
+                        m,
+                        &packed,
+                        &mut out,
+                        n,
+                        MatmulInit::Zero,
+                        true,
+                    )
+                })
             });
         }
     }

@@ -8,14 +8,28 @@ use jina_engine::kernels::{attention, Cpu, KernelPlan, SequenceRange};
 use jina_engine::Precision;
 
 fn main() {
-    let lens: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
-    let lens = if lens.is_empty() { vec![128, 512, 2048] } else { lens };
+    let lens: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let lens = if lens.is_empty() {
+        vec![128, 512, 2048]
+    } else {
+        lens
+    };
     let (heads, d) = (16, 64);
     for len in lens {
         let count = (1024 / len).max(1);
-        let sequences: Vec<SequenceRange> = (0..count).map(|i| SequenceRange { start: i * len, len }).collect();
+        let sequences: Vec<SequenceRange> = (0..count)
+            .map(|i| SequenceRange {
+                start: i * len,
+                len,
+            })
+            .collect();
         let tokens = count * len;
-        let qkv: Vec<f32> = (0..tokens * 3 * heads * d).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
+        let qkv: Vec<f32> = (0..tokens * 3 * heads * d)
+            .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
+            .collect();
         let mut ctx = vec![0f32; tokens * heads * d];
         let flops = 4.0 * (count * len * len * d * heads) as f64;
         let mut line = format!("{count}x{len}:");
@@ -29,7 +43,12 @@ fn main() {
                 attention(&qkv, &mut ctx, &sequences, heads, d, kernel);
                 best = best.min(t.elapsed().as_secs_f64());
             }
-            line += &format!(" {} {:.2} ms ({:.0} GFLOP/s)", kernel.0, best * 1e3, flops / best / 1e9);
+            line += &format!(
+                " {} {:.2} ms ({:.0} GFLOP/s)",
+                kernel.0,
+                best * 1e3,
+                flops / best / 1e9
+            );
         }
         println!("{line}");
     }

@@ -9,7 +9,9 @@
 //! first `pthread_create` never returns (see scripts/qemu-aarch64-runner.sh).
 
 fn main() {
-    std::thread::spawn(print_features).join().expect("the detecting thread panicked");
+    std::thread::spawn(print_features)
+        .join()
+        .expect("the detecting thread panicked");
 }
 
 fn print_features() {

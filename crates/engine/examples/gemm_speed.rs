@@ -6,7 +6,9 @@
 //! kernels on an AVX-512 machine); each figure names the kernel that ran.
 use std::time::Instant;
 
-use jina_engine::kernels::linear::{self as packed, Epilogue, LowRank, LowRankInputs, PackedMatrix, PackedType, Path};
+use jina_engine::kernels::linear::{
+    self as packed, Epilogue, LowRank, LowRankInputs, PackedMatrix, PackedType, Path,
+};
 use jina_engine::kernels::{matmul_transposed, Cpu, MatmulInit};
 
 fn main() {
@@ -16,9 +18,18 @@ fn main() {
     if std::env::var_os("GEMM_SPEED_LORA").is_some() {
         return compare_lora();
     }
-    for &(m, k, n) in &[(128, 1024, 3072), (1024, 1024, 3072), (1024, 1024, 4096), (1024, 4096, 1024)] {
-        let x: Vec<f32> = (0..m * k).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect();
-        let w: Vec<f32> = (0..n * k).map(|i| ((i * 104729) % 1000) as f32 / 1000.0 - 0.5).collect();
+    for &(m, k, n) in &[
+        (128, 1024, 3072),
+        (1024, 1024, 3072),
+        (1024, 1024, 4096),
+        (1024, 4096, 1024),
+    ] {
+        let x: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
+            .collect();
+        let w: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 104729) % 1000) as f32 / 1000.0 - 0.5)
+            .collect();
         let mut out = vec![0f32; m * n];
         let flops = 2.0 * (m * k * n) as f64;
         let time = |f: &mut dyn FnMut()| {
@@ -34,28 +45,56 @@ fn main() {
         // GEMM_SPEED_TYPES=bf16,int8 (names as printed, lower case; "gemm" for the gemm crate)
         // limits the kernels timed.
         let only = std::env::var("GEMM_SPEED_TYPES").ok();
-        let wanted = |name: &str| only.as_deref().is_none_or(|o| o.split(',').any(|t| t == name));
+        let wanted = |name: &str| {
+            only.as_deref()
+                .is_none_or(|o| o.split(',').any(|t| t == name))
+        };
         let mut line = format!("{m}x{k}x{n}:");
         if wanted("gemm") {
-            let f32_rate = time(&mut || matmul_transposed(&x, k, m, k, &w, n, &mut out, MatmulInit::Zero, true));
+            let f32_rate = time(&mut || {
+                matmul_transposed(&x, k, m, k, &w, n, &mut out, MatmulInit::Zero, true)
+            });
             line += &format!(" gemm crate f32 {f32_rate:.1} GFLOP/s,");
         }
         let cpu = Cpu::host();
-        for ty in [PackedType::F32, PackedType::Bf16, PackedType::Bf16x3, PackedType::Int8] {
+        for ty in [
+            PackedType::F32,
+            PackedType::Bf16,
+            PackedType::Bf16x3,
+            PackedType::Int8,
+        ] {
             let w = PackedMatrix::pack(&w, n, k, ty, cpu);
             let path = Path::choose(&w, m);
             // The reference loops would take minutes at these shapes.
             if path != Path::Reference && wanted(&format!("{ty:?}").to_lowercase()) {
-                let rate = time(&mut || packed::matmul(&x, k, m, &w, &mut out, n, MatmulInit::Zero, true));
+                let rate =
+                    time(&mut || packed::matmul(&x, k, m, &w, &mut out, n, MatmulInit::Zero, true));
                 line += &format!(" packed {ty:?} ({path:?}) {rate:.1} GFLOP/s");
                 // As a model layer runs it: bias, then a rank-4 LoRA term on every row.
                 let bias: Vec<f32> = (0..n).map(|i| i as f32 * 1e-3).collect();
                 let (rank, low) = (4, vec![0.01f32; m * 4]);
                 let up_t: Vec<f32> = (0..rank * n).map(|i| (i % 7) as f32 * 1e-2).collect();
                 let up = vec![Some(&up_t[..]); m];
-                let epilogue = packed::Epilogue { low_rank: Some(packed::LowRank { low: &low, rank, up: &up }), gelu: false };
+                let epilogue = packed::Epilogue {
+                    low_rank: Some(packed::LowRank {
+                        low: &low,
+                        rank,
+                        up: &up,
+                    }),
+                    gelu: false,
+                };
                 let rate = time(&mut || {
-                    packed::matmul_with(&x, k, m, &w, &mut out, n, MatmulInit::Bias(&bias), epilogue, true)
+                    packed::matmul_with(
+                        &x,
+                        k,
+                        m,
+                        &w,
+                        &mut out,
+                        n,
+                        MatmulInit::Bias(&bias),
+                        epilogue,
+                        true,
+                    )
                 });
                 line += &format!(" (+bias+LoRA {rate:.1}),");
             }
@@ -70,9 +109,18 @@ fn main() {
 /// ratio of the medians.
 fn compare_layouts() {
     let types = [PackedType::Bf16, PackedType::Bf16x3, PackedType::Int8];
-    for &(m, k, n) in &[(1024, 1024, 3072), (1024, 1024, 1024), (1024, 1024, 4096), (1024, 4096, 1024)] {
-        let x: Vec<f32> = (0..m * k).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect();
-        let w: Vec<f32> = (0..n * k).map(|i| ((i * 104729) % 1000) as f32 / 1000.0 - 0.5).collect();
+    for &(m, k, n) in &[
+        (1024, 1024, 3072),
+        (1024, 1024, 1024),
+        (1024, 1024, 4096),
+        (1024, 4096, 1024),
+    ] {
+        let x: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
+            .collect();
+        let w: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 104729) % 1000) as f32 / 1000.0 - 0.5)
+            .collect();
         let bias: Vec<f32> = (0..n).map(|i| i as f32 * 1e-3).collect();
         let mut out = vec![0f32; m * n];
         let flops = 2.0 * (m * k * n) as f64;
@@ -83,7 +131,10 @@ fn compare_layouts() {
                 println!("no AMX here");
                 return;
             }
-            let packs = [PackedMatrix::pack_tiled(&w, n, k, ty, true, cpu), PackedMatrix::pack_tiled(&w, n, k, ty, false, cpu)];
+            let packs = [
+                PackedMatrix::pack_tiled(&w, n, k, ty, true, cpu),
+                PackedMatrix::pack_tiled(&w, n, k, ty, false, cpu),
+            ];
             let mut times = [vec![], vec![]];
             for round in 0..31 {
                 for (pack, t) in packs.iter().zip(&mut times) {
@@ -101,7 +152,11 @@ fn compare_layouts() {
             let (tiled, linear) = (rate(&mut times[0]), rate(&mut times[1]));
             line += &format!(
                 " {ty:?} tiled {:.0} (best {:.0}) linear {:.0} (best {:.0}) GFLOP/s, {:.2}×;",
-                tiled.0, tiled.1, linear.0, linear.1, tiled.0 / linear.0
+                tiled.0,
+                tiled.1,
+                linear.0,
+                linear.1,
+                tiled.0 / linear.0
             );
         }
         println!("{line}");
@@ -123,10 +178,20 @@ fn compare_lora() {
     for ty in [PackedType::Bf16, PackedType::Bf16x3] {
         for (m, k, n) in [(1024, 1024, 3072), (1024, 4096, 1024)] {
             let extra = slots * rank;
-            let x: Vec<f32> = (0..m * k).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect();
-            let w: Vec<f32> = (0..n * (k + extra)).map(|i| ((i * 104729) % 1000) as f32 / 1000.0 - 0.5).collect();
-            let w_main: Vec<f32> = w.chunks_exact(k + extra).flat_map(|row| row[..k].to_vec()).collect();
-            let (plain, with_columns) = (PackedMatrix::pack(&w_main, n, k, ty, cpu), PackedMatrix::pack(&w, n, k + extra, ty, cpu));
+            let x: Vec<f32> = (0..m * k)
+                .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
+                .collect();
+            let w: Vec<f32> = (0..n * (k + extra))
+                .map(|i| ((i * 104729) % 1000) as f32 / 1000.0 - 0.5)
+                .collect();
+            let w_main: Vec<f32> = w
+                .chunks_exact(k + extra)
+                .flat_map(|row| row[..k].to_vec())
+                .collect();
+            let (plain, with_columns) = (
+                PackedMatrix::pack(&w_main, n, k, ty, cpu),
+                PackedMatrix::pack(&w, n, k + extra, ty, cpu),
+            );
             let bias: Vec<f32> = (0..n).map(|i| i as f32 * 1e-3).collect();
             let low = vec![0.01f32; m * rank];
             let up_t: Vec<f32> = (0..rank * n).map(|i| (i % 7) as f32 * 1e-2).collect();
@@ -139,14 +204,47 @@ fn compare_lora() {
                 for (variant, t) in times.iter_mut().enumerate() {
                     let (init, start) = (MatmulInit::Bias(&bias), Instant::now());
                     match variant {
-                        0 => packed::matmul_with(&x, k, m, &plain, &mut out, n, init, Epilogue::default(), true),
+                        0 => packed::matmul_with(
+                            &x,
+                            k,
+                            m,
+                            &plain,
+                            &mut out,
+                            n,
+                            init,
+                            Epilogue::default(),
+                            true,
+                        ),
                         1 => {
-                            let epilogue = Epilogue { low_rank: Some(LowRank { low: &low, rank, up: &up }), gelu: false };
+                            let epilogue = Epilogue {
+                                low_rank: Some(LowRank {
+                                    low: &low,
+                                    rank,
+                                    up: &up,
+                                }),
+                                gelu: false,
+                            };
                             packed::matmul_with(&x, k, m, &plain, &mut out, n, init, epilogue, true)
                         }
                         _ => {
-                            let inputs = LowRankInputs { low: &low, rank, slot: &slot, slots };
-                            packed::matmul_extended(&x, k, m, Some(inputs), &with_columns, &mut out, n, init, Epilogue::default(), true)
+                            let inputs = LowRankInputs {
+                                low: &low,
+                                rank,
+                                slot: &slot,
+                                slots,
+                            };
+                            packed::matmul_extended(
+                                &x,
+                                k,
+                                m,
+                                Some(inputs),
+                                &with_columns,
+                                &mut out,
+                                n,
+                                init,
+                                Epilogue::default(),
+                                true,
+                            )
                         }
                     }
                     t.push(start.elapsed().as_secs_f64());
@@ -156,7 +254,11 @@ fn compare_lora() {
             let mut line = format!("{m}x{k}x{n} {ty:?}:");
             for (name, t) in names.iter().zip(&mut times) {
                 t.sort_by(f64::total_cmp);
-                line += &format!(" {name} {:.0} (best {:.0}),", flops / t[t.len() / 2] / 1e9, flops / t[0] / 1e9);
+                line += &format!(
+                    " {name} {:.0} (best {:.0}),",
+                    flops / t[t.len() / 2] / 1e9,
+                    flops / t[0] / 1e9
+                );
             }
             println!("{line} GFLOP/s");
         }

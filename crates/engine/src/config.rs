@@ -152,7 +152,10 @@ impl Config {
             ));
         }
         if self.head_dim() % 2 != 0 {
-            return fail(format!("head width {} must be even for rotary positions", self.head_dim()));
+            return fail(format!(
+                "head width {} must be even for rotary positions",
+                self.head_dim()
+            ));
         }
         if let Some(dim) = self.rotary_emb_dim {
             if dim != self.head_dim() as f64 {
@@ -179,7 +182,9 @@ impl Config {
         }
         if let Some(pooler) = &self.emb_pooler {
             if pooler != "mean" {
-                return fail(format!("emb_pooler {pooler:?} is not supported: expected null (mean pooling)"));
+                return fail(format!(
+                    "emb_pooler {pooler:?} is not supported: expected null (mean pooling)"
+                ));
             }
         }
         if self.max_position_embeddings < 2 {
@@ -302,17 +307,23 @@ mod tests {
     fn contradictions_are_named() {
         let mut json = Config::official_json();
         json["num_attention_heads"] = 7.into();
-        let err = Config::from_json(&json.to_string()).unwrap_err().to_string();
+        let err = Config::from_json(&json.to_string())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("num_attention_heads 7"), "{err}");
 
         let mut json = Config::official_json();
         json["hidden_act"] = "gelu_new".into();
-        let err = Config::from_json(&json.to_string()).unwrap_err().to_string();
+        let err = Config::from_json(&json.to_string())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("gelu_new"), "{err}");
 
         let mut json = Config::official_json();
         json.as_object_mut().unwrap().remove("hidden_size");
-        let err = Config::from_json(&json.to_string()).unwrap_err().to_string();
+        let err = Config::from_json(&json.to_string())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("hidden_size"), "{err}");
     }
 }

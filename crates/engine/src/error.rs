@@ -21,7 +21,9 @@ pub enum Error {
         source: std::io::Error,
     },
     /// A file the model folder must hold is not there.
-    #[error("{path} is missing: a model folder needs config.json, tokenizer.json and model.safetensors")]
+    #[error(
+        "{path} is missing: a model folder needs config.json, tokenizer.json and model.safetensors"
+    )]
     MissingFile {
         /// The file that was looked for.
         path: PathBuf,

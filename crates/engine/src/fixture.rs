@@ -24,7 +24,8 @@ const TOKENIZER_GZ: &[u8] = include_bytes!("../../../assets/xlm-roberta-tokenize
 pub const TOKENIZER_CONFIG_JSON: &[u8] = include_bytes!("../../../assets/tokenizer_config.json");
 
 /// `special_tokens_map.json` of the jinaai/jina-embeddings-v3 repository, unchanged.
-pub const SPECIAL_TOKENS_MAP_JSON: &[u8] = include_bytes!("../../../assets/special_tokens_map.json");
+pub const SPECIAL_TOKENS_MAP_JSON: &[u8] =
+    include_bytes!("../../../assets/special_tokens_map.json");
 
 /// The shape of a generated checkpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,11 +42,19 @@ pub struct FixtureShape {
 
 impl FixtureShape {
     /// The `small` variant of the golden fixtures: hidden 128, 2 heads of 64, 2 layers, MLP 256.
-    pub const SMALL: FixtureShape =
-        FixtureShape { hidden_size: 128, num_attention_heads: 2, num_hidden_layers: 2, intermediate_size: 256 };
+    pub const SMALL: FixtureShape = FixtureShape {
+        hidden_size: 128,
+        num_attention_heads: 2,
+        num_hidden_layers: 2,
+        intermediate_size: 256,
+    };
     /// The real model's shape: hidden 1024, 16 heads, 24 layers, MLP 4096.
-    pub const FULL: FixtureShape =
-        FixtureShape { hidden_size: 1024, num_attention_heads: 16, num_hidden_layers: 24, intermediate_size: 4096 };
+    pub const FULL: FixtureShape = FixtureShape {
+        hidden_size: 1024,
+        num_attention_heads: 16,
+        num_hidden_layers: 24,
+        intermediate_size: 4096,
+    };
 
     /// The official config with this shape; `matryoshka_dimensions` keeps the official sizes
     /// that fit.
@@ -55,8 +64,10 @@ impl FixtureShape {
         json["num_attention_heads"] = self.num_attention_heads.into();
         json["num_hidden_layers"] = self.num_hidden_layers.into();
         json["intermediate_size"] = self.intermediate_size.into();
-        let dims: Vec<usize> =
-            [32, 64, 128, 256, 512, 768, 1024].into_iter().filter(|&d| d <= self.hidden_size).collect();
+        let dims: Vec<usize> = [32, 64, 128, 256, 512, 768, 1024]
+            .into_iter()
+            .filter(|&d| d <= self.hidden_size)
+            .collect();
         json["matryoshka_dimensions"] = dims.into();
         json
     }
@@ -71,14 +82,19 @@ pub fn mix64(mut z: u64) -> u64 {
 
 /// FNV-1a, 64 bit.
 pub fn fnv1a64(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xCBF2_9CE4_8422_2325, |h, &b| (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01B3))
+    bytes.iter().fold(0xCBF2_9CE4_8422_2325, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01B3)
+    })
 }
 
 /// (offset, half width) of a tensor's values, by its role.
 fn value_range(name: &str) -> (f32, f32) {
     if name.ends_with("lora_A") || name.ends_with("lora_B") {
         (0.0, 0.2)
-    } else if ["emb_ln", "norm1", "norm2"].iter().any(|n| name.contains(n)) {
+    } else if ["emb_ln", "norm1", "norm2"]
+        .iter()
+        .any(|n| name.contains(n))
+    {
         if name.ends_with(".weight") {
             (1.0, 0.2)
         } else {
@@ -103,13 +119,16 @@ pub fn value(seed: u64, name: &str, i: u64) -> f32 {
 /// The bf16 bytes (little-endian) of a whole tensor.
 fn tensor_bytes(seed: u64, name: &str, count: usize) -> Vec<u8> {
     let mut bytes = vec![0u8; count * 2];
-    bytes.par_chunks_mut(2 << 14).enumerate().for_each(|(c, chunk)| {
-        let first = (c << 14) as u64;
-        for (j, pair) in chunk.chunks_exact_mut(2).enumerate() {
-            let v = bf16::from_f32(value(seed, name, first + j as u64));
-            pair.copy_from_slice(&v.to_bits().to_le_bytes());
-        }
-    });
+    bytes
+        .par_chunks_mut(2 << 14)
+        .enumerate()
+        .for_each(|(c, chunk)| {
+            let first = (c << 14) as u64;
+            for (j, pair) in chunk.chunks_exact_mut(2).enumerate() {
+                let v = bf16::from_f32(value(seed, name, first + j as u64));
+                pair.copy_from_slice(&v.to_bits().to_le_bytes());
+            }
+        });
     bytes
 }
 
@@ -144,16 +163,22 @@ pub fn write_fixture(dir: &Path, shape: FixtureShape, seed: u64) -> Result<()> {
         })
         .collect();
     let views = tensors.iter().map(|(name, shape, bytes)| {
-        let view = TensorView::new(Dtype::BF16, shape.clone(), bytes).expect("shape and byte count agree");
+        let view =
+            TensorView::new(Dtype::BF16, shape.clone(), bytes).expect("shape and byte count agree");
         (name.clone(), view)
     });
     let weights_path = dir.join("model.safetensors");
-    safetensors::serialize_to_file(views, None, &weights_path)
-        .map_err(|e| Error::Safetensors { path: weights_path.clone(), message: e.to_string() })?;
+    safetensors::serialize_to_file(views, None, &weights_path).map_err(|e| Error::Safetensors {
+        path: weights_path.clone(),
+        message: e.to_string(),
+    })?;
 
     let tokenizer_path = dir.join("tokenizer.json");
     std::fs::write(&tokenizer_path, tokenizer_json()).map_err(io(&tokenizer_path))?;
-    for (name, bytes) in [("tokenizer_config.json", TOKENIZER_CONFIG_JSON), ("special_tokens_map.json", SPECIAL_TOKENS_MAP_JSON)] {
+    for (name, bytes) in [
+        ("tokenizer_config.json", TOKENIZER_CONFIG_JSON),
+        ("special_tokens_map.json", SPECIAL_TOKENS_MAP_JSON),
+    ] {
         let path = dir.join(name);
         std::fs::write(&path, bytes).map_err(io(&path))?;
     }
@@ -176,10 +201,22 @@ mod tests {
     #[test]
     fn roles_pick_their_ranges() {
         assert_eq!(value_range("roberta.emb_ln.weight"), (1.0, 0.2));
-        assert_eq!(value_range("roberta.encoder.layers.0.norm2.bias"), (0.0, 0.05));
-        assert_eq!(value_range("roberta.encoder.layers.0.mlp.fc1.bias"), (0.0, 0.02));
-        assert_eq!(value_range("roberta.encoder.layers.0.mlp.fc1.parametrizations.weight.0.lora_B"), (0.0, 0.2));
-        assert_eq!(value_range("roberta.pooler.dense.parametrizations.weight.original"), (0.0, 0.05));
+        assert_eq!(
+            value_range("roberta.encoder.layers.0.norm2.bias"),
+            (0.0, 0.05)
+        );
+        assert_eq!(
+            value_range("roberta.encoder.layers.0.mlp.fc1.bias"),
+            (0.0, 0.02)
+        );
+        assert_eq!(
+            value_range("roberta.encoder.layers.0.mlp.fc1.parametrizations.weight.0.lora_B"),
+            (0.0, 0.2)
+        );
+        assert_eq!(
+            value_range("roberta.pooler.dense.parametrizations.weight.original"),
+            (0.0, 0.05)
+        );
         let v = value(1, "roberta.emb_ln.weight", 0);
         assert!((0.8..1.2).contains(&v));
     }

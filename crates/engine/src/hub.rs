@@ -50,7 +50,9 @@ impl HubId {
     /// (an absolute or `./` path, more than one `/`, empty parts, characters the hub refuses).
     pub fn parse(spec: &str) -> Option<HubId> {
         let (repo, revision) = match spec.split_once('@') {
-            Some((repo, rev)) if !rev.is_empty() && !rev.contains(['@', ' ', '\\']) && !rev.contains("..") => {
+            Some((repo, rev))
+                if !rev.is_empty() && !rev.contains(['@', ' ', '\\']) && !rev.contains("..") =>
+            {
                 (repo, Some(rev.to_string()))
             }
             Some(_) => return None,
@@ -60,12 +62,17 @@ impl HubId {
         let valid = |part: &str| {
             !part.is_empty()
                 && !part.starts_with(['.', '-'])
-                && part.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+                && part
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         };
         if !valid(owner) || !valid(name) {
             return None;
         }
-        Some(HubId { repo: repo.to_string(), revision })
+        Some(HubId {
+            repo: repo.to_string(),
+            revision,
+        })
     }
 
     /// The revision asked for (`main` when none was given).
@@ -86,7 +93,11 @@ impl HubId {
             None => String::new(),
         };
         let files: Vec<&str> = all_model_files().collect();
-        format!("huggingface-cli download {}{revision} {}", self.repo, files.join(" "))
+        format!(
+            "huggingface-cli download {}{revision} {}",
+            self.repo,
+            files.join(" ")
+        )
     }
 }
 
@@ -161,7 +172,11 @@ pub struct Resolved {
 
 /// The Hugging Face hub cache folder from the environment, as `huggingface_hub` chooses it.
 pub fn cache_dir() -> Option<PathBuf> {
-    cache_dir_from(|name| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from))
+    cache_dir_from(|name| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    })
 }
 
 /// [`cache_dir`] with the environment given as a function (for tests).
@@ -188,10 +203,15 @@ pub fn resolve(spec: &str) -> Result<Resolved, ResolveError> {
 pub fn resolve_with_cache(spec: &str, cache: Option<&Path>) -> Result<Resolved, ResolveError> {
     let path = Path::new(spec);
     if path.is_dir() {
-        return Ok(Resolved { dir: path.to_path_buf(), source: Source::Folder });
+        return Ok(Resolved {
+            dir: path.to_path_buf(),
+            source: Source::Folder,
+        });
     }
     let Some(id) = HubId::parse(spec) else {
-        return Err(ResolveError::NotAModel { spec: spec.to_string() });
+        return Err(ResolveError::NotAModel {
+            spec: spec.to_string(),
+        });
     };
     let not_cached = |cache: &str, reason: String| ResolveError::NotCached {
         command: id.download_command(),
@@ -200,20 +220,35 @@ pub fn resolve_with_cache(spec: &str, cache: Option<&Path>) -> Result<Resolved, 
         reason,
     };
     let Some(cache) = cache else {
-        return Err(not_cached("(none: HF_HUB_CACHE, HF_HOME and HOME are unset)", "no cache folder".into()));
+        return Err(not_cached(
+            "(none: HF_HUB_CACHE, HF_HOME and HOME are unset)",
+            "no cache folder".into(),
+        ));
     };
     let shown = cache.display().to_string();
     let repo_dir = cache.join(id.cache_folder_name());
     if !repo_dir.is_dir() {
-        return Err(not_cached(&shown, format!("no folder {}", repo_dir.display())));
+        return Err(not_cached(
+            &shown,
+            format!("no folder {}", repo_dir.display()),
+        ));
     }
     let revision = id.revision();
     let ref_file = repo_dir.join("refs").join(revision);
     let commit = if ref_file.is_file() {
-        let text = std::fs::read_to_string(&ref_file).map_err(|source| ResolveError::Io { path: ref_file.clone(), source })?;
+        let text = std::fs::read_to_string(&ref_file).map_err(|source| ResolveError::Io {
+            path: ref_file.clone(),
+            source,
+        })?;
         let commit = text.trim().to_string();
         if commit.is_empty() || commit.contains(['/', '\\']) || commit.starts_with('.') {
-            return Err(not_cached(&shown, format!("{} does not hold a commit sha but {text:?}", ref_file.display())));
+            return Err(not_cached(
+                &shown,
+                format!(
+                    "{} does not hold a commit sha but {text:?}",
+                    ref_file.display()
+                ),
+            ));
         }
         commit
     } else if repo_dir.join("snapshots").join(revision).is_dir() {
@@ -222,19 +257,39 @@ pub fn resolve_with_cache(spec: &str, cache: Option<&Path>) -> Result<Resolved, 
     } else {
         return Err(not_cached(
             &shown,
-            format!("revision {revision:?} is neither in {} nor a snapshot folder", repo_dir.join("refs").display()),
+            format!(
+                "revision {revision:?} is neither in {} nor a snapshot folder",
+                repo_dir.join("refs").display()
+            ),
         ));
     };
     let dir = repo_dir.join("snapshots").join(&commit);
     if !dir.is_dir() {
-        return Err(not_cached(&shown, format!("{} points to {commit} but {} is missing", ref_file.display(), dir.display())));
+        return Err(not_cached(
+            &shown,
+            format!(
+                "{} points to {commit} but {} is missing",
+                ref_file.display(),
+                dir.display()
+            ),
+        ));
     }
     // `exists` follows symlinks: a dangling link to a missing blob counts as missing.
-    let missing: Vec<&str> = MODEL_FILES.iter().copied().filter(|f| !dir.join(f).exists()).collect();
+    let missing: Vec<&str> = MODEL_FILES
+        .iter()
+        .copied()
+        .filter(|f| !dir.join(f).exists())
+        .collect();
     if !missing.is_empty() {
-        return Err(not_cached(&shown, format!("snapshot {commit} lacks {}", missing.join(", "))));
+        return Err(not_cached(
+            &shown,
+            format!("snapshot {commit} lacks {}", missing.join(", ")),
+        ));
     }
-    Ok(Resolved { dir, source: Source::Cache { id, commit } })
+    Ok(Resolved {
+        dir,
+        source: Source::Cache { id, commit },
+    })
 }
 
 /// The sha256 of a file, as lowercase hex (streamed: memory stays small for large weights).
@@ -297,7 +352,13 @@ pub fn link_snapshot(repo_dir: &Path, commit: &str, file: &str, blob: &str) -> s
 /// `blobs/<sha256>`, `snapshots/<commit>/<file>` a relative
 /// symlink to it (a copy where symlinks are unsupported), and `refs/<reference>` holding `commit`.
 /// Used by the tests and to seed a cache from a local folder.
-pub fn install_into_cache(cache: &Path, id: &HubId, commit: &str, reference: &str, from: &Path) -> std::io::Result<PathBuf> {
+pub fn install_into_cache(
+    cache: &Path,
+    id: &HubId,
+    commit: &str,
+    reference: &str,
+    from: &Path,
+) -> std::io::Result<PathBuf> {
     let repo_dir = cache.join(id.cache_folder_name());
     std::fs::create_dir_all(repo_dir.join("blobs"))?;
     std::fs::create_dir_all(repo_dir.join("refs"))?;
@@ -324,11 +385,25 @@ mod tests {
     #[test]
     fn hub_ids_parse_and_paths_do_not() {
         let id = HubId::parse("jinaai/jina-embeddings-v3").expect("plain id");
-        assert_eq!((id.repo.as_str(), id.revision()), ("jinaai/jina-embeddings-v3", "main"));
+        assert_eq!(
+            (id.repo.as_str(), id.revision()),
+            ("jinaai/jina-embeddings-v3", "main")
+        );
         let id = HubId::parse("jinaai/jina-embeddings-v3@f1944de").expect("id with revision");
         assert_eq!(id.revision.as_deref(), Some("f1944de"));
         assert_eq!(id.cache_folder_name(), "models--jinaai--jina-embeddings-v3");
-        for not_id in ["/abs/path", "./rel/x", "a/b/c", "model", "a/", "/b", "a/b@", "../x", "a/b@x@y", "a b/c"] {
+        for not_id in [
+            "/abs/path",
+            "./rel/x",
+            "a/b/c",
+            "model",
+            "a/",
+            "/b",
+            "a/b@",
+            "../x",
+            "a/b@x@y",
+            "a b/c",
+        ] {
             assert_eq!(HubId::parse(not_id), None, "{not_id}");
         }
     }
@@ -336,13 +411,31 @@ mod tests {
     #[test]
     fn the_cache_folder_follows_huggingface_hub_precedence() {
         let env = |vars: &'static [(&'static str, &'static str)]| {
-            move |name: &str| vars.iter().find(|(k, _)| *k == name).map(|(_, v)| PathBuf::from(v))
+            move |name: &str| {
+                vars.iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| PathBuf::from(v))
+            }
         };
-        static ALL: [(&str, &str); 4] = [("HF_HUB_CACHE", "/c"), ("HF_HOME", "/h"), ("XDG_CACHE_HOME", "/x"), ("HOME", "/home/u")];
+        static ALL: [(&str, &str); 4] = [
+            ("HF_HUB_CACHE", "/c"),
+            ("HF_HOME", "/h"),
+            ("XDG_CACHE_HOME", "/x"),
+            ("HOME", "/home/u"),
+        ];
         assert_eq!(cache_dir_from(env(&ALL[..])), Some(PathBuf::from("/c")));
-        assert_eq!(cache_dir_from(env(&ALL[1..])), Some(PathBuf::from("/h/hub")));
-        assert_eq!(cache_dir_from(env(&ALL[2..])), Some(PathBuf::from("/x/huggingface/hub")));
-        assert_eq!(cache_dir_from(env(&ALL[3..])), Some(PathBuf::from("/home/u/.cache/huggingface/hub")));
+        assert_eq!(
+            cache_dir_from(env(&ALL[1..])),
+            Some(PathBuf::from("/h/hub"))
+        );
+        assert_eq!(
+            cache_dir_from(env(&ALL[2..])),
+            Some(PathBuf::from("/x/huggingface/hub"))
+        );
+        assert_eq!(
+            cache_dir_from(env(&ALL[3..])),
+            Some(PathBuf::from("/home/u/.cache/huggingface/hub"))
+        );
         assert_eq!(cache_dir_from(env(&[])), None);
     }
 }

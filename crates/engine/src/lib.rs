@@ -187,7 +187,10 @@ impl Model {
             tracing::warn!("precision {}: {reason}", options.precision.name());
         }
         let encoder = Encoder::load(&weights, &config, plan)?;
-        let default_task = config.lora_adaptations.iter().position(|t| t == DEFAULT_TASK);
+        let default_task = config
+            .lora_adaptations
+            .iter()
+            .position(|t| t == DEFAULT_TASK);
         Ok(Model {
             dir: dir.to_path_buf(),
             weights_dtype: weights.dtype(),
@@ -244,7 +247,9 @@ impl Model {
     /// Longest sequence, `<s>` and `</s>` included: `max_position_embeddings`, or the
     /// tokenizer's `model_max_length` if smaller (the official `encode()` truncates there).
     pub fn max_tokens(&self) -> usize {
-        self.config.max_position_embeddings.min(self.tokenizer.model_max_length().unwrap_or(usize::MAX))
+        self.config
+            .max_position_embeddings
+            .min(self.tokenizer.model_max_length().unwrap_or(usize::MAX))
     }
 
     /// Task names, in adapter order.
@@ -260,7 +265,8 @@ impl Model {
 
     /// Name of the default task ([`NO_TASK`] for the base weights).
     pub fn default_task(&self) -> &str {
-        self.default_task.map_or(NO_TASK, |i| &self.config.lora_adaptations[i])
+        self.default_task
+            .map_or(NO_TASK, |i| &self.config.lora_adaptations[i])
     }
 
     /// Sets the token budget of one forward pass in [`Model::embed`].
@@ -285,16 +291,21 @@ impl Model {
     /// The instruction prefix of an adapter ("" for none).
     pub fn prefix_of(&self, adapter: Option<usize>) -> &str {
         adapter
-            .and_then(|i| self.config.task_instructions.get(&self.config.lora_adaptations[i]))
+            .and_then(|i| {
+                self.config
+                    .task_instructions
+                    .get(&self.config.lora_adaptations[i])
+            })
             .map_or("", |s| s.as_str())
     }
 
     /// Checks `dimensions` against the hidden size.
     pub fn check_dimensions(&self, dimensions: Option<usize>) -> Result<()> {
         match dimensions {
-            Some(d) if d == 0 || d > self.config.hidden_size => {
-                Err(Error::Dimensions { value: d as i64, max: self.config.hidden_size })
-            }
+            Some(d) if d == 0 || d > self.config.hidden_size => Err(Error::Dimensions {
+                value: d as i64,
+                max: self.config.hidden_size,
+            }),
             _ => Ok(()),
         }
     }
@@ -321,8 +332,13 @@ impl Model {
     /// Runs one batch of sequences (from any plans, tasks mixed) and returns the span sums of
     /// each, in the order given.
     pub fn run(&self, batch: &[&Sequence]) -> Vec<Vec<SpanSum>> {
-        let inputs: Vec<EncoderInput> =
-            batch.iter().map(|s| EncoderInput { ids: &s.ids, adapter: s.adapter }).collect();
+        let inputs: Vec<EncoderInput> = batch
+            .iter()
+            .map(|s| EncoderInput {
+                ids: &s.ids,
+                adapter: s.adapter,
+            })
+            .collect();
         let states = self.encoder.forward(&inputs);
         let h = self.encoder.hidden_size();
         let mut offsets = Vec::with_capacity(batch.len());
@@ -350,7 +366,10 @@ impl Model {
             let seqs: Vec<&Sequence> = batch.iter().map(|&i| &plan.sequences[i]).collect();
             sums.extend(self.run(&seqs).into_iter().flatten());
         }
-        let finish = Finish { dimensions: request.dimensions, normalized: request.normalized };
+        let finish = Finish {
+            dimensions: request.dimensions,
+            normalized: request.normalized,
+        };
         Ok(Embeddings {
             embeddings: pooling::finish(&plan, sums, self.config.hidden_size, finish),
             total_tokens: plan.total_tokens,

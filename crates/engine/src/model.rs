@@ -90,7 +90,13 @@ impl Linear {
             // bf16 products carry the adapters' B as extra inputs (see above).
             Some(PackedType::Bf16) if tasks * rank > 0 => {
                 let columns = with_lora_columns(&weight, &lora_b, n_out, rank);
-                LinearWeight::Packed(PackedMatrix::pack(&columns, n_out, n_in + tasks * rank, PackedType::Bf16, cpu))
+                LinearWeight::Packed(PackedMatrix::pack(
+                    &columns,
+                    n_out,
+                    n_in + tasks * rank,
+                    PackedType::Bf16,
+                    cpu,
+                ))
             }
             Some(ty) => LinearWeight::Packed(PackedMatrix::pack(&weight, n_out, n_in, ty, cpu)),
         };
@@ -104,7 +110,11 @@ impl Linear {
             weight,
             bias,
             lora_a: w.f32(&format!("{base}.0.lora_A"))?,
-            lora_b_t: if lora_slots > 0 { Vec::new() } else { transpose_per_task(&lora_b, n_out, rank) },
+            lora_b_t: if lora_slots > 0 {
+                Vec::new()
+            } else {
+                transpose_per_task(&lora_b, n_out, rank)
+            },
             lora_b,
             lora_slots,
             rank,
@@ -123,13 +133,26 @@ impl Linear {
         let init = MatmulInit::Bias(&self.bias);
         match &self.weight {
             LinearWeight::Gemm(w) => {
-                kernels::matmul_transposed(x, self.n_in, tokens, self.n_in, w, self.n_out, out, init, true);
+                kernels::matmul_transposed(
+                    x, self.n_in, tokens, self.n_in, w, self.n_out, out, init, true,
+                );
                 for seg in &runs {
                     let Some(task) = seg.adapter else { continue };
-                    let b = &self.lora_b[task * self.n_out * self.rank..(task + 1) * self.n_out * self.rank];
+                    let b = &self.lora_b
+                        [task * self.n_out * self.rank..(task + 1) * self.n_out * self.rank];
                     let low = &low[seg.start * self.rank..(seg.start + seg.len) * self.rank];
                     let dst = &mut out[seg.start * self.n_out..(seg.start + seg.len) * self.n_out];
-                    kernels::matmul_transposed(low, self.rank, seg.len, self.rank, b, self.n_out, dst, MatmulInit::Accumulate, true);
+                    kernels::matmul_transposed(
+                        low,
+                        self.rank,
+                        seg.len,
+                        self.rank,
+                        b,
+                        self.n_out,
+                        dst,
+                        MatmulInit::Accumulate,
+                        true,
+                    );
                 }
                 if gelu {
                     kernels::gelu_erf_in_place(out, self.cpu);
@@ -140,9 +163,28 @@ impl Linear {
                 for seg in &runs {
                     slot[seg.start..seg.start + seg.len].fill(seg.adapter);
                 }
-                let inputs = LowRankInputs { low: &low, rank: self.rank, slot: &slot, slots: self.lora_slots };
-                let epilogue = linear::Epilogue { low_rank: None, gelu };
-                linear::matmul_extended(x, self.n_in, tokens, Some(inputs), w, out, self.n_out, init, epilogue, true);
+                let inputs = LowRankInputs {
+                    low: &low,
+                    rank: self.rank,
+                    slot: &slot,
+                    slots: self.lora_slots,
+                };
+                let epilogue = linear::Epilogue {
+                    low_rank: None,
+                    gelu,
+                };
+                linear::matmul_extended(
+                    x,
+                    self.n_in,
+                    tokens,
+                    Some(inputs),
+                    w,
+                    out,
+                    self.n_out,
+                    init,
+                    epilogue,
+                    true,
+                );
             }
             LinearWeight::Packed(w) => {
                 // The LoRA up-projection and GELU are applied to each output block as it is
@@ -155,9 +197,18 @@ impl Linear {
                         up[seg.start..seg.start + seg.len].fill(Some(b_t));
                     }
                 }
-                let low_rank = LowRank { low: &low, rank: self.rank, up: &up };
-                let epilogue = linear::Epilogue { low_rank: Some(low_rank), gelu };
-                linear::matmul_with(x, self.n_in, tokens, w, out, self.n_out, init, epilogue, true);
+                let low_rank = LowRank {
+                    low: &low,
+                    rank: self.rank,
+                    up: &up,
+                };
+                let epilogue = linear::Epilogue {
+                    low_rank: Some(low_rank),
+                    gelu,
+                };
+                linear::matmul_with(
+                    x, self.n_in, tokens, w, out, self.n_out, init, epilogue, true,
+                );
             }
         }
     }
@@ -192,13 +243,14 @@ fn merge_adapter_runs(segments: &[Segment]) -> Vec<Segment> {
     let mut runs: Vec<Segment> = Vec::with_capacity(segments.len());
     for seg in segments {
         match runs.last_mut() {
-            Some(last) if last.adapter == seg.adapter && last.start + last.len == seg.start => last.len += seg.len,
+            Some(last) if last.adapter == seg.adapter && last.start + last.len == seg.start => {
+                last.len += seg.len
+            }
             _ => runs.push(*seg),
         }
     }
     runs
 }
-
 
 /// LayerNorm weights.
 struct Norm {
@@ -285,19 +337,21 @@ impl Embeddings {
                 jobs.push((id as usize, seg.adapter));
             }
         }
-        out.par_chunks_mut(h).zip(jobs.par_iter()).for_each(|(row, &(id, adapter))| {
-            self.words.read_row(id, row);
-            if let Some(t) = adapter {
-                let mut a = vec![0f32; self.rank];
-                self.words_lora_a.read_row(t * vocab + id, &mut a);
-                let b = &self.words_lora_b[t * self.rank * h..(t + 1) * self.rank * h];
-                add_lora_row(row, &a, b, self.scaling);
-            }
-            let tt = &self.token_type[adapter.map_or(0, |t| t + 1)];
-            for (v, t) in row.iter_mut().zip(tt) {
-                *v += t;
-            }
-        });
+        out.par_chunks_mut(h)
+            .zip(jobs.par_iter())
+            .for_each(|(row, &(id, adapter))| {
+                self.words.read_row(id, row);
+                if let Some(t) = adapter {
+                    let mut a = vec![0f32; self.rank];
+                    self.words_lora_a.read_row(t * vocab + id, &mut a);
+                    let b = &self.words_lora_b[t * self.rank * h..(t + 1) * self.rank * h];
+                    add_lora_row(row, &a, b, self.scaling);
+                }
+                let tt = &self.token_type[adapter.map_or(0, |t| t + 1)];
+                for (v, t) in row.iter_mut().zip(tt) {
+                    *v += t;
+                }
+            });
         self.norm.forward(out, h, cpu);
     }
 }
@@ -320,7 +374,6 @@ fn add_lora_row(row: &mut [f32], a: &[f32], b: &[f32], scaling: f32) {
         *v += dot * scaling;
     }
 }
-
 
 /// Self-attention: the packed QKV projection, rotary positions on Q and K, tiled softmax
 /// attention per sequence and head, the output projection.
@@ -345,12 +398,27 @@ impl Attention {
     fn forward(&self, x: &[f32], batch: &Batch, act: &mut Activations, out: &mut [f32]) {
         let _span = trace_span!("attention", tokens = batch.tokens).entered();
         trace_span!("qkv").in_scope(|| self.wqkv.forward(x, &batch.segments, &mut act.qkv, false));
-        trace_span!("rotary").in_scope(|| apply_rotary(&mut act.qkv, batch, self.heads * self.head_dim, self.head_dim));
+        trace_span!("rotary").in_scope(|| {
+            apply_rotary(
+                &mut act.qkv,
+                batch,
+                self.heads * self.head_dim,
+                self.head_dim,
+            )
+        });
         trace_span!("softmax").in_scope(|| {
             let kernel = (batch.plan.attention, batch.plan.cpu);
-            kernels::attention(&act.qkv, &mut act.ctx, &batch.ranges, self.heads, self.head_dim, kernel)
+            kernels::attention(
+                &act.qkv,
+                &mut act.ctx,
+                &batch.ranges,
+                self.heads,
+                self.head_dim,
+                kernel,
+            )
         });
-        trace_span!("out_proj").in_scope(|| self.out_proj.forward(&act.ctx, &batch.segments, out, false));
+        trace_span!("out_proj")
+            .in_scope(|| self.out_proj.forward(&act.ctx, &batch.segments, out, false));
     }
 }
 
@@ -360,12 +428,14 @@ fn apply_rotary(qkv: &mut [f32], batch: &Batch, h: usize, d: usize) {
     for seg in &batch.segments {
         positions.extend(0..seg.len);
     }
-    qkv.par_chunks_mut(3 * h).zip(positions.par_iter()).for_each(|(row, &pos)| {
-        // Q and K are the first 2·hidden values of the row, one head after another.
-        for head in row[..2 * h].chunks_exact_mut(d) {
-            batch.rotary.rotate(head, pos);
-        }
-    });
+    qkv.par_chunks_mut(3 * h)
+        .zip(positions.par_iter())
+        .for_each(|(row, &pos)| {
+            // Q and K are the first 2·hidden values of the row, one head after another.
+            for head in row[..2 * h].chunks_exact_mut(d) {
+                batch.rotary.rotate(head, pos);
+            }
+        });
 }
 
 /// The feed-forward block: fc1, the exact GELU (fused into fc1's product), fc2.
@@ -384,8 +454,14 @@ impl Mlp {
 
     fn forward(&self, x: &[f32], batch: &Batch, act: &mut Activations, out: &mut [f32]) {
         let _span = trace_span!("mlp", tokens = batch.tokens).entered();
-        trace_span!("fc1+gelu").in_scope(|| self.fc1.forward(x, &batch.segments, &mut act.mlp_hidden, true));
-        trace_span!("fc2").in_scope(|| self.fc2.forward(&act.mlp_hidden, &batch.segments, out, false));
+        trace_span!("fc1+gelu").in_scope(|| {
+            self.fc1
+                .forward(x, &batch.segments, &mut act.mlp_hidden, true)
+        });
+        trace_span!("fc2").in_scope(|| {
+            self.fc2
+                .forward(&act.mlp_hidden, &batch.segments, out, false)
+        });
     }
 }
 
@@ -420,7 +496,15 @@ impl Block {
     }
 
     fn weight_bytes(&self) -> usize {
-        [&self.attention.wqkv, &self.attention.out_proj, &self.mlp.fc1, &self.mlp.fc2].iter().map(|l| l.weight_bytes()).sum()
+        [
+            &self.attention.wqkv,
+            &self.attention.out_proj,
+            &self.mlp.fc1,
+            &self.mlp.fc2,
+        ]
+        .iter()
+        .map(|l| l.weight_bytes())
+        .sum()
     }
 }
 
@@ -462,7 +546,11 @@ impl Encoder {
         Ok(Encoder {
             embeddings: Embeddings::load(weights, config)?,
             blocks,
-            rotary: RotaryTable::new(config.head_dim(), config.rotary_emb_base, config.max_position_embeddings),
+            rotary: RotaryTable::new(
+                config.head_dim(),
+                config.rotary_emb_base,
+                config.max_position_embeddings,
+            ),
             hidden: config.hidden_size,
             intermediate: config.intermediate_size,
             plan,
@@ -500,17 +588,39 @@ impl Encoder {
         let mut segments = Vec::with_capacity(batch.len());
         let mut start = 0;
         for seq in batch {
-            assert!(seq.ids.len() <= self.max_positions(), "sequence longer than the rotary table");
-            segments.push(Segment { start, len: seq.ids.len(), adapter: seq.adapter });
+            assert!(
+                seq.ids.len() <= self.max_positions(),
+                "sequence longer than the rotary table"
+            );
+            segments.push(Segment {
+                start,
+                len: seq.ids.len(),
+                adapter: seq.adapter,
+            });
             start += seq.ids.len();
         }
         let tokens = start;
         let _span = trace_span!("forward", tokens, sequences = batch.len()).entered();
         let h = self.hidden;
         let mut x = vec![0f32; tokens * h];
-        trace_span!("embeddings").in_scope(|| self.embeddings.forward(batch, &segments, &mut x, self.plan.cpu));
-        let ranges = segments.iter().map(|s| SequenceRange { start: s.start, len: s.len }).collect();
-        let shared = Batch { segments, ranges, tokens, rotary: &self.rotary, plan: &self.plan };
+        trace_span!("embeddings").in_scope(|| {
+            self.embeddings
+                .forward(batch, &segments, &mut x, self.plan.cpu)
+        });
+        let ranges = segments
+            .iter()
+            .map(|s| SequenceRange {
+                start: s.start,
+                len: s.len,
+            })
+            .collect();
+        let shared = Batch {
+            segments,
+            ranges,
+            tokens,
+            rotary: &self.rotary,
+            plan: &self.plan,
+        };
         let mut act = Activations {
             qkv: vec![0f32; tokens * 3 * h],
             ctx: vec![0f32; tokens * h],

@@ -23,8 +23,12 @@ pub enum EmbeddingType {
 
 impl EmbeddingType {
     /// Every type, in documentation order.
-    pub const ALL: [EmbeddingType; 4] =
-        [EmbeddingType::Float, EmbeddingType::Base64, EmbeddingType::Binary, EmbeddingType::Ubinary];
+    pub const ALL: [EmbeddingType; 4] = [
+        EmbeddingType::Float,
+        EmbeddingType::Base64,
+        EmbeddingType::Binary,
+        EmbeddingType::Ubinary,
+    ];
 
     /// The name used in requests.
     pub fn name(self) -> &'static str {
@@ -68,7 +72,12 @@ pub fn encode(v: &[f32], ty: EmbeddingType) -> Encoded {
         EmbeddingType::Float => Encoded::Float(v.to_vec()),
         EmbeddingType::Base64 => Encoded::Base64(base64_f32(v)),
         EmbeddingType::Ubinary => Encoded::Ubinary(pack_bits(v)),
-        EmbeddingType::Binary => Encoded::Binary(pack_bits(v).into_iter().map(|b| (b as i16 - 128) as i8).collect()),
+        EmbeddingType::Binary => Encoded::Binary(
+            pack_bits(v)
+                .into_iter()
+                .map(|b| (b as i16 - 128) as i8)
+                .collect(),
+        ),
     }
 }
 
@@ -82,7 +91,12 @@ pub fn base64_f32(v: &[f32]) -> String {
 /// byte is zero-padded on the right.
 pub fn pack_bits(v: &[f32]) -> Vec<u8> {
     v.chunks(8)
-        .map(|chunk| chunk.iter().enumerate().fold(0u8, |byte, (i, &x)| byte | (((x > 0.0) as u8) << (7 - i))))
+        .map(|chunk| {
+            chunk
+                .iter()
+                .enumerate()
+                .fold(0u8, |byte, (i, &x)| byte | (((x > 0.0) as u8) << (7 - i)))
+        })
         .collect()
 }
 
@@ -94,7 +108,10 @@ mod tests {
     fn bits_are_msb_first_and_padded() {
         let v = [1.0, -1.0, 0.0, 2.0, 0.5, -0.1, 3.0, 1.0, 0.7];
         assert_eq!(pack_bits(&v), vec![0b1001_1011, 0b1000_0000]);
-        assert_eq!(encode(&v, EmbeddingType::Binary), Encoded::Binary(vec![(0b1001_1011u8 as i16 - 128) as i8, 0]));
+        assert_eq!(
+            encode(&v, EmbeddingType::Binary),
+            Encoded::Binary(vec![(0b1001_1011u8 as i16 - 128) as i8, 0])
+        );
     }
 
     #[test]
@@ -107,6 +124,10 @@ mod tests {
         for t in EmbeddingType::ALL {
             assert_eq!(t.name().parse::<EmbeddingType>().unwrap(), t);
         }
-        assert!("int8".parse::<EmbeddingType>().unwrap_err().to_string().contains("\"int8\""));
+        assert!("int8"
+            .parse::<EmbeddingType>()
+            .unwrap_err()
+            .to_string()
+            .contains("\"int8\""));
     }
 }

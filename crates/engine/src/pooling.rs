@@ -24,11 +24,18 @@ pub fn sum_spans(sequence: &Sequence, states: &[f32], hidden: usize) -> Vec<Span
         .map(|span| {
             let mut sum = vec![0f64; hidden];
             for row in span.range.clone() {
-                for (s, v) in sum.iter_mut().zip(&states[row * hidden..(row + 1) * hidden]) {
+                for (s, v) in sum
+                    .iter_mut()
+                    .zip(&states[row * hidden..(row + 1) * hidden])
+                {
                     *s += *v as f64;
                 }
             }
-            SpanSum { output: span.output, sum, count: span.range.len() }
+            SpanSum {
+                output: span.output,
+                sum,
+                count: span.range.len(),
+            }
         })
         .collect()
 }
@@ -44,7 +51,12 @@ pub struct Finish {
 
 /// Combines the span sums of a plan into one embedding per output: mean (all zeros for an
 /// empty span), truncate to `dimensions`, then L2-normalise.
-pub fn finish(plan: &Plan, sums: impl IntoIterator<Item = SpanSum>, hidden: usize, finish: Finish) -> Vec<Vec<f32>> {
+pub fn finish(
+    plan: &Plan,
+    sums: impl IntoIterator<Item = SpanSum>,
+    hidden: usize,
+    finish: Finish,
+) -> Vec<Vec<f32>> {
     let mut totals = vec![(vec![0f64; hidden], 0usize); plan.outputs];
     for part in sums {
         let (sum, count) = &mut totals[part.output];
@@ -56,7 +68,16 @@ pub fn finish(plan: &Plan, sums: impl IntoIterator<Item = SpanSum>, hidden: usiz
     totals
         .into_iter()
         .map(|(sum, count)| {
-            let mean: Vec<f32> = sum.iter().map(|s| if count == 0 { 0.0 } else { (s / count as f64) as f32 }).collect();
+            let mean: Vec<f32> = sum
+                .iter()
+                .map(|s| {
+                    if count == 0 {
+                        0.0
+                    } else {
+                        (s / count as f64) as f32
+                    }
+                })
+                .collect();
             finish_vector(mean, finish)
         })
         .collect()
@@ -68,7 +89,12 @@ pub fn finish_vector(mut v: Vec<f32>, finish: Finish) -> Vec<f32> {
         v.truncate(d);
     }
     if finish.normalized {
-        let norm = v.iter().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt().max(1e-12) as f32;
+        let norm = v
+            .iter()
+            .map(|&x| x as f64 * x as f64)
+            .sum::<f64>()
+            .sqrt()
+            .max(1e-12) as f32;
         v.iter_mut().for_each(|x| *x /= norm);
     }
     v
@@ -80,9 +106,21 @@ mod tests {
 
     #[test]
     fn truncate_then_normalise() {
-        let v = finish_vector(vec![3.0, 4.0, 100.0], Finish { dimensions: Some(2), normalized: true });
+        let v = finish_vector(
+            vec![3.0, 4.0, 100.0],
+            Finish {
+                dimensions: Some(2),
+                normalized: true,
+            },
+        );
         assert_eq!(v, vec![0.6, 0.8]);
-        let zero = finish_vector(vec![0.0; 4], Finish { dimensions: None, normalized: true });
+        let zero = finish_vector(
+            vec![0.0; 4],
+            Finish {
+                dimensions: None,
+                normalized: true,
+            },
+        );
         assert_eq!(zero, vec![0.0; 4]);
     }
 }

@@ -41,7 +41,9 @@ impl FromStr for Precision {
             "f32" => Ok(Precision::F32),
             "bf16" => Ok(Precision::Bf16),
             "int8" => Ok(Precision::Int8),
-            other => Err(Error::InvalidRequest(format!("precision {other:?} is not supported; accepted values are f32, bf16, int8"))),
+            other => Err(Error::InvalidRequest(format!(
+                "precision {other:?} is not supported; accepted values are f32, bf16, int8"
+            ))),
         }
     }
 }

@@ -39,20 +39,29 @@ impl TextTokenizer {
     /// limits are applied here with their own errors.
     pub fn from_file(path: &Path) -> Result<Self> {
         if !path.exists() {
-            return Err(Error::MissingFile { path: path.to_path_buf() });
+            return Err(Error::MissingFile {
+                path: path.to_path_buf(),
+            });
         }
         let mut inner = tokenizers::Tokenizer::from_file(path).map_err(|e| Error::Tokenizer {
             path: path.to_path_buf(),
             message: e.to_string(),
         })?;
         inner.with_padding(None);
-        inner
-            .with_truncation(None)
-            .map_err(|e| Error::Tokenizer { path: path.to_path_buf(), message: e.to_string() })?;
+        inner.with_truncation(None).map_err(|e| Error::Tokenizer {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
         if inner.get_vocab_size(true) == 0 {
-            return Err(Error::Tokenizer { path: path.to_path_buf(), message: "the vocabulary is empty".into() });
+            return Err(Error::Tokenizer {
+                path: path.to_path_buf(),
+                message: "the vocabulary is empty".into(),
+            });
         }
-        Ok(TextTokenizer { inner, model_max_length: None })
+        Ok(TextTokenizer {
+            inner,
+            model_max_length: None,
+        })
     }
 
     /// Ids of `text` with `<s>` and `</s>` around it.
@@ -74,7 +83,9 @@ impl TextTokenizer {
 
     /// The piece of every id (for `/tokenize`).
     pub fn pieces(&self, ids: &[u32]) -> Vec<String> {
-        ids.iter().map(|&id| self.inner.id_to_token(id).unwrap_or_default()).collect()
+        ids.iter()
+            .map(|&id| self.inner.id_to_token(id).unwrap_or_default())
+            .collect()
     }
 
     /// `model_max_length` of `tokenizer_config.json`: the longest sequence the official
@@ -177,21 +188,41 @@ fn plan_separate(tokenizer: &TextTokenizer, inputs: &[String], p: &PlanParams) -
         let mut ids = tokenizer.encode_with_specials(&format!("{}{}", p.prefix, text))?;
         if ids.len() > p.max_tokens {
             if !p.truncate {
-                return Err(Error::InputTooLong { index, tokens: ids.len(), limit: p.max_tokens });
+                return Err(Error::InputTooLong {
+                    index,
+                    tokens: ids.len(),
+                    limit: p.max_tokens,
+                });
             }
             ids.truncate(p.max_tokens - 1);
             ids.push(p.eos);
         }
         total_tokens += ids.len();
         let len = ids.len();
-        sequences.push(Sequence { ids, adapter: p.adapter, spans: vec![Span { output: index, range: 0..len }] });
+        sequences.push(Sequence {
+            ids,
+            adapter: p.adapter,
+            spans: vec![Span {
+                output: index,
+                range: 0..len,
+            }],
+        });
     }
-    Ok(Plan { sequences, outputs: inputs.len(), total_tokens })
+    Ok(Plan {
+        sequences,
+        outputs: inputs.len(),
+        total_tokens,
+    })
 }
 
 /// `[<s>] + tok(prefix + input_0) + tok(input_1) + … + [</s>]`; span i covers input i's tokens,
 /// span 0 also `<s>` (and the prefix), the last span also `</s>` (decisions.md, late chunking).
-fn plan_late(tokenizer: &TextTokenizer, inputs: &[String], p: &PlanParams, overlap: Option<usize>) -> Result<Plan> {
+fn plan_late(
+    tokenizer: &TextTokenizer,
+    inputs: &[String],
+    p: &PlanParams,
+    overlap: Option<usize>,
+) -> Result<Plan> {
     let mut ids = vec![p.bos];
     let mut spans = Vec::with_capacity(inputs.len());
     for (index, text) in inputs.iter().enumerate() {
@@ -202,7 +233,10 @@ fn plan_late(tokenizer: &TextTokenizer, inputs: &[String], p: &PlanParams, overl
         };
         let start = if index == 0 { 0 } else { ids.len() };
         ids.extend_from_slice(&piece);
-        spans.push(Span { output: index, range: start..ids.len() });
+        spans.push(Span {
+            output: index,
+            range: start..ids.len(),
+        });
     }
     ids.push(p.eos);
     if let Some(last) = spans.last_mut() {
@@ -210,21 +244,42 @@ fn plan_late(tokenizer: &TextTokenizer, inputs: &[String], p: &PlanParams, overl
     }
     let total_tokens = ids.len();
     if total_tokens <= p.max_tokens {
-        let sequence = Sequence { ids, adapter: p.adapter, spans };
-        return Ok(Plan { sequences: vec![sequence], outputs: inputs.len(), total_tokens });
+        let sequence = Sequence {
+            ids,
+            adapter: p.adapter,
+            spans,
+        };
+        return Ok(Plan {
+            sequences: vec![sequence],
+            outputs: inputs.len(),
+            total_tokens,
+        });
     }
     let Some(overlap) = overlap else {
-        return Err(Error::LateChunkingTooLong { tokens: total_tokens, limit: p.max_tokens });
+        return Err(Error::LateChunkingTooLong {
+            tokens: total_tokens,
+            limit: p.max_tokens,
+        });
     };
     let sequences = windows(&ids, &spans, p.adapter, p.max_tokens, overlap)?;
-    Ok(Plan { sequences, outputs: inputs.len(), total_tokens })
+    Ok(Plan {
+        sequences,
+        outputs: inputs.len(),
+        total_tokens,
+    })
 }
 
 /// Cuts a long late-chunking sequence into windows of at most `window` tokens that overlap by
 /// `overlap`. Every token is pooled from exactly one window: the one where it sits furthest from
 /// a cut, so the boundary between two windows is the middle of their overlap. Windows are raw
 /// slices (only the first starts with `<s>`), as in the late-chunking paper.
-fn windows(ids: &[u32], spans: &[Span], adapter: Option<usize>, window: usize, overlap: usize) -> Result<Vec<Sequence>> {
+fn windows(
+    ids: &[u32],
+    spans: &[Span],
+    adapter: Option<usize>,
+    window: usize,
+    overlap: usize,
+) -> Result<Vec<Sequence>> {
     if overlap > window / 2 {
         return Err(Error::InvalidRequest(format!(
             "late_chunking_overlap {overlap} is too large: it must be at most {}",
@@ -239,15 +294,26 @@ fn windows(ids: &[u32], spans: &[Span], adapter: Option<usize>, window: usize, o
         let end = (start + window).min(len);
         let last = end == len;
         let own_start = if start == 0 { 0 } else { start + overlap / 2 };
-        let own_end = if last { len } else { start + stride + overlap / 2 };
+        let own_end = if last {
+            len
+        } else {
+            start + stride + overlap / 2
+        };
         let window_spans = spans
             .iter()
             .filter_map(|s| {
                 let (a, b) = (s.range.start.max(own_start), s.range.end.min(own_end));
-                (a < b).then(|| Span { output: s.output, range: a - start..b - start })
+                (a < b).then(|| Span {
+                    output: s.output,
+                    range: a - start..b - start,
+                })
             })
             .collect();
-        out.push(Sequence { ids: ids[start..end].to_vec(), adapter, spans: window_spans });
+        out.push(Sequence {
+            ids: ids[start..end].to_vec(),
+            adapter,
+            spans: window_spans,
+        });
         if last {
             return Ok(out);
         }
@@ -263,9 +329,18 @@ mod tests {
     fn windows_cover_every_token_once() {
         let ids: Vec<u32> = (0..2500).collect();
         let spans = vec![
-            Span { output: 0, range: 0..700 },
-            Span { output: 1, range: 700..700 },
-            Span { output: 2, range: 700..2500 },
+            Span {
+                output: 0,
+                range: 0..700,
+            },
+            Span {
+                output: 1,
+                range: 700..700,
+            },
+            Span {
+                output: 2,
+                range: 700..2500,
+            },
         ];
         let seqs = windows(&ids, &spans, Some(1), 1000, 200).unwrap();
         assert_eq!(seqs.len(), 3); // starts 0, 800, 1600

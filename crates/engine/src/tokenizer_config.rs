@@ -105,25 +105,37 @@ impl TokenizerConfig {
     /// Reads and checks the file; a malformed one is an [`Error::TokenizerConfig`] naming it and
     /// the field at fault.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Self::from_json(path, &text)
     }
 
     /// Parses the file's text (`path` is used in messages only).
     pub fn from_json(path: &Path, text: &str) -> Result<Self> {
-        let invalid = |message: String| Error::TokenizerConfig { path: path.to_path_buf(), message };
-        let raw: RawConfig = serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_str(text))
-            .map_err(|e| match e.path().to_string().as_str() {
-                "." => invalid(e.inner().to_string()),
-                field => invalid(format!("{field}: {}", e.inner())),
-            })?;
+        let invalid = |message: String| Error::TokenizerConfig {
+            path: path.to_path_buf(),
+            message,
+        };
+        let raw: RawConfig =
+            serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_str(text))
+                .map_err(|e| match e.path().to_string().as_str() {
+                    "." => invalid(e.inner().to_string()),
+                    field => invalid(format!("{field}: {}", e.inner())),
+                })?;
         let mut added_tokens = Vec::with_capacity(raw.added_tokens_decoder.len());
         for (key, token) in &raw.added_tokens_decoder {
-            let id: u32 = key
-                .parse()
-                .map_err(|_| invalid(format!("added_tokens_decoder key {key:?} is not a token id (an integer from 0 to {})", u32::MAX)))?;
+            let id: u32 = key.parse().map_err(|_| {
+                invalid(format!(
+                    "added_tokens_decoder key {key:?} is not a token id (an integer from 0 to {})",
+                    u32::MAX
+                ))
+            })?;
             if token.content.is_empty() {
-                return Err(invalid(format!("added_tokens_decoder.{key}.content is empty")));
+                return Err(invalid(format!(
+                    "added_tokens_decoder.{key}.content is empty"
+                )));
             }
             added_tokens.push((id, token.to_added_token()));
         }
@@ -132,13 +144,24 @@ impl TokenizerConfig {
         let model_max_length = match &raw.model_max_length {
             None => None,
             Some(n) => match (n.as_u64(), n.as_f64()) {
-                (Some(v), _) if v < 2 => return Err(invalid(format!("model_max_length is {v}; it must be at least 2 (<s> and </s>)"))),
+                (Some(v), _) if v < 2 => {
+                    return Err(invalid(format!(
+                        "model_max_length is {v}; it must be at least 2 (<s> and </s>)"
+                    )))
+                }
                 (Some(v), _) => Some(usize::try_from(v).unwrap_or(usize::MAX)),
                 (None, Some(v)) if v >= NO_LIMIT_FROM => None,
-                _ => return Err(invalid(format!("model_max_length {n} is not a positive integer"))),
+                _ => {
+                    return Err(invalid(format!(
+                        "model_max_length {n} is not a positive integer"
+                    )))
+                }
             },
         };
-        let xlm_roberta = raw.tokenizer_class.as_deref().is_some_and(|c| c.starts_with("XLMRobertaTokenizer"));
+        let xlm_roberta = raw
+            .tokenizer_class
+            .as_deref()
+            .is_some_and(|c| c.starts_with("XLMRobertaTokenizer"));
         let mut named = Vec::new();
         let singles = [
             ("bos_token", &raw.bos_token),
@@ -149,12 +172,23 @@ impl TokenizerConfig {
             ("cls_token", &raw.cls_token),
             ("mask_token", &raw.mask_token),
         ];
-        let all = singles.iter().filter_map(|(name, t)| t.as_ref().map(|t| (*name, t))).chain(raw.additional_special_tokens.iter().map(|t| ("additional_special_tokens", t)));
+        let all = singles
+            .iter()
+            .filter_map(|(name, t)| t.as_ref().map(|t| (*name, t)))
+            .chain(
+                raw.additional_special_tokens
+                    .iter()
+                    .map(|t| ("additional_special_tokens", t)),
+            );
         for (name, token) in all {
             let token = match token {
                 // `XLMRobertaTokenizerFast.__init__`: a mask token given as a string behaves like
                 // a word, taking the space before it.
-                NamedToken::Text(s) if name == "mask_token" && xlm_roberta => AddedToken::from(s.clone(), true).lstrip(true).normalized(false),
+                NamedToken::Text(s) if name == "mask_token" && xlm_roberta => {
+                    AddedToken::from(s.clone(), true)
+                        .lstrip(true)
+                        .normalized(false)
+                }
                 NamedToken::Text(s) => AddedToken::from(s.clone(), true).normalized(false),
                 NamedToken::Token(t) => t.to_added_token().special(true),
             };
@@ -167,7 +201,13 @@ impl TokenizerConfig {
             let keys: Vec<&str> = raw.ignored.keys().map(String::as_str).collect();
             tracing::debug!(path = %path.display(), "ignoring keys of the tokenizer configuration that change no token id: {}", keys.join(", "));
         }
-        Ok(TokenizerConfig { path: path.to_path_buf(), added_tokens, named, split_special_tokens: raw.split_special_tokens, model_max_length })
+        Ok(TokenizerConfig {
+            path: path.to_path_buf(),
+            added_tokens,
+            named,
+            split_special_tokens: raw.split_special_tokens,
+            model_max_length,
+        })
     }
 
     /// Applies the added-token flags, the named special tokens and `split_special_tokens` to a
@@ -178,7 +218,9 @@ impl TokenizerConfig {
         let mut changed = Vec::new();
         for (id, token) in &self.added_tokens {
             // A token named as special is special whatever its own flag says.
-            let token = token.clone().special(token.special || named.contains(&token.content.as_str()));
+            let token = token
+                .clone()
+                .special(token.special || named.contains(&token.content.as_str()));
             if let Some(actual) = tokenizer.token_to_id(&token.content) {
                 if actual != *id {
                     // transformers matches by content and keeps the tokenizer's id.
@@ -189,9 +231,15 @@ impl TokenizerConfig {
                 changed.push(token);
             }
         }
-        let already: Vec<String> = existing.values().map(|t| t.content.clone()).chain(changed.iter().map(|t| t.content.clone())).collect();
+        let already: Vec<String> = existing
+            .values()
+            .map(|t| t.content.clone())
+            .chain(changed.iter().map(|t| t.content.clone()))
+            .collect();
         for token in &self.named {
-            if !already.contains(&token.content) && !changed.iter().any(|t| t.content == token.content) {
+            if !already.contains(&token.content)
+                && !changed.iter().any(|t| t.content == token.content)
+            {
                 changed.push(token.clone());
             }
         }
@@ -200,7 +248,10 @@ impl TokenizerConfig {
             tracing::debug!(path = %self.path.display(), "tokenizer_config.json sets the added tokens {}", names.join(" "));
             tokenizer
                 .add_tokens(changed)
-                .map_err(|e| Error::TokenizerConfig { path: self.path.clone(), message: format!("cannot apply the added tokens: {e}") })?;
+                .map_err(|e| Error::TokenizerConfig {
+                    path: self.path.clone(),
+                    message: format!("cannot apply the added tokens: {e}"),
+                })?;
         }
         tokenizer.set_encode_special_tokens(self.split_special_tokens);
         Ok(())
@@ -219,18 +270,40 @@ mod tests {
     fn malformed_files_name_the_file_and_the_field() {
         let err = parse("{not json").unwrap_err().to_string();
         assert!(err.contains("/m/tokenizer_config.json"), "{err}");
-        let err = parse(r#"{"added_tokens_decoder": {"250001": {"content": "<mask>", "lstrip": "yes"}}}"#).unwrap_err().to_string();
-        assert!(err.contains("/m/tokenizer_config.json") && err.contains("added_tokens_decoder.250001.lstrip"), "{err}");
-        let err = parse(r#"{"added_tokens_decoder": {"x": {"content": "<mask>"}}}"#).unwrap_err().to_string();
+        let err = parse(
+            r#"{"added_tokens_decoder": {"250001": {"content": "<mask>", "lstrip": "yes"}}}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("/m/tokenizer_config.json")
+                && err.contains("added_tokens_decoder.250001.lstrip"),
+            "{err}"
+        );
+        let err = parse(r#"{"added_tokens_decoder": {"x": {"content": "<mask>"}}}"#)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains(r#"key "x""#), "{err}");
-        let err = parse(r#"{"model_max_length": -3}"#).unwrap_err().to_string();
+        let err = parse(r#"{"model_max_length": -3}"#)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("model_max_length -3"), "{err}");
     }
 
     #[test]
     fn model_max_length_reads_transformers_no_limit_as_none() {
-        assert_eq!(parse(r#"{"model_max_length": 8194}"#).unwrap().model_max_length, Some(8194));
-        assert_eq!(parse(r#"{"model_max_length": 1000000000000000019884624838656}"#).unwrap().model_max_length, None);
+        assert_eq!(
+            parse(r#"{"model_max_length": 8194}"#)
+                .unwrap()
+                .model_max_length,
+            Some(8194)
+        );
+        assert_eq!(
+            parse(r#"{"model_max_length": 1000000000000000019884624838656}"#)
+                .unwrap()
+                .model_max_length,
+            None
+        );
         assert_eq!(parse("{}").unwrap().model_max_length, None);
     }
 }

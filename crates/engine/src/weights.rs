@@ -101,7 +101,11 @@ pub fn expected_tensors(config: &Config) -> Vec<(String, Vec<usize>, bool)> {
     for layer in 0..config.num_hidden_layers {
         for norm in ["norm1", "norm2"] {
             for part in ["weight", "bias"] {
-                out.push((format!("roberta.encoder.layers.{layer}.{norm}.{part}"), vec![h], true));
+                out.push((
+                    format!("roberta.encoder.layers.{layer}.{norm}.{part}"),
+                    vec![h],
+                    true,
+                ));
             }
         }
     }
@@ -113,9 +117,14 @@ impl Weights {
     pub fn open(path: &Path, config: &Config) -> Result<Self> {
         let file = std::fs::File::open(path).map_err(|source| {
             if source.kind() == std::io::ErrorKind::NotFound {
-                Error::MissingFile { path: path.to_path_buf() }
+                Error::MissingFile {
+                    path: path.to_path_buf(),
+                }
             } else {
-                Error::Io { path: path.to_path_buf(), source }
+                Error::Io {
+                    path: path.to_path_buf(),
+                    source,
+                }
             }
         })?;
         // SAFETY: the mapping is read-only. Like every safetensors loader, we rely on the file not
@@ -125,7 +134,11 @@ impl Weights {
             source,
         })?;
         let tensors = index_tensors(path, &mmap)?;
-        let weights = Weights { path: path.to_path_buf(), mmap: Arc::new(mmap), tensors };
+        let weights = Weights {
+            path: path.to_path_buf(),
+            mmap: Arc::new(mmap),
+            tensors,
+        };
         weights.check_against(config)?;
         Ok(weights)
     }
@@ -154,7 +167,10 @@ impl Weights {
         }
         for (name, shape, required) in expected {
             if required && !self.tensors.contains_key(&name) {
-                return Err(Error::MissingTensor { name, expected: shape });
+                return Err(Error::MissingTensor {
+                    name,
+                    expected: shape,
+                });
             }
         }
         Ok(())
@@ -176,13 +192,22 @@ impl Weights {
     /// Whether every linear weight of the encoder is stored as bf16 (true of the published
     /// checkpoint), so that bf16 storage of it loses nothing.
     pub fn linear_weights_are_bf16(&self) -> bool {
-        let linear = |name: &str| name.starts_with("roberta.encoder.layers.") && name.ends_with(".parametrizations.weight.original");
-        self.tensors.iter().filter(|(name, _)| linear(name)).all(|(_, e)| e.dtype == StoredDtype::Bf16)
+        let linear = |name: &str| {
+            name.starts_with("roberta.encoder.layers.")
+                && name.ends_with(".parametrizations.weight.original")
+        };
+        self.tensors
+            .iter()
+            .filter(|(name, _)| linear(name))
+            .all(|(_, e)| e.dtype == StoredDtype::Bf16)
     }
 
     /// Total number of stored values.
     pub fn parameter_count(&self) -> usize {
-        self.tensors.values().map(|e| e.shape.iter().product::<usize>()).sum()
+        self.tensors
+            .values()
+            .map(|e| e.shape.iter().product::<usize>())
+            .sum()
     }
 
     fn entry(&self, name: &str) -> Result<&TensorEntry> {
@@ -224,7 +249,13 @@ impl Weights {
                 // SAFETY: a read-only private file mapping: discarding its pages loses nothing
                 // (they are read again from the file), and no reference into the range is kept
                 // by this method's callers (they copied it).
-                let _ = unsafe { self.mmap.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, first, last - first) };
+                let _ = unsafe {
+                    self.mmap.unchecked_advise_range(
+                        memmap2::UncheckedAdvice::DontNeed,
+                        first,
+                        last - first,
+                    )
+                };
             }
         }
         #[cfg(not(unix))]
@@ -245,7 +276,9 @@ impl Weights {
             let base = self.mmap.as_ptr() as usize;
             let first = (base + entry.start) / PAGE * PAGE - base;
             // Advice only: a failure changes speed, never results.
-            let _ = self.mmap.advise_range(memmap2::Advice::Random, first, entry.end - first);
+            let _ = self
+                .mmap
+                .advise_range(memmap2::Advice::Random, first, entry.end - first);
         }
         let cols = *entry.shape.last().unwrap_or(&1);
         let rows = entry.shape.iter().rev().skip(1).product::<usize>();
@@ -260,7 +293,10 @@ impl Weights {
 }
 
 fn index_tensors(path: &Path, bytes: &[u8]) -> Result<BTreeMap<String, TensorEntry>> {
-    let corrupt = |message: String| Error::Safetensors { path: path.to_path_buf(), message };
+    let corrupt = |message: String| Error::Safetensors {
+        path: path.to_path_buf(),
+        message,
+    };
     let st = SafeTensors::deserialize(bytes).map_err(|e| corrupt(e.to_string()))?;
     let base = bytes.as_ptr() as usize;
     let mut tensors = BTreeMap::new();
@@ -269,7 +305,12 @@ fn index_tensors(path: &Path, bytes: &[u8]) -> Result<BTreeMap<String, TensorEnt
             Dtype::BF16 => StoredDtype::Bf16,
             Dtype::F16 => StoredDtype::F16,
             Dtype::F32 => StoredDtype::F32,
-            other => return Err(Error::UnsupportedDtype { name, dtype: format!("{other:?}") }),
+            other => {
+                return Err(Error::UnsupportedDtype {
+                    name,
+                    dtype: format!("{other:?}"),
+                })
+            }
         };
         let data = view.data();
         let start = data.as_ptr() as usize - base;
@@ -285,7 +326,12 @@ fn index_tensors(path: &Path, bytes: &[u8]) -> Result<BTreeMap<String, TensorEnt
         }
         tensors.insert(
             name,
-            TensorEntry { dtype, shape: view.shape().to_vec(), start, end: start + data.len() },
+            TensorEntry {
+                dtype,
+                shape: view.shape().to_vec(),
+                start,
+                end: start + data.len(),
+            },
         );
     }
     Ok(tensors)
@@ -298,7 +344,11 @@ pub fn convert_to_f32(bytes: &[u8], dtype: StoredDtype) -> Vec<f32> {
     const CHUNK: usize = 1 << 16;
     out.par_chunks_mut(CHUNK).enumerate().for_each(|(c, dst)| {
         let first = c * CHUNK;
-        convert_into(&bytes[first * dtype.size()..(first + dst.len()) * dtype.size()], dtype, dst);
+        convert_into(
+            &bytes[first * dtype.size()..(first + dst.len()) * dtype.size()],
+            dtype,
+            dst,
+        );
     });
     out
 }

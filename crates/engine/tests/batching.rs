@@ -30,7 +30,11 @@ fn every_variant(test: &str) -> Vec<(String, Model)> {
     let mut models = Vec::new();
     for precision in [Precision::F32, Precision::Bf16, Precision::Int8] {
         let variants: Vec<(Isa, Model)> = variant_models(test, precision);
-        models.extend(variants.into_iter().map(|(isa, m)| (format!("{isa} {}", precision.name()), m)));
+        models.extend(
+            variants
+                .into_iter()
+                .map(|(isa, m)| (format!("{isa} {}", precision.name()), m)),
+        );
     }
     models
 }
@@ -44,14 +48,26 @@ fn batch_composition_does_not_change_results() {
 
 fn batch_composition_on(label: &str, model: &Model) {
     let texts = texts();
-    let together = model.embed(&EmbedRequest::new(texts.clone()).with_task("retrieval.passage")).unwrap();
+    let together = model
+        .embed(&EmbedRequest::new(texts.clone()).with_task("retrieval.passage"))
+        .unwrap();
     // Reversed order, and every input alone.
     let reversed: Vec<String> = texts.iter().rev().cloned().collect();
-    let backwards = model.embed(&EmbedRequest::new(reversed).with_task("retrieval.passage")).unwrap();
+    let backwards = model
+        .embed(&EmbedRequest::new(reversed).with_task("retrieval.passage"))
+        .unwrap();
     for (i, text) in texts.iter().enumerate() {
         let alone = embed_alone(model, text, "retrieval.passage");
-        assert_close(&together.embeddings[i], &alone, &format!("{label}: input {i} batched vs alone"));
-        assert_close(&backwards.embeddings[texts.len() - 1 - i], &alone, &format!("{label}: input {i} in reversed batch"));
+        assert_close(
+            &together.embeddings[i],
+            &alone,
+            &format!("{label}: input {i} batched vs alone"),
+        );
+        assert_close(
+            &backwards.embeddings[texts.len() - 1 - i],
+            &alone,
+            &format!("{label}: input {i} in reversed batch"),
+        );
     }
 }
 
@@ -64,23 +80,48 @@ fn mixed_task_batch_equals_single_task_runs() {
 
 fn mixed_tasks_on(label: &str, model: &Model) {
     let texts = texts();
-    let tasks = ["retrieval.query", "retrieval.passage", "separation", "classification", "text-matching", "none"];
+    let tasks = [
+        "retrieval.query",
+        "retrieval.passage",
+        "separation",
+        "classification",
+        "text-matching",
+        "none",
+    ];
     // One plan per (text, task), all sequences run in a single forward pass.
     let plans: Vec<_> = texts
         .iter()
         .enumerate()
         .map(|(i, t)| {
             let task = tasks[i % tasks.len()];
-            (task, model.plan(&EmbedRequest::new(vec![t.clone()]).with_task(task)).unwrap())
+            (
+                task,
+                model
+                    .plan(&EmbedRequest::new(vec![t.clone()]).with_task(task))
+                    .unwrap(),
+            )
         })
         .collect();
     let batch: Vec<&Sequence> = plans.iter().map(|(_, p)| &p.sequences[0]).collect();
     let sums = model.run(&batch);
     let hidden = model.config().hidden_size;
     for (i, ((task, plan), sums)) in plans.iter().zip(sums).enumerate() {
-        let mixed = pooling::finish(plan, sums, hidden, Finish { dimensions: None, normalized: true }).remove(0);
+        let mixed = pooling::finish(
+            plan,
+            sums,
+            hidden,
+            Finish {
+                dimensions: None,
+                normalized: true,
+            },
+        )
+        .remove(0);
         let alone = embed_alone(model, &texts[i], task);
-        assert_close(&mixed, &alone, &format!("{label}: input {i} with task {task}"));
+        assert_close(
+            &mixed,
+            &alone,
+            &format!("{label}: input {i} with task {task}"),
+        );
     }
 }
 
@@ -103,11 +144,16 @@ fn late_chunking_of_one_input_is_the_ordinary_embedding() {
 #[test]
 fn long_late_chunking_runs_windows_and_matches_short_documents() {
     let model = small_model();
-    let chunks: Vec<String> = (0..12).map(|i| format!("Chunk number {i} talks about topic {i} at some length. ").repeat(60)).collect();
+    let chunks: Vec<String> = (0..12)
+        .map(|i| format!("Chunk number {i} talks about topic {i} at some length. ").repeat(60))
+        .collect();
     let mut request = EmbedRequest::new(chunks.clone()).with_task("retrieval.passage");
     request.late_chunking = LateChunking::On;
     let err = model.embed(&request).unwrap_err();
-    assert!(err.to_string().contains("more than the limit of 8194"), "{err}");
+    assert!(
+        err.to_string().contains("more than the limit of 8194"),
+        "{err}"
+    );
 
     request.late_chunking = LateChunking::Long { overlap: 512 };
     let plan = model.plan(&request).unwrap();
@@ -115,12 +161,25 @@ fn long_late_chunking_runs_windows_and_matches_short_documents() {
     assert!(plan.sequences.iter().all(|s| s.ids.len() <= 8194));
     let long = model.embed(&request).unwrap();
     assert_eq!(long.embeddings.len(), chunks.len());
-    assert!(long.embeddings.iter().all(|v| (common::norm(v) - 1.0).abs() < 1e-5));
+    assert!(long
+        .embeddings
+        .iter()
+        .all(|v| (common::norm(v) - 1.0).abs() < 1e-5));
 
     // A document that fits gives the same result in long mode as in ordinary late chunking.
-    let short = EmbedRequest { inputs: chunks[..2].to_vec(), late_chunking: LateChunking::On, ..request.clone() };
-    let short_long = EmbedRequest { late_chunking: LateChunking::Long { overlap: 512 }, ..short.clone() };
-    assert_eq!(model.embed(&short).unwrap(), model.embed(&short_long).unwrap());
+    let short = EmbedRequest {
+        inputs: chunks[..2].to_vec(),
+        late_chunking: LateChunking::On,
+        ..request.clone()
+    };
+    let short_long = EmbedRequest {
+        late_chunking: LateChunking::Long { overlap: 512 },
+        ..short.clone()
+    };
+    assert_eq!(
+        model.embed(&short).unwrap(),
+        model.embed(&short_long).unwrap()
+    );
 }
 
 #[test]
@@ -138,10 +197,24 @@ fn empty_middle_chunk_is_all_zeros() {
 #[test]
 fn a_short_input_batched_with_a_long_one_is_unchanged() {
     let long = "A long document about many things, written at length. ".repeat(60);
-    for (label, model) in every_variant("batching::a_short_input_batched_with_a_long_one_is_unchanged") {
-        let both = model.embed(&EmbedRequest::new(vec!["Paris".into(), long.clone()]).with_task("retrieval.passage")).unwrap();
-        assert!(both.total_tokens > 600, "the long input passes the bf16 threshold of 512 tokens");
+    for (label, model) in
+        every_variant("batching::a_short_input_batched_with_a_long_one_is_unchanged")
+    {
+        let both = model
+            .embed(
+                &EmbedRequest::new(vec!["Paris".into(), long.clone()])
+                    .with_task("retrieval.passage"),
+            )
+            .unwrap();
+        assert!(
+            both.total_tokens > 600,
+            "the long input passes the bf16 threshold of 512 tokens"
+        );
         let alone = embed_alone(&model, "Paris", "retrieval.passage");
-        assert_close(&both.embeddings[0], &alone, &format!("{label}: short input next to a long one"));
+        assert_close(
+            &both.embeddings[0],
+            &alone,
+            &format!("{label}: short input next to a long one"),
+        );
     }
 }

@@ -29,7 +29,9 @@ fn folder_with(edit: impl Fn(&mut Vec<(String, Dtype, Vec<usize>, Vec<u8>)>)) ->
         .map(|(n, v)| (n, v.dtype(), v.shape().to_vec(), v.data().to_vec()))
         .collect();
     edit(&mut tensors);
-    let views = tensors.iter().map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap()));
+    let views = tensors
+        .iter()
+        .map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap()));
     safetensors::serialize_to_file(views, None, &dir.join("model.safetensors")).unwrap();
     tmp
 }
@@ -46,7 +48,10 @@ fn load_error(dir: &Path) -> String {
 
 fn assert_mentions(message: &str, parts: &[&str]) {
     for part in parts {
-        assert!(message.contains(part), "{message:?} should mention {part:?}");
+        assert!(
+            message.contains(part),
+            "{message:?} should mention {part:?}"
+        );
     }
 }
 
@@ -70,9 +75,17 @@ fn missing_tensor_is_named_with_its_shape() {
 #[test]
 fn unexpected_tensor_is_named() {
     let tmp = folder_with(|t| {
-        t.push(("roberta.lm_head.weight".into(), Dtype::BF16, vec![2, 2], vec![0; 8]));
+        t.push((
+            "roberta.lm_head.weight".into(),
+            Dtype::BF16,
+            vec![2, 2],
+            vec![0; 8],
+        ));
     });
-    assert_mentions(&load_error(tmp.path()), &["roberta.lm_head.weight", "unexpected"]);
+    assert_mentions(
+        &load_error(tmp.path()),
+        &["roberta.lm_head.weight", "unexpected"],
+    );
 }
 
 #[test]
@@ -102,17 +115,23 @@ fn f32_and_f16_checkpoints_load_and_agree() {
     let convert = |to: Dtype| {
         move |t: &mut Vec<(String, Dtype, Vec<usize>, Vec<u8>)>| {
             for (_, dtype, _, bytes) in t.iter_mut() {
-                let values: Vec<f32> =
-                    bytes.chunks_exact(2).map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect();
+                let values: Vec<f32> = bytes
+                    .chunks_exact(2)
+                    .map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                    .collect();
                 *bytes = match to {
                     Dtype::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-                    _ => values.iter().flat_map(|v| f16::from_f32(*v).to_le_bytes()).collect(),
+                    _ => values
+                        .iter()
+                        .flat_map(|v| f16::from_f32(*v).to_le_bytes())
+                        .collect(),
                 };
                 *dtype = to;
             }
         }
     };
-    let request = jina_engine::EmbedRequest::new(vec!["Ein kurzer Satz.".into()]).with_task("retrieval.query");
+    let request = jina_engine::EmbedRequest::new(vec!["Ein kurzer Satz.".into()])
+        .with_task("retrieval.query");
     let reference = common::small_model().embed(&request).unwrap();
     let f32_model = Model::load(folder_with(convert(Dtype::F32)).path()).unwrap();
     assert_eq!(f32_model.weights_dtype(), "F32");
@@ -129,29 +148,51 @@ fn corrupt_and_truncated_files_are_reported() {
     let path = tmp.path().join("model.safetensors");
     let bytes = std::fs::read(&path).unwrap();
     std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
-    assert_mentions(&load_error(tmp.path()), &["model.safetensors", "corrupt or truncated"]);
+    assert_mentions(
+        &load_error(tmp.path()),
+        &["model.safetensors", "corrupt or truncated"],
+    );
 
     std::fs::write(&path, b"\xff\xff\xff\xff\xff\xff\xff\x7fnot a header").unwrap();
-    assert_mentions(&load_error(tmp.path()), &["model.safetensors", "corrupt or truncated"]);
+    assert_mentions(
+        &load_error(tmp.path()),
+        &["model.safetensors", "corrupt or truncated"],
+    );
 
     std::fs::write(&path, b"").unwrap();
-    assert_mentions(&load_error(tmp.path()), &["model.safetensors", "corrupt or truncated"]);
+    assert_mentions(
+        &load_error(tmp.path()),
+        &["model.safetensors", "corrupt or truncated"],
+    );
 
-    let header = br#"{"roberta.emb_ln.weight":{"dtype":"BF16","shape":[128],"data_offsets":[0,999999]}}"#;
+    let header =
+        br#"{"roberta.emb_ln.weight":{"dtype":"BF16","shape":[128],"data_offsets":[0,999999]}}"#;
     let mut file = (header.len() as u64).to_le_bytes().to_vec();
     file.extend_from_slice(header);
     std::fs::write(&path, file).unwrap();
-    assert_mentions(&load_error(tmp.path()), &["model.safetensors", "corrupt or truncated"]);
+    assert_mentions(
+        &load_error(tmp.path()),
+        &["model.safetensors", "corrupt or truncated"],
+    );
 }
 
 #[test]
 fn config_that_contradicts_the_tensors_is_reported() {
     let tmp = folder_with(|_| {});
     let mut config: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(tmp.path().join("config.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(tmp.path().join("config.json")).unwrap())
+            .unwrap();
     config["intermediate_size"] = 512.into();
     std::fs::write(tmp.path().join("config.json"), config.to_string()).unwrap();
-    assert_mentions(&load_error(tmp.path()), &["roberta.encoder.layers.0.mlp.fc1", "[256", "[512", "config.json implies"]);
+    assert_mentions(
+        &load_error(tmp.path()),
+        &[
+            "roberta.encoder.layers.0.mlp.fc1",
+            "[256",
+            "[512",
+            "config.json implies",
+        ],
+    );
 
     std::fs::write(tmp.path().join("config.json"), "{\"hidden_size\": \"big\"}").unwrap();
     assert_mentions(&load_error(tmp.path()), &["config.json", "hidden_size"]);
@@ -160,15 +201,23 @@ fn config_that_contradicts_the_tensors_is_reported() {
 #[test]
 fn invalid_tokenizer_is_reported() {
     let tmp = folder_with(|_| {});
-    std::fs::write(tmp.path().join("tokenizer.json"), "{ this is not a tokenizer").unwrap();
-    assert_mentions(&load_error(tmp.path()), &["tokenizer.json", "invalid tokenizer"]);
+    std::fs::write(
+        tmp.path().join("tokenizer.json"),
+        "{ this is not a tokenizer",
+    )
+    .unwrap();
+    assert_mentions(
+        &load_error(tmp.path()),
+        &["tokenizer.json", "invalid tokenizer"],
+    );
 }
 
 #[test]
 fn unknown_config_fields_are_ignored() {
     let tmp = folder_with(|_| {});
     let mut config: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(tmp.path().join("config.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(tmp.path().join("config.json")).unwrap())
+            .unwrap();
     config["auto_map"] = serde_json::json!({"AutoModel": "jinaai/xlm-roberta-flash-implementation--modeling_lora.XLMRobertaLoRA"});
     config["some_future_field"] = 42.into();
     std::fs::write(tmp.path().join("config.json"), config.to_string()).unwrap();

@@ -34,24 +34,43 @@ struct TransformersReference {
 }
 
 fn fixture_file(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 fn transformers_reference() -> TransformersReference {
-    serde_json::from_str(&std::fs::read_to_string(fixture_file("tokenizer-reference-transformers.json")).unwrap()).unwrap()
+    serde_json::from_str(
+        &std::fs::read_to_string(fixture_file("tokenizer-reference-transformers.json")).unwrap(),
+    )
+    .unwrap()
 }
 
 fn assert_cases(tokenizer: &TextTokenizer, cases: &[Case], what: &str) {
     for case in cases {
-        assert_eq!(tokenizer.encode_with_specials(&case.text).unwrap(), case.with_specials, "{what}: {:?}", case.text);
-        assert_eq!(tokenizer.encode_plain(&case.text).unwrap(), case.plain, "{what}: {:?} without specials", case.text);
+        assert_eq!(
+            tokenizer.encode_with_specials(&case.text).unwrap(),
+            case.with_specials,
+            "{what}: {:?}",
+            case.text
+        );
+        assert_eq!(
+            tokenizer.encode_plain(&case.text).unwrap(),
+            case.plain,
+            "{what}: {:?} without specials",
+            case.text
+        );
     }
 }
 
 /// A folder with the fixture's tokenizer.json and the given tokenizer_config.json text.
 fn tokenizer_dir(config: Option<&str>) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("tokenizer.json"), jina_engine::fixture::tokenizer_json()).unwrap();
+    std::fs::write(
+        dir.path().join("tokenizer.json"),
+        jina_engine::fixture::tokenizer_json(),
+    )
+    .unwrap();
     if let Some(config) = config {
         std::fs::write(dir.path().join("tokenizer_config.json"), config).unwrap();
     }
@@ -60,9 +79,16 @@ fn tokenizer_dir(config: Option<&str>) -> tempfile::TempDir {
 
 #[test]
 fn ids_equal_the_python_reference() {
-    let reference: Reference = serde_json::from_str(&std::fs::read_to_string(fixture_file("tokenizer-reference.json")).unwrap()).unwrap();
+    let reference: Reference = serde_json::from_str(
+        &std::fs::read_to_string(fixture_file("tokenizer-reference.json")).unwrap(),
+    )
+    .unwrap();
     assert!(reference.cases.len() >= 15);
-    assert_cases(common::small_model().tokenizer(), &reference.cases, "tokenizers");
+    assert_cases(
+        common::small_model().tokenizer(),
+        &reference.cases,
+        "tokenizers",
+    );
 }
 
 #[test]
@@ -71,7 +97,10 @@ fn literal_special_tokens_equal_transformers_on_the_fixture_folder() {
     assert!(reference.cases.len() >= 25);
     let model = common::small_model();
     assert_cases(model.tokenizer(), &reference.cases, "transformers");
-    assert_eq!(model.tokenizer().model_max_length(), Some(reference.model_max_length));
+    assert_eq!(
+        model.tokenizer().model_max_length(),
+        Some(reference.model_max_length)
+    );
     assert_eq!(model.max_tokens(), 8194);
 }
 
@@ -89,7 +118,11 @@ fn flipped_flags_flip_the_ids_as_in_transformers() {
     let reference = transformers_reference();
     let dir = tokenizer_dir(Some(&reference.flipped_config.to_string()));
     let flipped = TextTokenizer::from_dir(dir.path()).unwrap();
-    assert_cases(&flipped, &reference.flipped_cases, "transformers, flipped config");
+    assert_cases(
+        &flipped,
+        &reference.flipped_cases,
+        "transformers, flipped config",
+    );
     // The flip matters: `<mask>` no longer takes the space before it.
     let shipped = common::small_model().tokenizer();
     assert_eq!(shipped.encode_plain("a <mask>").unwrap(), [10, 250001]);
@@ -105,10 +138,18 @@ fn split_special_tokens_tokenises_their_spellings_as_text() {
     // transformers 4.57.6 on the same folder (`split_special_tokens` in the config) gives these:
     // `<s>` is then text that the vocabulary's own `<s>` piece matches, followed by `x` as a
     // word-internal piece rather than the `▁x` after a special token.
-    let dir = tokenizer_dir(Some(r#"{"split_special_tokens": true, "tokenizer_class": "XLMRobertaTokenizer"}"#));
+    let dir = tokenizer_dir(Some(
+        r#"{"split_special_tokens": true, "tokenizer_class": "XLMRobertaTokenizer"}"#,
+    ));
     let split = TextTokenizer::from_dir(dir.path()).unwrap();
     assert_eq!(split.encode_plain("a <s>x").unwrap(), [10, 6, 0, 425]);
-    assert_eq!(common::small_model().tokenizer().encode_plain("a <s>x").unwrap(), [10, 6, 0, 1022]);
+    assert_eq!(
+        common::small_model()
+            .tokenizer()
+            .encode_plain("a <s>x")
+            .unwrap(),
+        [10, 6, 0, 1022]
+    );
 }
 
 #[test]
@@ -123,7 +164,10 @@ fn a_named_special_token_missing_from_tokenizer_json_is_added() {
 fn a_malformed_config_is_an_error_naming_the_file() {
     for (text, needle) in [
         ("{\"added_tokens_decoder\": ", "EOF"),
-        (r#"{"added_tokens_decoder": {"250001": {"content": "<mask>", "lstrip": "yes"}}}"#, "added_tokens_decoder.250001.lstrip"),
+        (
+            r#"{"added_tokens_decoder": {"250001": {"content": "<mask>", "lstrip": "yes"}}}"#,
+            "added_tokens_decoder.250001.lstrip",
+        ),
         (r#"{"model_max_length": "long"}"#, "model_max_length"),
         (r#"{"model_max_length": 1}"#, "model_max_length is 1"),
     ] {
@@ -131,7 +175,15 @@ fn a_malformed_config_is_an_error_naming_the_file() {
         let err = TextTokenizer::from_dir(dir.path()).err().expect("an error");
         assert!(matches!(err, Error::TokenizerConfig { .. }), "{err:?}");
         let message = err.to_string();
-        assert!(message.contains(&dir.path().join("tokenizer_config.json").display().to_string()), "{message}");
+        assert!(
+            message.contains(
+                &dir.path()
+                    .join("tokenizer_config.json")
+                    .display()
+                    .to_string()
+            ),
+            "{message}"
+        );
         assert!(message.contains(needle), "{needle} missing from: {message}");
     }
 }
@@ -143,12 +195,15 @@ fn model_max_length_limits_the_model() {
         let file = file.unwrap();
         std::fs::copy(file.path(), dir.path().join(file.file_name())).unwrap();
     }
-    let mut config: serde_json::Value = serde_json::from_slice(jina_engine::fixture::TOKENIZER_CONFIG_JSON).unwrap();
+    let mut config: serde_json::Value =
+        serde_json::from_slice(jina_engine::fixture::TOKENIZER_CONFIG_JSON).unwrap();
     config["model_max_length"] = 16.into();
     std::fs::write(dir.path().join("tokenizer_config.json"), config.to_string()).unwrap();
     let model = Model::load(dir.path()).unwrap();
     assert_eq!(model.max_tokens(), 16);
-    let err = model.plan(&EmbedRequest::new(vec!["word ".repeat(20)])).unwrap_err();
+    let err = model
+        .plan(&EmbedRequest::new(vec!["word ".repeat(20)]))
+        .unwrap_err();
     assert!(err.to_string().contains("limit of 16"), "{err}");
 
     std::fs::write(dir.path().join("tokenizer_config.json"), "[1, 2]").unwrap();

@@ -12,8 +12,8 @@ use std::panic::AssertUnwindSafe;
 
 use jina_engine::hub::{self, ResolveError};
 use jina_engine::{
-    batch, output, pooling, EmbedRequest, EmbeddingType, Error, Finish, LateChunking, LoadOptions, Precision, Sequence,
-    SpanSum,
+    batch, output, pooling, EmbedRequest, EmbeddingType, Error, Finish, LateChunking, LoadOptions,
+    Precision, Sequence, SpanSum,
 };
 use numpy::ndarray::Array2;
 use numpy::IntoPyArray;
@@ -58,7 +58,9 @@ fn guarded<T>(f: impl FnOnce() -> T) -> PyResult<T> {
             .map(|s| s.to_string())
             .or_else(|| payload.downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "a panic without a message".into());
-        PyRuntimeError::new_err(format!("internal error in jina-engine (please report it): {what}"))
+        PyRuntimeError::new_err(format!(
+            "internal error in jina-engine (please report it): {what}"
+        ))
     })
 }
 
@@ -75,11 +77,16 @@ fn resolve(spec: &str) -> PyResult<(String, Option<String>)> {
             };
             Ok((resolved.dir.to_string_lossy().into_owned(), commit))
         }
-        Err(error @ ResolveError::NotCached { .. }) => Err(ModelNotCachedError::new_err(error.to_string())),
-        Err(error @ ResolveError::NotAModel { .. }) => Err(PyFileNotFoundError::new_err(error.to_string())),
-        Err(ResolveError::Io { path, source }) => {
-            Err(os_error(&source, format!("cannot read {}: {source}", path.display())))
+        Err(error @ ResolveError::NotCached { .. }) => {
+            Err(ModelNotCachedError::new_err(error.to_string()))
         }
+        Err(error @ ResolveError::NotAModel { .. }) => {
+            Err(PyFileNotFoundError::new_err(error.to_string()))
+        }
+        Err(ResolveError::Io { path, source }) => Err(os_error(
+            &source,
+            format!("cannot read {}: {source}", path.display()),
+        )),
     }
 }
 
@@ -90,8 +97,16 @@ fn resolve(spec: &str) -> PyResult<(String, Option<String>)> {
 #[pyo3(signature = (folder, seed = 1))]
 fn write_fixture(py: Python<'_>, folder: &str, seed: u64) -> PyResult<()> {
     let dir = std::path::PathBuf::from(folder);
-    py.detach(|| guarded(|| jina_engine::fixture::write_fixture(&dir, jina_engine::fixture::FixtureShape::SMALL, seed)))?
-        .map_err(engine_error)
+    py.detach(|| {
+        guarded(|| {
+            jina_engine::fixture::write_fixture(
+                &dir,
+                jina_engine::fixture::FixtureShape::SMALL,
+                seed,
+            )
+        })
+    })?
+    .map_err(engine_error)
 }
 
 /// A loaded model folder with its own compute threads.
@@ -105,7 +120,9 @@ struct Model {
 /// The texts of `texts` (any iterable of str), or a `TypeError` naming the first item that is not.
 fn texts_of(texts: &Bound<'_, PyAny>) -> PyResult<Vec<String>> {
     if texts.is_instance_of::<PyString>() {
-        return Err(PyTypeError::new_err("texts must be a list of str, not a single str: wrap it as [text]"));
+        return Err(PyTypeError::new_err(
+            "texts must be a list of str, not a single str: wrap it as [text]",
+        ));
     }
     let mut out = Vec::new();
     for (index, item) in texts.try_iter()?.enumerate() {
@@ -113,8 +130,14 @@ fn texts_of(texts: &Bound<'_, PyAny>) -> PyResult<Vec<String>> {
         match item.cast::<PyString>() {
             Ok(s) => out.push(s.to_cow()?.into_owned()),
             Err(_) => {
-                let kind = if item.is_none() { "None".to_string() } else { item.get_type().name()?.to_string() };
-                return Err(PyTypeError::new_err(format!("texts[{index}] is {kind}, not str")));
+                let kind = if item.is_none() {
+                    "None".to_string()
+                } else {
+                    item.get_type().name()?.to_string()
+                };
+                return Err(PyTypeError::new_err(format!(
+                    "texts[{index}] is {kind}, not str"
+                )));
             }
         }
     }
@@ -126,26 +149,47 @@ impl Model {
     /// Loads `folder` (config.json, tokenizer.json, model.safetensors).
     #[new]
     #[pyo3(signature = (folder, precision = "f32", threads = None, max_batch_tokens = jina_engine::DEFAULT_MAX_BATCH_TOKENS))]
-    fn new(py: Python<'_>, folder: &str, precision: &str, threads: Option<usize>, max_batch_tokens: usize) -> PyResult<Self> {
+    fn new(
+        py: Python<'_>,
+        folder: &str,
+        precision: &str,
+        threads: Option<usize>,
+        max_batch_tokens: usize,
+    ) -> PyResult<Self> {
         let precision: Precision = precision.parse().map_err(engine_error)?;
         if threads == Some(0) {
-            return Err(PyValueError::new_err("threads 0 is out of range: it must be at least 1 (None: one per core)"));
+            return Err(PyValueError::new_err(
+                "threads 0 is out of range: it must be at least 1 (None: one per core)",
+            ));
         }
         if max_batch_tokens == 0 {
-            return Err(PyValueError::new_err("max_batch_tokens 0 is out of range: it must be at least 1"));
+            return Err(PyValueError::new_err(
+                "max_batch_tokens 0 is out of range: it must be at least 1",
+            ));
         }
-        let mut builder = rayon::ThreadPoolBuilder::new().thread_name(|i| format!("jina-embeddings-{i}"));
+        let mut builder =
+            rayon::ThreadPoolBuilder::new().thread_name(|i| format!("jina-embeddings-{i}"));
         if let Some(n) = threads {
             builder = builder.num_threads(n);
         }
-        let pool = builder.build().map_err(|e| PyRuntimeError::new_err(format!("cannot start {threads:?} threads: {e}")))?;
+        let pool = builder.build().map_err(|e| {
+            PyRuntimeError::new_err(format!("cannot start {threads:?} threads: {e}"))
+        })?;
         let dir = std::path::PathBuf::from(folder);
         // `..Default::default()`: LoadOptions gains fields over time; their defaults apply here.
         #[allow(clippy::needless_update)]
-        let options = LoadOptions { precision, ..Default::default() };
+        let options = LoadOptions {
+            precision,
+            ..Default::default()
+        };
         // Loading converts weights in parallel: on this model's own threads.
-        let model = py.detach(|| guarded(|| pool.install(|| jina_engine::Model::load_with(&dir, options))))?;
-        Ok(Model { model: model.map_err(engine_error)?, pool, max_batch_tokens })
+        let model = py
+            .detach(|| guarded(|| pool.install(|| jina_engine::Model::load_with(&dir, options))))?;
+        Ok(Model {
+            model: model.map_err(engine_error)?,
+            pool,
+            max_batch_tokens,
+        })
     }
 
     /// Embeds `texts` and returns a numpy array, one row per text: float32 `(n, dimensions)`,
@@ -177,12 +221,21 @@ impl Model {
         let late_chunking = match (late_chunking, late_chunking_overlap) {
             (false, None) => LateChunking::Off,
             (false, Some(_)) => {
-                return Err(PyValueError::new_err("late_chunking_overlap needs late_chunking=True"));
+                return Err(PyValueError::new_err(
+                    "late_chunking_overlap needs late_chunking=True",
+                ));
             }
             (true, None) => LateChunking::On,
             (true, Some(overlap)) => LateChunking::Long { overlap },
         };
-        let request = EmbedRequest { inputs, task, dimensions, normalized: normalize, late_chunking, truncate };
+        let request = EmbedRequest {
+            inputs,
+            task,
+            dimensions,
+            normalized: normalize,
+            late_chunking,
+            truncate,
+        };
         let model = &self.model;
         let width = dimensions.unwrap_or(model.config().hidden_size);
         if request.inputs.is_empty() {
@@ -198,10 +251,15 @@ impl Model {
         // Tokenise everything first, so that a bad input fails before any compute and its index
         // is the caller's; then run forward passes one by one, giving the GIL back in between
         // for Ctrl-C and the progress bar.
-        let plan = py.detach(|| guarded(|| self.pool.install(|| model.plan(&request))))?.map_err(engine_error)?;
+        let plan = py
+            .detach(|| guarded(|| self.pool.install(|| model.plan(&request))))?
+            .map_err(engine_error)?;
         let lengths: Vec<usize> = plan.sequences.iter().map(|s| s.ids.len()).collect();
         let total = plan.sequences.len();
-        let finish = Finish { dimensions, normalized: normalize };
+        let finish = Finish {
+            dimensions,
+            normalized: normalize,
+        };
         let hidden = model.config().hidden_size;
         // Without late chunking every sequence is one whole output: its vector is finished and
         // written into the output buffer as soon as its pass is done, so memory stays at the
@@ -214,7 +272,11 @@ impl Model {
             let chosen: Vec<&Sequence> = pass.iter().map(|&i| &plan.sequences[i]).collect();
             py.detach(|| {
                 guarded(|| {
-                    let sums = self.pool.install(|| model.run(&chosen)).into_iter().flatten();
+                    let sums = self
+                        .pool
+                        .install(|| model.run(&chosen))
+                        .into_iter()
+                        .flatten();
                     if direct {
                         for sum in sums {
                             rows.write(sum.output, &pooling::finish_vector(mean(&sum), finish));
@@ -233,7 +295,10 @@ impl Model {
         if !direct {
             py.detach(|| {
                 guarded(|| {
-                    for (output, vector) in pooling::finish(&plan, pending, hidden, finish).iter().enumerate() {
+                    for (output, vector) in pooling::finish(&plan, pending, hidden, finish)
+                        .iter()
+                        .enumerate()
+                    {
                         rows.write(output, vector);
                     }
                 })
@@ -246,27 +311,35 @@ impl Model {
     /// task): `<s>`, the task's instruction prefix, the text, `</s>`. A list of dicts with `ids`
     /// and `tokens`.
     #[pyo3(signature = (texts, task = None))]
-    fn tokenize<'py>(&self, py: Python<'py>, texts: &Bound<'py, PyAny>, task: Option<String>) -> PyResult<Bound<'py, PyList>> {
+    fn tokenize<'py>(
+        &self,
+        py: Python<'py>,
+        texts: &Bound<'py, PyAny>,
+        task: Option<String>,
+    ) -> PyResult<Bound<'py, PyList>> {
         let inputs = texts_of(texts)?;
         let model = &self.model;
         let task = task.unwrap_or_else(|| model.default_task().to_string());
         let adapter = model.adapter_of(&task).map_err(engine_error)?;
         let prefix = model.prefix_of(adapter);
-        let tokenized = py.detach(|| {
-            guarded(|| {
-                self.pool.install(|| {
-                    inputs
-                        .iter()
-                        .map(|text| {
-                            let ids = model.tokenizer().encode_with_specials(&format!("{prefix}{text}"))?;
-                            let pieces = model.tokenizer().pieces(&ids);
-                            Ok((ids, pieces))
-                        })
-                        .collect::<jina_engine::Result<Vec<_>>>()
+        let tokenized = py
+            .detach(|| {
+                guarded(|| {
+                    self.pool.install(|| {
+                        inputs
+                            .iter()
+                            .map(|text| {
+                                let ids = model
+                                    .tokenizer()
+                                    .encode_with_specials(&format!("{prefix}{text}"))?;
+                                let pieces = model.tokenizer().pieces(&ids);
+                                Ok((ids, pieces))
+                            })
+                            .collect::<jina_engine::Result<Vec<_>>>()
+                    })
                 })
-            })
-        })?
-        .map_err(engine_error)?;
+            })?
+            .map_err(engine_error)?;
         let out = PyList::empty(py);
         for (ids, tokens) in tokenized {
             let item = PyDict::new(py);
@@ -288,12 +361,18 @@ impl Model {
         info.set_item("precision", model.precision().name())?;
         info.set_item("requested_precision", plan.requested.name())?;
         info.set_item("isa", plan.isa().name())?;
-        info.set_item("kernels", format!("linear {}; attention {}", plan.linear, plan.attention))?;
+        info.set_item(
+            "kernels",
+            format!("linear {}; attention {}", plan.linear, plan.attention),
+        )?;
         info.set_item("precision_fallbacks", plan.fallbacks.clone())?;
         info.set_item("weights_dtype", model.weights_dtype())?;
         info.set_item("parameters", model.parameter_count())?;
         info.set_item("dimensions", config.hidden_size)?;
-        info.set_item("matryoshka_dimensions", config.matryoshka_dimensions.clone())?;
+        info.set_item(
+            "matryoshka_dimensions",
+            config.matryoshka_dimensions.clone(),
+        )?;
         info.set_item("tasks", model.tasks().to_vec())?;
         info.set_item("default_task", model.default_task())?;
         info.set_item("max_tokens", model.max_tokens())?;
@@ -305,7 +384,16 @@ impl Model {
 
 /// The mean of a span sum, as `pooling::finish` takes it (all zeros for an empty span).
 fn mean(sum: &SpanSum) -> Vec<f32> {
-    sum.sum.iter().map(|s| if sum.count == 0 { 0.0 } else { (s / sum.count as f64) as f32 }).collect()
+    sum.sum
+        .iter()
+        .map(|s| {
+            if sum.count == 0 {
+                0.0
+            } else {
+                (s / sum.count as f64) as f32
+            }
+        })
+        .collect()
 }
 
 /// The output rows in one row-major buffer of the output type (f32 values, or packed sign bits
@@ -326,9 +414,18 @@ impl Rows {
     fn new(ty: EmbeddingType, rows: usize, width: usize) -> Rows {
         let bytes = width.div_ceil(8);
         match ty {
-            EmbeddingType::Float => Rows { buffer: Buffer::F32(vec![0.0; rows * width]), cols: width },
-            EmbeddingType::Binary => Rows { buffer: Buffer::I8(vec![0; rows * bytes]), cols: bytes },
-            EmbeddingType::Ubinary | EmbeddingType::Base64 => Rows { buffer: Buffer::U8(vec![0; rows * bytes]), cols: bytes },
+            EmbeddingType::Float => Rows {
+                buffer: Buffer::F32(vec![0.0; rows * width]),
+                cols: width,
+            },
+            EmbeddingType::Binary => Rows {
+                buffer: Buffer::I8(vec![0; rows * bytes]),
+                cols: bytes,
+            },
+            EmbeddingType::Ubinary | EmbeddingType::Base64 => Rows {
+                buffer: Buffer::U8(vec![0; rows * bytes]),
+                cols: bytes,
+            },
         }
     }
 
@@ -350,7 +447,10 @@ impl Rows {
     fn into_array(self, py: Python<'_>) -> Bound<'_, PyAny> {
         fn shaped<T: numpy::Element>(py: Python<'_>, v: Vec<T>, cols: usize) -> Bound<'_, PyAny> {
             let rows = v.len().checked_div(cols).unwrap_or(0);
-            Array2::from_shape_vec((rows, cols), v).expect("rows × cols is the buffer's length").into_pyarray(py).into_any()
+            Array2::from_shape_vec((rows, cols), v)
+                .expect("rows × cols is the buffer's length")
+                .into_pyarray(py)
+                .into_any()
         }
         match self.buffer {
             Buffer::F32(v) => shaped(py, v, self.cols),
@@ -365,7 +465,10 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Model>()?;
     m.add_function(wrap_pyfunction!(resolve, m)?)?;
     m.add_function(wrap_pyfunction!(write_fixture, m)?)?;
-    m.add("ModelNotCachedError", m.py().get_type::<ModelNotCachedError>())?;
+    m.add(
+        "ModelNotCachedError",
+        m.py().get_type::<ModelNotCachedError>(),
+    )?;
     m.add("DEFAULT_MODEL", hub::DEFAULT_MODEL)?;
     m.add("DEFAULT_TASK", jina_engine::DEFAULT_TASK)?;
     m.add("NO_TASK", jina_engine::NO_TASK)?;

@@ -77,7 +77,10 @@ pub fn parse_object(bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
 pub fn typed<T: DeserializeOwned>(map: Map<String, Value>) -> Result<T, ApiError> {
     serde_path_to_error::deserialize(Value::Object(map)).map_err(|e| {
         let field = e.path().to_string();
-        ApiError::InvalidField { field, message: e.into_inner().to_string() }
+        ApiError::InvalidField {
+            field,
+            message: e.into_inner().to_string(),
+        }
     })
 }
 
@@ -85,7 +88,11 @@ pub fn typed<T: DeserializeOwned>(map: Map<String, Value>) -> Result<T, ApiError
 /// `decode_request` drives it): body bytes → [`EmbeddingsRequest`], or the error the client
 /// gets. `dialect` starts as the headers' dialect and becomes the body's once the body parses,
 /// so an error after that point is shaped for the dialect the body speaks.
-pub fn decode_request(bytes: &[u8], headers: &HeaderMap, dialect: &mut Dialect) -> Result<EmbeddingsRequest, ApiError> {
+pub fn decode_request(
+    bytes: &[u8],
+    headers: &HeaderMap,
+    dialect: &mut Dialect,
+) -> Result<EmbeddingsRequest, ApiError> {
     *dialect = Dialect::from_headers(headers);
     let map = parse_object(bytes)?;
     *dialect = Dialect::from_request(headers, &map);
@@ -156,9 +163,16 @@ fn integer<'de, D: Deserializer<'de>, T: TryFrom<i64>>(d: D) -> Result<Option<T>
             _ => None,
         }
         .ok_or_else(|| D::Error::custom(format!("must be an integer, found {n}")))?,
-        other => return Err(D::Error::custom(format!("must be an integer, found {} {other}", json_kind(&other)))),
+        other => {
+            return Err(D::Error::custom(format!(
+                "must be an integer, found {} {other}",
+                json_kind(&other)
+            )))
+        }
     };
-    T::try_from(value).map(Some).map_err(|_| D::Error::custom(format!("{value} is out of range")))
+    T::try_from(value)
+        .map(Some)
+        .map_err(|_| D::Error::custom(format!("{value} is out of range")))
 }
 
 /// The `input` field.
@@ -216,13 +230,16 @@ impl Input {
                 Ok(Input::Many(texts))
             }
             Value::Null => Err("must not be null".into()),
-            other => text_item(other).map(Input::One).map_err(|e| format!("value {e}")),
+            other => text_item(other)
+                .map(Input::One)
+                .map_err(|e| format!("value {e}")),
         }
     }
 }
 
 fn token_ids_refused() -> String {
-    "token-id arrays are not supported: send the texts themselves (a string or an array of strings)".into()
+    "token-id arrays are not supported: send the texts themselves (a string or an array of strings)"
+        .into()
 }
 
 fn json_kind(v: &Value) -> &'static str {
@@ -241,14 +258,20 @@ fn text_item(value: Value) -> Result<TextItem, String> {
         Value::String(s) => Ok(TextItem::Text(s)),
         Value::Object(mut map) => match map.remove("text") {
             Some(Value::String(text)) => Ok(TextItem::Object(TextObject { text })),
-            Some(other) => Err(format!("has a `text` that is {}, not a string", json_kind(&other))),
+            Some(other) => Err(format!(
+                "has a `text` that is {}, not a string",
+                json_kind(&other)
+            )),
             None if map.contains_key("image") => {
                 Err("is an image: jina-embeddings-v3 embeds text only; send {\"text\": …}".into())
             }
             None => Err("is an object without `text`: send a string or {\"text\": …}".into()),
         },
         Value::Number(_) => Err(token_ids_refused()),
-        other => Err(format!("must be a string or {{\"text\": …}}, found {}", json_kind(&other))),
+        other => Err(format!(
+            "must be a string or {{\"text\": …}}, found {}",
+            json_kind(&other)
+        )),
     }
 }
 
@@ -316,7 +339,9 @@ impl<'de> Deserialize<'de> for EmbeddingTypes {
                 }
                 Ok(EmbeddingTypes::Many(types))
             }
-            other => parse(&other).map(EmbeddingTypes::One).map_err(D::Error::custom),
+            other => parse(&other)
+                .map(EmbeddingTypes::One)
+                .map_err(D::Error::custom),
         }
     }
 }
@@ -365,7 +390,9 @@ impl<'de> Deserialize<'de> for LateChunkingField {
         match Value::deserialize(d)? {
             Value::Bool(b) => Ok(LateChunkingField::Flag(b)),
             Value::String(s) if s == "long" => Ok(LateChunkingField::Long(LongMarker)),
-            other => Err(D::Error::custom(format!("must be true, false or \"long\", found {other}"))),
+            other => Err(D::Error::custom(format!(
+                "must be true, false or \"long\", found {other}"
+            ))),
         }
     }
 }
@@ -376,9 +403,9 @@ impl LateChunkingField {
         match field {
             None | Some(LateChunkingField::Flag(false)) => LateChunking::Off,
             Some(LateChunkingField::Flag(true)) => LateChunking::On,
-            Some(LateChunkingField::Long(_)) => {
-                LateChunking::Long { overlap: overlap.unwrap_or(jina_engine::DEFAULT_LONG_OVERLAP) }
-            }
+            Some(LateChunkingField::Long(_)) => LateChunking::Long {
+                overlap: overlap.unwrap_or(jina_engine::DEFAULT_LONG_OVERLAP),
+            },
         }
     }
 }
@@ -567,14 +594,24 @@ mod tests {
         assert_eq!(texts(r#"{"input": ["a", ""]}"#), vec!["a", ""]);
         assert_eq!(texts(r#"{"input": {"text": "a"}}"#), vec!["a"]);
         assert_eq!(texts(r#"{"input": [{"text": "a"}, "b"]}"#), vec!["a", "b"]);
-        assert!(req(r#"{"input": []}"#).unwrap().input.unwrap().into_texts().is_empty());
+        assert!(req(r#"{"input": []}"#)
+            .unwrap()
+            .input
+            .unwrap()
+            .into_texts()
+            .is_empty());
         let err = req(r#"{"input": ["a", 3]}"#).unwrap_err().to_string();
         assert!(err.contains("token-id arrays are not supported"), "{err}");
         let err = req(r#"{"input": [[1, 2]]}"#).unwrap_err().to_string();
         assert!(err.contains("token-id arrays"), "{err}");
         let err = req(r#"{"input": ["a", true]}"#).unwrap_err().to_string();
-        assert!(err.contains("item 1 must be a string or {\"text\": …}, found a boolean"), "{err}");
-        let err = req(r#"{"input": [{"image": "x"}]}"#).unwrap_err().to_string();
+        assert!(
+            err.contains("item 1 must be a string or {\"text\": …}, found a boolean"),
+            "{err}"
+        );
+        let err = req(r#"{"input": [{"image": "x"}]}"#)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("image"), "{err}");
     }
 
@@ -582,19 +619,56 @@ mod tests {
     fn types_and_flags() {
         let r = req(r#"{"input": "a", "encoding_type": ["ubinary", "float", "ubinary"], "late_chunking": "long", "unknown": 1}"#)
             .unwrap();
-        assert_eq!(r.embedding_type, Some(EmbeddingTypes::Many(vec![EmbeddingType::Ubinary, EmbeddingType::Float])));
-        assert_eq!(LateChunkingField::mode(r.late_chunking, None), LateChunking::Long { overlap: 512 });
-        let err = req(r#"{"input": "a", "embedding_type": "int8"}"#).unwrap_err().to_string();
+        assert_eq!(
+            r.embedding_type,
+            Some(EmbeddingTypes::Many(vec![
+                EmbeddingType::Ubinary,
+                EmbeddingType::Float
+            ]))
+        );
+        assert_eq!(
+            LateChunkingField::mode(r.late_chunking, None),
+            LateChunking::Long { overlap: 512 }
+        );
+        let err = req(r#"{"input": "a", "embedding_type": "int8"}"#)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("\"int8\" is not supported"), "{err}");
-        let err = req(r#"{"input": "a", "encoding_format": "binary"}"#).unwrap_err().to_string();
-        assert!(err.contains("accepted values are float and base64"), "{err}");
-        let err = req(r#"{"input": "a", "late_chunking": 1}"#).unwrap_err().to_string();
+        let err = req(r#"{"input": "a", "encoding_format": "binary"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("accepted values are float and base64"),
+            "{err}"
+        );
+        let err = req(r#"{"input": "a", "late_chunking": 1}"#)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("must be true, false or \"long\""), "{err}");
         // JSON Schema's integers: 34.0 is 34; 34.5, "34" and -1 for a count are not.
-        assert_eq!(req(r#"{"input": "a", "dimensions": 34.0}"#).unwrap().dimensions, Some(34));
-        assert_eq!(req(r#"{"input": "a", "late_chunking_overlap": 8.0}"#).unwrap().late_chunking_overlap, Some(8));
-        assert!(req(r#"{"input": "a", "dimensions": 34.5}"#).unwrap_err().to_string().contains("must be an integer, found 34.5"));
-        assert!(req(r#"{"input": "a", "dimensions": "34"}"#).unwrap_err().to_string().contains(r#"found a string "34""#));
-        assert!(req(r#"{"input": "a", "late_chunking_overlap": -1}"#).unwrap_err().to_string().contains("-1 is out of range"));
+        assert_eq!(
+            req(r#"{"input": "a", "dimensions": 34.0}"#)
+                .unwrap()
+                .dimensions,
+            Some(34)
+        );
+        assert_eq!(
+            req(r#"{"input": "a", "late_chunking_overlap": 8.0}"#)
+                .unwrap()
+                .late_chunking_overlap,
+            Some(8)
+        );
+        assert!(req(r#"{"input": "a", "dimensions": 34.5}"#)
+            .unwrap_err()
+            .to_string()
+            .contains("must be an integer, found 34.5"));
+        assert!(req(r#"{"input": "a", "dimensions": "34"}"#)
+            .unwrap_err()
+            .to_string()
+            .contains(r#"found a string "34""#));
+        assert!(req(r#"{"input": "a", "late_chunking_overlap": -1}"#)
+            .unwrap_err()
+            .to_string()
+            .contains("-1 is out of range"));
     }
 }

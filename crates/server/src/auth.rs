@@ -40,7 +40,11 @@ impl ApiKeys {
 
     /// Reads a key file: one key per line; blank lines and lines starting with `#` are skipped.
     pub fn parse_file(text: &str) -> Vec<String> {
-        text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from).collect()
+        text.lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(String::from)
+            .collect()
     }
 
     /// True when no key is configured (every route open).
@@ -86,7 +90,11 @@ fn bearer(request: &Request) -> Option<&[u8]> {
 }
 
 /// Middleware: refuses requests without a valid key (when keys are configured).
-pub async fn require_key(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+pub async fn require_key(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
     if state.keys.is_empty() {
         return next.run(request).await;
     }
@@ -95,7 +103,11 @@ pub async fn require_key(State(state): State<Arc<AppState>>, request: Request, n
         Some(token) if state.keys.accepts(token) => return next.run(request).await,
         Some(_) => ApiError::InvalidKey,
     };
-    Failure { dialect: Dialect::from_headers(request.headers()), error }.into_response()
+    Failure {
+        dialect: Dialect::from_headers(request.headers()),
+        error,
+    }
+    .into_response()
 }
 
 #[cfg(test)]
@@ -118,12 +130,20 @@ mod tests {
 
     #[test]
     fn key_file_lines() {
-        assert_eq!(ApiKeys::parse_file("# comment\n\n k1 \nk2\n"), vec!["k1", "k2"]);
+        assert_eq!(
+            ApiKeys::parse_file("# comment\n\n k1 \nk2\n"),
+            vec!["k1", "k2"]
+        );
     }
 
     #[test]
     fn bearer_header() {
-        let req = |v: &str| Request::builder().header(AUTHORIZATION, v).body(axum::body::Body::empty()).unwrap();
+        let req = |v: &str| {
+            Request::builder()
+                .header(AUTHORIZATION, v)
+                .body(axum::body::Body::empty())
+                .unwrap()
+        };
         assert_eq!(bearer(&req("Bearer abc")), Some(&b"abc"[..]));
         assert_eq!(bearer(&req("bearer   abc ")), Some(&b"abc"[..]));
         assert_eq!(bearer(&req("Basic abc")), None);

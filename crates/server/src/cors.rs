@@ -54,7 +54,10 @@ impl CorsOrigins {
 
 fn add_headers(headers: &mut HeaderMap, allow: HeaderValue) {
     headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, allow);
-    headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static(EXPOSED));
+    headers.insert(
+        header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        HeaderValue::from_static(EXPOSED),
+    );
     headers.append(header::VARY, HeaderValue::from_static("origin"));
 }
 
@@ -69,14 +72,25 @@ pub async fn cors(State(state): State<Arc<AppState>>, request: Request, next: Ne
         return next.run(request).await;
     };
     let preflight = request.method() == Method::OPTIONS
-        && request.headers().contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+        && request
+            .headers()
+            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
     if preflight {
         let mut response = StatusCode::NO_CONTENT.into_response();
         let headers = response.headers_mut();
         add_headers(headers, allow);
-        headers.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("GET, POST, OPTIONS"));
-        headers.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, HeaderValue::from_static(ALLOWED_HEADERS));
-        headers.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
+        headers.insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static("GET, POST, OPTIONS"),
+        );
+        headers.insert(
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            HeaderValue::from_static(ALLOWED_HEADERS),
+        );
+        headers.insert(
+            header::ACCESS_CONTROL_MAX_AGE,
+            HeaderValue::from_static("600"),
+        );
         return response;
     }
     let mut response = next.run(request).await;
@@ -91,13 +105,25 @@ mod tests {
     #[test]
     fn origins_match_exactly_or_by_wildcard() {
         let origins = CorsOrigins::new(["https://app.example/", " ", "http://localhost:3000"]);
-        assert_eq!(origins, CorsOrigins(vec!["https://app.example".into(), "http://localhost:3000".into()]));
+        assert_eq!(
+            origins,
+            CorsOrigins(vec![
+                "https://app.example".into(),
+                "http://localhost:3000".into()
+            ])
+        );
         let allow = |o: &'static str| origins.allow(&HeaderValue::from_static(o));
-        assert_eq!(allow("https://app.example"), Some(HeaderValue::from_static("https://app.example")));
+        assert_eq!(
+            allow("https://app.example"),
+            Some(HeaderValue::from_static("https://app.example"))
+        );
         assert_eq!(allow("https://app.example.evil"), None);
         assert_eq!(allow("http://localhost:3001"), None);
         let any = CorsOrigins::new(["*"]);
-        assert_eq!(any.allow(&HeaderValue::from_static("https://x")), Some(HeaderValue::from_static("*")));
+        assert_eq!(
+            any.allow(&HeaderValue::from_static("https://x")),
+            Some(HeaderValue::from_static("*"))
+        );
         assert!(CorsOrigins::new(Vec::<String>::new()).is_empty());
     }
 }

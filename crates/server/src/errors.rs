@@ -51,7 +51,10 @@ impl Dialect {
     }
 
     /// The dialect of a request whose body is the JSON object `body`.
-    pub fn from_request(headers: &HeaderMap, body: &serde_json::Map<String, serde_json::Value>) -> Dialect {
+    pub fn from_request(
+        headers: &HeaderMap,
+        body: &serde_json::Map<String, serde_json::Value>,
+    ) -> Dialect {
         if body.contains_key("encoding_format") {
             Dialect::OpenAi
         } else {
@@ -181,17 +184,20 @@ impl ApiError {
         use jina_engine::Error as E;
         match self {
             ApiError::MissingKey | ApiError::InvalidKey => StatusCode::UNAUTHORIZED,
-            ApiError::PayloadTooLarge { .. } | ApiError::TooManyInputs { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::PayloadTooLarge { .. } | ApiError::TooManyInputs { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             ApiError::BodyRead(_) | ApiError::MalformedJson(_) => StatusCode::BAD_REQUEST,
             ApiError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
-            ApiError::NotAnObject(_) | ApiError::MissingField(_) | ApiError::InvalidField { .. } => {
-                StatusCode::UNPROCESSABLE_ENTITY
-            }
+            ApiError::NotAnObject(_)
+            | ApiError::MissingField(_)
+            | ApiError::InvalidField { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Engine(e) => match e {
                 E::InputTooLong { .. } | E::LateChunkingTooLong { .. } => StatusCode::BAD_REQUEST,
-                E::UnknownTask { .. } | E::Dimensions { .. } | E::EmptyInput | E::InvalidRequest(_) => {
-                    StatusCode::UNPROCESSABLE_ENTITY
-                }
+                E::UnknownTask { .. }
+                | E::Dimensions { .. }
+                | E::EmptyInput
+                | E::InvalidRequest(_) => StatusCode::UNPROCESSABLE_ENTITY,
                 _ => StatusCode::INTERNAL_SERVER_ERROR,
             },
             ApiError::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -260,14 +266,21 @@ impl ApiError {
         let status = self.status();
         let message = self.client_message();
         let mut response = match dialect {
-            Dialect::Jina => (status, axum::Json(JinaErrorBody { detail: message })).into_response(),
+            Dialect::Jina => {
+                (status, axum::Json(JinaErrorBody { detail: message })).into_response()
+            }
             Dialect::OpenAi => {
                 let kind = match status {
                     StatusCode::TOO_MANY_REQUESTS => "rate_limit_error",
                     s if s.is_server_error() => "server_error",
                     _ => "invalid_request_error",
                 };
-                let error = OpenAiError { message, kind, param: self.param(), code: self.code() };
+                let error = OpenAiError {
+                    message,
+                    kind,
+                    param: self.param(),
+                    code: self.code(),
+                };
                 (status, axum::Json(OpenAiErrorBody { error })).into_response()
             }
         };
@@ -317,7 +330,10 @@ pub trait InDialect<T> {
 
 impl<T, E: Into<ApiError>> InDialect<T> for Result<T, E> {
     fn in_dialect(self, dialect: Dialect) -> Result<T, Failure> {
-        self.map_err(|e| Failure { dialect, error: e.into() })
+        self.map_err(|e| Failure {
+            dialect,
+            error: e.into(),
+        })
     }
 }
 
@@ -332,7 +348,8 @@ mod tests {
         sdk.insert(OPENAI_SDK_HEADER, HeaderValue::from_static("python"));
         let with_format = serde_json::json!({"input": "a", "encoding_format": "float"});
         let without = serde_json::json!({"input": "a", "task": "retrieval.query"});
-        let (Some(with_format), Some(without)) = (with_format.as_object(), without.as_object()) else {
+        let (Some(with_format), Some(without)) = (with_format.as_object(), without.as_object())
+        else {
             panic!("objects")
         };
         assert_eq!(Dialect::from_request(&empty, with_format), Dialect::OpenAi);
@@ -343,14 +360,31 @@ mod tests {
 
     #[test]
     fn statuses_and_params() {
-        let too_long = ApiError::Engine(jina_engine::Error::InputTooLong { index: 3, tokens: 9000, limit: 8194 });
+        let too_long = ApiError::Engine(jina_engine::Error::InputTooLong {
+            index: 3,
+            tokens: 9000,
+            limit: 8194,
+        });
         assert_eq!(too_long.status(), StatusCode::BAD_REQUEST);
         assert_eq!(too_long.param().as_deref(), Some("input[3]"));
-        assert_eq!(ApiError::TooManyInputs { count: 3, limit: 2 }.status(), StatusCode::PAYLOAD_TOO_LARGE);
-        assert_eq!(ApiError::Engine(jina_engine::Error::EmptyInput).status(), StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(
+            ApiError::TooManyInputs { count: 3, limit: 2 }.status(),
+            StatusCode::PAYLOAD_TOO_LARGE
+        );
+        assert_eq!(
+            ApiError::Engine(jina_engine::Error::EmptyInput).status(),
+            StatusCode::UNPROCESSABLE_ENTITY
+        );
         let internal = ApiError::Internal("secret detail".into());
         assert_eq!(internal.client_message(), "internal server error");
-        let msg = ApiError::PayloadTooLarge { size: Some(10), limit: 5 }.to_string();
-        assert_eq!(msg, "request body of 10 bytes is larger than the limit of 5 bytes (payload_limit)");
+        let msg = ApiError::PayloadTooLarge {
+            size: Some(10),
+            limit: 5,
+        }
+        .to_string();
+        assert_eq!(
+            msg,
+            "request body of 10 bytes is larger than the limit of 5 bytes (payload_limit)"
+        );
     }
 }

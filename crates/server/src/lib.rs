@@ -49,7 +49,10 @@ requests in flight finish for up to `shutdown_grace`, stops the scheduler and re
 */
 #![deny(missing_docs)]
 // No panic reachable from a request: outside tests, `unwrap`, `expect` and `panic!` are errors.
-#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
 
 pub mod api;
 pub mod auth;
@@ -106,7 +109,13 @@ pub struct ServeArgs {
     /// An API key clients must send as `Authorization: Bearer KEY` (repeatable; the variable
     /// holds a comma-separated list). Without any key every route is open. Prefer the variable
     /// or --api-key-file: command lines are visible to other users of the machine.
-    #[arg(long = "api-key", env = "JINA_API_KEY", value_name = "KEY", value_delimiter = ',', hide_env_values = true)]
+    #[arg(
+        long = "api-key",
+        env = "JINA_API_KEY",
+        value_name = "KEY",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
     pub api_keys: Vec<String>,
 
     /// A file of API keys, one per line (blank lines and lines starting with # are skipped);
@@ -154,11 +163,20 @@ pub struct ServeArgs {
     pub threads: Option<usize>,
 
     /// Model name reported in responses and by /v1/models.
-    #[arg(long, env = "JINA_SERVED_MODEL_NAME", default_value = "jina-embeddings-v3")]
+    #[arg(
+        long,
+        env = "JINA_SERVED_MODEL_NAME",
+        default_value = "jina-embeddings-v3"
+    )]
     pub served_model_name: String,
 
     /// Seconds a client may take to send a request body once admitted; slower gets 408.
-    #[arg(long, env = "JINA_BODY_TIMEOUT", value_name = "SECONDS", default_value_t = 30)]
+    #[arg(
+        long,
+        env = "JINA_BODY_TIMEOUT",
+        value_name = "SECONDS",
+        default_value_t = 30
+    )]
     pub body_timeout: u64,
 
     /// Seconds a shutdown (SIGINT, SIGTERM) waits for the requests in flight before it drops
@@ -169,7 +187,12 @@ pub struct ServeArgs {
     /// An origin (`https://app.example`) whose browser pages may call the API (repeatable; the
     /// variable holds a comma-separated list; `*` allows any). Without it CORS is off: no
     /// `Access-Control-*` headers are sent.
-    #[arg(long = "cors-allow-origin", env = "JINA_CORS_ALLOW_ORIGIN", value_name = "ORIGIN", value_delimiter = ',')]
+    #[arg(
+        long = "cors-allow-origin",
+        env = "JINA_CORS_ALLOW_ORIGIN",
+        value_name = "ORIGIN",
+        value_delimiter = ','
+    )]
     pub cors_allow_origins: Vec<String>,
 
     /// Log format: `text` for people, `json` for log collectors. The level comes from RUST_LOG
@@ -211,7 +234,9 @@ impl ServeArgs {
             shutdown_grace: Duration::from_secs(self.shutdown_grace),
             ..ServerLimits::default()
         };
-        limits.validate().map_err(|e| anyhow::anyhow!("invalid limit: {e}"))?;
+        limits
+            .validate()
+            .map_err(|e| anyhow::anyhow!("invalid limit: {e}"))?;
         Ok(ServerConfig {
             model_dir: self.model.clone(),
             default_task: self.default_task.clone(),
@@ -285,7 +310,9 @@ pub struct AppState {
 
 impl AppState {
     fn new(config: ServerConfig) -> Self {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
         AppState {
             keys: config.api_keys.clone(),
             admission: Arc::new(Semaphore::new(config.limits.max_concurrent_requests)),
@@ -301,7 +328,9 @@ impl AppState {
 
     /// The model, or 503 while it loads.
     pub(crate) fn engine(&self) -> Result<&Engine, ApiError> {
-        self.engine.get().ok_or(ApiError::NotReady { retry_after: self.config.limits.retry_after_secs })
+        self.engine.get().ok_or(ApiError::NotReady {
+            retry_after: self.config.limits.retry_after_secs,
+        })
     }
 
     /// Whether the model is loaded and warmed up.
@@ -316,15 +345,22 @@ impl AppState {
 
     /// A slot for one request, or 429 when `max_concurrent_requests` are in flight.
     pub(crate) fn admit(&self) -> Result<OwnedSemaphorePermit, ApiError> {
-        self.admission.clone().try_acquire_owned().map_err(|_| ApiError::Overloaded {
-            limit: self.config.limits.max_concurrent_requests,
-            retry_after: self.config.limits.retry_after_secs,
-        })
+        self.admission
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| ApiError::Overloaded {
+                limit: self.config.limits.max_concurrent_requests,
+                retry_after: self.config.limits.retry_after_secs,
+            })
     }
 
     /// A new request id.
     pub(crate) fn request_id(&self) -> String {
-        format!("{:08x}-{:06x}", self.request_prefix, self.next_request.fetch_add(1, Ordering::Relaxed))
+        format!(
+            "{:08x}-{:06x}",
+            self.request_prefix,
+            self.next_request.fetch_add(1, Ordering::Relaxed)
+        )
     }
 
     /// The gauges of `/metrics`.
@@ -345,10 +381,16 @@ async fn load(state: Arc<AppState>) -> anyhow::Result<()> {
     let config = state.config.clone();
     let metrics = state.metrics.clone();
     let engine = tokio::task::spawn_blocking(move || -> anyhow::Result<Engine> {
-        let options = LoadOptions { precision: config.precision, max_isa: config.max_isa };
-        let mut model = Model::load_with(&config.model_dir, options)
-            .with_context(|| format!("cannot load the model from {}", config.model_dir.display()))?;
-        model.set_default_task(&config.default_task).context("invalid --default-task")?;
+        let options = LoadOptions {
+            precision: config.precision,
+            max_isa: config.max_isa,
+        };
+        let mut model = Model::load_with(&config.model_dir, options).with_context(|| {
+            format!("cannot load the model from {}", config.model_dir.display())
+        })?;
+        model
+            .set_default_task(&config.default_task)
+            .context("invalid --default-task")?;
         let model = Arc::new(model);
         // Warm up: one short forward pass (allocations, page faults of the weights).
         let plan = model.plan(&EmbedRequest::new(vec!["warm up".to_string()]))?;
@@ -380,11 +422,18 @@ async fn load(state: Arc<AppState>) -> anyhow::Result<()> {
 /// Serves on `listener` until `shutdown` resolves, then stops accepting, lets the requests in
 /// flight finish for up to `shutdown_grace`, and returns. The model loads in the background
 /// (`/health` is 503 until it is ready); a model that fails to load is an error.
-pub async fn serve<F>(listener: TcpListener, config: ServerConfig, shutdown: F) -> anyhow::Result<()>
+pub async fn serve<F>(
+    listener: TcpListener,
+    config: ServerConfig,
+    shutdown: F,
+) -> anyhow::Result<()>
 where
     F: Future<Output = ()> + Send + 'static,
 {
-    config.limits.validate().map_err(|e| anyhow::anyhow!("invalid limit: {e}"))?;
+    config
+        .limits
+        .validate()
+        .map_err(|e| anyhow::anyhow!("invalid limit: {e}"))?;
     let grace = config.limits.shutdown_grace;
     let state = Arc::new(AppState::new(config));
     let app = routes::router(state.clone());
@@ -406,10 +455,15 @@ where
     let graceful = async move {
         shutdown.await;
         signal_state.shutting_down.store(true, Ordering::Relaxed);
-        info!(grace_seconds = grace.as_secs_f64(), "shutting down: no new connections; finishing requests in flight");
+        info!(
+            grace_seconds = grace.as_secs_f64(),
+            "shutting down: no new connections; finishing requests in flight"
+        );
         let _ = signalled_tx.send(());
     };
-    let server = axum::serve(listener, app).with_graceful_shutdown(graceful).into_future();
+    let server = axum::serve(listener, app)
+        .with_graceful_shutdown(graceful)
+        .into_future();
     let deadline = async move {
         match signalled_rx.await {
             Ok(()) => tokio::time::sleep(grace).await,
@@ -445,7 +499,10 @@ where
                     engine.scheduler.join();
                 }
             });
-            if tokio::time::timeout(grace.max(Duration::from_secs(1)), joined).await.is_err() {
+            if tokio::time::timeout(grace.max(Duration::from_secs(1)), joined)
+                .await
+                .is_err()
+            {
                 warn!("the scheduler did not stop in time");
             }
         } else {
@@ -494,7 +551,11 @@ pub fn init_tracing(format: &str) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal());
-    let _ = if format == "json" { builder.json().try_init() } else { builder.try_init() };
+    let _ = if format == "json" {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
 }
 
 /// `jina-embed serve`: sets up logging and the compute threads, builds the tokio runtime,

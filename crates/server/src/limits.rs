@@ -60,7 +60,10 @@ impl ServerLimits {
         }
         // tokio's semaphore holds at most usize::MAX >> 3 permits.
         if self.max_concurrent_requests > (usize::MAX >> 4) {
-            return Err(format!("max_concurrent_requests {} is too large", self.max_concurrent_requests));
+            return Err(format!(
+                "max_concurrent_requests {} is too large",
+                self.max_concurrent_requests
+            ));
         }
         Ok(())
     }
@@ -87,7 +90,13 @@ mod tests {
     #[test]
     fn defaults_are_valid_and_zero_is_refused() {
         assert_eq!(ServerLimits::default().validate(), Ok(()));
-        let limits = ServerLimits { max_inputs_per_request: 0, ..ServerLimits::default() };
-        assert_eq!(limits.validate().unwrap_err(), "max_inputs_per_request must be at least 1, got 0");
+        let limits = ServerLimits {
+            max_inputs_per_request: 0,
+            ..ServerLimits::default()
+        };
+        assert_eq!(
+            limits.validate().unwrap_err(),
+            "max_inputs_per_request must be at least 1, got 0"
+        );
     }
 }

@@ -29,7 +29,11 @@ impl Histogram {
     pub fn new(bounds: &[f64]) -> Self {
         Histogram {
             bounds: bounds.to_vec(),
-            state: Mutex::new(HistogramState { counts: vec![0; bounds.len()], sum: 0.0, count: 0 }),
+            state: Mutex::new(HistogramState {
+                counts: vec![0; bounds.len()],
+                sum: 0.0,
+                count: 0,
+            }),
         }
     }
 
@@ -100,7 +104,9 @@ pub struct Metrics {
     pub request_duration: Histogram,
 }
 
-const SECONDS: [f64; 14] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+const SECONDS: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -112,9 +118,12 @@ impl Default for Metrics {
             cancelled_sequences: AtomicU64::new(0),
             queued_sequences: AtomicU64::new(0),
             forward_tokens: AtomicU64::new(0),
-            batch_size: Histogram::new(&[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0]),
+            batch_size: Histogram::new(&[
+                1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0,
+            ]),
             batch_tokens: Histogram::new(&[
-                16.0, 64.0, 256.0, 1024.0, 2048.0, 4096.0, 8192.0, 16384.0, 32768.0, 65536.0, 131072.0,
+                16.0, 64.0, 256.0, 1024.0, 2048.0, 4096.0, 8192.0, 16384.0, 32768.0, 65536.0,
+                131072.0,
             ]),
             batch_fill: Histogram::new(&[0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0]),
             queue_wait: Histogram::new(&SECONDS),
@@ -138,7 +147,9 @@ pub struct Gauges {
 impl Metrics {
     /// Counts one finished request.
     pub fn count_request(&self, route: &str, status: u16, task: &str) {
-        *lock(&self.requests).entry((route.to_string(), status, task.to_string())).or_default() += 1;
+        *lock(&self.requests)
+            .entry((route.to_string(), status, task.to_string()))
+            .or_default() += 1;
     }
 
     /// Counts the tokens and inputs of one successful embedding request.
@@ -149,7 +160,11 @@ impl Metrics {
 
     /// Requests counted for `route` and `status`, over every task.
     pub fn requests_with(&self, route: &str, status: u16) -> u64 {
-        lock(&self.requests).iter().filter(|((r, s, _), _)| r == route && *s == status).map(|(_, n)| n).sum()
+        lock(&self.requests)
+            .iter()
+            .filter(|((r, s, _), _)| r == route && *s == status)
+            .map(|(_, n)| n)
+            .sum()
     }
 
     /// The text exposition.
@@ -182,7 +197,11 @@ impl Metrics {
             let _ = writeln!(out, "jina_inputs_total{{task=\"{}\"}} {n}", escape(task));
         }
         let counters = [
-            ("jina_forward_tokens_total", "Tokens run through the model.", &self.forward_tokens),
+            (
+                "jina_forward_tokens_total",
+                "Tokens run through the model.",
+                &self.forward_tokens,
+            ),
             (
                 "jina_cancelled_requests_total",
                 "Requests whose client went away before all their sequences ran.",
@@ -195,29 +214,73 @@ impl Metrics {
             ),
         ];
         for (name, help, value) in counters {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", value.load(Ordering::Relaxed));
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                value.load(Ordering::Relaxed)
+            );
         }
         let gauges = [
-            ("jina_in_flight_requests", "Requests admitted and not yet answered.", gauges.in_flight as u64),
-            ("jina_max_concurrent_requests", "Admission limit (max_concurrent_requests).", gauges.max_concurrent as u64),
-            ("jina_queued_sequences", "Sequences waiting for a forward pass.", self.queued_sequences.load(Ordering::Relaxed)),
-            ("jina_ready", "1 once the model is loaded and warmed up.", gauges.ready as u64),
+            (
+                "jina_in_flight_requests",
+                "Requests admitted and not yet answered.",
+                gauges.in_flight as u64,
+            ),
+            (
+                "jina_max_concurrent_requests",
+                "Admission limit (max_concurrent_requests).",
+                gauges.max_concurrent as u64,
+            ),
+            (
+                "jina_queued_sequences",
+                "Sequences waiting for a forward pass.",
+                self.queued_sequences.load(Ordering::Relaxed),
+            ),
+            (
+                "jina_ready",
+                "1 once the model is loaded and warmed up.",
+                gauges.ready as u64,
+            ),
         ];
         for (name, help, value) in gauges {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+            );
         }
-        self.batch_size.render(&mut out, "jina_batch_size", "Sequences per forward pass.");
-        self.batch_tokens.render(&mut out, "jina_batch_tokens", "Tokens per forward pass.");
-        self.batch_fill.render(&mut out, "jina_batch_fill_ratio", "Tokens per forward pass over max_batch_tokens.");
-        self.queue_wait.render(&mut out, "jina_queue_wait_seconds", "From entering the queue to the first forward pass.");
-        self.inference.render(&mut out, "jina_inference_seconds", "Duration of one forward pass.");
-        self.request_duration.render(&mut out, "jina_request_duration_seconds", "Duration of an HTTP request.");
+        self.batch_size
+            .render(&mut out, "jina_batch_size", "Sequences per forward pass.");
+        self.batch_tokens
+            .render(&mut out, "jina_batch_tokens", "Tokens per forward pass.");
+        self.batch_fill.render(
+            &mut out,
+            "jina_batch_fill_ratio",
+            "Tokens per forward pass over max_batch_tokens.",
+        );
+        self.queue_wait.render(
+            &mut out,
+            "jina_queue_wait_seconds",
+            "From entering the queue to the first forward pass.",
+        );
+        self.inference.render(
+            &mut out,
+            "jina_inference_seconds",
+            "Duration of one forward pass.",
+        );
+        self.request_duration.render(
+            &mut out,
+            "jina_request_duration_seconds",
+            "Duration of an HTTP request.",
+        );
         out
     }
 }
 
 fn escape(label: &str) -> String {
-    label.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    label
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 #[cfg(test)]
@@ -231,8 +294,15 @@ mod tests {
         m.inference.observe(0.2);
         m.inference.observe(100.0);
         m.count_request("/v1/embeddings", 200, "retrieval.query");
-        let text = m.render(Gauges { in_flight: 2, max_concurrent: 8, ready: true });
-        assert!(text.contains("jina_inference_seconds_bucket{le=\"0.005\"} 1\n"), "{text}");
+        let text = m.render(Gauges {
+            in_flight: 2,
+            max_concurrent: 8,
+            ready: true,
+        });
+        assert!(
+            text.contains("jina_inference_seconds_bucket{le=\"0.005\"} 1\n"),
+            "{text}"
+        );
         assert!(text.contains("jina_inference_seconds_bucket{le=\"0.25\"} 2\n"));
         assert!(text.contains("jina_inference_seconds_bucket{le=\"+Inf\"} 3\n"));
         assert!(text.contains("jina_inference_seconds_count 3\n"));

@@ -43,9 +43,16 @@ impl Served {
     pub fn reference() -> Served {
         Served {
             keys: true,
-            tasks: ["retrieval.query", "retrieval.passage", "separation", "classification", "text-matching", "none"]
-                .map(String::from)
-                .to_vec(),
+            tasks: [
+                "retrieval.query",
+                "retrieval.passage",
+                "separation",
+                "classification",
+                "text-matching",
+                "none",
+            ]
+            .map(String::from)
+            .to_vec(),
             hidden_size: 1024,
             max_tokens: 8194,
             max_inputs: crate::ServerLimits::DEFAULT_MAX_INPUTS_PER_REQUEST,
@@ -62,9 +69,15 @@ pub fn document(served: &Served) -> Value {
     for request in ["EmbeddingsRequest", "TokenizeRequest"] {
         let schema = &mut schemas[request];
         let description = schema["properties"]["input"]["oneOf"][1]["description"].clone();
-        schema["properties"]["input"] = json!({"$ref": "#/components/schemas/Input", "description": description});
+        schema["properties"]["input"] =
+            json!({"$ref": "#/components/schemas/Input", "description": description});
         schema["required"] = json!(["input"]);
-        let tasks: Vec<Value> = served.tasks.iter().map(|t| json!(t)).chain([Value::Null]).collect();
+        let tasks: Vec<Value> = served
+            .tasks
+            .iter()
+            .map(|t| json!(t))
+            .chain([Value::Null])
+            .collect();
         schema["properties"]["task"]["enum"] = Value::Array(tasks);
     }
     for branch in as_array(&mut schemas["Input"]["oneOf"]) {
@@ -84,7 +97,10 @@ pub fn document(served: &Served) -> Value {
         }
     }
     for name in ["EncodedSchema", "EmbeddingValueSchema"] {
-        if let Some(branches) = schemas[name].as_object_mut().and_then(|o| o.remove("oneOf")) {
+        if let Some(branches) = schemas[name]
+            .as_object_mut()
+            .and_then(|o| o.remove("oneOf"))
+        {
             schemas[name]["anyOf"] = branches;
         }
     }
@@ -95,7 +111,12 @@ pub fn document(served: &Served) -> Value {
     // `properties` constrains only fields that are present: this is "absent or null".
     let absent_or_null = |field: &str| json!({"properties": {field: {"type": "null"}}});
     let same = |t: &str| json!({"properties": {"embedding_type": {"const": t}, "encoding_format": {"const": t}}});
-    request["anyOf"] = json!([absent_or_null("embedding_type"), absent_or_null("encoding_format"), same("float"), same("base64")]);
+    request["anyOf"] = json!([
+        absent_or_null("embedding_type"),
+        absent_or_null("encoding_format"),
+        same("float"),
+        same("base64")
+    ]);
 
     if !served.keys {
         if let Some(components) = doc["components"].as_object_mut() {
@@ -105,7 +126,10 @@ pub fn document(served: &Served) -> Value {
             for operation in as_object_values(path) {
                 if let Some(operation) = operation.as_object_mut() {
                     operation.remove("security");
-                    if let Some(responses) = operation.get_mut("responses").and_then(Value::as_object_mut) {
+                    if let Some(responses) = operation
+                        .get_mut("responses")
+                        .and_then(Value::as_object_mut)
+                    {
                         responses.remove("401");
                     }
                 }
@@ -120,7 +144,10 @@ fn as_array(value: &mut Value) -> impl Iterator<Item = &mut Value> {
 }
 
 fn as_object_values(value: &mut Value) -> impl Iterator<Item = &mut Value> {
-    value.as_object_mut().into_iter().flat_map(|o| o.values_mut())
+    value
+        .as_object_mut()
+        .into_iter()
+        .flat_map(|o| o.values_mut())
 }
 
 #[cfg(test)]
@@ -130,23 +157,44 @@ mod tests {
     #[test]
     fn security_follows_the_keys() {
         let with = document(&Served::reference());
-        assert_eq!(with["paths"]["/tokenize"]["post"]["security"], json!([{"bearer": []}]));
+        assert_eq!(
+            with["paths"]["/tokenize"]["post"]["security"],
+            json!([{"bearer": []}])
+        );
         assert!(with["paths"]["/tokenize"]["post"]["responses"]["401"].is_object());
         assert!(with["paths"]["/health"]["get"]["security"].is_null());
-        let without = document(&Served { keys: false, ..Served::reference() });
+        let without = document(&Served {
+            keys: false,
+            ..Served::reference()
+        });
         let text = without.to_string();
-        assert!(!text.contains("bearer") && !text.contains("\"401\""), "{text}");
+        assert!(
+            !text.contains("bearer") && !text.contains("\"401\""),
+            "{text}"
+        );
     }
 
     #[test]
     fn input_is_required_and_not_empty() {
-        let doc = document(&Served { max_inputs: 7, ..Served::reference() });
+        let doc = document(&Served {
+            max_inputs: 7,
+            ..Served::reference()
+        });
         let schemas = &doc["components"]["schemas"];
         assert_eq!(schemas["EmbeddingsRequest"]["required"], json!(["input"]));
         assert_eq!(schemas["TokenizeRequest"]["required"], json!(["input"]));
         let list = &schemas["Input"]["oneOf"][1];
-        assert_eq!((list["minItems"].clone(), list["maxItems"].clone()), (json!(1), json!(7)));
-        assert_eq!(schemas["EmbeddingTypesSchema"]["oneOf"][1]["minItems"], json!(1));
-        assert_eq!(schemas["EmbeddingsRequest"]["properties"]["dimensions"]["maximum"], json!(1024));
+        assert_eq!(
+            (list["minItems"].clone(), list["maxItems"].clone()),
+            (json!(1), json!(7))
+        );
+        assert_eq!(
+            schemas["EmbeddingTypesSchema"]["oneOf"][1]["minItems"],
+            json!(1)
+        );
+        assert_eq!(
+            schemas["EmbeddingsRequest"]["properties"]["dimensions"]["maximum"],
+            json!(1024)
+        );
     }
 }

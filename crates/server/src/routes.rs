@@ -27,8 +27,9 @@ use tracing::{debug, error, info, Instrument};
 use utoipa::OpenApi;
 
 use crate::api::{
-    decode_request, parse_object, typed, EmbeddingItem, EmbeddingTypes, EmbeddingValue, EmbeddingsResponse, EncodingFormat, Health,
-    Kernels, LateChunkingField, ModelCard, ModelList, TokenizeRequest, TokenizeResponse, TokenizedItem, Usage,
+    decode_request, parse_object, typed, EmbeddingItem, EmbeddingTypes, EmbeddingValue,
+    EmbeddingsResponse, EncodingFormat, Health, Kernels, LateChunkingField, ModelCard, ModelList,
+    TokenizeRequest, TokenizeResponse, TokenizedItem, Usage,
 };
 use crate::errors::{ApiError, Dialect, ErrorBody, ErrorNote, Failure};
 use crate::{auth, AppState, ServerLimits};
@@ -42,14 +43,20 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/models", get(models))
         .route("/models", get(models))
         .route("/openapi.json", get(openapi))
-        .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_key));
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_key,
+        ));
     Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .merge(protected)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn_with_state(state.clone(), crate::cors::cors))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::cors::cors,
+        ))
         .layer(middleware::from_fn_with_state(state.clone(), track))
         .with_state(state)
 }
@@ -64,8 +71,16 @@ pub(crate) struct RequestInfo {
 
 /// The route label of a path: one of the served routes, or `other`.
 fn route_label(path: &str) -> &'static str {
-    const ROUTES: [&str; 8] =
-        ["/v1/embeddings", "/embeddings", "/tokenize", "/v1/models", "/models", "/openapi.json", "/health", "/metrics"];
+    const ROUTES: [&str; 8] = [
+        "/v1/embeddings",
+        "/embeddings",
+        "/tokenize",
+        "/v1/models",
+        "/models",
+        "/openapi.json",
+        "/health",
+        "/metrics",
+    ];
     ROUTES.into_iter().find(|r| *r == path).unwrap_or("other")
 }
 
@@ -86,7 +101,12 @@ impl Drop for Abandoned {
         // 499: nginx's "client closed request".
         self.state.metrics.count_request(self.route, 499, "-");
         let latency_ms = (self.started.elapsed().as_secs_f64() * 1e6).round() / 1e3;
-        self.span.in_scope(|| info!(status = 499u16, latency_ms, "client went away before the response"));
+        self.span.in_scope(|| {
+            info!(
+                status = 499u16,
+                latency_ms, "client went away before the response"
+            )
+        });
     }
 }
 
@@ -103,16 +123,31 @@ async fn track(State(state): State<Arc<AppState>>, request: Request, next: Next)
         .unwrap_or_else(|| state.request_id());
     let route = route_label(request.uri().path());
     let method = request.method().clone();
-    let span = tracing::info_span!("request", id = %id, method = %method, route = %request.uri().path());
-    let mut guard = Abandoned { state: state.clone(), route, started: Instant::now(), span: span.clone(), finished: false };
+    let span =
+        tracing::info_span!("request", id = %id, method = %method, route = %request.uri().path());
+    let mut guard = Abandoned {
+        state: state.clone(),
+        route,
+        started: Instant::now(),
+        span: span.clone(),
+        finished: false,
+    };
     let mut response = next.run(request).instrument(span.clone()).await;
     guard.finished = true;
 
     let status = response.status();
     let elapsed = guard.started.elapsed().as_secs_f64();
-    let info = response.extensions().get::<RequestInfo>().cloned().unwrap_or_default();
+    let info = response
+        .extensions()
+        .get::<RequestInfo>()
+        .cloned()
+        .unwrap_or_default();
     let task = info.task.as_deref().unwrap_or("-");
-    let note = response.extensions().get::<ErrorNote>().map(|n| n.0.as_str()).unwrap_or("");
+    let note = response
+        .extensions()
+        .get::<ErrorNote>()
+        .map(|n| n.0.as_str())
+        .unwrap_or("");
     state.metrics.count_request(route, status.as_u16(), task);
     if route != "/metrics" && route != "/health" {
         state.metrics.request_duration.observe(elapsed);
@@ -124,11 +159,34 @@ async fn track(State(state): State<Arc<AppState>>, request: Request, next: Next)
             // Probes and scrapes arrive every few seconds: not API traffic.
             debug!(status = status.as_u16(), latency_ms, "request");
         } else if status.is_server_error() {
-            error!(status = status.as_u16(), latency_ms, task, inputs = info.inputs, tokens = info.tokens, error = note, "request failed");
+            error!(
+                status = status.as_u16(),
+                latency_ms,
+                task,
+                inputs = info.inputs,
+                tokens = info.tokens,
+                error = note,
+                "request failed"
+            );
         } else if note.is_empty() {
-            info!(status = status.as_u16(), latency_ms, task, inputs = info.inputs, tokens = info.tokens, "request");
+            info!(
+                status = status.as_u16(),
+                latency_ms,
+                task,
+                inputs = info.inputs,
+                tokens = info.tokens,
+                "request"
+            );
         } else {
-            info!(status = status.as_u16(), latency_ms, task, inputs = info.inputs, tokens = info.tokens, error = note, "request refused");
+            info!(
+                status = status.as_u16(),
+                latency_ms,
+                task,
+                inputs = info.inputs,
+                tokens = info.tokens,
+                error = note,
+                "request refused"
+            );
         }
     });
     if let Ok(value) = HeaderValue::from_str(&id) {
@@ -138,12 +196,22 @@ async fn track(State(state): State<Arc<AppState>>, request: Request, next: Next)
 }
 
 async fn not_found(method: Method, headers: HeaderMap, uri: axum::http::Uri) -> Response {
-    routing_error(StatusCode::NOT_FOUND, "not_found", format!("no route {method} {}", uri.path()), &headers)
+    routing_error(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no route {method} {}", uri.path()),
+        &headers,
+    )
 }
 
 async fn method_not_allowed(method: Method, headers: HeaderMap, uri: axum::http::Uri) -> Response {
     let message = format!("method {method} is not allowed on {}", uri.path());
-    routing_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", message, &headers)
+    routing_error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        message,
+        &headers,
+    )
 }
 
 fn routing_error(status: StatusCode, code: &str, message: String, headers: &HeaderMap) -> Response {
@@ -157,31 +225,58 @@ fn routing_error(status: StatusCode, code: &str, message: String, headers: &Head
 }
 
 /// Reads the body up to `payload_limit` bytes (413 past it) within `body_timeout` (408).
-async fn read_body(headers: &HeaderMap, body: Body, limits: &ServerLimits) -> Result<bytes::Bytes, ApiError> {
+async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    limits: &ServerLimits,
+) -> Result<bytes::Bytes, ApiError> {
     let timeout = limits.body_timeout;
-    match tokio::time::timeout(timeout, read_body_limited(headers, body, limits.payload_limit)).await {
+    match tokio::time::timeout(
+        timeout,
+        read_body_limited(headers, body, limits.payload_limit),
+    )
+    .await
+    {
         Ok(result) => result,
-        Err(_) => Err(ApiError::BodyTimeout { seconds: timeout.as_secs_f64() }),
+        Err(_) => Err(ApiError::BodyTimeout {
+            seconds: timeout.as_secs_f64(),
+        }),
     }
 }
 
-async fn read_body_limited(headers: &HeaderMap, body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
-    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+async fn read_body_limited(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<bytes::Bytes, ApiError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
     if let Some(size) = declared {
         if size > limit as u64 {
-            return Err(ApiError::PayloadTooLarge { size: Some(size), limit });
+            return Err(ApiError::PayloadTooLarge {
+                size: Some(size),
+                limit,
+            });
         }
     }
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(ApiError::PayloadTooLarge { size: None, limit }),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            Err(ApiError::PayloadTooLarge { size: None, limit })
+        }
         Err(e) => Err(ApiError::BodyRead(e.to_string())),
     }
 }
 
 /// Runs `f` on the blocking pool.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, ApiError> + Send + 'static) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| ApiError::Internal(format!("a blocking task failed: {e}")))?
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::Internal(format!("a blocking task failed: {e}")))?
 }
 
 /// The requested output encodings.
@@ -190,7 +285,10 @@ enum Outputs {
     Many(Vec<EmbeddingType>),
 }
 
-fn outputs(embedding_type: Option<EmbeddingTypes>, encoding_format: Option<EncodingFormat>) -> Result<Outputs, ApiError> {
+fn outputs(
+    embedding_type: Option<EmbeddingTypes>,
+    encoding_format: Option<EncodingFormat>,
+) -> Result<Outputs, ApiError> {
     let format = encoding_format.map(|f| match f {
         EncodingFormat::Float => EmbeddingType::Float,
         EncodingFormat::Base64 => EmbeddingType::Base64,
@@ -217,7 +315,10 @@ fn check_inputs(texts: &[String], max_inputs: usize) -> Result<(), ApiError> {
         return Err(ApiError::Engine(jina_engine::Error::EmptyInput));
     }
     if texts.len() > max_inputs {
-        return Err(ApiError::TooManyInputs { count: texts.len(), limit: max_inputs });
+        return Err(ApiError::TooManyInputs {
+            count: texts.len(),
+            limit: max_inputs,
+        });
     }
     Ok(())
 }
@@ -239,7 +340,11 @@ fn check_inputs(texts: &[String], max_inputs: usize) -> Result<(), ApiError> {
     ),
     security(("bearer" = []))
 )]
-pub async fn embeddings(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
+pub async fn embeddings(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let mut info = RequestInfo::default();
     let mut dialect = Dialect::from_headers(&headers);
     let result = embed(&state, &headers, body, &mut dialect, &mut info).await;
@@ -265,18 +370,26 @@ async fn embed(
     let request = decode_request(&bytes, headers, dialect)?;
     drop(bytes);
 
-    let texts = request.input.ok_or(ApiError::MissingField("input"))?.into_texts();
+    let texts = request
+        .input
+        .ok_or(ApiError::MissingField("input"))?
+        .into_texts();
     info.inputs = texts.len();
     check_inputs(&texts, limits.max_inputs_per_request)?;
     let model = engine.model.clone();
-    let task = request.task.unwrap_or_else(|| model.default_task().to_string());
+    let task = request
+        .task
+        .unwrap_or_else(|| model.default_task().to_string());
     model.adapter_of(&task)?;
     info.task = Some(task.clone());
     let hidden = model.config().hidden_size;
     let dimensions = match request.dimensions {
         None => None,
         Some(d) if d < 1 || d > hidden as i64 => {
-            return Err(ApiError::Engine(jina_engine::Error::Dimensions { value: d, max: hidden }))
+            return Err(ApiError::Engine(jina_engine::Error::Dimensions {
+                value: d,
+                max: hidden,
+            }))
         }
         Some(d) => Some(d as usize),
     };
@@ -288,11 +401,14 @@ async fn embed(
         if overlap > max {
             return Err(ApiError::InvalidField {
                 field: "late_chunking_overlap".into(),
-                message: format!("{overlap} is too large: it must be at most {max} (half the token limit)"),
+                message: format!(
+                    "{overlap} is too large: it must be at most {max} (half the token limit)"
+                ),
             });
         }
     }
-    let late_chunking = LateChunkingField::mode(request.late_chunking, request.late_chunking_overlap);
+    let late_chunking =
+        LateChunkingField::mode(request.late_chunking, request.late_chunking_overlap);
     let embed_request = EmbedRequest {
         inputs: texts,
         task: Some(task.clone()),
@@ -301,14 +417,20 @@ async fn embed(
         late_chunking,
         truncate: request.truncate.unwrap_or(false),
     };
-    let finish = Finish { dimensions, normalized: embed_request.normalized };
+    let finish = Finish {
+        dimensions,
+        normalized: embed_request.normalized,
+    };
 
     let planner = model.clone();
     let plan = blocking(move || planner.plan(&embed_request).map_err(ApiError::from)).await?;
     let total_tokens = plan.total_tokens;
     info.tokens = total_tokens;
 
-    let receiver = engine.scheduler.submit(plan, tracing::Span::current()).map_err(|_| ApiError::ShuttingDown)?;
+    let receiver = engine
+        .scheduler
+        .submit(plan, tracing::Span::current())
+        .map_err(|_| ApiError::ShuttingDown)?;
     let (plan, sums) = receiver
         .await
         .map_err(|_| ApiError::Internal("the scheduler dropped the request".into()))?
@@ -325,9 +447,11 @@ async fn embed(
                 index,
                 embedding: match &outputs {
                     Outputs::One(t) => EmbeddingValue::One(output::encode(v, *t)),
-                    Outputs::Many(ts) => {
-                        EmbeddingValue::ByType(ts.iter().map(|&t| (t.name(), output::encode(v, t))).collect::<BTreeMap<_, _>>())
-                    }
+                    Outputs::Many(ts) => EmbeddingValue::ByType(
+                        ts.iter()
+                            .map(|&t| (t.name(), output::encode(v, t)))
+                            .collect::<BTreeMap<_, _>>(),
+                    ),
                 },
             })
             .collect();
@@ -335,13 +459,24 @@ async fn embed(
             object: "list",
             model: model_name,
             data,
-            usage: Usage { prompt_tokens: total_tokens, total_tokens },
+            usage: Usage {
+                prompt_tokens: total_tokens,
+                total_tokens,
+            },
         };
-        serde_json::to_vec(&response).map_err(|e| ApiError::Internal(format!("cannot serialise the response: {e}")))
+        serde_json::to_vec(&response)
+            .map_err(|e| ApiError::Internal(format!("cannot serialise the response: {e}")))
     })
     .await?;
     state.metrics.count_usage(&task, total_tokens, info.inputs);
-    Ok(([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response())
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response())
 }
 
 /// Tokenises inputs exactly as the model sees them: `<s>`, the task's prefix, the text, `</s>`.
@@ -362,7 +497,11 @@ async fn embed(
     ),
     security(("bearer" = []))
 )]
-pub async fn tokenize(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
+pub async fn tokenize(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let mut info = RequestInfo::default();
     let dialect = Dialect::from_headers(&headers);
     let mut response = match tokenize_inner(&state, &headers, body, &mut info).await {
@@ -383,23 +522,41 @@ async fn tokenize_inner(
     let _permit = state.admit()?;
     let bytes = read_body(headers, body, &state.config.limits).await?;
     let request: TokenizeRequest = typed(parse_object(&bytes)?)?;
-    let texts = request.input.ok_or(ApiError::MissingField("input"))?.into_texts();
+    let texts = request
+        .input
+        .ok_or(ApiError::MissingField("input"))?
+        .into_texts();
     info.inputs = texts.len();
     check_inputs(&texts, state.config.limits.max_inputs_per_request)?;
     let model = engine.model.clone();
-    let task = request.task.unwrap_or_else(|| model.default_task().to_string());
+    let task = request
+        .task
+        .unwrap_or_else(|| model.default_task().to_string());
     let adapter = model.adapter_of(&task)?;
     info.task = Some(task.clone());
     let response = blocking(move || {
         let prefix = model.prefix_of(adapter).to_string();
         let mut data = Vec::with_capacity(texts.len());
         for (index, text) in texts.iter().enumerate() {
-            let ids = model.tokenizer().encode_with_specials(&format!("{prefix}{text}"))?;
+            let ids = model
+                .tokenizer()
+                .encode_with_specials(&format!("{prefix}{text}"))?;
             let tokens = model.tokenizer().pieces(&ids);
-            data.push(TokenizedItem { index, count: ids.len(), ids, tokens });
+            data.push(TokenizedItem {
+                index,
+                count: ids.len(),
+                ids,
+                tokens,
+            });
         }
         let total_tokens = data.iter().map(|d| d.count).sum();
-        Ok(TokenizeResponse { task, prefix, max_tokens: model.max_tokens(), data, total_tokens })
+        Ok(TokenizeResponse {
+            task,
+            prefix,
+            max_tokens: model.max_tokens(),
+            data,
+            total_tokens,
+        })
     })
     .await?;
     info.tokens = response.total_tokens;
@@ -420,7 +577,13 @@ async fn tokenize_inner(
 pub async fn models(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     let engine = match state.engine() {
         Ok(engine) => engine,
-        Err(error) => return Failure { dialect: Dialect::from_headers(&headers), error }.into_response(),
+        Err(error) => {
+            return Failure {
+                dialect: Dialect::from_headers(&headers),
+                error,
+            }
+            .into_response()
+        }
     };
     let model = &engine.model;
     let plan = model.kernel_plan();
@@ -441,7 +604,10 @@ pub async fn models(State(state): State<Arc<AppState>>, headers: HeaderMap) -> R
             precision: model.precision().name().to_string(),
             requested_precision: plan.requested.name().to_string(),
             isa: plan.isa().name().to_string(),
-            kernels: Kernels { linear: plan.linear.to_string(), attention: plan.attention.to_string() },
+            kernels: Kernels {
+                linear: plan.linear.to_string(),
+                attention: plan.attention.to_string(),
+            },
             precision_fallbacks: plan.fallbacks.clone(),
         }],
     })
@@ -462,7 +628,13 @@ pub async fn health(State(state): State<Arc<AppState>>) -> Response {
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "loading")
     };
-    (status, Json(Health { status: text.into() })).into_response()
+    (
+        status,
+        Json(Health {
+            status: text.into(),
+        }),
+    )
+        .into_response()
 }
 
 /// Prometheus metrics: requests by route, status and task; tokens; batch size and fill; queue
@@ -470,7 +642,14 @@ pub async fn health(State(state): State<Arc<AppState>>) -> Response {
 #[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text format", body = String)))]
 pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     let text = state.metrics.render(state.gauges());
-    ([(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"))], text).into_response()
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        text,
+    )
+        .into_response()
 }
 
 /// This document, for the served model, limits and keys ([`crate::openapi`]).
@@ -513,7 +692,10 @@ impl utoipa::Modify for BearerAuth {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
         let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme("bearer", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)));
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
     }
 }
 
@@ -537,17 +719,38 @@ mod tests {
     #[test]
     fn the_openapi_document_names_the_routes_and_fields() {
         let doc = ApiDoc::openapi().to_json().unwrap();
-        for needle in ["/v1/embeddings", "/tokenize", "late_chunking", "encoding_format", "embedding_type", "bearer"] {
-            assert!(doc.contains(needle), "{needle} missing from the OpenAPI document");
+        for needle in [
+            "/v1/embeddings",
+            "/tokenize",
+            "late_chunking",
+            "encoding_format",
+            "embedding_type",
+            "bearer",
+        ] {
+            assert!(
+                doc.contains(needle),
+                "{needle} missing from the OpenAPI document"
+            );
         }
     }
 
     #[test]
     fn output_choice() {
-        assert!(matches!(outputs(None, None), Ok(Outputs::One(EmbeddingType::Float))));
-        assert!(matches!(outputs(None, Some(EncodingFormat::Base64)), Ok(Outputs::One(EmbeddingType::Base64))));
-        let conflict = outputs(Some(EmbeddingTypes::One(EmbeddingType::Ubinary)), Some(EncodingFormat::Base64));
-        assert!(matches!(conflict, Err(ApiError::InvalidField { ref field, .. }) if field == "encoding_format"));
+        assert!(matches!(
+            outputs(None, None),
+            Ok(Outputs::One(EmbeddingType::Float))
+        ));
+        assert!(matches!(
+            outputs(None, Some(EncodingFormat::Base64)),
+            Ok(Outputs::One(EmbeddingType::Base64))
+        ));
+        let conflict = outputs(
+            Some(EmbeddingTypes::One(EmbeddingType::Ubinary)),
+            Some(EncodingFormat::Base64),
+        );
+        assert!(
+            matches!(conflict, Err(ApiError::InvalidField { ref field, .. }) if field == "encoding_format")
+        );
     }
 
     #[test]

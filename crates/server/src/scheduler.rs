@@ -58,7 +58,12 @@ impl Entry {
     fn new(job: Job) -> Self {
         let mut remaining: Vec<usize> = (0..job.plan.sequences.len()).collect();
         remaining.sort_by_key(|&i| std::cmp::Reverse(job.plan.sequences[i].ids.len()));
-        Entry { job, remaining, sums: Vec::new(), started: false }
+        Entry {
+            job,
+            remaining,
+            sums: Vec::new(),
+            started: false,
+        }
     }
 }
 
@@ -77,19 +82,35 @@ pub enum SubmitError {
 
 impl Scheduler {
     /// Starts the scheduler thread.
-    pub fn start(model: Arc<Model>, max_batch_tokens: usize, metrics: Arc<Metrics>) -> std::io::Result<Scheduler> {
+    pub fn start(
+        model: Arc<Model>,
+        max_batch_tokens: usize,
+        metrics: Arc<Metrics>,
+    ) -> std::io::Result<Scheduler> {
         let (tx, rx) = mpsc::channel::<Job>();
         let thread = std::thread::Builder::new()
             .name("jina-scheduler".into())
             .spawn(move || run(rx, &model, max_batch_tokens.max(1), &metrics))?;
-        Ok(Scheduler { tx: Mutex::new(Some(tx)), thread: Mutex::new(Some(thread)) })
+        Ok(Scheduler {
+            tx: Mutex::new(Some(tx)),
+            thread: Mutex::new(Some(thread)),
+        })
     }
 
     /// Queues a plan; the receiver gets the result. Dropping the receiver cancels the sequences
     /// that have not run yet.
-    pub fn submit(&self, plan: Plan, span: tracing::Span) -> Result<oneshot::Receiver<JobResult>, SubmitError> {
+    pub fn submit(
+        &self,
+        plan: Plan,
+        span: tracing::Span,
+    ) -> Result<oneshot::Receiver<JobResult>, SubmitError> {
         let (reply, rx) = oneshot::channel();
-        let job = Job { plan, reply, span, enqueued: Instant::now() };
+        let job = Job {
+            plan,
+            reply,
+            span,
+            enqueued: Instant::now(),
+        };
         let guard = self.tx.lock().unwrap_or_else(|p| p.into_inner());
         match guard.as_ref() {
             Some(tx) => tx.send(job).map(|()| rx).map_err(|_| SubmitError::Closed),
@@ -124,7 +145,9 @@ impl Drop for Scheduler {
 fn run(rx: mpsc::Receiver<Job>, model: &Model, budget: usize, metrics: &Metrics) {
     let mut queue: VecDeque<Entry> = VecDeque::new();
     let enqueue = |queue: &mut VecDeque<Entry>, job: Job| {
-        metrics.queued_sequences.fetch_add(job.plan.sequences.len() as u64, Ordering::Relaxed);
+        metrics
+            .queued_sequences
+            .fetch_add(job.plan.sequences.len() as u64, Ordering::Relaxed);
         queue.push_back(Entry::new(job));
     };
     loop {
@@ -153,9 +176,18 @@ fn drop_cancelled(queue: &mut VecDeque<Entry>, metrics: &Metrics) {
         }
         let skipped = entry.remaining.len() as u64;
         metrics.cancelled.fetch_add(1, Ordering::Relaxed);
-        metrics.cancelled_sequences.fetch_add(skipped, Ordering::Relaxed);
-        metrics.queued_sequences.fetch_sub(skipped, Ordering::Relaxed);
-        entry.job.span.in_scope(|| debug!(skipped_sequences = skipped, "client went away; request dropped from the queue"));
+        metrics
+            .cancelled_sequences
+            .fetch_add(skipped, Ordering::Relaxed);
+        metrics
+            .queued_sequences
+            .fetch_sub(skipped, Ordering::Relaxed);
+        entry.job.span.in_scope(|| {
+            debug!(
+                skipped_sequences = skipped,
+                "client went away; request dropped from the queue"
+            )
+        });
         false
     });
 }
@@ -191,11 +223,21 @@ fn run_one_batch(queue: &mut VecDeque<Entry>, model: &Model, budget: usize, metr
             entry.started = true;
             let wait = entry.job.enqueued.elapsed();
             metrics.queue_wait.observe(wait.as_secs_f64());
-            entry.job.span.in_scope(|| debug!(queue_wait_ms = wait.as_secs_f64() * 1e3, "first forward pass"));
+            entry.job.span.in_scope(|| {
+                debug!(
+                    queue_wait_ms = wait.as_secs_f64() * 1e3,
+                    "first forward pass"
+                )
+            });
         }
     }
-    metrics.queued_sequences.fetch_sub(picks.len() as u64, Ordering::Relaxed);
-    let seqs: Vec<&Sequence> = picks.iter().map(|&(e, s)| &queue[e].job.plan.sequences[s]).collect();
+    metrics
+        .queued_sequences
+        .fetch_sub(picks.len() as u64, Ordering::Relaxed);
+    let seqs: Vec<&Sequence> = picks
+        .iter()
+        .map(|&(e, s)| &queue[e].job.plan.sequences[s])
+        .collect();
     let started = Instant::now();
     let outcome = catch_unwind(AssertUnwindSafe(|| model.run(&seqs)));
     let elapsed = started.elapsed().as_secs_f64();
@@ -203,8 +245,15 @@ fn run_one_batch(queue: &mut VecDeque<Entry>, model: &Model, budget: usize, metr
     metrics.batch_size.observe(picks.len() as f64);
     metrics.batch_tokens.observe(tokens as f64);
     metrics.batch_fill.observe(tokens as f64 / budget as f64);
-    metrics.forward_tokens.fetch_add(tokens as u64, Ordering::Relaxed);
-    debug!(sequences = picks.len(), tokens, inference_ms = elapsed * 1e3, "forward pass");
+    metrics
+        .forward_tokens
+        .fetch_add(tokens as u64, Ordering::Relaxed);
+    debug!(
+        sequences = picks.len(),
+        tokens,
+        inference_ms = elapsed * 1e3,
+        "forward pass"
+    );
 
     let mut failed = vec![false; queue.len()];
     match outcome {
@@ -214,7 +263,11 @@ fn run_one_batch(queue: &mut VecDeque<Entry>, model: &Model, budget: usize, metr
             }
         }
         Ok(sums) => {
-            error!(expected = picks.len(), got = sums.len(), "the model returned the wrong number of results");
+            error!(
+                expected = picks.len(),
+                got = sums.len(),
+                "the model returned the wrong number of results"
+            );
             picks.iter().for_each(|&(e, _)| failed[e] = true);
         }
         Err(panic) => {
@@ -253,14 +306,30 @@ mod tests {
         let sequences = lengths
             .iter()
             .enumerate()
-            .map(|(i, &n)| Sequence { ids: vec![0; n], adapter: None, spans: vec![Span { output: i, range: 0..n }] })
+            .map(|(i, &n)| Sequence {
+                ids: vec![0; n],
+                adapter: None,
+                spans: vec![Span {
+                    output: i,
+                    range: 0..n,
+                }],
+            })
             .collect();
-        Plan { sequences, outputs: lengths.len(), total_tokens: lengths.iter().sum() }
+        Plan {
+            sequences,
+            outputs: lengths.len(),
+            total_tokens: lengths.iter().sum(),
+        }
     }
 
     fn entry(lengths: &[usize]) -> (Entry, oneshot::Receiver<JobResult>) {
         let (reply, rx) = oneshot::channel();
-        let job = Job { plan: plan(lengths), reply, span: tracing::Span::none(), enqueued: Instant::now() };
+        let job = Job {
+            plan: plan(lengths),
+            reply,
+            span: tracing::Span::none(),
+            enqueued: Instant::now(),
+        };
         (Entry::new(job), rx)
     }
 

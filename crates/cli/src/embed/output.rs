@@ -18,7 +18,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context};
-use arrow_array::builder::{FixedSizeListBuilder, Float32Builder, Int8Builder, StringBuilder, UInt64Builder, UInt8Builder};
+use arrow_array::builder::{
+    FixedSizeListBuilder, Float32Builder, Int8Builder, StringBuilder, UInt64Builder, UInt8Builder,
+};
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use clap::ValueEnum;
@@ -47,7 +49,12 @@ impl OutputFormat {
         if self != OutputFormat::Auto {
             return self;
         }
-        match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
+        match path
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
             Some("npy") => OutputFormat::Npy,
             Some("parquet" | "pq") => OutputFormat::Parquet,
             _ => OutputFormat::Jsonl,
@@ -124,9 +131,21 @@ pub fn open(spec: &Spec, existing: Existing) -> anyhow::Result<(Box<dyn Sink>, u
         }
     }
     match format {
-        OutputFormat::Npy => Npy::open(spec, existing).map(|(s, n)| (Box::new(s) as Box<dyn Sink>, n)),
-        OutputFormat::Parquet => Parquet::open(spec, existing).map(|(s, n)| (Box::new(s) as Box<dyn Sink>, n)),
-        _ if stdout => Ok((Box::new(Jsonl { out: Box::new(BufWriter::new(io::stdout())), path: None, ty: spec.ty, rows: 0 }), 0)),
+        OutputFormat::Npy => {
+            Npy::open(spec, existing).map(|(s, n)| (Box::new(s) as Box<dyn Sink>, n))
+        }
+        OutputFormat::Parquet => {
+            Parquet::open(spec, existing).map(|(s, n)| (Box::new(s) as Box<dyn Sink>, n))
+        }
+        _ if stdout => Ok((
+            Box::new(Jsonl {
+                out: Box::new(BufWriter::new(io::stdout())),
+                path: None,
+                ty: spec.ty,
+                rows: 0,
+            }),
+            0,
+        )),
         _ => Jsonl::open(spec, existing).map(|(s, n)| (Box::new(s) as Box<dyn Sink>, n)),
     }
 }
@@ -151,48 +170,79 @@ struct Line<'a> {
 impl Jsonl {
     fn open(spec: &Spec, existing: Existing) -> anyhow::Result<(Jsonl, u64)> {
         let path = &spec.path;
-        let rows = if existing == Existing::Resume && path.exists() { keep_complete_lines(path, None)? } else { 0 };
+        let rows = if existing == Existing::Resume && path.exists() {
+            keep_complete_lines(path, None)?
+        } else {
+            0
+        };
         let file = if rows > 0 || (existing == Existing::Resume && path.exists()) {
             OpenOptions::new().append(true).open(path)
         } else {
             File::create(path)
         }
         .with_context(|| format!("opening {} for writing", path.display()))?;
-        Ok((Jsonl { out: Box::new(BufWriter::new(file)), path: Some(path.clone()), ty: spec.ty, rows }, rows))
+        Ok((
+            Jsonl {
+                out: Box::new(BufWriter::new(file)),
+                path: Some(path.clone()),
+                ty: spec.ty,
+                rows,
+            },
+            rows,
+        ))
     }
 }
 
 /// Cuts `path` after its last complete line (or after line `limit`), checks that each kept line
 /// is JSON, and returns the number of lines kept.
 fn keep_complete_lines(path: &Path, limit: Option<u64>) -> anyhow::Result<u64> {
-    let mut reader = BufReader::new(File::open(path).with_context(|| format!("opening {}", path.display()))?);
+    let mut reader =
+        BufReader::new(File::open(path).with_context(|| format!("opening {}", path.display()))?);
     let (mut lines, mut keep, mut line) = (0u64, 0u64, Vec::new());
     loop {
         if limit.is_some_and(|l| lines >= l) {
             break;
         }
         line.clear();
-        let n = reader.read_until(b'\n', &mut line).with_context(|| format!("reading {}", path.display()))?;
+        let n = reader
+            .read_until(b'\n', &mut line)
+            .with_context(|| format!("reading {}", path.display()))?;
         if n == 0 || line.last() != Some(&b'\n') {
             break;
         }
-        let value: serde_json::Value = serde_json::from_slice(&line)
-            .with_context(|| format!("cannot resume {}: line {} is not JSON", path.display(), lines + 1))?;
+        let value: serde_json::Value = serde_json::from_slice(&line).with_context(|| {
+            format!(
+                "cannot resume {}: line {} is not JSON",
+                path.display(),
+                lines + 1
+            )
+        })?;
         if value.get("index").and_then(|v| v.as_u64()) != Some(lines) {
             bail!("cannot resume {}: line {} has index {} but {lines} was expected (not an output of this tool, or reordered)", path.display(), lines + 1, value["index"]);
         }
         lines += 1;
         keep += n as u64;
     }
-    let file = OpenOptions::new().write(true).open(path).with_context(|| format!("opening {}", path.display()))?;
-    file.set_len(keep).with_context(|| format!("truncating {}", path.display()))?;
+    let file = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    file.set_len(keep)
+        .with_context(|| format!("truncating {}", path.display()))?;
     Ok(lines)
 }
 
 impl Sink for Jsonl {
     fn write(&mut self, rows: &[OutRow<'_>]) -> anyhow::Result<()> {
         for row in rows {
-            serde_json::to_writer(&mut self.out, &Line { index: row.index, id: row.id, embedding: encode(row.vector, self.ty) })?;
+            serde_json::to_writer(
+                &mut self.out,
+                &Line {
+                    index: row.index,
+                    id: row.id,
+                    embedding: encode(row.vector, self.ty),
+                },
+            )?;
             self.out.write_all(b"\n")?;
         }
         self.rows += rows.len() as u64;
@@ -204,7 +254,9 @@ impl Sink for Jsonl {
     }
     fn rewind(&mut self, rows: u64) -> anyhow::Result<()> {
         self.out.flush()?;
-        let Some(path) = &self.path else { bail!("cannot rewind stdout") };
+        let Some(path) = &self.path else {
+            bail!("cannot rewind stdout")
+        };
         let kept = keep_complete_lines(path, Some(rows))?;
         if kept != rows {
             bail!("{} holds {kept} rows, fewer than {rows}", path.display());
@@ -243,7 +295,8 @@ fn npy_layout(spec: &Spec) -> (&'static str, usize) {
 
 /// The 128-byte `.npy` (version 1.0) header of a C-order 2-D array.
 pub fn npy_header(descr: &str, rows: u64, cols: usize) -> Vec<u8> {
-    let dict = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': ({rows}, {cols}), }}");
+    let dict =
+        format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': ({rows}, {cols}), }}");
     let mut header = b"\x93NUMPY\x01\x00".to_vec();
     header.extend_from_slice(&((NPY_HEADER - 10) as u16).to_le_bytes());
     header.extend_from_slice(dict.as_bytes());
@@ -254,24 +307,40 @@ pub fn npy_header(descr: &str, rows: u64, cols: usize) -> Vec<u8> {
 
 /// Reads the header written by [`npy_header`]: (descr, rows, cols).
 fn parse_npy_header(path: &Path, bytes: &[u8]) -> anyhow::Result<(String, u64, usize)> {
-    let bad = |what: &str| anyhow!("cannot resume {}: {what} (not a .npy file written by jina-embed)", path.display());
+    let bad = |what: &str| {
+        anyhow!(
+            "cannot resume {}: {what} (not a .npy file written by jina-embed)",
+            path.display()
+        )
+    };
     if bytes.len() < NPY_HEADER || &bytes[..8] != b"\x93NUMPY\x01\x00" {
         return Err(bad("no NumPy 1.0 header"));
     }
     if u16::from_le_bytes([bytes[8], bytes[9]]) as usize != NPY_HEADER - 10 {
         return Err(bad("a header of another length"));
     }
-    let dict = std::str::from_utf8(&bytes[10..NPY_HEADER]).map_err(|_| bad("a header that is not text"))?;
+    let dict = std::str::from_utf8(&bytes[10..NPY_HEADER])
+        .map_err(|_| bad("a header that is not text"))?;
     let field = |key: &str| -> Option<&str> {
         let start = dict.find(key)? + key.len();
         let rest = &dict[start..];
         Some(&rest[..rest.find(['\'', ')'])?])
     };
-    let descr = field("'descr': '").ok_or_else(|| bad("no descr"))?.to_string();
+    let descr = field("'descr': '")
+        .ok_or_else(|| bad("no descr"))?
+        .to_string();
     let shape = field("'shape': (").ok_or_else(|| bad("no shape"))?;
-    let (rows, cols) = shape.split_once(',').ok_or_else(|| bad("a shape that is not 2-D"))?;
-    let rows = rows.trim().parse().map_err(|_| bad("an unreadable row count"))?;
-    let cols = cols.trim().parse().map_err(|_| bad("an unreadable column count"))?;
+    let (rows, cols) = shape
+        .split_once(',')
+        .ok_or_else(|| bad("a shape that is not 2-D"))?;
+    let rows = rows
+        .trim()
+        .parse()
+        .map_err(|_| bad("an unreadable row count"))?;
+    let cols = cols
+        .trim()
+        .parse()
+        .map_err(|_| bad("an unreadable column count"))?;
     Ok((descr, rows, cols))
 }
 
@@ -282,24 +351,53 @@ impl Npy {
         let path = spec.path.clone();
         let shown = path.display().to_string();
         if existing == Existing::Resume && path.exists() {
-            let mut file = OpenOptions::new().read(true).write(true).open(&path).with_context(|| format!("opening {shown}"))?;
+            let mut file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .with_context(|| format!("opening {shown}"))?;
             let mut header = vec![0u8; NPY_HEADER];
-            file.read_exact(&mut header).with_context(|| format!("cannot resume {shown}: shorter than a .npy header"))?;
+            file.read_exact(&mut header)
+                .with_context(|| format!("cannot resume {shown}: shorter than a .npy header"))?;
             let (found_descr, rows, found_cols) = parse_npy_header(&path, &header)?;
             if found_descr != descr || found_cols != cols {
                 bail!("cannot resume {shown}: it holds {found_descr} rows of {found_cols} values, this run writes {descr} rows of {cols} (check --embedding-type and --dimensions)");
             }
             let len = (NPY_HEADER + rows as usize * row_bytes) as u64;
             if file.metadata()?.len() < len {
-                bail!("cannot resume {shown}: its header counts {rows} rows but the file is shorter");
+                bail!(
+                    "cannot resume {shown}: its header counts {rows} rows but the file is shorter"
+                );
             }
-            file.set_len(len).with_context(|| format!("truncating {shown}"))?;
+            file.set_len(len)
+                .with_context(|| format!("truncating {shown}"))?;
             file.seek(SeekFrom::End(0))?;
-            return Ok((Npy { path, file: BufWriter::new(file), descr, row_bytes, cols, rows }, rows));
+            return Ok((
+                Npy {
+                    path,
+                    file: BufWriter::new(file),
+                    descr,
+                    row_bytes,
+                    cols,
+                    rows,
+                },
+                rows,
+            ));
         }
         let mut file = File::create(&path).with_context(|| format!("creating {shown}"))?;
-        file.write_all(&npy_header(descr, 0, cols)).with_context(|| format!("writing {shown}"))?;
-        Ok((Npy { path, file: BufWriter::new(file), descr, row_bytes, cols, rows: 0 }, 0))
+        file.write_all(&npy_header(descr, 0, cols))
+            .with_context(|| format!("writing {shown}"))?;
+        Ok((
+            Npy {
+                path,
+                file: BufWriter::new(file),
+                descr,
+                row_bytes,
+                cols,
+                rows: 0,
+            },
+            0,
+        ))
     }
 }
 
@@ -309,19 +407,31 @@ impl Sink for Npy {
             let bytes: Vec<u8> = match self.descr {
                 "<f4" => row.vector.iter().flat_map(|x| x.to_le_bytes()).collect(),
                 "|u1" => pack_bits(row.vector),
-                _ => pack_bits(row.vector).into_iter().map(|b| (b as i16 - 128) as i8 as u8).collect(),
+                _ => pack_bits(row.vector)
+                    .into_iter()
+                    .map(|b| (b as i16 - 128) as i8 as u8)
+                    .collect(),
             };
             if bytes.len() != self.row_bytes {
-                bail!("row {} has {} bytes, expected {}", row.index, bytes.len(), self.row_bytes);
+                bail!(
+                    "row {} has {} bytes, expected {}",
+                    row.index,
+                    bytes.len(),
+                    self.row_bytes
+                );
             }
-            self.file.write_all(&bytes).with_context(|| format!("writing {}", self.path.display()))?;
+            self.file
+                .write_all(&bytes)
+                .with_context(|| format!("writing {}", self.path.display()))?;
         }
         self.rows += rows.len() as u64;
         Ok(())
     }
     fn commit(&mut self) -> anyhow::Result<()> {
         // Data first, then the header that counts it.
-        self.file.flush().with_context(|| format!("writing {}", self.path.display()))?;
+        self.file
+            .flush()
+            .with_context(|| format!("writing {}", self.path.display()))?;
         let file = self.file.get_mut();
         file.seek(SeekFrom::Start(0))?;
         file.write_all(&npy_header(self.descr, self.rows, self.cols))?;
@@ -332,13 +442,18 @@ impl Sink for Npy {
         self.commit()?;
         self.rows = rows.min(self.rows);
         self.commit()?;
-        self.file.get_mut().set_len((NPY_HEADER + self.rows as usize * self.row_bytes) as u64)?;
+        self.file
+            .get_mut()
+            .set_len((NPY_HEADER + self.rows as usize * self.row_bytes) as u64)?;
         self.file.get_mut().seek(SeekFrom::End(0))?;
         Ok(())
     }
     fn finish(mut self: Box<Self>) -> anyhow::Result<()> {
         self.commit()?;
-        self.file.get_mut().sync_all().with_context(|| format!("syncing {}", self.path.display()))?;
+        self.file
+            .get_mut()
+            .sync_all()
+            .with_context(|| format!("syncing {}", self.path.display()))?;
         Ok(())
     }
 }
@@ -389,8 +504,17 @@ fn parquet_rows(path: &Path, schema: &SchemaRef) -> anyhow::Result<u64> {
     let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(file)
         .with_context(|| format!("{} is not a complete Parquet file", path.display()))?;
-    let found: Vec<(String, DataType)> = builder.schema().fields().iter().map(|f| (f.name().clone(), f.data_type().clone())).collect();
-    let want: Vec<(String, DataType)> = schema.fields().iter().map(|f| (f.name().clone(), f.data_type().clone())).collect();
+    let found: Vec<(String, DataType)> = builder
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| (f.name().clone(), f.data_type().clone()))
+        .collect();
+    let want: Vec<(String, DataType)> = schema
+        .fields()
+        .iter()
+        .map(|f| (f.name().clone(), f.data_type().clone()))
+        .collect();
     if found != want {
         bail!("cannot resume {}: its columns are {found:?}, this run writes {want:?} (check --embedding-type, --dimensions and --id-field)", path.display());
     }
@@ -404,7 +528,8 @@ impl Parquet {
         let parts = parts_dir(&path);
         if existing != Existing::Resume {
             if parts.exists() {
-                fs::remove_dir_all(&parts).with_context(|| format!("removing {}", parts.display()))?;
+                fs::remove_dir_all(&parts)
+                    .with_context(|| format!("removing {}", parts.display()))?;
             }
             if path.exists() {
                 fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
@@ -417,7 +542,8 @@ impl Parquet {
         fs::create_dir_all(&parts).with_context(|| format!("creating {}", parts.display()))?;
         if path.exists() {
             parquet_rows(&path, &schema)?;
-            fs::rename(&path, parts.join(part_name(0))).with_context(|| format!("moving {} into {}", path.display(), parts.display()))?;
+            fs::rename(&path, parts.join(part_name(0)))
+                .with_context(|| format!("moving {} into {}", path.display(), parts.display()))?;
         }
         let mut durable = 0;
         let mut next_part = 0;
@@ -436,7 +562,19 @@ impl Parquet {
                 fs::remove_file(&file).with_context(|| format!("removing {}", file.display()))?;
             }
         }
-        Ok((Parquet { path, parts, schema, ty: spec.ty, width, next_part, buffered: Vec::new(), durable }, durable))
+        Ok((
+            Parquet {
+                path,
+                parts,
+                schema,
+                ty: spec.ty,
+                width,
+                next_part,
+                buffered: Vec::new(),
+                durable,
+            },
+            durable,
+        ))
     }
 
     fn batch(&self, rows: &[(u64, Option<String>, Vec<f32>)]) -> anyhow::Result<RecordBatch> {
@@ -448,7 +586,11 @@ impl Parquet {
         }
         let embedding: ArrayRef = match self.ty {
             EmbeddingType::Float | EmbeddingType::Base64 => {
-                let mut b = FixedSizeListBuilder::with_capacity(Float32Builder::new(), self.width as i32, rows.len());
+                let mut b = FixedSizeListBuilder::with_capacity(
+                    Float32Builder::new(),
+                    self.width as i32,
+                    rows.len(),
+                );
                 for (_, _, v) in rows {
                     b.values().append_slice(v);
                     b.append(true);
@@ -456,7 +598,11 @@ impl Parquet {
                 Arc::new(b.finish())
             }
             EmbeddingType::Ubinary => {
-                let mut b = FixedSizeListBuilder::with_capacity(UInt8Builder::new(), self.width as i32, rows.len());
+                let mut b = FixedSizeListBuilder::with_capacity(
+                    UInt8Builder::new(),
+                    self.width as i32,
+                    rows.len(),
+                );
                 for (_, _, v) in rows {
                     b.values().append_slice(&pack_bits(v));
                     b.append(true);
@@ -464,9 +610,16 @@ impl Parquet {
                 Arc::new(b.finish())
             }
             EmbeddingType::Binary => {
-                let mut b = FixedSizeListBuilder::with_capacity(Int8Builder::new(), self.width as i32, rows.len());
+                let mut b = FixedSizeListBuilder::with_capacity(
+                    Int8Builder::new(),
+                    self.width as i32,
+                    rows.len(),
+                );
                 for (_, _, v) in rows {
-                    let bytes: Vec<i8> = pack_bits(v).into_iter().map(|b| (b as i16 - 128) as i8).collect();
+                    let bytes: Vec<i8> = pack_bits(v)
+                        .into_iter()
+                        .map(|b| (b as i16 - 128) as i8)
+                        .collect();
                     b.values().append_slice(&bytes);
                     b.append(true);
                 }
@@ -492,8 +645,11 @@ impl Parquet {
         let file = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
         let mut writer = ArrowWriter::try_new(file, self.schema.clone(), None)?;
         writer.write(&batch)?;
-        writer.close().with_context(|| format!("writing {}", tmp.display()))?;
-        fs::rename(&tmp, self.parts.join(&name)).with_context(|| format!("renaming {}", tmp.display()))?;
+        writer
+            .close()
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        fs::rename(&tmp, self.parts.join(&name))
+            .with_context(|| format!("renaming {}", tmp.display()))?;
         self.durable += self.buffered.len() as u64;
         self.buffered.clear();
         self.next_part += 1;
@@ -504,7 +660,8 @@ impl Parquet {
 impl Sink for Parquet {
     fn write(&mut self, rows: &[OutRow<'_>]) -> anyhow::Result<()> {
         for row in rows {
-            self.buffered.push((row.index, row.id.map(str::to_string), row.vector.to_vec()));
+            self.buffered
+                .push((row.index, row.id.map(str::to_string), row.vector.to_vec()));
         }
         if self.buffered.len() >= PART_ROWS {
             self.flush_part()?;
@@ -531,15 +688,21 @@ impl Sink for Parquet {
         let mut writer = ArrowWriter::try_new(file, self.schema.clone(), None)?;
         for n in 0..self.next_part {
             let part = self.parts.join(part_name(n));
-            let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(&part).with_context(|| format!("opening {}", part.display()))?)?
-                .build()?;
+            let reader = ParquetRecordBatchReaderBuilder::try_new(
+                File::open(&part).with_context(|| format!("opening {}", part.display()))?,
+            )?
+            .build()?;
             for batch in reader {
                 writer.write(&batch.with_context(|| format!("reading {}", part.display()))?)?;
             }
         }
-        writer.close().with_context(|| format!("writing {}", tmp.display()))?;
-        fs::rename(&tmp, &self.path).with_context(|| format!("renaming {} to {}", tmp.display(), self.path.display()))?;
-        fs::remove_dir_all(&self.parts).with_context(|| format!("removing {}", self.parts.display()))?;
+        writer
+            .close()
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        fs::rename(&tmp, &self.path)
+            .with_context(|| format!("renaming {} to {}", tmp.display(), self.path.display()))?;
+        fs::remove_dir_all(&self.parts)
+            .with_context(|| format!("removing {}", self.parts.display()))?;
         Ok(())
     }
 }

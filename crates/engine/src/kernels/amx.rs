@@ -84,7 +84,13 @@ pub(crate) fn configure() {
 }
 
 fn load_config() {
-    let mut config = TileConfig { palette: 1, start_row: 0, reserved: [0; 14], colsb: [0; 16], rows: [0; 16] };
+    let mut config = TileConfig {
+        palette: 1,
+        start_row: 0,
+        reserved: [0; 14],
+        colsb: [0; 16],
+        rows: [0; 16],
+    };
     for t in 0..8 {
         config.colsb[t] = 64;
         config.rows[t] = 16;
@@ -102,15 +108,50 @@ fn load_config() {
 /// tile steps, `b` for `steps` tile steps of 32 columns, `c` readable (when accumulating)
 /// and writable for 32 rows of 32 f32.
 #[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn block(a: *const u32, a_layout: ALayout, parts: usize, b: *const u32, b_layout: BLayout, steps: usize, c: Output, int8: bool) {
-    let ALayout { stride: a_stride, step: a_step, part: a_part, lower: a_lower, .. } = a_layout;
-    let BLayout { stride: b_stride, step: b_step, second: b_second, prefetch: prefetch_ahead } = b_layout;
-    let Output { ptr: c, row_stride, init } = c;
+pub(crate) unsafe fn block(
+    a: *const u32,
+    a_layout: ALayout,
+    parts: usize,
+    b: *const u32,
+    b_layout: BLayout,
+    steps: usize,
+    c: Output,
+    int8: bool,
+) {
+    let ALayout {
+        stride: a_stride,
+        step: a_step,
+        part: a_part,
+        lower: a_lower,
+        ..
+    } = a_layout;
+    let BLayout {
+        stride: b_stride,
+        step: b_step,
+        second: b_second,
+        prefetch: prefetch_ahead,
+    } = b_layout;
+    let Output {
+        ptr: c,
+        row_stride,
+        init,
+    } = c;
     let sc = row_stride * 4;
-    let (c0, c1, c2, c3) = (c, c.add(16), c.add(16 * row_stride), c.add(16 * row_stride + 16));
+    let (c0, c1, c2, c3) = (
+        c,
+        c.add(16),
+        c.add(16 * row_stride),
+        c.add(16 * row_stride + 16),
+    );
     match init {
         TileInit::Zero => {
-            asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nostack, nomem))
+            asm!(
+                "tilezero tmm0",
+                "tilezero tmm1",
+                "tilezero tmm2",
+                "tilezero tmm3",
+                options(nostack, nomem)
+            )
         }
         TileInit::Accumulate => asm!(
             "tileloadd tmm0, [{c0} + {sc}*1]",

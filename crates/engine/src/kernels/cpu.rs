@@ -161,9 +161,9 @@ impl Cpu {
     pub fn host_checked() -> Result<Cpu, Error> {
         match std::env::var("JINA_MAX_ISA") {
             Ok(value) if !value.trim().is_empty() => {
-                let cap: Isa = value
-                    .parse()
-                    .map_err(|e: Error| Error::InvalidRequest(format!("JINA_MAX_ISA={value}: {e}")))?;
+                let cap: Isa = value.parse().map_err(|e: Error| {
+                    Error::InvalidRequest(format!("JINA_MAX_ISA={value}: {e}"))
+                })?;
                 Ok(Cpu::detected().capped(cap))
             }
             _ => Ok(Cpu::detected()),
@@ -198,19 +198,32 @@ impl Cpu {
         let chain: [(Isa, bool); 8] = [
             (Isa::Avx2, self.avx2),
             (Isa::Avx512, self.avx2 && self.avx512),
-            (Isa::Avx512Bf16, self.avx2 && self.avx512 && self.avx512_bf16),
-            (Isa::Amx, self.avx2 && self.avx512 && self.avx512_bf16 && self.amx_bf16),
+            (
+                Isa::Avx512Bf16,
+                self.avx2 && self.avx512 && self.avx512_bf16,
+            ),
+            (
+                Isa::Amx,
+                self.avx2 && self.avx512 && self.avx512_bf16 && self.amx_bf16,
+            ),
             (Isa::Neon, self.neon),
             (Isa::Dotprod, self.neon && self.dotprod),
             (Isa::I8mm, self.neon && self.dotprod && self.i8mm),
             (Isa::Bf16, self.neon && self.dotprod && self.bf16),
         ];
-        chain.iter().filter(|(_, has)| *has).map(|(isa, _)| *isa).max().unwrap_or(Isa::Scalar)
+        chain
+            .iter()
+            .filter(|(_, has)| *has)
+            .map(|(isa, _)| *isa)
+            .max()
+            .unwrap_or(Isa::Scalar)
     }
 
     /// The levels this CPU can be capped to, lowest first: what the tests run once each.
     pub fn variants(self) -> Vec<Isa> {
-        Isa::native().filter(|&isa| isa <= self.level() && self.capped(isa).level() == isa).collect()
+        Isa::native()
+            .filter(|&isa| isa <= self.level() && self.capped(isa).level() == isa)
+            .collect()
     }
 
     /// [`Cpu::variants`] as the tests run them: all of them, or those `JINA_TEST_VARIANTS` names
@@ -222,7 +235,10 @@ impl Cpu {
         let all = self.variants();
         match std::env::var("JINA_TEST_VARIANTS") {
             Ok(list) if list.trim() == "top" => vec![self.level()],
-            Ok(list) if !list.trim().is_empty() => all.into_iter().filter(|isa| list.split(',').any(|v| v.trim() == isa.name())).collect(),
+            Ok(list) if !list.trim().is_empty() => all
+                .into_iter()
+                .filter(|isa| list.split(',').any(|v| v.trim() == isa.name()))
+                .collect(),
             _ => all,
         }
     }
@@ -241,7 +257,10 @@ impl Cpu {
             ("i8mm", self.i8mm),
             ("bf16", self.bf16),
         ];
-        all.into_iter().filter(|(_, has)| *has).map(|(name, _)| name).collect()
+        all.into_iter()
+            .filter(|(_, has)| *has)
+            .map(|(name, _)| name)
+            .collect()
     }
 }
 
@@ -252,10 +271,16 @@ impl Cpu {
 #[doc(hidden)]
 pub fn record_variant(test: &str, isa: Isa) {
     use std::io::Write;
-    let Some(path) = std::env::var_os("JINA_VARIANT_LOG") else { return };
+    let Some(path) = std::env::var_os("JINA_VARIANT_LOG") else {
+        return;
+    };
     let line = format!("{test} {isa}\n");
     // One write per line, in append mode: lines from parallel tests do not interleave.
-    let written = std::fs::OpenOptions::new().create(true).append(true).open(&path).and_then(|mut f| f.write_all(line.as_bytes()));
+    let written = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .and_then(|mut f| f.write_all(line.as_bytes()));
     if let Err(e) = written {
         panic!("JINA_VARIANT_LOG={}: {e}", path.to_string_lossy());
     }
@@ -364,11 +389,24 @@ mod tests {
         assert_eq!(all.capped(Isa::Avx512Bf16).level(), Isa::Avx512Bf16);
         assert!(!all.capped(Isa::Avx512Bf16).amx_int8);
         assert!(all.capped(Isa::Avx512).avx512_vnni && !all.capped(Isa::Avx512).avx512_bf16);
-        assert_eq!(all.capped(Isa::Avx2), Cpu { avx2: true, ..Cpu::SCALAR });
+        assert_eq!(
+            all.capped(Isa::Avx2),
+            Cpu {
+                avx2: true,
+                ..Cpu::SCALAR
+            }
+        );
         assert_eq!(all.capped(Isa::Scalar), Cpu::SCALAR);
-        let zen4 = Cpu { amx_bf16: false, amx_int8: false, ..all };
+        let zen4 = Cpu {
+            amx_bf16: false,
+            amx_int8: false,
+            ..all
+        };
         if cfg!(target_arch = "x86_64") {
-            assert_eq!(zen4.variants(), [Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Avx512Bf16]);
+            assert_eq!(
+                zen4.variants(),
+                [Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Avx512Bf16]
+            );
         }
     }
 
@@ -377,10 +415,17 @@ mod tests {
         for isa in Isa::native() {
             assert_eq!(isa.name().parse::<Isa>().unwrap(), isa);
         }
-        assert_eq!("AVX2".parse::<Isa>().ok(), cfg!(target_arch = "x86_64").then_some(Isa::Avx2));
+        assert_eq!(
+            "AVX2".parse::<Isa>().ok(),
+            cfg!(target_arch = "x86_64").then_some(Isa::Avx2)
+        );
         let err = "avx3".parse::<Isa>().unwrap_err().to_string();
         assert!(err.contains("\"avx3\"") && err.contains("scalar"), "{err}");
-        let foreign = if cfg!(target_arch = "x86_64") { "neon" } else { "avx2" };
+        let foreign = if cfg!(target_arch = "x86_64") {
+            "neon"
+        } else {
+            "avx2"
+        };
         let err = foreign.parse::<Isa>().unwrap_err().to_string();
         assert!(err.contains("not one of this architecture"), "{err}");
     }

@@ -31,7 +31,14 @@ pub fn add_residual_layer_norm(
 }
 
 /// `x = LayerNorm(x)` row by row, in place.
-pub fn layer_norm_in_place(x: &mut [f32], width: usize, weight: &[f32], bias: &[f32], eps: f32, cpu: Cpu) {
+pub fn layer_norm_in_place(
+    x: &mut [f32],
+    width: usize,
+    weight: &[f32],
+    bias: &[f32],
+    eps: f32,
+    cpu: Cpu,
+) {
     x.par_chunks_mut(width * ROWS_PER_TASK).for_each(|xs| {
         for row in xs.chunks_exact_mut(width) {
             normalize_row(row, weight, bias, eps, cpu);
@@ -79,7 +86,8 @@ fn lane_sum(row: &[f32], term: impl Fn(f32) -> f64) -> f64 {
 /// erf is the Abramowitz–Stegun 7.1.26 rational form (absolute error ≤ 1.5e-7), the same one
 /// PyTorch's vectorised CPU GELU uses, so it vectorises and tracks the reference closely.
 pub fn gelu_erf_in_place(x: &mut [f32], cpu: Cpu) {
-    x.par_chunks_mut(1 << 14).for_each(|chunk| gelu_slice(chunk, cpu));
+    x.par_chunks_mut(1 << 14)
+        .for_each(|chunk| gelu_slice(chunk, cpu));
 }
 
 /// [`gelu_erf_in_place`] on one thread (product epilogues call it on each output block).
@@ -105,7 +113,9 @@ pub fn gelu_fast(x: f32) -> f32 {
 fn erf_as(z: f32) -> f32 {
     let a = z.abs();
     let t = 1.0 / (1.0 + 0.327_591_1 * a);
-    let poly = ((((1.061_405_4 * t - 1.453_152) * t + 1.421_413_8) * t - 0.284_496_72) * t + 0.254_829_6) * t;
+    let poly = ((((1.061_405_4 * t - 1.453_152) * t + 1.421_413_8) * t - 0.284_496_72) * t
+        + 0.254_829_6)
+        * t;
     let r = 1.0 - poly * super::softmax::exp(-a * a);
     if z < 0.0 {
         -r
@@ -140,7 +150,11 @@ mod tests {
             (-1.0, -0.842700792949715),
         ];
         for (x, want) in cases {
-            assert!((libm::erf(x) - want).abs() < 1e-13, "erf({x}) = {}", libm::erf(x));
+            assert!(
+                (libm::erf(x) - want).abs() < 1e-13,
+                "erf({x}) = {}",
+                libm::erf(x)
+            );
         }
     }
 

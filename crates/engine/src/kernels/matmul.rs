@@ -30,7 +30,10 @@ pub fn matmul_transposed(
     init: MatmulInit,
     parallel: bool,
 ) {
-    assert!(rows == 0 || x.len() >= (rows - 1) * x_stride + k, "x too short");
+    assert!(
+        rows == 0 || x.len() >= (rows - 1) * x_stride + k,
+        "x too short"
+    );
     assert!(w.len() >= n * k, "w too short");
     assert!(out.len() >= rows * n, "out too short");
     if rows == 0 || n == 0 {
@@ -90,28 +93,43 @@ pub fn matmul_transposed(
 /// rank-4 down-projection): each output is one dot product of `k` values, in [`DOT_LANES`]
 /// independent sums, with rows split across the rayon pool. A general GEMM is built for wide
 /// outputs and spent more on packing than on these products, on one thread.
-pub fn matmul_thin(x: &[f32], rows: usize, k: usize, w: &[f32], n: usize, out: &mut [f32], cpu: Cpu) {
+pub fn matmul_thin(
+    x: &[f32],
+    rows: usize,
+    k: usize,
+    w: &[f32],
+    n: usize,
+    out: &mut [f32],
+    cpu: Cpu,
+) {
     use rayon::prelude::*;
     assert!(x.len() >= rows * k && w.len() >= n * k && out.len() >= rows * n);
     if n == 0 {
         return;
     }
     let rows_per_task = (1 << 16) / k.max(1) + 1;
-    out[..rows * n].par_chunks_mut(n * rows_per_task).enumerate().for_each(|(task, out)| {
-        for (i, dst) in out.chunks_exact_mut(n).enumerate() {
-            let row = &x[(task * rows_per_task + i) * k..][..k];
-            // Four outputs per pass over the row: four independent chains of additions where
-            // one alone waited on its own latency (LoRA's rank is 4).
-            let mut quads = dst.chunks_exact_mut(4);
-            let mut w_quads = w.chunks_exact(4 * k);
-            for (d, w4) in (&mut quads).zip(&mut w_quads) {
-                d.copy_from_slice(&dot4(row, w4, cpu));
+    out[..rows * n]
+        .par_chunks_mut(n * rows_per_task)
+        .enumerate()
+        .for_each(|(task, out)| {
+            for (i, dst) in out.chunks_exact_mut(n).enumerate() {
+                let row = &x[(task * rows_per_task + i) * k..][..k];
+                // Four outputs per pass over the row: four independent chains of additions where
+                // one alone waited on its own latency (LoRA's rank is 4).
+                let mut quads = dst.chunks_exact_mut(4);
+                let mut w_quads = w.chunks_exact(4 * k);
+                for (d, w4) in (&mut quads).zip(&mut w_quads) {
+                    d.copy_from_slice(&dot4(row, w4, cpu));
+                }
+                for (d, w_row) in quads
+                    .into_remainder()
+                    .iter_mut()
+                    .zip(w_quads.remainder().chunks_exact(k))
+                {
+                    *d = dot(row, w_row, cpu);
+                }
             }
-            for (d, w_row) in quads.into_remainder().iter_mut().zip(w_quads.remainder().chunks_exact(k)) {
-                *d = dot(row, w_row, cpu);
-            }
-        }
-    });
+        });
 }
 
 /// Independent partial sums of [`dot`]: enough for the adds to vectorise and pipeline.
@@ -132,9 +150,15 @@ fn dot4(a: &[f32], b: &[f32], cpu: Cpu) -> [f32; 4] {
 fn dot4_generic(a: &[f32], b: &[f32]) -> [f32; 4] {
     let k = a.len();
     let (a_chunks, a_tail) = a.as_chunks::<DOT_LANES>();
-    let [r0, r1, r2, r3] = [&b[..k], &b[k..2 * k], &b[2 * k..3 * k], &b[3 * k..4 * k]].map(|row| row.as_chunks::<DOT_LANES>());
+    let [r0, r1, r2, r3] = [&b[..k], &b[k..2 * k], &b[2 * k..3 * k], &b[3 * k..4 * k]]
+        .map(|row| row.as_chunks::<DOT_LANES>());
     // Four named accumulators (an array of them indexed by row stayed scalar, on the stack).
-    let (mut l0, mut l1, mut l2, mut l3) = ([0f32; DOT_LANES], [0f32; DOT_LANES], [0f32; DOT_LANES], [0f32; DOT_LANES]);
+    let (mut l0, mut l1, mut l2, mut l3) = (
+        [0f32; DOT_LANES],
+        [0f32; DOT_LANES],
+        [0f32; DOT_LANES],
+        [0f32; DOT_LANES],
+    );
     for (c, x) in a_chunks.iter().enumerate() {
         let (y0, y1, y2, y3) = (&r0.0[c], &r1.0[c], &r2.0[c], &r3.0[c]);
         for i in 0..DOT_LANES {
@@ -148,14 +172,24 @@ fn dot4_generic(a: &[f32], b: &[f32]) -> [f32; 4] {
         let tail: f32 = a_tail.iter().zip(row_tail).map(|(x, y)| x * y).sum();
         lanes.iter().sum::<f32>() + tail
     };
-    [finish(l0, r0.1), finish(l1, r1.1), finish(l2, r2.1), finish(l3, r3.1)]
+    [
+        finish(l0, r0.1),
+        finish(l1, r1.1),
+        finish(l2, r2.1),
+        finish(l3, r3.1),
+    ]
 }
 
 #[inline(always)]
 fn dot_generic(a: &[f32], b: &[f32]) -> f32 {
     let mut lanes = [0f32; DOT_LANES];
     let (a_chunks, b_chunks) = (a.chunks_exact(DOT_LANES), b.chunks_exact(DOT_LANES));
-    let tail: f32 = a_chunks.remainder().iter().zip(b_chunks.remainder()).map(|(x, y)| x * y).sum();
+    let tail: f32 = a_chunks
+        .remainder()
+        .iter()
+        .zip(b_chunks.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
     for (ca, cb) in a_chunks.zip(b_chunks) {
         for ((l, x), y) in lanes.iter_mut().zip(ca).zip(cb) {
             *l += x * y;
@@ -171,10 +205,21 @@ mod tests {
     #[test]
     fn four_dot_products_at_once_give_the_same_bits_as_one_by_one() {
         for k in [1, 15, 16, 17, 1024, 1027] {
-            let a: Vec<f32> = (0..k).map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0).collect();
-            let b: Vec<f32> = (0..4 * k).map(|i| ((i * 53 % 97) as f32 - 48.0) / 11.0).collect();
-            let one_by_one: Vec<u32> = b.chunks_exact(k).map(|row| dot(&a, row, Cpu::detected()).to_bits()).collect();
-            assert_eq!(dot4(&a, &b, Cpu::detected()).map(f32::to_bits).to_vec(), one_by_one, "k = {k}");
+            let a: Vec<f32> = (0..k)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+                .collect();
+            let b: Vec<f32> = (0..4 * k)
+                .map(|i| ((i * 53 % 97) as f32 - 48.0) / 11.0)
+                .collect();
+            let one_by_one: Vec<u32> = b
+                .chunks_exact(k)
+                .map(|row| dot(&a, row, Cpu::detected()).to_bits())
+                .collect();
+            assert_eq!(
+                dot4(&a, &b, Cpu::detected()).map(f32::to_bits).to_vec(),
+                one_by_one,
+                "k = {k}"
+            );
         }
     }
 }

@@ -3,11 +3,20 @@
 use super::attention::SequenceRange;
 
 /// `x[rows × k] · w[n × k]ᵀ (+ bias)` with f64 accumulation.
-pub fn matmul_transposed(x: &[f32], rows: usize, k: usize, w: &[f32], n: usize, bias: Option<&[f32]>) -> Vec<f32> {
+pub fn matmul_transposed(
+    x: &[f32],
+    rows: usize,
+    k: usize,
+    w: &[f32],
+    n: usize,
+    bias: Option<&[f32]>,
+) -> Vec<f32> {
     let mut out = vec![0f32; rows * n];
     for r in 0..rows {
         for j in 0..n {
-            let dot: f64 = (0..k).map(|kk| x[r * k + kk] as f64 * w[j * k + kk] as f64).sum();
+            let dot: f64 = (0..k)
+                .map(|kk| x[r * k + kk] as f64 * w[j * k + kk] as f64)
+                .sum();
             out[r * n + j] = (dot + bias.map_or(0.0, |b| b[j] as f64)) as f32;
         }
     }
@@ -28,7 +37,11 @@ pub fn attention(qkv: &[f32], sequences: &[SequenceRange], heads: usize, d: usiz
                 let scores: Vec<f64> = (0..seq.len)
                     .map(|j| {
                         let k = &qkv[(seq.start + j) * stride + hidden + h * d..][..d];
-                        q.iter().zip(k).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>() * scale
+                        q.iter()
+                            .zip(k)
+                            .map(|(a, b)| *a as f64 * *b as f64)
+                            .sum::<f64>()
+                            * scale
                     })
                     .collect();
                 let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
@@ -36,7 +49,9 @@ pub fn attention(qkv: &[f32], sequences: &[SequenceRange], heads: usize, d: usiz
                 let total: f64 = exps.iter().sum();
                 for c in 0..d {
                     let v: f64 = (0..seq.len)
-                        .map(|j| exps[j] * qkv[(seq.start + j) * stride + 2 * hidden + h * d + c] as f64)
+                        .map(|j| {
+                            exps[j] * qkv[(seq.start + j) * stride + 2 * hidden + h * d + c] as f64
+                        })
                         .sum();
                     ctx[(seq.start + i) * hidden + h * d + c] = (v / total) as f32;
                 }
@@ -69,15 +84,36 @@ mod tests {
 
     #[test]
     fn matmul_matches_reference_on_awkward_shapes() {
-        for &(rows, k, n) in &[(1, 1, 1), (0, 4, 3), (3, 0, 2), (7, 13, 5), (17, 64, 33), (65, 127, 129), (128, 256, 96)] {
+        for &(rows, k, n) in &[
+            (1, 1, 1),
+            (0, 4, 3),
+            (3, 0, 2),
+            (7, 13, 5),
+            (17, 64, 33),
+            (65, 127, 129),
+            (128, 256, 96),
+        ] {
             let x = noise(rows * k, 1);
             let w = noise(n * k, 2);
             let bias = noise(n, 3);
             let mut out = vec![f32::NAN; rows * n];
-            matmul_transposed(&x, k, rows, k, &w, n, &mut out, MatmulInit::Bias(&bias), true);
+            matmul_transposed(
+                &x,
+                k,
+                rows,
+                k,
+                &w,
+                n,
+                &mut out,
+                MatmulInit::Bias(&bias),
+                true,
+            );
             let want = super::matmul_transposed(&x, rows, k, &w, n, Some(&bias));
             for (i, (a, b)) in out.iter().zip(&want).enumerate() {
-                assert!((a - b).abs() <= 1e-5 * (1.0 + k as f32).sqrt(), "shape {rows}x{k}x{n} [{i}]: {a} vs {b}");
+                assert!(
+                    (a - b).abs() <= 1e-5 * (1.0 + k as f32).sqrt(),
+                    "shape {rows}x{k}x{n} [{i}]: {a} vs {b}"
+                );
             }
         }
     }
@@ -85,7 +121,16 @@ mod tests {
     #[test]
     fn thin_matmul_matches_reference() {
         use super::super::matmul_thin;
-        for &(rows, k, n) in &[(1, 1, 1), (0, 8, 4), (3, 17, 4), (40, 1024, 4), (7, 1027, 6), (2, 33, 8), (5000, 64, 2), (9, 100, 0)] {
+        for &(rows, k, n) in &[
+            (1, 1, 1),
+            (0, 8, 4),
+            (3, 17, 4),
+            (40, 1024, 4),
+            (7, 1027, 6),
+            (2, 33, 8),
+            (5000, 64, 2),
+            (9, 100, 0),
+        ] {
             let x = noise(rows * k, 4);
             let w = noise(n * k, 5);
             let want = super::matmul_transposed(&x, rows, k, &w, n, None);
@@ -95,7 +140,10 @@ mod tests {
                 let mut out = vec![f32::NAN; rows * n];
                 matmul_thin(&x, rows, k, &w, n, &mut out, cpu.capped(isa));
                 for (i, (a, b)) in out.iter().zip(&want).enumerate() {
-                    assert!((a - b).abs() <= 1e-5 * (1.0 + k as f32).sqrt(), "{isa}: shape {rows}x{k}x{n} [{i}]: {a} vs {b}");
+                    assert!(
+                        (a - b).abs() <= 1e-5 * (1.0 + k as f32).sqrt(),
+                        "{isa}: shape {rows}x{k}x{n} [{i}]: {a} vs {b}"
+                    );
                 }
             }
         }
@@ -112,7 +160,10 @@ mod tests {
             sequences.push(SequenceRange { start, len });
             start += len;
         }
-        let qkv: Vec<f32> = noise(start * 3 * heads * d, 7).iter().map(|v| v * 3.0).collect();
+        let qkv: Vec<f32> = noise(start * 3 * heads * d, 7)
+            .iter()
+            .map(|v| v * 3.0)
+            .collect();
         let want = super::attention(&qkv, &sequences, heads, d);
         // f32 holds rounding error; bf16 rounds Q, K, P and V to 8 significant bits, and these
         // scores reach ±50, so a logit moves by up to ~0.2 (values here are up to 3).
@@ -121,13 +172,28 @@ mod tests {
             record_variant("reference::tiled_attention_matches_reference", isa);
             let capped = cpu.capped(isa);
             for bf16 in [false, true] {
-                let plan = crate::kernels::KernelPlan::resolve(if bf16 { crate::Precision::Bf16 } else { crate::Precision::F32 }, capped, true);
+                let plan = crate::kernels::KernelPlan::resolve(
+                    if bf16 {
+                        crate::Precision::Bf16
+                    } else {
+                        crate::Precision::F32
+                    },
+                    capped,
+                    true,
+                );
                 let kernel = plan.attention;
                 let tolerance = if kernel.bf16() { 6e-2 } else { 1e-5 };
                 let mut ctx = vec![f32::NAN; start * heads * d];
                 attention(&qkv, &mut ctx, &sequences, heads, d, (kernel, capped));
-                let worst = ctx.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
-                assert!(worst < tolerance, "{isa}: {kernel}: max abs difference {worst}");
+                let worst = ctx
+                    .iter()
+                    .zip(&want)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0.0, f32::max);
+                assert!(
+                    worst < tolerance,
+                    "{isa}: {kernel}: max abs difference {worst}"
+                );
             }
         }
         // Every kernel family this CPU can run, whatever the plan would pick.
@@ -135,7 +201,11 @@ mod tests {
         for kernel in families {
             let mut ctx = vec![f32::NAN; start * heads * d];
             attention(&qkv, &mut ctx, &sequences, heads, d, (kernel, cpu));
-            let worst = ctx.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+            let worst = ctx
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f32::max);
             assert!(worst < 1e-5, "{kernel}: max abs difference {worst}");
         }
     }

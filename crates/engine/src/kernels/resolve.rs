@@ -30,7 +30,10 @@ impl LinearKernel {
     pub fn storage(self) -> Option<PackedType> {
         match self {
             LinearKernel::Gemm => None,
-            LinearKernel::Reference(ty) | LinearKernel::Avx2(ty) | LinearKernel::Avx512(ty) | LinearKernel::Amx(ty) => Some(ty),
+            LinearKernel::Reference(ty)
+            | LinearKernel::Avx2(ty)
+            | LinearKernel::Avx512(ty)
+            | LinearKernel::Amx(ty) => Some(ty),
         }
     }
 
@@ -88,7 +91,10 @@ pub enum AttentionKernel {
 impl AttentionKernel {
     /// Whether products may be rounded to bf16 (for some sequences, see the variants).
     pub fn bf16(self) -> bool {
-        matches!(self, AttentionKernel::Avx512 { bf16: true } | AttentionKernel::Amx { bf16: true })
+        matches!(
+            self,
+            AttentionKernel::Avx512 { bf16: true } | AttentionKernel::Amx { bf16: true }
+        )
     }
 }
 
@@ -128,25 +134,41 @@ impl KernelPlan {
         let mut fallbacks = Vec::new();
         let linear = match requested {
             Precision::F32 => exact_linear(cpu, bf16_weights),
-            Precision::Bf16 if cpu.avx512_bf16 && cpu.amx_bf16 => LinearKernel::Amx(PackedType::Bf16),
+            Precision::Bf16 if cpu.avx512_bf16 && cpu.amx_bf16 => {
+                LinearKernel::Amx(PackedType::Bf16)
+            }
             Precision::Bf16 if cpu.avx512_bf16 => LinearKernel::Avx512(PackedType::Bf16),
             Precision::Bf16 => {
                 // Where a kernel of ours reads them, the weights stay bf16 (read exactly): the
                 // memory of bf16 is kept and only the arithmetic is f32.
                 let kernel = exact_bf16_weights(cpu);
-                let storage = if kernel == LinearKernel::Gemm { "f32 weights" } else { "bf16 weights" };
-                fallbacks.push(format!("bf16: no bf16 dot product on this CPU ({}): {storage}, f32 arithmetic", cpu.level()));
+                let storage = if kernel == LinearKernel::Gemm {
+                    "f32 weights"
+                } else {
+                    "bf16 weights"
+                };
+                fallbacks.push(format!(
+                    "bf16: no bf16 dot product on this CPU ({}): {storage}, f32 arithmetic",
+                    cpu.level()
+                ));
                 kernel
             }
             Precision::Int8 if cpu.amx_int8 => LinearKernel::Amx(PackedType::Int8),
-            Precision::Int8 if cpu.avx512 && cpu.avx512_vnni => LinearKernel::Avx512(PackedType::Int8),
+            Precision::Int8 if cpu.avx512 && cpu.avx512_vnni => {
+                LinearKernel::Avx512(PackedType::Int8)
+            }
             Precision::Int8 if cpu.avx2 => LinearKernel::Avx2(PackedType::Int8),
-            Precision::Int8 if cpu.level() == Isa::Scalar => LinearKernel::Reference(PackedType::Int8),
+            Precision::Int8 if cpu.level() == Isa::Scalar => {
+                LinearKernel::Reference(PackedType::Int8)
+            }
             Precision::Int8 => {
                 // aarch64 has no int8 kernel of ours yet; the reference loops would be slower
                 // than f32 there.
                 let kernel = exact_linear(cpu, bf16_weights);
-                fallbacks.push(format!("int8: no int8 kernel for this CPU ({}) yet: f32 ({kernel})", cpu.level()));
+                fallbacks.push(format!(
+                    "int8: no int8 kernel for this CPU ({}) yet: f32 ({kernel})",
+                    cpu.level()
+                ));
                 kernel
             }
         };
@@ -155,7 +177,9 @@ impl KernelPlan {
         let attention = if cpu.amx_bf16 {
             AttentionKernel::Amx { bf16: wants_bf16 }
         } else if cpu.avx512 {
-            AttentionKernel::Avx512 { bf16: wants_bf16 && cpu.avx512_bf16 }
+            AttentionKernel::Avx512 {
+                bf16: wants_bf16 && cpu.avx512_bf16,
+            }
         } else if cpu.avx2 {
             AttentionKernel::Avx2
         } else if cpu.level() == Isa::Scalar {
@@ -164,9 +188,18 @@ impl KernelPlan {
             AttentionKernel::Gemm
         };
         if wants_bf16 && !attention.bf16() {
-            fallbacks.push(format!("attention: no bf16 dot product on this CPU ({}): f32", cpu.level()));
+            fallbacks.push(format!(
+                "attention: no bf16 dot product on this CPU ({}): f32",
+                cpu.level()
+            ));
         }
-        KernelPlan { requested, cpu, linear, attention, fallbacks }
+        KernelPlan {
+            requested,
+            cpu,
+            linear,
+            attention,
+            fallbacks,
+        }
     }
 
     /// The arithmetic of the linear layers, what `--precision` reports as run.
@@ -237,9 +270,19 @@ mod tests {
             amx_int8: true,
             ..Cpu::SCALAR
         };
-        let zen4 = Cpu { amx_bf16: false, amx_int8: false, ..amx };
-        let icelake = Cpu { avx512_bf16: false, ..zen4 };
-        let zen3 = Cpu { avx2: true, ..Cpu::SCALAR };
+        let zen4 = Cpu {
+            amx_bf16: false,
+            amx_int8: false,
+            ..amx
+        };
+        let icelake = Cpu {
+            avx512_bf16: false,
+            ..zen4
+        };
+        let zen3 = Cpu {
+            avx2: true,
+            ..Cpu::SCALAR
+        };
         use AttentionKernel as A;
         use LinearKernel as L;
         use PackedType as T;
@@ -265,16 +308,36 @@ mod tests {
         ];
         for (i, (cpu, requested, linear, attention, fallbacks)) in table.into_iter().enumerate() {
             let plan = KernelPlan::resolve(requested, cpu, true);
-            assert_eq!((plan.linear, plan.attention, plan.fallbacks.len()), (linear, attention, fallbacks), "row {i}: {}", plan.summary());
+            assert_eq!(
+                (plan.linear, plan.attention, plan.fallbacks.len()),
+                (linear, attention, fallbacks),
+                "row {i}: {}",
+                plan.summary()
+            );
         }
         // A checkpoint with f32 weights keeps them f32 where no packed f32 kernel fits.
         assert_eq!(KernelPlan::resolve(P::F32, zen3, false).linear, L::Gemm);
-        assert_eq!(KernelPlan::resolve(P::F32, amx, false).linear, L::Avx512(T::F32));
-        assert_eq!(KernelPlan::resolve(P::F32, Cpu::SCALAR, false).linear, L::Reference(T::F32));
+        assert_eq!(
+            KernelPlan::resolve(P::F32, amx, false).linear,
+            L::Avx512(T::F32)
+        );
+        assert_eq!(
+            KernelPlan::resolve(P::F32, Cpu::SCALAR, false).linear,
+            L::Reference(T::F32)
+        );
         // The fallback names the operation and what runs instead.
         let plan = KernelPlan::resolve(P::Bf16, zen3, true);
         assert_eq!(plan.precision(), P::F32);
-        assert!(plan.fallbacks[0].starts_with("bf16: ") && plan.fallbacks[0].contains("bf16 weights, f32 arithmetic"), "{:?}", plan.fallbacks);
-        assert!(plan.summary().starts_with("f32 (requested bf16) on avx2"), "{}", plan.summary());
+        assert!(
+            plan.fallbacks[0].starts_with("bf16: ")
+                && plan.fallbacks[0].contains("bf16 weights, f32 arithmetic"),
+            "{:?}",
+            plan.fallbacks
+        );
+        assert!(
+            plan.summary().starts_with("f32 (requested bf16) on avx2"),
+            "{}",
+            plan.summary()
+        );
     }
 }

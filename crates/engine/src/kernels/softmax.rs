@@ -113,14 +113,19 @@ mod tests {
     #[test]
     fn row_helpers_match_scalar_loops() {
         for len in [0, 1, 15, 16, 17, 100, 257] {
-            let mut row: Vec<f32> = (0..len).map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0).collect();
+            let mut row: Vec<f32> = (0..len)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+                .collect();
             let plain: Vec<f32> = row.iter().map(|v| v * 0.125).collect();
             let max = scale_and_max(&mut row, 0.125, Cpu::detected());
             assert_eq!(row, plain);
             assert_eq!(max, plain.iter().cloned().fold(f32::NEG_INFINITY, f32::max));
             let sum = exp_and_sum(&mut row, max, Cpu::detected());
             let want: f64 = plain.iter().map(|v| ((v - max) as f64).exp()).sum();
-            assert!((sum as f64 - want).abs() <= 1e-6 * want.max(1.0), "len {len}: {sum} vs {want}");
+            assert!(
+                (sum as f64 - want).abs() <= 1e-6 * want.max(1.0),
+                "len {len}: {sum} vs {want}"
+            );
         }
     }
 }

@@ -15,8 +15,11 @@ pub fn small_fixture_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         // One folder per test binary under target/tmp, overwritten on each run.
-        let binary = std::env::current_exe().ok().and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()));
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{}-small-fixture", binary.unwrap_or_default()));
+        let binary = std::env::current_exe()
+            .ok()
+            .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()));
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("{}-small-fixture", binary.unwrap_or_default()));
         write_fixture(&dir, FixtureShape::SMALL, 1).expect("write the small fixture");
         dir
     })
@@ -36,8 +39,12 @@ pub fn variant_models(test: &str, precision: Precision) -> Vec<(Isa, Model)> {
         .into_iter()
         .map(|isa| {
             record_variant(test, isa);
-            let options = LoadOptions { precision, max_isa: Some(isa) };
-            let model = Model::load_with(small_fixture_dir(), options).expect("load the small fixture");
+            let options = LoadOptions {
+                precision,
+                max_isa: Some(isa),
+            };
+            let model =
+                Model::load_with(small_fixture_dir(), options).expect("load the small fixture");
             assert_eq!(model.kernel_plan().isa(), isa, "the cap gives the variant");
             (isa, model)
         })
@@ -73,7 +80,10 @@ pub fn golden() -> Golden {
 /// Largest absolute difference between two vectors.
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 /// Cosine similarity.

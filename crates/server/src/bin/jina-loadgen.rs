@@ -67,31 +67,57 @@ struct Args {
     json: Option<PathBuf>,
 }
 
-const TASKS: [&str; 6] = ["retrieval.query", "retrieval.passage", "text-matching", "classification", "separation", "none"];
-const WORDS: [&str; 12] =
-    ["word", "river", "seven", "cloud", "stone", "paper", "light", "north", "quiet", "table", "green", "music"];
+const TASKS: [&str; 6] = [
+    "retrieval.query",
+    "retrieval.passage",
+    "text-matching",
+    "classification",
+    "separation",
+    "none",
+];
+const WORDS: [&str; 12] = [
+    "word", "river", "seven", "cloud", "stone", "paper", "light", "north", "quiet", "table",
+    "green", "music",
+];
 
 /// The server's address, if `url` is `http://HOST[:PORT][/]` with a loopback HOST.
 fn loopback_address(url: &str) -> anyhow::Result<(SocketAddr, String)> {
-    let rest = url.strip_prefix("http://").context("the URL must start with http:// (no TLS on loopback)")?;
+    let rest = url
+        .strip_prefix("http://")
+        .context("the URL must start with http:// (no TLS on loopback)")?;
     let authority = rest.trim_end_matches('/');
     if authority.contains('/') || authority.contains('@') || authority.is_empty() {
         bail!("the URL must be http://HOST[:PORT], got {url}");
     }
-    let with_port = if authority.ends_with(']') || !authority.contains(':') || authority.matches(':').count() > 1 && !authority.starts_with('[') {
+    let with_port = if authority.ends_with(']')
+        || !authority.contains(':')
+        || authority.matches(':').count() > 1 && !authority.starts_with('[')
+    {
         format!("{authority}:80")
     } else {
         authority.to_string()
     };
-    let host = with_port.rsplit_once(':').map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']')).unwrap_or("");
+    let host = with_port
+        .rsplit_once(':')
+        .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']'))
+        .unwrap_or("");
     let named_loopback = host.eq_ignore_ascii_case("localhost");
-    let literal_loopback = host.parse::<IpAddr>().map(|ip| ip.is_loopback()).unwrap_or(false);
+    let literal_loopback = host
+        .parse::<IpAddr>()
+        .map(|ip| ip.is_loopback())
+        .unwrap_or(false);
     if !named_loopback && !literal_loopback {
         bail!("refusing to load {host}: jina-loadgen only targets loopback (127.0.0.1, ::1, localhost)");
     }
-    let addrs: Vec<SocketAddr> = with_port.to_socket_addrs().with_context(|| format!("cannot resolve {with_port}"))?.collect();
+    let addrs: Vec<SocketAddr> = with_port
+        .to_socket_addrs()
+        .with_context(|| format!("cannot resolve {with_port}"))?
+        .collect();
     // `localhost` must resolve to loopback too (a hosts file could say otherwise).
-    let addr = addrs.into_iter().find(|a| a.ip().is_loopback()).context("the host does not resolve to a loopback address")?;
+    let addr = addrs
+        .into_iter()
+        .find(|a| a.ip().is_loopback())
+        .context("the host does not resolve to a loopback address")?;
     Ok((addr, authority.to_string()))
 }
 
@@ -124,18 +150,29 @@ fn text(rng: &mut Rng, tokens: usize) -> String {
 
 /// One request of the mix: its JSON body.
 fn request_body(rng: &mut Rng, args: &Args) -> Value {
-    let (lo, hi) = (args.min_tokens.max(1) as f64, args.max_tokens.max(args.min_tokens).max(1) as f64);
+    let (lo, hi) = (
+        args.min_tokens.max(1) as f64,
+        args.max_tokens.max(args.min_tokens).max(1) as f64,
+    );
     let tokens = (lo * (hi / lo).powf(rng.unit())).round() as usize;
     let task = TASKS[rng.below(TASKS.len())];
     if rng.unit() < args.late_chunking {
         let chunks = 2 + rng.below(4);
-        let input: Vec<String> = (0..chunks).map(|_| text(rng, (tokens / chunks).max(1))).collect();
+        let input: Vec<String> = (0..chunks)
+            .map(|_| text(rng, (tokens / chunks).max(1)))
+            .collect();
         // `true` only where the joined text surely fits the 8192-token limit.
-        let mode = if tokens < 4000 && rng.below(2) == 0 { json!(true) } else { json!("long") };
+        let mode = if tokens < 4000 && rng.below(2) == 0 {
+            json!(true)
+        } else {
+            json!("long")
+        };
         json!({"input": input, "task": task, "late_chunking": mode})
     } else {
         let inputs = 1 + rng.below(3);
-        let input: Vec<String> = (0..inputs).map(|_| text(rng, (tokens / inputs).max(1))).collect();
+        let input: Vec<String> = (0..inputs)
+            .map(|_| text(rng, (tokens / inputs).max(1)))
+            .collect();
         if rng.below(2) == 0 {
             json!({"input": input, "task": task, "encoding_format": "base64", "truncate": true})
         } else {
@@ -145,9 +182,16 @@ fn request_body(rng: &mut Rng, args: &Args) -> Value {
 }
 
 /// Sends one request on a fresh connection (`Connection: close`); returns the status and body.
-async fn send(addr: SocketAddr, host: &str, key: Option<&str>, body: &[u8]) -> std::io::Result<(u16, Vec<u8>)> {
+async fn send(
+    addr: SocketAddr,
+    host: &str,
+    key: Option<&str>,
+    body: &[u8],
+) -> std::io::Result<(u16, Vec<u8>)> {
     let mut stream = tokio::net::TcpStream::connect(addr).await?;
-    let auth = key.map(|k| format!("Authorization: Bearer {k}\r\n")).unwrap_or_default();
+    let auth = key
+        .map(|k| format!("Authorization: Bearer {k}\r\n"))
+        .unwrap_or_default();
     let head = format!(
         "POST /v1/embeddings HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n{auth}\r\n",
         body.len()
@@ -157,15 +201,26 @@ async fn send(addr: SocketAddr, host: &str, key: Option<&str>, body: &[u8]) -> s
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).await?;
     let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, "malformed HTTP response");
-    let end = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(bad)?;
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(bad)?;
     let head = String::from_utf8_lossy(&raw[..end]).to_string();
-    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).ok_or_else(bad)?;
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(bad)?;
     let mut body = raw[end + 4..].to_vec();
-    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         let mut out = Vec::new();
         let mut rest = &body[..];
         while let Some(line) = rest.windows(2).position(|w| w == b"\r\n") {
-            let size = usize::from_str_radix(String::from_utf8_lossy(&rest[..line]).trim(), 16).map_err(|_| bad())?;
+            let size = usize::from_str_radix(String::from_utf8_lossy(&rest[..line]).trim(), 16)
+                .map_err(|_| bad())?;
             if size == 0 {
                 break;
             }
@@ -213,7 +268,10 @@ fn run(args: Args) -> anyhow::Result<()> {
     if args.clients == 0 {
         bail!("--clients must be at least 1");
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     runtime.block_on(load(Arc::new(args), addr, host))
 }
 
@@ -226,11 +284,17 @@ async fn load(args: Arc<Args>, addr: SocketAddr, host: String) -> anyhow::Result
     let done = Arc::new(tokio::sync::Notify::new());
 
     let sampler = args.pid.map(|pid| {
-        let (rss, done, interval) = (rss.clone(), done.clone(), Duration::from_millis(args.rss_interval_ms.max(10)));
+        let (rss, done, interval) = (
+            rss.clone(),
+            done.clone(),
+            Duration::from_millis(args.rss_interval_ms.max(10)),
+        );
         tokio::spawn(async move {
             loop {
                 if let Some(kib) = rss_kib(pid) {
-                    rss.lock().unwrap_or_else(|p| p.into_inner()).push((started.elapsed().as_secs_f64(), kib));
+                    rss.lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push((started.elapsed().as_secs_f64(), kib));
                 }
                 tokio::select! {
                     () = tokio::time::sleep(interval) => {}
@@ -242,19 +306,32 @@ async fn load(args: Arc<Args>, addr: SocketAddr, host: String) -> anyhow::Result
 
     let mut clients = Vec::new();
     for client in 0..args.clients {
-        let (args, issued, tally, host) = (args.clone(), issued.clone(), tally.clone(), host.clone());
+        let (args, issued, tally, host) =
+            (args.clone(), issued.clone(), tally.clone(), host.clone());
         clients.push(tokio::spawn(async move {
-            let mut rng = Rng(args.seed.wrapping_mul(1_000_003).wrapping_add(client as u64));
-            while Instant::now() < deadline && issued.fetch_add(1, Ordering::Relaxed) < args.requests {
+            let mut rng = Rng(args
+                .seed
+                .wrapping_mul(1_000_003)
+                .wrapping_add(client as u64));
+            while Instant::now() < deadline
+                && issued.fetch_add(1, Ordering::Relaxed) < args.requests
+            {
                 let body = request_body(&mut rng, &args).to_string().into_bytes();
                 let sent = Instant::now();
                 let timeout = Duration::from_secs_f64(args.timeout);
-                let result = tokio::time::timeout(timeout, send(addr, &host, args.api_key.as_deref(), &body)).await;
+                let result = tokio::time::timeout(
+                    timeout,
+                    send(addr, &host, args.api_key.as_deref(), &body),
+                )
+                .await;
                 let ms = sent.elapsed().as_secs_f64() * 1e3;
                 let (label, tokens, retry) = match result {
                     Ok(Ok((status, body))) => {
                         let tokens = if status == 200 {
-                            serde_json::from_slice::<Value>(&body).ok().and_then(|v| v["usage"]["total_tokens"].as_u64()).unwrap_or(0)
+                            serde_json::from_slice::<Value>(&body)
+                                .ok()
+                                .and_then(|v| v["usage"]["total_tokens"].as_u64())
+                                .unwrap_or(0)
                         } else {
                             0
                         };
@@ -295,7 +372,13 @@ async fn load(args: Arc<Args>, addr: SocketAddr, host: String) -> anyhow::Result
     let samples = std::mem::take(&mut *rss.lock().unwrap_or_else(|p| p.into_inner()));
     // Memory after warm-up: the first third of the run is warm-up; compare the highest sample of
     // the middle third with the highest of the last third.
-    let third = |k: f64| samples.iter().filter(|(s, _)| *s >= elapsed * k / 3.0 && *s < elapsed * (k + 1.0) / 3.0).map(|(_, r)| *r).max();
+    let third = |k: f64| {
+        samples
+            .iter()
+            .filter(|(s, _)| *s >= elapsed * k / 3.0 && *s < elapsed * (k + 1.0) / 3.0)
+            .map(|(_, r)| *r)
+            .max()
+    };
     let rss_report = json!({
         "samples": samples.len(),
         "first_kib": samples.first().map(|s| s.1),
@@ -336,12 +419,18 @@ async fn load(args: Arc<Args>, addr: SocketAddr, host: String) -> anyhow::Result
         t.tokens as f64 / elapsed,
         report["by_status"]
     );
-    println!("latency of 200s (ms): p50 {:.1}  p95 {:.1}  p99 {:.1}", report["latency_ms_ok"]["p50"].as_f64().unwrap_or(0.0), report["latency_ms_ok"]["p95"].as_f64().unwrap_or(0.0), report["latency_ms_ok"]["p99"].as_f64().unwrap_or(0.0));
+    println!(
+        "latency of 200s (ms): p50 {:.1}  p95 {:.1}  p99 {:.1}",
+        report["latency_ms_ok"]["p50"].as_f64().unwrap_or(0.0),
+        report["latency_ms_ok"]["p95"].as_f64().unwrap_or(0.0),
+        report["latency_ms_ok"]["p99"].as_f64().unwrap_or(0.0)
+    );
     if args.pid.is_some() {
         println!("server RSS (KiB): {}", report["rss"]);
     }
     if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_vec_pretty(&report)?).with_context(|| format!("cannot write {}", path.display()))?;
+        std::fs::write(path, serde_json::to_vec_pretty(&report)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
     }
     Ok(())
 }
@@ -352,16 +441,38 @@ mod tests {
 
     #[test]
     fn only_loopback_is_accepted() {
-        for url in ["http://127.0.0.1:8080", "http://localhost:9", "http://[::1]:8080/", "http://127.0.0.2:1"] {
+        for url in [
+            "http://127.0.0.1:8080",
+            "http://localhost:9",
+            "http://[::1]:8080/",
+            "http://127.0.0.2:1",
+        ] {
             if url.contains("::1") && std::net::TcpListener::bind("[::1]:0").is_err() {
                 continue; // no IPv6 loopback here
             }
-            assert!(loopback_address(url).is_ok(), "{url}: {:?}", loopback_address(url).err());
+            assert!(
+                loopback_address(url).is_ok(),
+                "{url}: {:?}",
+                loopback_address(url).err()
+            );
         }
-        for url in ["http://10.0.0.1:8080", "http://example.com", "http://0.0.0.0:8080", "https://127.0.0.1", "http://user@127.0.0.1", "http://127.0.0.1/v1", "http://[2001:db8::1]:80"] {
+        for url in [
+            "http://10.0.0.1:8080",
+            "http://example.com",
+            "http://0.0.0.0:8080",
+            "https://127.0.0.1",
+            "http://user@127.0.0.1",
+            "http://127.0.0.1/v1",
+            "http://[2001:db8::1]:80",
+        ] {
             assert!(loopback_address(url).is_err(), "{url} accepted");
         }
-        assert_eq!(loopback_address("http://127.0.0.1:8080").map(|(a, _)| a.port()).ok(), Some(8080));
+        assert_eq!(
+            loopback_address("http://127.0.0.1:8080")
+                .map(|(a, _)| a.port())
+                .ok(),
+            Some(8080)
+        );
     }
 
     #[test]

@@ -8,14 +8,25 @@ use jina_engine::{EmbedRequest, LateChunking};
 use jina_server::ServerLimits;
 use serde_json::{json, Value};
 
-use crate::common::{config, embeddings_of, max_abs_diff, metric_value, model, post, words, TestServer};
+use crate::common::{
+    config, embeddings_of, max_abs_diff, metric_value, model, post, words, TestServer,
+};
 
 fn mixed_requests() -> Vec<Value> {
-    let tasks = ["retrieval.query", "retrieval.passage", "text-matching", "classification", "separation", "none"];
+    let tasks = [
+        "retrieval.query",
+        "retrieval.passage",
+        "text-matching",
+        "classification",
+        "separation",
+        "none",
+    ];
     let mut out = Vec::new();
     for i in 0..18 {
         let task = tasks[i % tasks.len()];
-        let inputs: Vec<String> = (0..(1 + i % 4)).map(|j| format!("request {i} input {j}: {}", words(3 + 7 * j + i))).collect();
+        let inputs: Vec<String> = (0..(1 + i % 4))
+            .map(|j| format!("request {i} input {j}: {}", words(3 + 7 * j + i)))
+            .collect();
         let mut body = json!({"input": inputs, "task": task});
         if i % 3 == 1 {
             body["dimensions"] = json!(32 + i);
@@ -35,7 +46,10 @@ fn mixed_requests() -> Vec<Value> {
 async fn concurrent_mixed_tasks_equal_sequential_results() {
     let mut config = config();
     // A small budget so that concurrent requests share forward passes and big ones are split.
-    config.limits = ServerLimits { max_batch_tokens: 96, ..ServerLimits::default() };
+    config.limits = ServerLimits {
+        max_batch_tokens: 96,
+        ..ServerLimits::default()
+    };
     let server = TestServer::ready(config).await;
     let url = format!("{}/v1/embeddings", server.url);
     let requests = mixed_requests();
@@ -72,7 +86,10 @@ async fn concurrent_mixed_tasks_equal_sequential_results() {
             worst = worst.max(max_abs_diff(x, y));
         }
     }
-    assert!(worst <= 1e-6, "concurrent results differ from sequential ones by {worst:e}");
+    assert!(
+        worst <= 1e-6,
+        "concurrent results differ from sequential ones by {worst:e}"
+    );
 
     // And both equal the engine run directly.
     for (body, reply) in requests.iter().zip(&sequential) {
@@ -83,7 +100,11 @@ async fn concurrent_mixed_tasks_equal_sequential_results() {
                 task: Some(body["task"].as_str().expect("task").to_string()),
                 dimensions: body["dimensions"].as_u64().map(|d| d as usize),
                 normalized: body["normalized"].as_bool().unwrap_or(true),
-                late_chunking: if body["late_chunking"] == true { LateChunking::On } else { LateChunking::Off },
+                late_chunking: if body["late_chunking"] == true {
+                    LateChunking::On
+                } else {
+                    LateChunking::Off
+                },
                 truncate: false,
             })
             .expect("engine");
@@ -98,11 +119,28 @@ async fn concurrent_mixed_tasks_equal_sequential_results() {
     let batches = metric_value(&metrics, "jina_batch_size_count") - batches_before;
     let sequences: f64 = requests
         .iter()
-        .map(|b| if b["late_chunking"] == true { 1.0 } else { b["input"].as_array().map_or(0, Vec::len) as f64 })
+        .map(|b| {
+            if b["late_chunking"] == true {
+                1.0
+            } else {
+                b["input"].as_array().map_or(0, Vec::len) as f64
+            }
+        })
         .sum();
-    assert!(batches < sequences, "concurrent sequences shared forward passes ({batches} passes for {sequences} sequences)");
-    assert!(metrics.contains("jina_tokens_total{task=\"retrieval.query\"}"), "{metrics}");
-    assert!(metrics.contains("jina_requests_total{route=\"/v1/embeddings\",status=\"200\",task=\"separation\"} 6"), "{metrics}");
+    assert!(
+        batches < sequences,
+        "concurrent sequences shared forward passes ({batches} passes for {sequences} sequences)"
+    );
+    assert!(
+        metrics.contains("jina_tokens_total{task=\"retrieval.query\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            "jina_requests_total{route=\"/v1/embeddings\",status=\"200\",task=\"separation\"} 6"
+        ),
+        "{metrics}"
+    );
 }
 
 /// A client batch larger than the token budget is split into several forward passes, never
@@ -110,24 +148,42 @@ async fn concurrent_mixed_tasks_equal_sequential_results() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_client_batch_is_split_by_the_token_budget() {
     let mut config = config();
-    config.limits = ServerLimits { max_batch_tokens: 64, ..ServerLimits::default() };
+    config.limits = ServerLimits {
+        max_batch_tokens: 64,
+        ..ServerLimits::default()
+    };
     let server = TestServer::ready(config).await;
     let inputs: Vec<String> = (0..40).map(|i| format!("{i} {}", words(i % 13))).collect();
-    let reply = post(&format!("{}/v1/embeddings", server.url), &json!({"input": inputs, "task": "retrieval.passage"})).await;
+    let reply = post(
+        &format!("{}/v1/embeddings", server.url),
+        &json!({"input": inputs, "task": "retrieval.passage"}),
+    )
+    .await;
     assert_eq!(reply.status, 200, "{}", reply.text);
-    let expected = model().embed(&EmbedRequest::new(inputs).with_task("retrieval.passage")).expect("engine");
+    let expected = model()
+        .embed(&EmbedRequest::new(inputs).with_task("retrieval.passage"))
+        .expect("engine");
     let got = embeddings_of(&reply.body);
     assert_eq!(got.len(), 40);
     for (i, (x, y)) in got.iter().zip(&expected.embeddings).enumerate() {
-        assert!(max_abs_diff(x, y) <= 1e-5, "input {i} out of order or wrong");
+        assert!(
+            max_abs_diff(x, y) <= 1e-5,
+            "input {i} out of order or wrong"
+        );
     }
     let metrics = server.metrics().await;
     let passes = metric_value(&metrics, "jina_batch_size_count");
     let tokens = metric_value(&metrics, "jina_forward_tokens_total");
     assert_eq!(tokens as usize, expected.total_tokens);
-    assert!(passes >= (expected.total_tokens as f64 / 64.0).ceil(), "{passes} passes for {tokens} tokens");
+    assert!(
+        passes >= (expected.total_tokens as f64 / 64.0).ceil(),
+        "{passes} passes for {tokens} tokens"
+    );
     // Every pass stayed within the budget (no single sequence here is longer than it).
-    assert_eq!(metric_value(&metrics, "jina_batch_tokens_bucket{le=\"64\"}"), passes);
+    assert_eq!(
+        metric_value(&metrics, "jina_batch_tokens_bucket{le=\"64\"}"),
+        passes
+    );
 }
 
 /// A request whose client went away while it waited in the queue is dropped before it runs.
@@ -136,7 +192,11 @@ async fn a_client_that_goes_away_cancels_its_queued_work() {
     let mut config = config();
     // 256-token passes: the long request's ~100-token sequences go two per pass, and the
     // 200-token sequence of the short request never fits beside them.
-    config.limits = ServerLimits { max_batch_tokens: 256, max_inputs_per_request: 4096, ..ServerLimits::default() };
+    config.limits = ServerLimits {
+        max_batch_tokens: 256,
+        max_inputs_per_request: 4096,
+        ..ServerLimits::default()
+    };
     let server = TestServer::ready(config).await;
     let url = format!("{}/v1/embeddings", server.url);
 
@@ -157,7 +217,10 @@ async fn a_client_that_goes_away_cancels_its_queued_work() {
         let url = url.clone();
         async move { post(&url, &json!({"input": [words(198)], "task": "none"})).await }
     });
-    crate::common::wait_for_metrics(&server, "both requests in flight", |m| m.contains("\njina_in_flight_requests 2\n")).await;
+    crate::common::wait_for_metrics(&server, "both requests in flight", |m| {
+        m.contains("\njina_in_flight_requests 2\n")
+    })
+    .await;
     // Tokenising one input takes well under this; then the request sits behind the long one.
     tokio::time::sleep(Duration::from_millis(300)).await;
     queued.abort();
@@ -170,15 +233,25 @@ async fn a_client_that_goes_away_cancels_its_queued_work() {
         finished_at > aborted_at,
         "the long request finished before the abort: make it longer so that the cancelled one was still queued"
     );
-    crate::common::wait_for_metrics(&server, "the cancellation", |m| metric_value(m, "jina_cancelled_requests_total") == 1.0).await;
+    crate::common::wait_for_metrics(&server, "the cancellation", |m| {
+        metric_value(m, "jina_cancelled_requests_total") == 1.0
+    })
+    .await;
     let metrics = server.metrics().await;
-    assert_eq!(metric_value(&metrics, "jina_cancelled_sequences_total"), 1.0);
+    assert_eq!(
+        metric_value(&metrics, "jina_cancelled_sequences_total"),
+        1.0
+    );
     assert_eq!(
         metric_value(&metrics, "jina_forward_tokens_total"),
         reply.body["usage"]["total_tokens"].as_f64().expect("usage"),
         "only the long request's tokens ran"
     );
     assert_eq!(metric_value(&metrics, "jina_queued_sequences"), 0.0);
-    assert!(metrics.contains("jina_requests_total{route=\"/v1/embeddings\",status=\"499\",task=\"-\"} 1"), "{metrics}");
+    assert!(
+        metrics
+            .contains("jina_requests_total{route=\"/v1/embeddings\",status=\"499\",task=\"-\"} 1"),
+        "{metrics}"
+    );
     assert_eq!(metric_value(&metrics, "jina_in_flight_requests"), 0.0);
 }

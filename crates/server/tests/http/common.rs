@@ -33,7 +33,11 @@ pub fn fixture_dir() -> &'static Path {
             // Another test binary won the race: use its copy.
             let _ = std::fs::remove_dir_all(&staging);
         }
-        assert!(dir.join("complete").exists(), "fixture at {}", dir.display());
+        assert!(
+            dir.join("complete").exists(),
+            "fixture at {}",
+            dir.display()
+        );
         dir
     })
 }
@@ -66,14 +70,19 @@ pub struct Golden {
 
 /// The engine's vendored golden file.
 pub fn golden() -> Golden {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../engine/tests/fixtures/golden-small.json");
-    serde_json::from_str(&std::fs::read_to_string(&path).expect("read golden-small.json")).expect("parse golden")
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../engine/tests/fixtures/golden-small.json");
+    serde_json::from_str(&std::fs::read_to_string(&path).expect("read golden-small.json"))
+        .expect("parse golden")
 }
 
 /// Largest absolute difference between two vectors (lengths must match).
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "vector lengths");
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 /// Euclidean norm.
@@ -84,19 +93,30 @@ pub fn norm(v: &[f32]) -> f32 {
 /// Decodes a base64 embedding (little-endian f32).
 pub fn decode_base64(s: &str) -> Vec<f32> {
     use base64::Engine as _;
-    let bytes = base64::engine::general_purpose::STANDARD.decode(s).expect("valid base64");
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(s)
+        .expect("valid base64");
     assert_eq!(bytes.len() % 4, 0, "base64 holds whole f32s");
-    bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+    bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
 }
 
 /// A JSON array of numbers as f32s.
 pub fn floats(v: &Value) -> Vec<f32> {
-    v.as_array().unwrap_or_else(|| panic!("expected an array, got {v}")).iter().map(|x| x.as_f64().unwrap() as f32).collect()
+    v.as_array()
+        .unwrap_or_else(|| panic!("expected an array, got {v}"))
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
 }
 
 /// The `embedding` of every `data` item of a response, in order, decoded when base64.
 pub fn embeddings_of(body: &Value) -> Vec<Vec<f32>> {
-    let data = body["data"].as_array().unwrap_or_else(|| panic!("no data in {body}"));
+    let data = body["data"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no data in {body}"));
     data.iter()
         .enumerate()
         .map(|(i, item)| {
@@ -128,7 +148,10 @@ impl TestServer {
         let thread = std::thread::Builder::new()
             .name(format!("test-server-{}", addr.port()))
             .spawn(move || {
-                let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()?;
                 let result = runtime.block_on(async move {
                     let listener = tokio::net::TcpListener::from_std(listener)?;
                     serve(listener, config, async move {
@@ -140,7 +163,12 @@ impl TestServer {
                 result
             })
             .expect("spawn the server thread");
-        TestServer { addr, url: format!("http://{addr}"), shutdown: Some(tx), thread: Some(thread) }
+        TestServer {
+            addr,
+            url: format!("http://{addr}"),
+            shutdown: Some(tx),
+            thread: Some(thread),
+        }
     }
 
     /// Starts a server and waits until `/health` is 200.
@@ -160,7 +188,10 @@ impl TestServer {
                     return;
                 }
             }
-            assert!(Instant::now() < deadline, "the server did not become ready in 30 s");
+            assert!(
+                Instant::now() < deadline,
+                "the server did not become ready in 30 s"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -176,10 +207,11 @@ impl TestServer {
     pub async fn stop(mut self, timeout: Duration) -> anyhow::Result<()> {
         self.signal_shutdown();
         let thread = self.thread.take().expect("not stopped yet");
-        let joined = tokio::time::timeout(timeout, tokio::task::spawn_blocking(move || thread.join()))
-            .await
-            .expect("serve returned within the timeout")
-            .expect("join task");
+        let joined =
+            tokio::time::timeout(timeout, tokio::task::spawn_blocking(move || thread.join()))
+                .await
+                .expect("serve returned within the timeout")
+                .expect("join task");
         joined.expect("the server thread did not panic")
     }
 
@@ -190,7 +222,12 @@ impl TestServer {
 
     /// The server's `/metrics` text.
     pub async fn metrics(&self) -> String {
-        reqwest::get(format!("{}/metrics", self.url)).await.expect("GET /metrics").text().await.expect("metrics text")
+        reqwest::get(format!("{}/metrics", self.url))
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics text")
     }
 }
 
@@ -213,7 +250,8 @@ pub fn metric_value(text: &str, name: &str) -> f64 {
 /// A shared server with the default configuration (one per test binary).
 pub async fn shared() -> &'static TestServer {
     static SERVER: OnceLock<TestServer> = OnceLock::new();
-    let server = SERVER.get_or_init(|| TestServer::start(ServerConfig::new(fixture_dir().to_path_buf())));
+    let server =
+        SERVER.get_or_init(|| TestServer::start(ServerConfig::new(fixture_dir().to_path_buf())));
     server.wait_ready().await;
     server
 }
@@ -260,7 +298,12 @@ async fn reply(response: reqwest::Response) -> Reply {
     let headers = response.headers().clone();
     let text = response.text().await.expect("body");
     let body = serde_json::from_str(&text).unwrap_or(Value::Null);
-    Reply { status, headers, body, text }
+    Reply {
+        status,
+        headers,
+        body,
+        text,
+    }
 }
 
 /// A raw HTTP/1.1 connection that sends a request's headers and only part of its body, so the
@@ -277,10 +320,18 @@ impl Held {
     }
 
     /// As [`Held::open`], with extra headers.
-    pub async fn open_with(addr: SocketAddr, path: &str, body: &Value, headers: &[(&str, &str)]) -> Held {
+    pub async fn open_with(
+        addr: SocketAddr,
+        path: &str,
+        body: &Value,
+        headers: &[(&str, &str)],
+    ) -> Held {
         let body = serde_json::to_vec(body).expect("json");
         let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
+        let extra: String = headers
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}\r\n"))
+            .collect();
         let head = format!(
             "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n{extra}\r\n",
             body.len()
@@ -289,19 +340,28 @@ impl Held {
         let (first, rest) = body.split_at(body.len() - 1);
         stream.write_all(first).await.expect("write body");
         stream.flush().await.expect("flush");
-        Held { stream, rest: rest.to_vec() }
+        Held {
+            stream,
+            rest: rest.to_vec(),
+        }
     }
 
     /// Sends the rest of the body and reads the whole response: (status, JSON body).
     pub async fn finish(mut self) -> (u16, Value) {
-        self.stream.write_all(&self.rest).await.expect("write the rest");
+        self.stream
+            .write_all(&self.rest)
+            .await
+            .expect("write the rest");
         self.response().await
     }
 
     /// Reads the whole response without sending the rest of the body.
     pub async fn response(mut self) -> (u16, Value) {
         let mut raw = Vec::new();
-        self.stream.read_to_end(&mut raw).await.expect("read the response");
+        self.stream
+            .read_to_end(&mut raw)
+            .await
+            .expect("read the response");
         parse_http_response(&raw)
     }
 }
@@ -309,9 +369,18 @@ impl Held {
 /// Parses a `Connection: close` HTTP/1.1 response (plain or chunked body).
 pub fn parse_http_response(raw: &[u8]) -> (u16, Value) {
     let text = String::from_utf8_lossy(raw);
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no header end in {text:?}"));
-    let status: u16 = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("status in {head:?}"));
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no header end in {text:?}"));
+    let status: u16 = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("status in {head:?}"));
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         let mut out = String::new();
         let mut rest = body;
         while let Some((size, after)) = rest.split_once("\r\n") {
@@ -337,7 +406,10 @@ pub async fn wait_for_metrics(server: &TestServer, what: &str, cond: impl Fn(&st
         if cond(&text) {
             return;
         }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}; metrics:\n{text}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; metrics:\n{text}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }

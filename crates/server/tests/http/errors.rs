@@ -7,10 +7,15 @@ use jina_server::ServerLimits;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::common::{config, embeddings_of, parse_http_response, post, post_with, shared, wait_for_metrics, words, Held, TestServer};
+use crate::common::{
+    config, embeddings_of, parse_http_response, post, post_with, shared, wait_for_metrics, words,
+    Held, TestServer,
+};
 
 fn detail(body: &Value) -> &str {
-    body["detail"].as_str().unwrap_or_else(|| panic!("Jina error body expected, got {body}"))
+    body["detail"]
+        .as_str()
+        .unwrap_or_else(|| panic!("Jina error body expected, got {body}"))
 }
 
 /// Asserts a Jina-dialect error: status, and every needle in the message.
@@ -19,19 +24,35 @@ async fn jina_error(url: &str, body: Value, status: u16, needles: &[&str]) {
     assert_eq!(reply.status, status, "{body} → {}", reply.text);
     let message = detail(&reply.body);
     for needle in needles {
-        assert!(message.contains(needle), "{body} → {message:?} lacks {needle:?}");
+        assert!(
+            message.contains(needle),
+            "{body} → {message:?} lacks {needle:?}"
+        );
     }
     assert!(reply.body.get("error").is_none());
 }
 
 /// Asserts an OpenAI-dialect error: status, param, code, and every needle in the message.
-async fn openai_error(url: &str, body: Value, headers: &[(&str, &str)], status: u16, param: Value, code: &str, needles: &[&str]) {
+async fn openai_error(
+    url: &str,
+    body: Value,
+    headers: &[(&str, &str)],
+    status: u16,
+    param: Value,
+    code: &str,
+    needles: &[&str],
+) {
     let reply = post_with(url, &body, headers).await;
     assert_eq!(reply.status, status, "{body} → {}", reply.text);
     let error = &reply.body["error"];
-    let message = error["message"].as_str().unwrap_or_else(|| panic!("OpenAI error body expected, got {}", reply.text));
+    let message = error["message"]
+        .as_str()
+        .unwrap_or_else(|| panic!("OpenAI error body expected, got {}", reply.text));
     for needle in needles {
-        assert!(message.contains(needle), "{body} → {message:?} lacks {needle:?}");
+        assert!(
+            message.contains(needle),
+            "{body} → {message:?} lacks {needle:?}"
+        );
     }
     assert_eq!(error["param"], param, "{}", reply.text);
     assert_eq!(error["code"], code, "{}", reply.text);
@@ -49,20 +70,54 @@ async fn wrong_fields_are_422_naming_the_field() {
     let server = shared().await;
     let url = format!("{}/v1/embeddings", server.url);
     let cases: Vec<(Value, &[&str])> = vec![
-        (json!({"input": "a", "dimensions": "abc"}), &["`dimensions`", "string \"abc\""]),
+        (
+            json!({"input": "a", "dimensions": "abc"}),
+            &["`dimensions`", "string \"abc\""],
+        ),
         (json!({"input": "a", "dimensions": 1.5}), &["`dimensions`"]),
-        (json!({"input": "a", "truncate": "yes"}), &["`truncate`", "boolean"]),
+        (
+            json!({"input": "a", "truncate": "yes"}),
+            &["`truncate`", "boolean"],
+        ),
         (json!({"input": "a", "normalized": 1}), &["`normalized`"]),
         (json!({"input": "a", "task": 5}), &["`task`"]),
-        (json!({"input": "a", "late_chunking": "sometimes"}), &["`late_chunking`", "\"long\""]),
-        (json!({"input": 3}), &["`input`", "token-id arrays are not supported"]),
-        (json!({"input": [[1, 2, 3]]}), &["`input`", "token-id arrays are not supported"]),
-        (json!({"input": ["a", null]}), &["`input`", "item 1", "found null"]),
-        (json!({"input": [{"text": 7}]}), &["`input`", "item 0", "`text`"]),
-        (json!({"input": "a", "embedding_type": "int8"}), &["`embedding_type`", "\"int8\"", "float, base64, binary, ubinary"]),
-        (json!({"input": "a", "embedding_type": []}), &["`embedding_type`", "empty"]),
+        (
+            json!({"input": "a", "late_chunking": "sometimes"}),
+            &["`late_chunking`", "\"long\""],
+        ),
+        (
+            json!({"input": 3}),
+            &["`input`", "token-id arrays are not supported"],
+        ),
+        (
+            json!({"input": [[1, 2, 3]]}),
+            &["`input`", "token-id arrays are not supported"],
+        ),
+        (
+            json!({"input": ["a", null]}),
+            &["`input`", "item 1", "found null"],
+        ),
+        (
+            json!({"input": [{"text": 7}]}),
+            &["`input`", "item 0", "`text`"],
+        ),
+        (
+            json!({"input": "a", "embedding_type": "int8"}),
+            &[
+                "`embedding_type`",
+                "\"int8\"",
+                "float, base64, binary, ubinary",
+            ],
+        ),
+        (
+            json!({"input": "a", "embedding_type": []}),
+            &["`embedding_type`", "empty"],
+        ),
         (json!({"input": "a", "user": 12}), &["`user`"]),
-        (json!({"model": "jina-embeddings-v3"}), &["`input` is required"]),
+        (
+            json!({"model": "jina-embeddings-v3"}),
+            &["`input` is required"],
+        ),
         (json!({"input": null}), &["`input` is required"]),
         (json!([1, 2]), &["must be a JSON object", "an array"]),
     ];
@@ -76,9 +131,21 @@ async fn values_out_of_range_name_the_value_and_limit() {
     let server = shared().await;
     let url = format!("{}/v1/embeddings", server.url);
     jina_error(&url, json!({"input": []}), 422, &["at least one text"]).await;
-    jina_error(&url, json!({"input": "a", "task": "retrieval"}), 422, &["\"retrieval\"", "retrieval.query", "text-matching", "none"]).await;
+    jina_error(
+        &url,
+        json!({"input": "a", "task": "retrieval"}),
+        422,
+        &["\"retrieval\"", "retrieval.query", "text-matching", "none"],
+    )
+    .await;
     for d in [0, -3, 129] {
-        jina_error(&url, json!({"input": "a", "dimensions": d}), 422, &[&format!("dimensions {d}"), "between 1 and 128"]).await;
+        jina_error(
+            &url,
+            json!({"input": "a", "dimensions": d}),
+            422,
+            &[&format!("dimensions {d}"), "between 1 and 128"],
+        )
+        .await;
     }
     jina_error(
         &url,
@@ -120,11 +187,19 @@ async fn malformed_json_is_400_and_unknown_fields_are_ignored() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_empty_string_is_valid() {
     let server = shared().await;
-    let reply = post(&format!("{}/v1/embeddings", server.url), &json!({"input": [""]})).await;
+    let reply = post(
+        &format!("{}/v1/embeddings", server.url),
+        &json!({"input": [""]}),
+    )
+    .await;
     assert_eq!(reply.status, 200, "{}", reply.text);
     assert_eq!(reply.body["usage"]["total_tokens"], 2, "<s></s>");
     assert_eq!(embeddings_of(&reply.body)[0].len(), 128);
-    let reply = post(&format!("{}/v1/embeddings", server.url), &json!({"input": ""})).await;
+    let reply = post(
+        &format!("{}/v1/embeddings", server.url),
+        &json!({"input": ""}),
+    )
+    .await;
     assert_eq!(reply.status, 200, "{}", reply.text);
 }
 
@@ -139,7 +214,12 @@ async fn inputs_over_the_token_limit_name_index_and_count() {
         &url,
         json!({"input": ["short", long], "task": "none"}),
         400,
-        &["input[1]", &format!("{tokens} tokens"), "limit of 8194", "truncate"],
+        &[
+            "input[1]",
+            &format!("{tokens} tokens"),
+            "limit of 8194",
+            "truncate",
+        ],
     )
     .await;
     openai_error(
@@ -153,28 +233,56 @@ async fn inputs_over_the_token_limit_name_index_and_count() {
     )
     .await;
     // Late chunking: the joined sequence is over the limit.
-    jina_error(&url, json!({"input": [long.clone(), "b"], "late_chunking": true}), 400, &["late chunking", "8194"]).await;
+    jina_error(
+        &url,
+        json!({"input": [long.clone(), "b"], "late_chunking": true}),
+        400,
+        &["late chunking", "8194"],
+    )
+    .await;
     // With truncate, the tail is cut and the request succeeds.
-    let reply = post(&url, &json!({"input": [long], "truncate": true, "task": "none"})).await;
+    let reply = post(
+        &url,
+        &json!({"input": [long], "truncate": true, "task": "none"}),
+    )
+    .await;
     assert_eq!(reply.status, 200, "{}", reply.text);
     assert_eq!(reply.body["usage"]["total_tokens"], 8194);
 }
 
 fn jina_server_tokens(text: &str) -> usize {
-    crate::common::model().tokenizer().encode_with_specials(text).expect("tokenize").len()
+    crate::common::model()
+        .tokenizer()
+        .encode_with_specials(text)
+        .expect("tokenize")
+        .len()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn payload_and_input_count_limits_are_413() {
     let mut config = config();
-    config.limits = ServerLimits { payload_limit: 2000, max_inputs_per_request: 4, ..ServerLimits::default() };
+    config.limits = ServerLimits {
+        payload_limit: 2000,
+        max_inputs_per_request: 4,
+        ..ServerLimits::default()
+    };
     let server = TestServer::ready(config).await;
     let url = format!("{}/v1/embeddings", server.url);
 
     // Declared by Content-Length.
     let big = json!({"input": "x".repeat(3000)});
     let size = format!("of {} bytes", big.to_string().len());
-    jina_error(&url, big.clone(), 413, &["larger than the limit of 2000 bytes", "payload_limit", &size]).await;
+    jina_error(
+        &url,
+        big.clone(),
+        413,
+        &[
+            "larger than the limit of 2000 bytes",
+            "payload_limit",
+            &size,
+        ],
+    )
+    .await;
     openai_error(
         &url,
         big,
@@ -187,7 +295,9 @@ async fn payload_and_input_count_limits_are_413() {
     .await;
 
     // Chunked, without Content-Length: found while reading.
-    let mut stream = tokio::net::TcpStream::connect(server.addr).await.expect("connect");
+    let mut stream = tokio::net::TcpStream::connect(server.addr)
+        .await
+        .expect("connect");
     let chunk = format!("{{\"input\": \"{}\"}}", "y".repeat(3000));
     let request = format!(
         "POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{:x}\r\n{chunk}\r\n0\r\n\r\n",
@@ -198,10 +308,19 @@ async fn payload_and_input_count_limits_are_413() {
     stream.read_to_end(&mut raw).await.expect("read");
     let (status, body) = parse_http_response(&raw);
     assert_eq!(status, 413, "{body}");
-    assert!(detail(&body).contains("larger than the limit of 2000 bytes"), "{body}");
+    assert!(
+        detail(&body).contains("larger than the limit of 2000 bytes"),
+        "{body}"
+    );
 
     // Too many inputs.
-    jina_error(&url, json!({"input": ["a", "b", "c", "d", "e"]}), 413, &["5 items", "limit of 4", "max_inputs_per_request"]).await;
+    jina_error(
+        &url,
+        json!({"input": ["a", "b", "c", "d", "e"]}),
+        413,
+        &["5 items", "limit of 4", "max_inputs_per_request"],
+    )
+    .await;
     openai_error(
         &url,
         json!({"input": ["a", "b", "c", "d", "e"], "encoding_format": "base64"}),
@@ -222,18 +341,34 @@ async fn payload_and_input_count_limits_are_413() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_is_429_with_retry_after() {
     let mut config = config();
-    config.limits = ServerLimits { max_concurrent_requests: 1, ..ServerLimits::default() };
+    config.limits = ServerLimits {
+        max_concurrent_requests: 1,
+        ..ServerLimits::default()
+    };
     let server = TestServer::ready(config).await;
     let url = format!("{}/v1/embeddings", server.url);
 
     // Hold one request in flight (admitted, waiting for the last byte of its body).
     let held = Held::open(server.addr, "/v1/embeddings", &json!({"input": ["held"]})).await;
-    wait_for_metrics(&server, "one request in flight", |m| m.contains("\njina_in_flight_requests 1\n")).await;
+    wait_for_metrics(&server, "one request in flight", |m| {
+        m.contains("\njina_in_flight_requests 1\n")
+    })
+    .await;
 
     let reply = post(&url, &json!({"input": "a"})).await;
     assert_eq!(reply.status, 429, "{}", reply.text);
-    assert_eq!(reply.headers.get("retry-after").and_then(|v| v.to_str().ok()), Some("1"));
-    assert!(detail(&reply.body).contains("1 requests are already in flight (max_concurrent_requests)"), "{}", reply.text);
+    assert_eq!(
+        reply
+            .headers
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
+        Some("1")
+    );
+    assert!(
+        detail(&reply.body).contains("1 requests are already in flight (max_concurrent_requests)"),
+        "{}",
+        reply.text
+    );
     // A refused request's body is not read, so only the SDK header can mark it as OpenAI.
     openai_error(
         &url,
@@ -252,10 +387,21 @@ async fn a_full_queue_is_429_with_retry_after() {
     let (status, body) = held.finish().await;
     assert_eq!(status, 200, "{body}");
     let reply = post(&url, &json!({"input": "a"})).await;
-    assert_eq!(reply.status, 200, "after the held request finished: {}", reply.text);
+    assert_eq!(
+        reply.status, 200,
+        "after the held request finished: {}",
+        reply.text
+    );
     let metrics = server.metrics().await;
-    assert!(metrics.contains("jina_requests_total{route=\"/v1/embeddings\",status=\"429\",task=\"-\"} 3"), "{metrics}");
-    server.stop(Duration::from_secs(10)).await.expect("clean stop");
+    assert!(
+        metrics
+            .contains("jina_requests_total{route=\"/v1/embeddings\",status=\"429\",task=\"-\"} 3"),
+        "{metrics}"
+    );
+    server
+        .stop(Duration::from_secs(10))
+        .await
+        .expect("clean stop");
 }
 
 /// The OpenAI dialect is recognised from `encoding_format` in the body or from the SDK's
@@ -268,8 +414,26 @@ async fn the_dialect_decides_the_error_body() {
     jina_error(&url, bad.clone(), 422, &["`dimensions`"]).await;
     let mut with_format = bad.clone();
     with_format["encoding_format"] = json!("float");
-    openai_error(&url, with_format, &[], 422, json!("dimensions"), "invalid_field", &["`dimensions`"]).await;
-    openai_error(&url, bad, &[("X-Stainless-Lang", "python")], 422, json!("dimensions"), "invalid_field", &["`dimensions`"]).await;
+    openai_error(
+        &url,
+        with_format,
+        &[],
+        422,
+        json!("dimensions"),
+        "invalid_field",
+        &["`dimensions`"],
+    )
+    .await;
+    openai_error(
+        &url,
+        bad,
+        &[("X-Stainless-Lang", "python")],
+        422,
+        json!("dimensions"),
+        "invalid_field",
+        &["`dimensions`"],
+    )
+    .await;
     openai_error(
         &url,
         json!({"input": "a", "task": "bogus", "encoding_format": "base64"}),
@@ -280,7 +444,16 @@ async fn the_dialect_decides_the_error_body() {
         &["\"bogus\""],
     )
     .await;
-    openai_error(&url, json!({"input": [], "encoding_format": "base64"}), &[], 422, json!("input"), "empty_input", &["at least one"]).await;
+    openai_error(
+        &url,
+        json!({"input": [], "encoding_format": "base64"}),
+        &[],
+        422,
+        json!("input"),
+        "empty_input",
+        &["at least one"],
+    )
+    .await;
     openai_error(
         &url,
         json!({"input": "a", "encoding_format": "ubinary"}),
@@ -303,28 +476,49 @@ async fn the_dialect_decides_the_error_body() {
     let body: Value = reply.json().await.expect("json");
     assert_eq!(body["error"]["code"], "invalid_json", "{body}");
     // Unknown route.
-    let reply = reqwest::get(format!("{}/v2/nothing", server.url)).await.expect("send");
+    let reply = reqwest::get(format!("{}/v2/nothing", server.url))
+        .await
+        .expect("send");
     assert_eq!(reply.status(), 404);
     let body: Value = reply.json().await.expect("json");
     assert!(detail(&body).contains("/v2/nothing"));
     // Wrong method.
     let reply = reqwest::get(&url).await.expect("send");
     assert_eq!(reply.status(), 405);
-    assert_eq!(reply.headers().get("allow").and_then(|v| v.to_str().ok()), Some("POST"));
+    assert_eq!(
+        reply.headers().get("allow").and_then(|v| v.to_str().ok()),
+        Some("POST")
+    );
     let body: Value = reply.json().await.expect("json");
-    assert!(detail(&body).contains("method GET is not allowed on /v1/embeddings"), "{body}");
+    assert!(
+        detail(&body).contains("method GET is not allowed on /v1/embeddings"),
+        "{body}"
+    );
 }
 
 /// A client that stalls while sending its body gets 408 and frees its admission slot.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_body_is_408() {
     let mut config = config();
-    config.limits = ServerLimits { body_timeout: Duration::from_millis(200), max_concurrent_requests: 1, ..ServerLimits::default() };
+    config.limits = ServerLimits {
+        body_timeout: Duration::from_millis(200),
+        max_concurrent_requests: 1,
+        ..ServerLimits::default()
+    };
     let server = TestServer::ready(config).await;
     let held = Held::open(server.addr, "/v1/embeddings", &json!({"input": "stalled"})).await;
-    let (status, body) = tokio::time::timeout(Duration::from_secs(10), held.response()).await.expect("answered in time");
+    let (status, body) = tokio::time::timeout(Duration::from_secs(10), held.response())
+        .await
+        .expect("answered in time");
     assert_eq!(status, 408, "{body}");
-    assert!(detail(&body).contains("did not arrive within 0.2 s"), "{body}");
-    let reply = post(&format!("{}/v1/embeddings", server.url), &json!({"input": "next"})).await;
+    assert!(
+        detail(&body).contains("did not arrive within 0.2 s"),
+        "{body}"
+    );
+    let reply = post(
+        &format!("{}/v1/embeddings", server.url),
+        &json!({"input": "next"}),
+    )
+    .await;
     assert_eq!(reply.status, 200, "the slot was freed: {}", reply.text);
 }

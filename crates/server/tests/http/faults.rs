@@ -11,7 +11,10 @@ use jina_server::ServerLimits;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::common::{config, fixture_dir, metric_value, parse_http_response, post, wait_for_metrics, words, Held, TestServer};
+use crate::common::{
+    config, fixture_dir, metric_value, parse_http_response, post, wait_for_metrics, words, Held,
+    TestServer,
+};
 
 /// Sends raw bytes as a POST body and reads the answer.
 async fn raw_post(addr: SocketAddr, body: &[u8]) -> (u16, Value) {
@@ -36,32 +39,56 @@ fn detail(body: &Value) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_that_disconnect_mid_request_leak_nothing() {
     let mut config = config();
-    config.limits = ServerLimits { max_concurrent_requests: 2, max_batch_tokens: 512, ..ServerLimits::default() };
+    config.limits = ServerLimits {
+        max_concurrent_requests: 2,
+        max_batch_tokens: 512,
+        ..ServerLimits::default()
+    };
     let server = TestServer::ready(config).await;
     for _ in 0..5 {
         // Mid-body: headers and all but one byte, then gone.
-        let held = Held::open(server.addr, "/v1/embeddings", &json!({"input": "never finished"})).await;
-        wait_for_metrics(&server, "the held request admitted", |m| m.contains("\njina_in_flight_requests 1\n")).await;
+        let held = Held::open(
+            server.addr,
+            "/v1/embeddings",
+            &json!({"input": "never finished"}),
+        )
+        .await;
+        wait_for_metrics(&server, "the held request admitted", |m| {
+            m.contains("\njina_in_flight_requests 1\n")
+        })
+        .await;
         drop(held);
-        wait_for_metrics(&server, "its slot back", |m| m.contains("\njina_in_flight_requests 0\n")).await;
+        wait_for_metrics(&server, "its slot back", |m| {
+            m.contains("\njina_in_flight_requests 0\n")
+        })
+        .await;
 
         // Mid-inference: a whole request of many sequences, then gone before the answer.
         let body = serde_json::to_vec(&json!({"input": vec![words(400); 24]})).expect("json");
-        let mut stream = tokio::net::TcpStream::connect(server.addr).await.expect("connect");
+        let mut stream = tokio::net::TcpStream::connect(server.addr)
+            .await
+            .expect("connect");
         let head = format!("POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n", body.len());
         stream.write_all(head.as_bytes()).await.expect("head");
         // Dropped only once the body is read and the request queued (else it is a body-read 400).
         let ran_before = metric_value(&server.metrics().await, "jina_forward_tokens_total");
         stream.write_all(&body).await.expect("body");
         wait_for_metrics(&server, "sequences queued", |m| {
-            metric_value(m, "jina_queued_sequences") > 0.0 || metric_value(m, "jina_forward_tokens_total") > ran_before
+            metric_value(m, "jina_queued_sequences") > 0.0
+                || metric_value(m, "jina_forward_tokens_total") > ran_before
         })
         .await;
         drop(stream);
-        wait_for_metrics(&server, "the slot back after the disconnect", |m| m.contains("\njina_in_flight_requests 0\n")).await;
+        wait_for_metrics(&server, "the slot back after the disconnect", |m| {
+            m.contains("\njina_in_flight_requests 0\n")
+        })
+        .await;
         // The scheduler drops a cancelled request between forward passes, so its queued
         // sequences leave the gauge once the pass under way (if any) ends, not at once.
-        wait_for_metrics(&server, "no queued sequences left behind", |m| metric_value(m, "jina_queued_sequences") == 0.0).await;
+        wait_for_metrics(&server, "no queued sequences left behind", |m| {
+            metric_value(m, "jina_queued_sequences") == 0.0
+        })
+        .await;
     }
     let m = server.metrics().await;
     let abandoned: f64 = m
@@ -70,8 +97,14 @@ async fn clients_that_disconnect_mid_request_leak_nothing() {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum();
     // Inference dropped (499) five times; the mid-body drops end as a body-read 400 that nobody reads.
-    assert_eq!(abandoned, 5.0, "every disconnect after the body counted as 499:\n{m}");
-    assert!(m.contains("jina_requests_total{route=\"/v1/embeddings\",status=\"400\",task=\"-\"} 5\n"), "{m}");
+    assert_eq!(
+        abandoned, 5.0,
+        "every disconnect after the body counted as 499:\n{m}"
+    );
+    assert!(
+        m.contains("jina_requests_total{route=\"/v1/embeddings\",status=\"400\",task=\"-\"} 5\n"),
+        "{m}"
+    );
     // Both slots are free: two requests at once are both served.
     let url = format!("{}/v1/embeddings", server.url);
     let (one, two) = (json!({"input": "one"}), json!({"input": "two"}));
@@ -84,10 +117,15 @@ async fn clients_that_disconnect_mid_request_leak_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trickling_body_is_408_at_the_body_timeout() {
     let mut config = config();
-    config.limits = ServerLimits { body_timeout: Duration::from_millis(500), ..ServerLimits::default() };
+    config.limits = ServerLimits {
+        body_timeout: Duration::from_millis(500),
+        ..ServerLimits::default()
+    };
     let server = TestServer::ready(config).await;
     let body = serde_json::to_vec(&json!({"input": words(100)})).expect("json");
-    let mut stream = tokio::net::TcpStream::connect(server.addr).await.expect("connect");
+    let mut stream = tokio::net::TcpStream::connect(server.addr)
+        .await
+        .expect("connect");
     let head = format!("POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
     stream.write_all(head.as_bytes()).await.expect("head");
     let started = Instant::now();
@@ -104,7 +142,11 @@ async fn a_trickling_body_is_408_at_the_body_timeout() {
     let _ = stream.read_to_end(&mut raw).await;
     let (status, body) = parse_http_response(&raw);
     assert_eq!(status, 408, "{body}");
-    assert!(started.elapsed() < Duration::from_secs(3), "answered after {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "answered after {:?}",
+        started.elapsed()
+    );
 }
 
 /// A chunked body without Content-Length that grows past the limit is refused with 413 once the
@@ -112,9 +154,14 @@ async fn a_trickling_body_is_408_at_the_body_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_chunked_body_is_413() {
     let mut config = config();
-    config.limits = ServerLimits { payload_limit: 64 * 1024, ..ServerLimits::default() };
+    config.limits = ServerLimits {
+        payload_limit: 64 * 1024,
+        ..ServerLimits::default()
+    };
     let server = TestServer::ready(config).await;
-    let mut stream = tokio::net::TcpStream::connect(server.addr).await.expect("connect");
+    let mut stream = tokio::net::TcpStream::connect(server.addr)
+        .await
+        .expect("connect");
     stream
         .write_all(b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
         .await
@@ -143,7 +190,11 @@ async fn an_oversized_chunked_body_is_413() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_utf8_is_400() {
     let server = crate::common::shared().await;
-    for body in [&b"{\"input\": \"caf\xe9\"}"[..], b"\xff\xfe\x00{}", b"{\"input\": [\"ok\", \"\xc3\x28\"]}"] {
+    for body in [
+        &b"{\"input\": \"caf\xe9\"}"[..],
+        b"\xff\xfe\x00{}",
+        b"{\"input\": [\"ok\", \"\xc3\x28\"]}",
+    ] {
         let (status, reply) = raw_post(server.addr, body).await;
         assert_eq!(status, 400, "{reply}");
         assert!(detail(&reply).contains("not valid JSON"), "{reply}");
@@ -156,10 +207,20 @@ async fn invalid_utf8_is_400() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deeply_nested_json_is_400_before_parsing() {
     let server = crate::common::shared().await;
-    let nested = |depth: usize| format!("{{\"input\": {}\"a\"{}}}", "[".repeat(depth - 1), "]".repeat(depth - 1)).into_bytes();
+    let nested = |depth: usize| {
+        format!(
+            "{{\"input\": {}\"a\"{}}}",
+            "[".repeat(depth - 1),
+            "]".repeat(depth - 1)
+        )
+        .into_bytes()
+    };
     let (status, reply) = raw_post(server.addr, &nested(100)).await;
     assert_eq!(status, 400, "{reply}");
-    assert!(detail(&reply).contains("nest deeper than 32 levels"), "{reply}");
+    assert!(
+        detail(&reply).contains("nest deeper than 32 levels"),
+        "{reply}"
+    );
     let (status, reply) = raw_post(server.addr, &nested(1_000_000)).await;
     assert_eq!(status, 400, "{reply}");
     // Brackets inside strings do not count.
@@ -168,7 +229,15 @@ async fn deeply_nested_json_is_400_before_parsing() {
     // At the bound: parsed, then refused by the field check (422), not by the depth scan.
     let (status, reply) = raw_post(server.addr, &nested(32)).await;
     assert_eq!(status, 422, "{reply}");
-    assert_eq!(post(&format!("{}/v1/embeddings", server.url), &json!({"input": "still alive"})).await.status, 200);
+    assert_eq!(
+        post(
+            &format!("{}/v1/embeddings", server.url),
+            &json!({"input": "still alive"})
+        )
+        .await
+        .status,
+        200
+    );
 }
 
 /// CORS is off by default (no header, a preflight is 405) and on for the listed origins only.
@@ -182,22 +251,47 @@ async fn cors_is_off_unless_an_origin_is_allowed() {
             .header("Access-Control-Request-Method", "POST")
             .send()
     };
-    let post_from = |url: String, origin: &'static str| client.post(url).header("Origin", origin).json(&json!({"input": "a"})).send();
+    let post_from = |url: String, origin: &'static str| {
+        client
+            .post(url)
+            .header("Origin", origin)
+            .json(&json!({"input": "a"}))
+            .send()
+    };
 
     let off = crate::common::shared().await;
-    let reply = post_from(format!("{}/v1/embeddings", off.url), "https://app.example").await.expect("post");
+    let reply = post_from(format!("{}/v1/embeddings", off.url), "https://app.example")
+        .await
+        .expect("post");
     assert_eq!(reply.status(), 200);
-    assert!(reply.headers().get("access-control-allow-origin").is_none(), "CORS header without the flag");
-    assert_eq!(preflight(format!("{}/v1/embeddings", off.url)).await.expect("options").status(), 405);
+    assert!(
+        reply.headers().get("access-control-allow-origin").is_none(),
+        "CORS header without the flag"
+    );
+    assert_eq!(
+        preflight(format!("{}/v1/embeddings", off.url))
+            .await
+            .expect("options")
+            .status(),
+        405
+    );
 
     let mut config = config();
     config.cors_allow_origins = jina_server::cors::CorsOrigins::new(["https://app.example"]);
     config.api_keys = jina_server::ApiKeys::new(["k"]);
     let on = TestServer::ready(config).await;
-    let reply = preflight(format!("{}/v1/embeddings", on.url)).await.expect("options");
+    let reply = preflight(format!("{}/v1/embeddings", on.url))
+        .await
+        .expect("options");
     assert_eq!(reply.status(), 204, "a preflight needs no key");
-    assert_eq!(reply.headers()["access-control-allow-origin"], "https://app.example");
-    assert!(reply.headers()["access-control-allow-headers"].to_str().unwrap_or_default().contains("authorization"));
+    assert_eq!(
+        reply.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+    assert!(reply.headers()["access-control-allow-headers"]
+        .to_str()
+        .unwrap_or_default()
+        .contains("authorization"));
     let reply = client
         .post(format!("{}/v1/embeddings", on.url))
         .header("Origin", "https://app.example")
@@ -207,10 +301,18 @@ async fn cors_is_off_unless_an_origin_is_allowed() {
         .await
         .expect("post");
     assert_eq!(reply.status(), 200);
-    assert_eq!(reply.headers()["access-control-allow-origin"], "https://app.example");
-    let reply = post_from(format!("{}/v1/embeddings", on.url), "https://evil.example").await.expect("post");
+    assert_eq!(
+        reply.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+    let reply = post_from(format!("{}/v1/embeddings", on.url), "https://evil.example")
+        .await
+        .expect("post");
     assert_eq!(reply.status(), 401, "the key is still required");
-    assert!(reply.headers().get("access-control-allow-origin").is_none(), "another origin is not allowed");
+    assert!(
+        reply.headers().get("access-control-allow-origin").is_none(),
+        "another origin is not allowed"
+    );
 }
 
 /// The model folder removed after the server is ready: requests are still served (the weights
@@ -228,18 +330,36 @@ async fn the_model_folder_removed_after_start_is_still_served() {
     config.model_dir = model.clone();
     let server = TestServer::ready(config).await;
     let url = format!("{}/v1/embeddings", server.url);
-    let before = post(&url, &json!({"input": ["before", words(300)], "task": "retrieval.query"})).await;
+    let before = post(
+        &url,
+        &json!({"input": ["before", words(300)], "task": "retrieval.query"}),
+    )
+    .await;
     assert_eq!(before.status, 200, "{}", before.text);
     std::fs::remove_dir_all(&model).expect("remove the model folder");
     assert!(!model.exists());
     for _ in 0..3 {
-        let after = post(&url, &json!({"input": ["before", words(300)], "task": "retrieval.query"})).await;
+        let after = post(
+            &url,
+            &json!({"input": ["before", words(300)], "task": "retrieval.query"}),
+        )
+        .await;
         assert_eq!(after.status, 200, "{}", after.text);
-        assert_eq!(after.body["data"], before.body["data"], "the same embeddings after the removal");
+        assert_eq!(
+            after.body["data"], before.body["data"],
+            "the same embeddings after the removal"
+        );
     }
-    let tokens = post(&format!("{}/tokenize", server.url), &json!({"input": "a b c"})).await;
+    let tokens = post(
+        &format!("{}/tokenize", server.url),
+        &json!({"input": "a b c"}),
+    )
+    .await;
     assert_eq!(tokens.status, 200, "{}", tokens.text);
-    server.stop(Duration::from_secs(10)).await.expect("clean stop");
+    server
+        .stop(Duration::from_secs(10))
+        .await
+        .expect("clean stop");
 }
 
 /// Kills the child if the test fails half-way.
@@ -257,11 +377,27 @@ impl Drop for ChildGuard {
 /// Starts `jina_server::run` in a child process (the `lifecycle::child_serve` helper) and
 /// waits until it is ready: the child, its address and its stderr lines.
 async fn spawn_server(extra: &[&str]) -> (ChildGuard, String, std::sync::mpsc::Receiver<String>) {
-    let mut args = vec![json!("--model"), json!(fixture_dir()), json!("--port"), json!("0"), json!("--log-format"), json!("json")];
+    let mut args = vec![
+        json!("--model"),
+        json!(fixture_dir()),
+        json!("--port"),
+        json!("0"),
+        json!("--log-format"),
+        json!("json"),
+    ];
     args.extend(extra.iter().map(|a| json!(a)));
     let child = Command::new(std::env::current_exe().expect("test binary"))
-        .args(["--ignored", "--exact", "lifecycle::child_serve", "--nocapture", "--test-threads=1"])
-        .env("JINA_SERVER_TEST_CHILD_ARGS", Value::Array(args).to_string())
+        .args([
+            "--ignored",
+            "--exact",
+            "lifecycle::child_serve",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(
+            "JINA_SERVER_TEST_CHILD_ARGS",
+            Value::Array(args).to_string(),
+        )
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -272,19 +408,34 @@ async fn spawn_server(extra: &[&str]) -> (ChildGuard, String, std::sync::mpsc::R
     let stderr = child.0.stderr.take().expect("stderr");
     let (tx, rx) = std::sync::mpsc::channel::<String>();
     std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
             let _ = tx.send(line);
         }
     });
     let deadline = Instant::now() + Duration::from_secs(30);
     let addr = loop {
-        let line = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("a listening line");
-        if let Some(addr) = serde_json::from_str::<Value>(&line).ok().and_then(|v| v["fields"]["address"].as_str().map(String::from)) {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("a listening line");
+        if let Some(addr) = serde_json::from_str::<Value>(&line)
+            .ok()
+            .and_then(|v| v["fields"]["address"].as_str().map(String::from))
+        {
             break addr;
         }
     };
     let client = reqwest::Client::new();
-    while client.get(format!("http://{addr}/health")).send().await.map(|r| r.status().as_u16()).ok() != Some(200) {
+    while client
+        .get(format!("http://{addr}/health"))
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .ok()
+        != Some(200)
+    {
         assert!(Instant::now() < deadline, "the child did not become ready");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -308,7 +459,8 @@ async fn wait_exit(child: &mut ChildGuard, within: Duration) -> std::process::Ex
 #[cfg(unix)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_load_finishes_every_accepted_request() {
-    let (mut child, addr, lines) = spawn_server(&["--threads", "2", "--shutdown-grace", "30"]).await;
+    let (mut child, addr, lines) =
+        spawn_server(&["--threads", "2", "--shutdown-grace", "30"]).await;
     let socket: SocketAddr = addr.parse().expect("address");
     let url = format!("http://{addr}/v1/embeddings");
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -319,7 +471,8 @@ async fn sigterm_under_load_finishes_every_accepted_request() {
             let client = reqwest::Client::new();
             let mut statuses = Vec::new();
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let body = json!({"input": [words(50 + 100 * i), "short"], "task": "retrieval.passage"});
+                let body =
+                    json!({"input": [words(50 + 100 * i), "short"], "task": "retrieval.passage"});
                 match client.post(&url).json(&body).send().await {
                     Ok(r) => statuses.push(r.status().as_u16()),
                     // Refused or closed before the request was accepted: the listener is gone.
@@ -331,22 +484,47 @@ async fn sigterm_under_load_finishes_every_accepted_request() {
     }
     let mut held = Vec::new();
     for i in 0..12 {
-        held.push(Held::open(socket, "/v1/embeddings", &json!({"input": [format!("held {i}"), words(200)]})).await);
+        held.push(
+            Held::open(
+                socket,
+                "/v1/embeddings",
+                &json!({"input": [format!("held {i}"), words(200)]}),
+            )
+            .await,
+        );
     }
     let client = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let m = client.get(format!("http://{addr}/metrics")).send().await.expect("metrics").text().await.expect("text");
+        let m = client
+            .get(format!("http://{addr}/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text");
         if metric_value(&m, "jina_in_flight_requests") >= 12.0 {
             break;
         }
-        assert!(Instant::now() < deadline, "the held requests were not admitted:\n{m}");
+        assert!(
+            Instant::now() < deadline,
+            "the held requests were not admitted:\n{m}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let status = Command::new("kill").arg("-TERM").arg(child.0.id().to_string()).status().expect("kill");
+    let status = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.0.id().to_string())
+        .status()
+        .expect("kill");
     assert!(status.success());
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !lines.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("a shutdown line").contains("shutting down") {}
+    while !lines
+        .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        .expect("a shutdown line")
+        .contains("shutting down")
+    {}
     let finished = futures_join(held.into_iter().map(|h| tokio::spawn(h.finish())).collect()).await;
     for (i, (status, body)) in finished.iter().enumerate() {
         assert_eq!(*status, 200, "held request {i} after SIGTERM: {body}");
@@ -357,8 +535,14 @@ async fn sigterm_under_load_finishes_every_accepted_request() {
     for loader in loaders {
         all.extend(loader.await.expect("loader"));
     }
-    assert!(all.iter().all(|&s| s == 200 || s == 503), "statuses under load: {all:?}");
-    assert!(all.iter().filter(|&&s| s == 200).count() > 0, "the load ran: {all:?}");
+    assert!(
+        all.iter().all(|&s| s == 200 || s == 503),
+        "statuses under load: {all:?}"
+    );
+    assert!(
+        all.iter().filter(|&&s| s == 200).count() > 0,
+        "the load ran: {all:?}"
+    );
     let exit = wait_exit(&mut child, Duration::from_secs(30)).await;
     assert!(exit.success(), "exit {exit:?}");
 }
@@ -378,19 +562,45 @@ async fn futures_join<T>(handles: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> {
 #[cfg(target_os = "linux")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_short_load_run_is_clean_and_memory_stays_flat() {
-    let (mut child, addr, _lines) = spawn_server(&["--threads", "2", "--max-concurrent-requests", "6"]).await;
+    let (mut child, addr, _lines) =
+        spawn_server(&["--threads", "2", "--max-concurrent-requests", "6"]).await;
     let seconds = std::env::var("JINA_LOADGEN_SECONDS").unwrap_or_else(|_| "12".into());
-    let report_path = std::env::temp_dir().join(format!("jina-loadgen-{}.json", std::process::id()));
+    let report_path =
+        std::env::temp_dir().join(format!("jina-loadgen-{}.json", std::process::id()));
     let mut loadgen = std::process::Command::new(env!("CARGO_BIN_EXE_jina-loadgen"));
     loadgen
-        .args(["--url", &format!("http://{addr}"), "--clients", "8", "--duration", &seconds, "--max-tokens", "8000"])
-        .args(["--pid", &child.0.id().to_string(), "--rss-interval-ms", "100", "--timeout", "120"])
+        .args([
+            "--url",
+            &format!("http://{addr}"),
+            "--clients",
+            "8",
+            "--duration",
+            &seconds,
+            "--max-tokens",
+            "8000",
+        ])
+        .args([
+            "--pid",
+            &child.0.id().to_string(),
+            "--rss-interval-ms",
+            "100",
+            "--timeout",
+            "120",
+        ])
         .arg("--json")
         .arg(&report_path);
-    let output = tokio::task::spawn_blocking(move || loadgen.output()).await.expect("join").expect("run jina-loadgen");
+    let output = tokio::task::spawn_blocking(move || loadgen.output())
+        .await
+        .expect("join")
+        .expect("run jina-loadgen");
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "loadgen failed: {stdout}\n{}", String::from_utf8_lossy(&output.stderr));
-    let report: Value = serde_json::from_slice(&std::fs::read(&report_path).expect("report")).expect("report JSON");
+    assert!(
+        output.status.success(),
+        "loadgen failed: {stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(&report_path).expect("report")).expect("report JSON");
     let _ = std::fs::remove_file(&report_path);
     eprintln!("{stdout}");
     let by_status = report["by_status"].as_object().expect("by_status");
@@ -398,16 +608,34 @@ async fn a_short_load_run_is_clean_and_memory_stays_flat() {
         let ok = status == "200" || status == "429" || status == "503";
         assert!(ok, "{count} responses with status {status}: {report}");
     }
-    assert!(by_status.get("200").and_then(Value::as_u64).unwrap_or(0) >= 5, "too few successes: {report}");
+    assert!(
+        by_status.get("200").and_then(Value::as_u64).unwrap_or(0) >= 5,
+        "too few successes: {report}"
+    );
     let rss = &report["rss"];
-    let (middle, last) = (rss["max_middle_kib"].as_f64().expect("middle"), rss["max_last_kib"].as_f64().expect("last"));
-    assert!(last <= middle * 1.25 + 32.0 * 1024.0, "RSS grew after warm-up: {rss}");
+    let (middle, last) = (
+        rss["max_middle_kib"].as_f64().expect("middle"),
+        rss["max_last_kib"].as_f64().expect("last"),
+    );
+    assert!(
+        last <= middle * 1.25 + 32.0 * 1024.0,
+        "RSS grew after warm-up: {rss}"
+    );
 
     // The refusal of other hosts, through the binary.
-    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_jina-loadgen")).args(["--url", "http://192.0.2.1:8080"]).output().expect("run");
+    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_jina-loadgen"))
+        .args(["--url", "http://192.0.2.1:8080"])
+        .output()
+        .expect("run");
     assert_eq!(refused.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("only targets loopback"));
 
-    Command::new("kill").arg("-TERM").arg(child.0.id().to_string()).status().expect("kill");
-    assert!(wait_exit(&mut child, Duration::from_secs(60)).await.success());
+    Command::new("kill")
+        .arg("-TERM")
+        .arg(child.0.id().to_string())
+        .status()
+        .expect("kill");
+    assert!(wait_exit(&mut child, Duration::from_secs(60))
+        .await
+        .success());
 }

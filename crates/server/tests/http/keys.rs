@@ -16,15 +16,30 @@ async fn keys_guard_every_route_but_health_and_metrics() {
     let body = json!({"input": "a"});
     let url = |p: &str| format!("{}{p}", server.url);
 
-    for (auth, reason) in [(None, "missing API key"), (Some("Bearer key-thre"), "invalid API key"), (Some("Basic key-one"), "missing API key")] {
+    for (auth, reason) in [
+        (None, "missing API key"),
+        (Some("Bearer key-thre"), "invalid API key"),
+        (Some("Basic key-one"), "missing API key"),
+    ] {
         let headers: Vec<(&str, &str)> = auth.map(|a| ("Authorization", a)).into_iter().collect();
         for path in ["/v1/embeddings", "/embeddings", "/tokenize"] {
             let reply = post_with(&url(path), &body, &headers).await;
             assert_eq!(reply.status, 401, "{path} {auth:?}: {}", reply.text);
-            assert_eq!(reply.headers.get("www-authenticate").and_then(|v| v.to_str().ok()), Some("Bearer"));
-            let detail = reply.body["detail"].as_str().unwrap_or_else(|| panic!("JSON 401 body: {}", reply.text));
+            assert_eq!(
+                reply
+                    .headers
+                    .get("www-authenticate")
+                    .and_then(|v| v.to_str().ok()),
+                Some("Bearer")
+            );
+            let detail = reply.body["detail"]
+                .as_str()
+                .unwrap_or_else(|| panic!("JSON 401 body: {}", reply.text));
             assert!(detail.contains(reason), "{detail}");
-            assert!(!reply.text.contains("key-one") && !reply.text.contains("key-thre"), "a key is echoed");
+            assert!(
+                !reply.text.contains("key-one") && !reply.text.contains("key-thre"),
+                "a key is echoed"
+            );
         }
         for path in ["/v1/models", "/models", "/openapi.json"] {
             let reply = get_with(&url(path), &headers).await;
@@ -33,9 +48,21 @@ async fn keys_guard_every_route_but_health_and_metrics() {
     }
 
     // The OpenAI SDK gets its own error body.
-    let reply = post_with(&url("/v1/embeddings"), &body, &[("X-Stainless-Lang", "python"), ("Authorization", "Bearer nope")]).await;
+    let reply = post_with(
+        &url("/v1/embeddings"),
+        &body,
+        &[
+            ("X-Stainless-Lang", "python"),
+            ("Authorization", "Bearer nope"),
+        ],
+    )
+    .await;
     assert_eq!(reply.status, 401);
-    assert_eq!(reply.body["error"]["code"], "invalid_api_key", "{}", reply.text);
+    assert_eq!(
+        reply.body["error"]["code"], "invalid_api_key",
+        "{}",
+        reply.text
+    );
     assert_eq!(reply.body["error"]["type"], "invalid_request_error");
 
     // Either key works; the scheme is case-insensitive.
@@ -47,11 +74,28 @@ async fn keys_guard_every_route_but_health_and_metrics() {
     }
 
     // The document declares what is enforced: bearer and a 401 on the guarded routes only.
-    let doc = get_with(&url("/openapi.json"), &[("Authorization", "Bearer key-one")]).await.body;
+    let doc = get_with(
+        &url("/openapi.json"),
+        &[("Authorization", "Bearer key-one")],
+    )
+    .await
+    .body;
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
-    for (path, method) in [("/v1/embeddings", "post"), ("/tokenize", "post"), ("/v1/models", "get"), ("/openapi.json", "get")] {
-        assert_eq!(doc["paths"][path][method]["security"], json!([{"bearer": []}]), "{path}");
-        assert!(doc["paths"][path][method]["responses"]["401"].is_object(), "{path}");
+    for (path, method) in [
+        ("/v1/embeddings", "post"),
+        ("/tokenize", "post"),
+        ("/v1/models", "get"),
+        ("/openapi.json", "get"),
+    ] {
+        assert_eq!(
+            doc["paths"][path][method]["security"],
+            json!([{"bearer": []}]),
+            "{path}"
+        );
+        assert!(
+            doc["paths"][path][method]["responses"]["401"].is_object(),
+            "{path}"
+        );
     }
     for path in ["/health", "/metrics"] {
         assert!(doc["paths"][path]["get"]["security"].is_null(), "{path}");
@@ -62,7 +106,10 @@ async fn keys_guard_every_route_but_health_and_metrics() {
     let metrics = get_with(&url("/metrics"), &[]).await;
     assert_eq!(metrics.status, 200);
     assert!(metrics.text.contains("status=\"401\""), "401s are counted");
-    server.stop(Duration::from_secs(10)).await.expect("clean stop");
+    server
+        .stop(Duration::from_secs(10))
+        .await
+        .expect("clean stop");
 }
 
 #[test]
@@ -99,12 +146,33 @@ fn keys_come_from_flags_environment_and_file() {
     }
     assert_eq!(config.limits.max_batch_tokens, 1024);
     assert_eq!(config.default_task, "text-matching");
-    assert!(!format!("{config:?}").contains("from-file"), "Debug must not show keys");
+    assert!(
+        !format!("{config:?}").contains("from-file"),
+        "Debug must not show keys"
+    );
 
     let empty = dir.path().join("empty");
     std::fs::write(&empty, "# nothing\n").expect("write");
-    let cli = Cli::try_parse_from(["serve", "--model", "m", "--api-key-file", empty.to_str().expect("utf-8")]).expect("parse");
-    assert!(cli.serve.to_config().unwrap_err().to_string().contains("holds no key"));
-    let cli = Cli::try_parse_from(["serve", "--model", "m", "--max-inputs-per-request", "0"]).expect("parse");
-    assert!(cli.serve.to_config().unwrap_err().to_string().contains("max_inputs_per_request must be at least 1"));
+    let cli = Cli::try_parse_from([
+        "serve",
+        "--model",
+        "m",
+        "--api-key-file",
+        empty.to_str().expect("utf-8"),
+    ])
+    .expect("parse");
+    assert!(cli
+        .serve
+        .to_config()
+        .unwrap_err()
+        .to_string()
+        .contains("holds no key"));
+    let cli = Cli::try_parse_from(["serve", "--model", "m", "--max-inputs-per-request", "0"])
+        .expect("parse");
+    assert!(cli
+        .serve
+        .to_config()
+        .unwrap_err()
+        .to_string()
+        .contains("max_inputs_per_request must be at least 1"));
 }

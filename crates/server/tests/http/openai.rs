@@ -21,7 +21,11 @@ fn check(label: &str, got: &Value, request: EmbedRequest) {
     let embeddings = got["embeddings"].as_array().expect("embeddings");
     assert_eq!(embeddings.len(), expected.embeddings.len(), "{label}");
     let indices: Vec<usize> = serde_json::from_value(got["indices"].clone()).expect("indices");
-    assert_eq!(indices, (0..embeddings.len()).collect::<Vec<_>>(), "{label}");
+    assert_eq!(
+        indices,
+        (0..embeddings.len()).collect::<Vec<_>>(),
+        "{label}"
+    );
     for (i, (ours, theirs)) in embeddings.iter().zip(&expected.embeddings).enumerate() {
         let ours = floats(ours);
         assert_eq!(ours.len(), theirs.len(), "{label} input {i}");
@@ -49,7 +53,12 @@ async fn the_openai_python_sdk_gets_the_engine_embeddings() {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/openai_client.py");
     let url = server.url.clone();
     let output = tokio::task::spawn_blocking(move || {
-        Command::new(python).arg(script).arg(url).arg("sdk-test-key").output().expect("run python")
+        Command::new(python)
+            .arg(script)
+            .arg(url)
+            .arg("sdk-test-key")
+            .output()
+            .expect("run python")
     })
     .await
     .expect("join");
@@ -63,24 +72,47 @@ async fn the_openai_python_sdk_gets_the_engine_embeddings() {
     eprintln!("openai SDK {}", out["openai_version"]);
 
     // The SDK's default request asks for base64, so the server answered in base64.
-    assert_eq!(out["default_request"]["encoding_format"], "base64", "{}", out["default_request"]);
-    let inputs = vec!["What is the capital of France?".to_string(), "Paris is the capital of France.".to_string(), String::new()];
+    assert_eq!(
+        out["default_request"]["encoding_format"], "base64",
+        "{}",
+        out["default_request"]
+    );
+    let inputs = vec![
+        "What is the capital of France?".to_string(),
+        "Paris is the capital of France.".to_string(),
+        String::new(),
+    ];
     check("default", &out["default"], EmbedRequest::new(inputs));
     check(
         "query64",
         &out["query64"],
-        EmbedRequest::new(vec!["What is the capital of France?".into()]).with_task("retrieval.query").with_dimensions(64),
+        EmbedRequest::new(vec!["What is the capital of France?".into()])
+            .with_task("retrieval.query")
+            .with_dimensions(64),
     );
-    check("float", &out["float"], EmbedRequest::new(vec!["Paris".into()]));
+    check(
+        "float",
+        &out["float"],
+        EmbedRequest::new(vec!["Paris".into()]),
+    );
 
     let unknown = &out["unknown_task"];
     assert_eq!(unknown["status"], 422, "{unknown}");
     assert_eq!(unknown["class"], "UnprocessableEntityError");
     assert_eq!(unknown["body"]["code"], "unknown_task", "{unknown}");
-    assert!(unknown["body"]["message"].as_str().unwrap_or_default().contains("\"bogus\""), "{unknown}");
+    assert!(
+        unknown["body"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("\"bogus\""),
+        "{unknown}"
+    );
     let wrong = &out["wrong_key"];
     assert_eq!(wrong["status"], 401, "{wrong}");
     assert_eq!(wrong["class"], "AuthenticationError");
     assert_eq!(wrong["body"]["code"], "invalid_api_key", "{wrong}");
-    server.stop(Duration::from_secs(10)).await.expect("clean stop");
+    server
+        .stop(Duration::from_secs(10))
+        .await
+        .expect("clean stop");
 }

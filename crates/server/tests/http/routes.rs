@@ -29,10 +29,16 @@ async fn tokenize_includes_specials_and_the_task_prefix() {
     let reply = post(&url, &json!({"input": "Paris", "task": "retrieval.query"})).await;
     assert_eq!(reply.status, 200, "{}", reply.text);
     let prefix = reply.body["prefix"].as_str().expect("prefix").to_string();
-    assert!(!prefix.is_empty(), "retrieval.query has an instruction prefix");
+    assert!(
+        !prefix.is_empty(),
+        "retrieval.query has an instruction prefix"
+    );
     let item = &reply.body["data"][0];
     let ids: Vec<u32> = serde_json::from_value(item["ids"].clone()).expect("ids");
-    let expected = model().tokenizer().encode_with_specials(&format!("{prefix}Paris")).expect("tokenize");
+    let expected = model()
+        .tokenizer()
+        .encode_with_specials(&format!("{prefix}Paris"))
+        .expect("tokenize");
     assert_eq!(ids, expected);
     let tokens: Vec<String> = serde_json::from_value(item["tokens"].clone()).expect("tokens");
     assert_eq!(tokens.first().map(String::as_str), Some("<s>"));
@@ -41,7 +47,11 @@ async fn tokenize_includes_specials_and_the_task_prefix() {
     assert_eq!(item["count"], ids.len());
     assert_eq!(reply.body["max_tokens"], 8194);
     // The count is what /v1/embeddings bills.
-    let embed = post(&format!("{}/v1/embeddings", server.url), &json!({"input": "Paris", "task": "retrieval.query"})).await;
+    let embed = post(
+        &format!("{}/v1/embeddings", server.url),
+        &json!({"input": "Paris", "task": "retrieval.query"}),
+    )
+    .await;
     assert_eq!(embed.body["usage"]["total_tokens"], ids.len());
 
     // Default task (text-matching: no prefix), {"text": …} objects, and long inputs are counted, not refused.
@@ -60,7 +70,14 @@ async fn tokenize_includes_specials_and_the_task_prefix() {
     ] {
         let reply = post(&url, &body).await;
         assert_eq!(reply.status, status, "{body}: {}", reply.text);
-        assert!(reply.body["detail"].as_str().unwrap_or_default().contains(needle), "{body}: {}", reply.text);
+        assert!(
+            reply.body["detail"]
+                .as_str()
+                .unwrap_or_default()
+                .contains(needle),
+            "{body}: {}",
+            reply.text
+        );
     }
 }
 
@@ -68,7 +85,12 @@ async fn tokenize_includes_specials_and_the_task_prefix() {
 async fn models_lists_the_served_model() {
     let server = shared().await;
     for path in ["/v1/models", "/models"] {
-        let body: Value = reqwest::get(format!("{}{path}", server.url)).await.expect("get").json().await.expect("json");
+        let body: Value = reqwest::get(format!("{}{path}", server.url))
+            .await
+            .expect("get")
+            .json()
+            .await
+            .expect("json");
         assert_eq!(body["object"], "list");
         let card = &body["data"][0];
         assert_eq!(card["id"], "jina-embeddings-v3");
@@ -78,8 +100,18 @@ async fn models_lists_the_served_model() {
         assert_eq!(card["default_task"], "text-matching");
         assert_eq!(card["matryoshka_dimensions"], json!([32, 64, 128]));
         let tasks: Vec<String> = serde_json::from_value(card["tasks"].clone()).expect("tasks");
-        for task in ["retrieval.query", "retrieval.passage", "separation", "classification", "text-matching", "none"] {
-            assert!(tasks.iter().any(|t| t == task), "{task} missing from {tasks:?}");
+        for task in [
+            "retrieval.query",
+            "retrieval.passage",
+            "separation",
+            "classification",
+            "text-matching",
+            "none",
+        ] {
+            assert!(
+                tasks.iter().any(|t| t == task),
+                "{task} missing from {tasks:?}"
+            );
         }
     }
 }
@@ -87,19 +119,38 @@ async fn models_lists_the_served_model() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openapi_is_generated_from_the_request_types() {
     let server = shared().await;
-    let response = reqwest::get(format!("{}/openapi.json", server.url)).await.expect("get");
+    let response = reqwest::get(format!("{}/openapi.json", server.url))
+        .await
+        .expect("get");
     assert_eq!(response.status(), 200);
     let doc: Value = response.json().await.expect("json");
     assert!(doc["openapi"].as_str().expect("version").starts_with("3."));
-    for path in ["/v1/embeddings", "/tokenize", "/v1/models", "/health", "/metrics"] {
+    for path in [
+        "/v1/embeddings",
+        "/tokenize",
+        "/v1/models",
+        "/health",
+        "/metrics",
+    ] {
         assert!(doc["paths"][path].is_object(), "{path} missing");
     }
     let request = &doc["components"]["schemas"]["EmbeddingsRequest"]["properties"];
     for field in [
-        "model", "input", "task", "dimensions", "late_chunking", "embedding_type", "encoding_format", "normalized",
-        "truncate", "user",
+        "model",
+        "input",
+        "task",
+        "dimensions",
+        "late_chunking",
+        "embedding_type",
+        "encoding_format",
+        "normalized",
+        "truncate",
+        "user",
     ] {
-        assert!(request[field].is_object(), "EmbeddingsRequest.{field} missing from the schema");
+        assert!(
+            request[field].is_object(),
+            "EmbeddingsRequest.{field} missing from the schema"
+        );
     }
     assert!(doc["components"]["schemas"]["EmbeddingsResponse"].is_object());
     // The served model's values: the small fixture's hidden size bounds `dimensions`.
@@ -122,10 +173,17 @@ async fn metrics_count_requests_tokens_and_batches() {
     .await;
     assert_eq!(reply.status, 200);
     assert_eq!(reply.headers["x-request-id"], "my-request-7");
-    let tokens = model().embed(&EmbedRequest::new(inputs).with_task("classification")).expect("engine").total_tokens;
+    let tokens = model()
+        .embed(&EmbedRequest::new(inputs).with_task("classification"))
+        .expect("engine")
+        .total_tokens;
     let after = server.metrics().await;
     let delta = |name: &str| {
-        let old = if before.lines().any(|l| l.starts_with(&format!("{name} "))) { metric_value(&before, name) } else { 0.0 };
+        let old = if before.lines().any(|l| l.starts_with(&format!("{name} "))) {
+            metric_value(&before, name)
+        } else {
+            0.0
+        };
         metric_value(&after, name) - old
     };
     // Other tests share this server: deltas are lower bounds.
@@ -144,7 +202,11 @@ async fn metrics_count_requests_tokens_and_batches() {
         assert!(after.contains(needle), "{needle} missing from\n{after}");
     }
     // A fresh id when the client sends none.
-    let reply = post(&format!("{}/v1/embeddings", server.url), &json!({"input": "x"})).await;
+    let reply = post(
+        &format!("{}/v1/embeddings", server.url),
+        &json!({"input": "x"}),
+    )
+    .await;
     let id = reply.headers["x-request-id"].to_str().expect("ascii");
     assert!(id.len() > 8 && id != "my-request-7");
 }

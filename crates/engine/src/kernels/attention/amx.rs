@@ -49,17 +49,32 @@ const HEADROOM: f32 = 16.0;
 const MAX_PARTS: usize = 3;
 
 /// Every (sequence, head) of `tasks` through the fused kernel, in bf16 or exact f32.
-pub(super) fn attention(qkv: &[f32], ctx: SharedMut, tasks: &[(SequenceRange, usize)], shape: Shape, bf16: bool, cpu: Cpu) {
+pub(super) fn attention(
+    qkv: &[f32],
+    ctx: SharedMut,
+    tasks: &[(SequenceRange, usize)],
+    shape: Shape,
+    bf16: bool,
+    cpu: Cpu,
+) {
     thread_local! {
         /// Each thread's buffers, kept across calls: at 8192 tokens they are ~10 MB a head,
         /// and fresh ones cost page faults every layer.
         static KERNELS: std::cell::RefCell<[Option<AmxAttention>; 2]> = const { std::cell::RefCell::new([None, None]) };
     }
-    let Shape { d, hidden, scale, .. } = shape;
-    let precision = if bf16 { Precision::Bf16 } else { Precision::F32 };
+    let Shape {
+        d, hidden, scale, ..
+    } = shape;
+    let precision = if bf16 {
+        Precision::Bf16
+    } else {
+        Precision::F32
+    };
     let slot = precision as usize;
     tasks.par_iter().for_each(|&(seq, head)| {
-        let cached = KERNELS.with(|k| k.borrow_mut()[slot].take()).filter(|k| k.cpu == cpu);
+        let cached = KERNELS
+            .with(|k| k.borrow_mut()[slot].take())
+            .filter(|k| k.cpu == cpu);
         let mut kernel = cached.unwrap_or_else(|| AmxAttention::new(precision, cpu));
         let out = kernel.attend(qkv, seq, 3 * hidden, head * d, hidden, scale);
         write_rows(ctx, out, seq.start, head, shape);
@@ -148,14 +163,26 @@ impl AmxAttention {
     /// # Panics
     /// Unless `cpu` has AMX-BF16 (the caller resolved this kernel for it).
     #[allow(clippy::too_many_arguments)]
-    pub fn attend(&mut self, qkv: &[f32], seq: SequenceRange, stride: usize, q_col: usize, hidden: usize, scale: f32) -> &[f32] {
+    pub fn attend(
+        &mut self,
+        qkv: &[f32],
+        seq: SequenceRange,
+        stride: usize,
+        q_col: usize,
+        hidden: usize,
+        scale: f32,
+    ) -> &[f32] {
         assert!(self.cpu.amx_bf16, "AMX attention needs AMX-BF16");
         let len = seq.len;
-        assert!(len == 0 || qkv.len() >= (seq.start + len - 1) * stride + q_col + 2 * hidden + HEAD_DIM);
+        assert!(
+            len == 0 || qkv.len() >= (seq.start + len - 1) * stride + q_col + 2 * hidden + HEAD_DIM
+        );
         if len == 0 {
             return &[];
         }
-        let rows = |offset: usize| (0..len).map(move |t| &qkv[(seq.start + t) * stride + offset..][..HEAD_DIM]);
+        let rows = |offset: usize| {
+            (0..len).map(move |t| &qkv[(seq.start + t) * stride + offset..][..HEAD_DIM])
+        };
         let parts = self.precision.parts();
         // SAFETY (all three): the features were checked above.
         unsafe {
@@ -184,8 +211,12 @@ impl AmxAttention {
                 // `len` keys and `q_blocks` query blocks.
                 unsafe {
                     match self.precision {
-                        Precision::Bf16 => self.block_over_keys::<1>(block, keys.clone(), len, c, &mut state),
-                        Precision::F32 => self.block_over_keys::<3>(block, keys.clone(), len, c, &mut state),
+                        Precision::Bf16 => {
+                            self.block_over_keys::<1>(block, keys.clone(), len, c, &mut state)
+                        }
+                        Precision::F32 => {
+                            self.block_over_keys::<3>(block, keys.clone(), len, c, &mut state)
+                        }
                     }
                 }
             }
@@ -220,7 +251,11 @@ impl AmxAttention {
         // Both key tiles of a block, and the block's four value tiles, each `PARTS` tiles.
         let key_tiles = |kb: usize| self.k[kb * 2 * 2 * PARTS * 16..].as_ptr();
         let value_tiles = |kb: usize| self.v[kb * 4 * PARTS * 16..].as_ptr();
-        scores::<PARTS>(q, key_tiles(first_block), state.scores[first_block % 2].as_mut_ptr());
+        scores::<PARTS>(
+            q,
+            key_tiles(first_block),
+            state.scores[first_block % 2].as_mut_ptr(),
+        );
         for kb in blocks.clone() {
             let (now, other) = (kb % 2, (kb + 1) % 2);
             // The tiles take the previous block's P·V and the next block's scores ...
@@ -235,8 +270,20 @@ impl AmxAttention {
             let valid = K_BLOCK.min(len - kb * K_BLOCK);
             let lines = &mut state.probabilities[now];
             let scores = &state.scores[now];
-            if let Some(r) = probabilities::<PARTS>(scores, valid, c, reference, lines, &mut state.partial) {
-                rebase_rows::<PARTS>(r, o, scores, valid, c, reference, sums, lines, &mut state.partial);
+            if let Some(r) =
+                probabilities::<PARTS>(scores, valid, c, reference, lines, &mut state.partial)
+            {
+                rebase_rows::<PARTS>(
+                    r,
+                    o,
+                    scores,
+                    valid,
+                    c,
+                    reference,
+                    sums,
+                    lines,
+                    &mut state.partial,
+                );
             }
         }
         let last = blocks.end - 1;
@@ -250,7 +297,12 @@ impl AmxAttention {
 
 /// Q as A tiles (see [`AmxAttention::q`]); rows past `len` are zero.
 #[target_feature(enable = "avx512f,avx512bf16,avx512bw,avx512vl")]
-unsafe fn pack_queries<'a>(rows: impl Iterator<Item = &'a [f32]>, len: usize, parts: usize, q: &mut Vec<Line>) {
+unsafe fn pack_queries<'a>(
+    rows: impl Iterator<Item = &'a [f32]>,
+    len: usize,
+    parts: usize,
+    q: &mut Vec<Line>,
+) {
     q.clear();
     q.resize(len.div_ceil(Q_BLOCK) * 2 * parts * 16, ZERO_LINE);
     for (t, row) in rows.enumerate() {
@@ -267,7 +319,12 @@ unsafe fn pack_queries<'a>(rows: impl Iterator<Item = &'a [f32]>, len: usize, pa
 /// K as B tiles of `Q·Kᵀ` (see [`AmxAttention::k`]); keys past `len`, up to a whole block of
 /// 32, are zero.
 #[target_feature(enable = "avx512f,avx512bf16,avx512bw,avx512vl")]
-unsafe fn pack_keys<'a>(rows: impl Iterator<Item = &'a [f32]>, len: usize, parts: usize, k: &mut Vec<Line>) {
+unsafe fn pack_keys<'a>(
+    rows: impl Iterator<Item = &'a [f32]>,
+    len: usize,
+    parts: usize,
+    k: &mut Vec<Line>,
+) {
     k.clear();
     k.resize(len.div_ceil(K_BLOCK) * 2 * 2 * parts * 16, ZERO_LINE);
     for (t, row) in rows.enumerate() {
@@ -287,7 +344,12 @@ unsafe fn pack_keys<'a>(rows: impl Iterator<Item = &'a [f32]>, len: usize, parts
 
 /// V as B tiles of `P·V` (see [`AmxAttention::v`]); keys past `len` are zero.
 #[target_feature(enable = "avx512f,avx512bf16,avx512bw,avx512vl")]
-unsafe fn pack_values<'a>(rows: impl Iterator<Item = &'a [f32]>, len: usize, parts: usize, v: &mut Vec<Line>) {
+unsafe fn pack_values<'a>(
+    rows: impl Iterator<Item = &'a [f32]>,
+    len: usize,
+    parts: usize,
+    v: &mut Vec<Line>,
+) {
     v.clear();
     v.resize(len.div_ceil(K_BLOCK) * 4 * parts * 16, ZERO_LINE);
     let mut rows = rows.peekable();
@@ -301,7 +363,9 @@ unsafe fn pack_values<'a>(rows: impl Iterator<Item = &'a [f32]>, len: usize, par
             for part in 0..parts {
                 // Key 2p in the low half of each pair, key 2p + 1 in the high half.
                 let low = _mm512_cvtepu16_epi32(lo[part]);
-                let high = hi.map_or(_mm512_setzero_si512(), |hi| _mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(hi[part])));
+                let high = hi.map_or(_mm512_setzero_si512(), |hi| {
+                    _mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(hi[part]))
+                });
                 let line = &mut v[((4 * b + c) * parts + part) * 16 + p];
                 _mm512_store_si512(line.0.as_mut_ptr() as *mut _, _mm512_or_si512(low, high));
             }
@@ -314,9 +378,12 @@ unsafe fn pack_values<'a>(rows: impl Iterator<Item = &'a [f32]>, len: usize, par
 #[target_feature(enable = "avx512f,avx512bf16,avx512bw,avx512vl")]
 unsafe fn split_line(x: *const f32, parts: usize) -> [Line; MAX_PARTS] {
     let mut lines = [ZERO_LINE; MAX_PARTS];
-    split_pair(_mm512_loadu_ps(x), _mm512_loadu_ps(x.add(16)), parts, |part, packed| {
-        _mm512_store_si512(lines[part].0.as_mut_ptr() as *mut _, packed)
-    });
+    split_pair(
+        _mm512_loadu_ps(x),
+        _mm512_loadu_ps(x.add(16)),
+        parts,
+        |part, packed| _mm512_store_si512(lines[part].0.as_mut_ptr() as *mut _, packed),
+    );
     lines
 }
 
@@ -324,7 +391,12 @@ unsafe fn split_line(x: *const f32, parts: usize) -> [Line; MAX_PARTS] {
 /// each part is the bf16 of what the parts before it left over, so three parts sum to every
 /// value exactly (rounding to nearest even each time).
 #[inline(always)]
-unsafe fn split_pair(mut lo: __m512, mut hi: __m512, parts: usize, mut write: impl FnMut(usize, __m512i)) {
+unsafe fn split_pair(
+    mut lo: __m512,
+    mut hi: __m512,
+    parts: usize,
+    mut write: impl FnMut(usize, __m512i),
+) {
     for part in 0..parts {
         let packed: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
         write(part, packed);
@@ -460,7 +532,14 @@ unsafe fn exp2<const PARTS: usize>(mask: u16, x: __m512) -> __m512 {
     let coefficients: &[f32] = if PARTS == 1 {
         &[0.055_088_766, 0.242_604_66, 0.693_276_3, 0.999_928_9]
     } else {
-        &[0.001_326_697_5, 0.009_675_465, 0.055_507_425, 0.240_221_22, 0.693_146_94, 1.000_000_1]
+        &[
+            0.001_326_697_5,
+            0.009_675_465,
+            0.055_507_425,
+            0.240_221_22,
+            0.693_146_94,
+            1.000_000_1,
+        ]
     };
     let mut p = _mm512_set1_ps(coefficients[0]);
     for &c in &coefficients[1..] {
@@ -472,7 +551,10 @@ unsafe fn exp2<const PARTS: usize>(mask: u16, x: __m512) -> __m512 {
 /// `x = s·c − m` for the 32 scores of one row at `s`.
 #[inline(always)]
 unsafe fn exponents(s: *const f32, c: __m512, m: __m512) -> (__m512, __m512) {
-    (_mm512_fmsub_ps(_mm512_loadu_ps(s), c, m), _mm512_fmsub_ps(_mm512_loadu_ps(s.add(16)), c, m))
+    (
+        _mm512_fmsub_ps(_mm512_loadu_ps(s), c, m),
+        _mm512_fmsub_ps(_mm512_loadu_ps(s.add(16)), c, m),
+    )
 }
 
 /// One query row's probabilities `2^x`: its line of each part, and the lanes added to
@@ -489,7 +571,9 @@ unsafe fn row_probabilities<const PARTS: usize>(
     let p1 = exp2::<PARTS>(masks.1, x1);
     let sum = _mm512_add_ps(_mm512_loadu_ps(partial.as_ptr()), _mm512_add_ps(p0, p1));
     _mm512_storeu_ps(partial.as_mut_ptr(), sum);
-    split_pair(p0, p1, PARTS, |part, packed| _mm512_store_si512(lines[part][r].0.as_mut_ptr() as *mut _, packed));
+    split_pair(p0, p1, PARTS, |part, packed| {
+        _mm512_store_si512(lines[part][r].0.as_mut_ptr() as *mut _, packed)
+    });
 }
 
 /// Probabilities of every row of the block against its reference. Stops at the first row with
@@ -508,7 +592,11 @@ unsafe fn probabilities<const PARTS: usize>(
     let cv = _mm512_set1_ps(c);
     let headroom = _mm512_set1_ps(HEADROOM);
     for r in 0..Q_BLOCK {
-        let (x0, x1) = exponents(scores[r * K_BLOCK..].as_ptr(), cv, _mm512_set1_ps(reference[r]));
+        let (x0, x1) = exponents(
+            scores[r * K_BLOCK..].as_ptr(),
+            cv,
+            _mm512_set1_ps(reference[r]),
+        );
         // NaN-safe: a reference of -∞ gives x = +∞, which is over.
         let over = _mm512_mask_cmp_ps_mask::<_CMP_NLE_UQ>(masks.0, x0, headroom)
             | _mm512_mask_cmp_ps_mask::<_CMP_NLE_UQ>(masks.1, x1, headroom);
@@ -549,7 +637,8 @@ unsafe fn rebase_rows<const PARTS: usize>(
         let x1 = _mm512_mask_mul_ps(lowest, masks.1, _mm512_loadu_ps(s.add(16)), cv);
         *max = _mm512_reduce_max_ps(_mm512_max_ps(x0, x1));
     }
-    let rescale = (first..Q_BLOCK).any(|r| row_max[r] > reference[r] && reference[r] != f32::NEG_INFINITY);
+    let rescale =
+        (first..Q_BLOCK).any(|r| row_max[r] > reference[r] && reference[r] != f32::NEG_INFINITY);
     if rescale {
         store_accumulators(o);
     }
@@ -566,7 +655,9 @@ unsafe fn rebase_rows<const PARTS: usize>(
                 let factor = (old - row_max).exp2();
                 sums[r] *= factor;
                 partial[r].iter_mut().for_each(|v| *v *= factor);
-                std::slice::from_raw_parts_mut(o.add(r * HEAD_DIM), HEAD_DIM).iter_mut().for_each(|v| *v *= factor);
+                std::slice::from_raw_parts_mut(o.add(r * HEAD_DIM), HEAD_DIM)
+                    .iter_mut()
+                    .for_each(|v| *v *= factor);
             }
         }
         let x = exponents(s, cv, _mm512_set1_ps(reference[r]));
@@ -579,8 +670,8 @@ unsafe fn rebase_rows<const PARTS: usize>(
 
 #[cfg(test)]
 mod tests {
-    use crate::kernels::reference::noise;
     use super::*;
+    use crate::kernels::reference::noise;
 
     thread_local! {
         /// Rows whose reference moved after the first block (the slow path's real work).
@@ -591,13 +682,28 @@ mod tests {
     /// chunks), and scores that grow along the keys so that rows are rebased many times.
     fn matches_the_reference(precision: Precision, tolerance: f32, growth_tolerance: f32) {
         // AMX is one of the variants only where the CPU has it (`Cpu::variants`).
-        let Some(cpu) = crate::kernels::cpu::Cpu::detected().amx_bf16.then(crate::kernels::cpu::Cpu::detected) else {
+        let Some(cpu) = crate::kernels::cpu::Cpu::detected()
+            .amx_bf16
+            .then(crate::kernels::cpu::Cpu::detected)
+        else {
             return;
         };
         let (heads, d) = (2, HEAD_DIM);
         let hidden = heads * d;
-        for (len, growth) in [(1, 0.0), (15, 0.0), (17, 0.0), (33, 0.0), (100, 0.0), (1030, 0.0), (300, 0.03), (2100, 0.004)] {
-            let mut qkv: Vec<f32> = noise(len * 3 * hidden, len as u64).iter().map(|v| v * 2.0).collect();
+        for (len, growth) in [
+            (1, 0.0),
+            (15, 0.0),
+            (17, 0.0),
+            (33, 0.0),
+            (100, 0.0),
+            (1030, 0.0),
+            (300, 0.03),
+            (2100, 0.004),
+        ] {
+            let mut qkv: Vec<f32> = noise(len * 3 * hidden, len as u64)
+                .iter()
+                .map(|v| v * 2.0)
+                .collect();
             // K rows scaled up along the sequence: later keys score higher and higher.
             for t in 0..len {
                 for x in &mut qkv[t * 3 * hidden + hidden..][..hidden] {
@@ -606,20 +712,43 @@ mod tests {
             }
             let seq = SequenceRange { start: 0, len };
             let want = crate::kernels::reference::attention(&qkv, &[seq], heads, d);
-            let tolerance = if growth == 0.0 { tolerance } else { growth_tolerance };
+            let tolerance = if growth == 0.0 {
+                tolerance
+            } else {
+                growth_tolerance
+            };
             let rebased_before = REBASED_ROWS.with(|n| n.get());
             let mut kernel = AmxAttention::new(precision, cpu);
             let mut worst = 0f32;
             for h in 0..heads {
-                let got = kernel.attend(&qkv, seq, 3 * hidden, h * d, hidden, 1.0 / (d as f32).sqrt()).to_vec();
+                let got = kernel
+                    .attend(
+                        &qkv,
+                        seq,
+                        3 * hidden,
+                        h * d,
+                        hidden,
+                        1.0 / (d as f32).sqrt(),
+                    )
+                    .to_vec();
                 for t in 0..len {
                     let (a, b) = (&got[t * d..][..d], &want[t * hidden + h * d..][..d]);
-                    worst = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(worst, f32::max);
+                    worst = a
+                        .iter()
+                        .zip(b)
+                        .map(|(x, y)| (x - y).abs())
+                        .fold(worst, f32::max);
                 }
             }
-            assert!(worst < tolerance, "{precision:?} len {len} growth {growth}: off by {worst}");
+            assert!(
+                worst < tolerance,
+                "{precision:?} len {len} growth {growth}: off by {worst}"
+            );
             if growth > 0.0 {
-                assert!(REBASED_ROWS.with(|n| n.get()) > rebased_before, "len {len}: no row was rebased");
+                assert!(
+                    REBASED_ROWS.with(|n| n.get()) > rebased_before,
+                    "len {len}: no row was rebased"
+                );
             }
         }
     }

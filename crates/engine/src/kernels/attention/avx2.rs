@@ -23,20 +23,28 @@ const KEYS: usize = 16;
 
 /// Every (sequence, head) of `tasks`. Heads whose size is not a multiple of 8 take the
 /// portable kernel (the model's heads are 64).
-pub(super) fn attention(qkv: &[f32], ctx: SharedMut, tasks: &[(SequenceRange, usize)], shape: Shape, cpu: Cpu) {
+pub(super) fn attention(
+    qkv: &[f32],
+    ctx: SharedMut,
+    tasks: &[(SequenceRange, usize)],
+    shape: Shape,
+    cpu: Cpu,
+) {
     assert!(cpu.avx2, "the AVX2 attention kernel needs AVX2 and FMA");
     if shape.d % 8 != 0 {
         return portable::attention(qkv, ctx, tasks, shape, true, cpu);
     }
-    tasks.par_iter().for_each_init(Head::default, |state, &(seq, head)| {
-        state.load(qkv, seq, head, shape);
-        for q0 in (0..seq.len).step_by(QUERIES) {
-            let queries = QUERIES.min(seq.len - q0);
-            // SAFETY: AVX2 and FMA were checked above; `load` sized the buffers for `seq`.
-            let out = unsafe { state.attend(qkv, seq, head, q0, queries, shape) };
-            write_rows(ctx, out, seq.start + q0, head, shape);
-        }
-    });
+    tasks
+        .par_iter()
+        .for_each_init(Head::default, |state, &(seq, head)| {
+            state.load(qkv, seq, head, shape);
+            for q0 in (0..seq.len).step_by(QUERIES) {
+                let queries = QUERIES.min(seq.len - q0);
+                // SAFETY: AVX2 and FMA were checked above; `load` sized the buffers for `seq`.
+                let out = unsafe { state.attend(qkv, seq, head, q0, queries, shape) };
+                write_rows(ctx, out, seq.start + q0, head, shape);
+            }
+        });
 }
 
 /// One thread's buffers for one head of one sequence.
@@ -74,10 +82,21 @@ impl Head {
     /// # Safety
     /// AVX2 and FMA available; [`Head::load`] ran for this sequence and head.
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn attend(&mut self, qkv: &[f32], seq: SequenceRange, head: usize, q0: usize, queries: usize, shape: Shape) -> &[f32] {
-        let Shape { d, hidden, scale, .. } = shape;
+    unsafe fn attend(
+        &mut self,
+        qkv: &[f32],
+        seq: SequenceRange,
+        head: usize,
+        q0: usize,
+        queries: usize,
+        shape: Shape,
+    ) -> &[f32] {
+        let Shape {
+            d, hidden, scale, ..
+        } = shape;
         let stride = 3 * hidden;
-        let q_row = |i: usize| &qkv[(seq.start + q0 + i.min(queries - 1)) * stride + head * d..][..d];
+        let q_row =
+            |i: usize| &qkv[(seq.start + q0 + i.min(queries - 1)) * stride + head * d..][..d];
         let q: [&[f32]; QUERIES] = std::array::from_fn(q_row);
         let mut max = [f32::NEG_INFINITY; QUERIES];
         let mut sum = [0f32; QUERIES];
@@ -113,7 +132,14 @@ impl Head {
     /// `scale · q·k` of the 4 queries and the 16 keys from `k0`; keys past `live` score −∞.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn scores(&self, q: &[&[f32]; QUERIES], k0: usize, d: usize, scale: f32, live: usize) -> [[__m256; 2]; QUERIES] {
+    unsafe fn scores(
+        &self,
+        q: &[&[f32]; QUERIES],
+        k0: usize,
+        d: usize,
+        scale: f32,
+        live: usize,
+    ) -> [[__m256; 2]; QUERIES] {
         let mut acc = [[_mm256_setzero_ps(); 2]; QUERIES];
         let blocks = self.keys[(k0 / 8) * d * 8..].as_ptr();
         for c in 0..d {
@@ -127,10 +153,17 @@ impl Head {
         }
         let scale = _mm256_set1_ps(scale);
         let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-        let keep = [0, 8].map(|base| _mm256_cmpgt_epi32(_mm256_set1_epi32(live as i32 - base), lanes));
+        let keep =
+            [0, 8].map(|base| _mm256_cmpgt_epi32(_mm256_set1_epi32(live as i32 - base), lanes));
         let minus_infinity = _mm256_set1_ps(f32::NEG_INFINITY);
         acc.map(|row| {
-            std::array::from_fn(|h| _mm256_blendv_ps(minus_infinity, _mm256_mul_ps(row[h], scale), _mm256_castsi256_ps(keep[h])))
+            std::array::from_fn(|h| {
+                _mm256_blendv_ps(
+                    minus_infinity,
+                    _mm256_mul_ps(row[h], scale),
+                    _mm256_castsi256_ps(keep[h]),
+                )
+            })
         })
     }
 
@@ -139,7 +172,11 @@ impl Head {
     #[target_feature(enable = "avx2,fma")]
     unsafe fn accumulate(&mut self, values: &[f32], stride: usize, live: usize, d: usize) {
         assert!(values.len() >= (live - 1) * stride + d);
-        let (p, v, out) = (self.probabilities.as_ptr(), values.as_ptr(), self.out.as_mut_ptr());
+        let (p, v, out) = (
+            self.probabilities.as_ptr(),
+            values.as_ptr(),
+            self.out.as_mut_ptr(),
+        );
         // Two registers a query (16 dimensions) where the head allows: 8 independent chains.
         let mut c0 = 0;
         while c0 + 16 <= d {
@@ -155,10 +192,21 @@ impl Head {
 /// `out[i][c0 .. c0 + 8R] += Σ_j p[i][j] · v[j][c0 .. c0 + 8R]` for the block's queries.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn pv_columns<const R: usize>(p: *const f32, v: *const f32, stride: usize, live: usize, out: *mut f32, d: usize, c0: usize) {
-    let mut acc: [[__m256; R]; QUERIES] = std::array::from_fn(|i| std::array::from_fn(|r| _mm256_loadu_ps(out.add(i * d + c0 + 8 * r))));
+unsafe fn pv_columns<const R: usize>(
+    p: *const f32,
+    v: *const f32,
+    stride: usize,
+    live: usize,
+    out: *mut f32,
+    d: usize,
+    c0: usize,
+) {
+    let mut acc: [[__m256; R]; QUERIES] = std::array::from_fn(|i| {
+        std::array::from_fn(|r| _mm256_loadu_ps(out.add(i * d + c0 + 8 * r)))
+    });
     for j in 0..live {
-        let v_j: [__m256; R] = std::array::from_fn(|r| _mm256_loadu_ps(v.add(j * stride + c0 + 8 * r)));
+        let v_j: [__m256; R] =
+            std::array::from_fn(|r| _mm256_loadu_ps(v.add(j * stride + c0 + 8 * r)));
         for (i, acc_i) in acc.iter_mut().enumerate() {
             let p_ij = _mm256_set1_ps(*p.add(i * KEYS + j));
             for r in 0..R {
@@ -179,7 +227,10 @@ unsafe fn pv_columns<const R: usize>(p: *const f32, v: *const f32, stride: usize
 unsafe fn scale_row(row: &mut [f32], factor: f32) {
     let f = _mm256_set1_ps(factor);
     for chunk in row.chunks_exact_mut(8) {
-        _mm256_storeu_ps(chunk.as_mut_ptr(), _mm256_mul_ps(_mm256_loadu_ps(chunk.as_ptr()), f));
+        _mm256_storeu_ps(
+            chunk.as_mut_ptr(),
+            _mm256_mul_ps(_mm256_loadu_ps(chunk.as_ptr()), f),
+        );
     }
 }
 
@@ -203,16 +254,40 @@ unsafe fn horizontal_sum(v: __m256) -> f32 {
 #[inline]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn exp(x: __m256) -> __m256 {
-    let clamped = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0)), _mm256_set1_ps(88.0));
+    let clamped = _mm256_min_ps(
+        _mm256_max_ps(x, _mm256_set1_ps(-87.0)),
+        _mm256_set1_ps(88.0),
+    );
     let round = _mm256_set1_ps(12_582_912.0);
-    let n = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(clamped, _mm256_set1_ps(std::f32::consts::LOG2_E)), round), round);
-    let r = _mm256_sub_ps(_mm256_sub_ps(clamped, _mm256_mul_ps(n, _mm256_set1_ps(0.693_359_4))), _mm256_mul_ps(n, _mm256_set1_ps(-2.121_944_4e-4)));
+    let n = _mm256_sub_ps(
+        _mm256_add_ps(
+            _mm256_mul_ps(clamped, _mm256_set1_ps(std::f32::consts::LOG2_E)),
+            round,
+        ),
+        round,
+    );
+    let r = _mm256_sub_ps(
+        _mm256_sub_ps(clamped, _mm256_mul_ps(n, _mm256_set1_ps(0.693_359_4))),
+        _mm256_mul_ps(n, _mm256_set1_ps(-2.121_944_4e-4)),
+    );
     let mut p = _mm256_set1_ps(1.987_569_1e-4);
-    for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 5.000_000_1e-1] {
+    for c in [
+        1.398_199_9e-3,
+        8.333_452e-3,
+        4.166_579_6e-2,
+        1.666_666_5e-1,
+        5.000_000_1e-1,
+    ] {
         p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(c));
     }
-    let y = _mm256_add_ps(_mm256_add_ps(_mm256_mul_ps(_mm256_mul_ps(p, r), r), r), _mm256_set1_ps(1.0));
-    let biased = _mm256_and_si256(_mm256_castps_si256(_mm256_add_ps(n, _mm256_set1_ps(12_582_912.0 + 127.0))), _mm256_set1_epi32(0x3F_FFFF));
+    let y = _mm256_add_ps(
+        _mm256_add_ps(_mm256_mul_ps(_mm256_mul_ps(p, r), r), r),
+        _mm256_set1_ps(1.0),
+    );
+    let biased = _mm256_and_si256(
+        _mm256_castps_si256(_mm256_add_ps(n, _mm256_set1_ps(12_582_912.0 + 127.0))),
+        _mm256_set1_epi32(0x3F_FFFF),
+    );
     let e = _mm256_mul_ps(y, _mm256_castsi256_ps(_mm256_slli_epi32::<23>(biased)));
     // Exactly 0 below the cut-off (and for −∞, the keys past the sequence).
     let live = _mm256_cmp_ps::<_CMP_GE_OQ>(x, _mm256_set1_ps(-60.0));

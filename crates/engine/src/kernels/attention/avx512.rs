@@ -21,8 +21,17 @@ const BF16_MIN_LEN: usize = 512;
 
 /// Every (sequence, head) of `tasks`; `bf16` lets sequences over [`BF16_MIN_LEN`] tokens round
 /// their products to bf16.
-pub(super) fn attention(qkv: &[f32], ctx: SharedMut, tasks: &[(SequenceRange, usize)], shape: Shape, bf16: bool, cpu: Cpu) {
-    let Shape { d, hidden, scale, .. } = shape;
+pub(super) fn attention(
+    qkv: &[f32],
+    ctx: SharedMut,
+    tasks: &[(SequenceRange, usize)],
+    shape: Shape,
+    bf16: bool,
+    cpu: Cpu,
+) {
+    let Shape {
+        d, hidden, scale, ..
+    } = shape;
     let bf16 = bf16 && cpu.avx512_bf16;
     tasks.par_iter().for_each_init(
         || [None::<PackedHead>, None::<PackedHead>],
@@ -33,7 +42,8 @@ pub(super) fn attention(qkv: &[f32], ctx: SharedMut, tasks: &[(SequenceRange, us
                 true => (PackedType::Bf16, Q_TILE),
                 false => (PackedType::F32, Q_TILE),
             };
-            let state = heads[long as usize].get_or_insert_with(|| PackedHead::new(d, ty, q_tile, cpu));
+            let state =
+                heads[long as usize].get_or_insert_with(|| PackedHead::new(d, ty, q_tile, cpu));
             state.load(qkv, seq, head, hidden, d);
             for q0 in (0..seq.len).step_by(q_tile) {
                 let q_len = q_tile.min(seq.len - q0);
@@ -55,7 +65,13 @@ struct PackedHead {
 
 impl PackedHead {
     fn new(d: usize, ty: PackedType, q_tile: usize, cpu: Cpu) -> Self {
-        PackedHead { cpu, ty, keys: Vec::new(), values: Vec::new(), scratch: Scratch::new(d, q_tile, true, cpu) }
+        PackedHead {
+            cpu,
+            ty,
+            keys: Vec::new(),
+            values: Vec::new(),
+            scratch: Scratch::new(d, q_tile, true, cpu),
+        }
     }
 
     /// Packs K (tiles of `K_TILE` keys × d) and Vᵀ (d × keys) of one head of one sequence.
@@ -64,14 +80,21 @@ impl PackedHead {
         let tiles = seq.len.div_ceil(K_TILE);
         let ty = self.ty;
         let cpu = self.cpu;
-        self.keys.resize_with(tiles, || PackedMatrix::empty(ty, cpu));
-        self.values.resize_with(tiles, || PackedMatrix::empty(ty, cpu));
+        self.keys
+            .resize_with(tiles, || PackedMatrix::empty(ty, cpu));
+        self.values
+            .resize_with(tiles, || PackedMatrix::empty(ty, cpu));
         for t in 0..tiles {
             let k0 = t * K_TILE;
             let k_len = K_TILE.min(seq.len - k0);
             let first = (seq.start + k0) * stride;
             self.keys[t].repack_strided(&qkv[first + hidden + head * d..], stride, k_len, d);
-            self.values[t].repack_transposed(&qkv[first + 2 * hidden + head * d..], stride, k_len, d);
+            self.values[t].repack_transposed(
+                &qkv[first + 2 * hidden + head * d..],
+                stride,
+                k_len,
+                d,
+            );
         }
     }
 
@@ -95,12 +118,29 @@ impl PackedHead {
         for (keys, values) in self.keys.iter().zip(&self.values) {
             let k_len = keys.n();
             let scores = &mut s.scores[..q_len * k_len];
-            linear::matmul(q, stride, q_len, keys, scores, k_len, MatmulInit::Zero, false);
+            linear::matmul(
+                q,
+                stride,
+                q_len,
+                keys,
+                scores,
+                k_len,
+                MatmulInit::Zero,
+                false,
+            );
             s.online_softmax(q_len, k_len, d, scale);
             let scores = &s.scores[..q_len * k_len];
-            linear::matmul(scores, k_len, q_len, values, &mut s.acc[..q_len * d], d, MatmulInit::Accumulate, false);
+            linear::matmul(
+                scores,
+                k_len,
+                q_len,
+                values,
+                &mut s.acc[..q_len * d],
+                d,
+                MatmulInit::Accumulate,
+                false,
+            );
         }
         s.normalise(q_len, d)
     }
 }
-

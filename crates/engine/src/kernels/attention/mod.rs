@@ -41,19 +41,37 @@ pub struct SequenceRange {
 /// `Wqkv` layout). Rotary positions must already be applied to Q and K. `kernel` and `cpu` come
 /// from the model's [`super::KernelPlan`]: the kernel family and precision, and the features it may
 /// use; softmax statistics stay in f32 in every kernel.
-pub fn attention(qkv: &[f32], ctx: &mut [f32], sequences: &[SequenceRange], heads: usize, d: usize, (kernel, cpu): (AttentionKernel, Cpu)) {
+pub fn attention(
+    qkv: &[f32],
+    ctx: &mut [f32],
+    sequences: &[SequenceRange],
+    heads: usize,
+    d: usize,
+    (kernel, cpu): (AttentionKernel, Cpu),
+) {
     let hidden = heads * d;
     let tokens: usize = sequences.iter().map(|s| s.start + s.len).max().unwrap_or(0);
     assert!(qkv.len() >= tokens * 3 * hidden && ctx.len() >= tokens * hidden);
-    let shape = Shape { d, hidden, scale: 1.0 / (d as f32).sqrt() };
+    let shape = Shape {
+        d,
+        hidden,
+        scale: 1.0 / (d as f32).sqrt(),
+    };
     let ctx = SharedMut(ctx.as_mut_ptr());
     // One task per (sequence, head): a head's K and V are read (or converted) once.
-    let tasks: Vec<(SequenceRange, usize)> = sequences.iter().flat_map(|s| (0..heads).map(move |h| (*s, h))).collect();
+    let tasks: Vec<(SequenceRange, usize)> = sequences
+        .iter()
+        .flat_map(|s| (0..heads).map(move |h| (*s, h)))
+        .collect();
     match kernel {
         #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
-        AttentionKernel::Amx { bf16 } if d == amx::HEAD_DIM => amx::attention(qkv, ctx, &tasks, shape, bf16, cpu),
+        AttentionKernel::Amx { bf16 } if d == amx::HEAD_DIM => {
+            amx::attention(qkv, ctx, &tasks, shape, bf16, cpu)
+        }
         #[cfg(target_arch = "x86_64")]
-        AttentionKernel::Amx { bf16 } | AttentionKernel::Avx512 { bf16 } => avx512::attention(qkv, ctx, &tasks, shape, bf16, cpu),
+        AttentionKernel::Amx { bf16 } | AttentionKernel::Avx512 { bf16 } => {
+            avx512::attention(qkv, ctx, &tasks, shape, bf16, cpu)
+        }
         #[cfg(target_arch = "x86_64")]
         AttentionKernel::Avx2 => avx2::attention(qkv, ctx, &tasks, shape, cpu),
         AttentionKernel::Reference => portable::attention(qkv, ctx, &tasks, shape, false, cpu),
@@ -91,4 +109,3 @@ impl SharedMut {
         self.0
     }
 }
-

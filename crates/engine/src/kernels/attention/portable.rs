@@ -9,8 +9,17 @@ use crate::kernels::cpu::Cpu;
 use crate::kernels::softmax;
 
 /// Every (sequence, head) of `tasks`, in tiles of [`Q_TILE`] queries.
-pub(super) fn attention(qkv: &[f32], ctx: SharedMut, tasks: &[(SequenceRange, usize)], shape: Shape, gemm: bool, cpu: Cpu) {
-    let Shape { d, hidden, scale, .. } = shape;
+pub(super) fn attention(
+    qkv: &[f32],
+    ctx: SharedMut,
+    tasks: &[(SequenceRange, usize)],
+    shape: Shape,
+    gemm: bool,
+    cpu: Cpu,
+) {
+    let Shape {
+        d, hidden, scale, ..
+    } = shape;
     let tiles: Vec<(SequenceRange, usize, usize)> = tasks
         .iter()
         .flat_map(|&(seq, head)| (0..seq.len).step_by(Q_TILE).map(move |q0| (seq, head, q0)))
@@ -127,7 +136,15 @@ impl Scratch {
 }
 
 /// `scores[q_len × k_len] = q · kᵀ`; Q and K rows are both `stride` apart.
-fn qk_tile(q: &[f32], q_len: usize, k: &[f32], k_len: usize, stride: usize, d: usize, scores: &mut [f32]) {
+fn qk_tile(
+    q: &[f32],
+    q_len: usize,
+    k: &[f32],
+    k_len: usize,
+    stride: usize,
+    d: usize,
+    scores: &mut [f32],
+) {
     assert!(q.len() >= (q_len - 1) * stride + d && k.len() >= (k_len - 1) * stride + d);
     assert!(scores.len() >= q_len * k_len);
     // SAFETY: the asserts bound every element the strides reach.
@@ -157,7 +174,15 @@ fn qk_tile(q: &[f32], q_len: usize, k: &[f32], k_len: usize, stride: usize, d: u
 }
 
 /// `acc[q_len × d] += p[q_len × k_len] · v[k_len × d]`, V rows `v_stride` apart.
-fn pv_accumulate(p: &[f32], q_len: usize, k_len: usize, v: &[f32], v_stride: usize, d: usize, acc: &mut [f32]) {
+fn pv_accumulate(
+    p: &[f32],
+    q_len: usize,
+    k_len: usize,
+    v: &[f32],
+    v_stride: usize,
+    d: usize,
+    acc: &mut [f32],
+) {
     // SAFETY: p is q_len × k_len (row stride k_len), v holds k_len rows of d values `v_stride`
     // apart, acc is q_len × d; the caller sized all three.
     assert!(p.len() >= q_len * k_len && acc.len() >= q_len * d);
@@ -188,18 +213,37 @@ fn pv_accumulate(p: &[f32], q_len: usize, k_len: usize, v: &[f32], v_stride: usi
 }
 
 /// [`qk_tile`] in plain loops, each score summed in order with FMAs.
-fn reference_qk_tile(q: &[f32], q_len: usize, k: &[f32], k_len: usize, stride: usize, d: usize, scores: &mut [f32]) {
+fn reference_qk_tile(
+    q: &[f32],
+    q_len: usize,
+    k: &[f32],
+    k_len: usize,
+    stride: usize,
+    d: usize,
+    scores: &mut [f32],
+) {
     for i in 0..q_len {
         let qi = &q[i * stride..][..d];
         for j in 0..k_len {
             let kj = &k[j * stride..][..d];
-            scores[i * k_len + j] = qi.iter().zip(kj).fold(0f32, |acc, (a, b)| a.mul_add(*b, acc));
+            scores[i * k_len + j] = qi
+                .iter()
+                .zip(kj)
+                .fold(0f32, |acc, (a, b)| a.mul_add(*b, acc));
         }
     }
 }
 
 /// [`pv_accumulate`] in plain loops.
-fn reference_pv_accumulate(p: &[f32], q_len: usize, k_len: usize, v: &[f32], v_stride: usize, d: usize, acc: &mut [f32]) {
+fn reference_pv_accumulate(
+    p: &[f32],
+    q_len: usize,
+    k_len: usize,
+    v: &[f32],
+    v_stride: usize,
+    d: usize,
+    acc: &mut [f32],
+) {
     for i in 0..q_len {
         let out = &mut acc[i * d..][..d];
         for j in 0..k_len {

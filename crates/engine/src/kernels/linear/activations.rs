@@ -52,9 +52,17 @@ pub(super) fn quantize_rows<T: Copy + Default + Send>(
         *scale = convert(&x[r * stride..r * stride + k], dst);
     };
     if parallel {
-        values.par_chunks_exact_mut(width.max(1)).zip(&mut scales).enumerate().for_each(each);
+        values
+            .par_chunks_exact_mut(width.max(1))
+            .zip(&mut scales)
+            .enumerate()
+            .for_each(each);
     } else {
-        values.chunks_exact_mut(width.max(1)).zip(&mut scales).enumerate().for_each(each);
+        values
+            .chunks_exact_mut(width.max(1))
+            .zip(&mut scales)
+            .enumerate()
+            .for_each(each);
     }
     (values, scales)
 }
@@ -101,12 +109,20 @@ pub(super) fn bf16_rows(
     if row_pairs == 0 {
         return pairs;
     }
-    let convert = |r: usize, dst: &mut [u32]| split_row(&x[r * stride..r * stride + k], dst, steps, parts, cpu);
+    let convert = |r: usize, dst: &mut [u32]| {
+        split_row(&x[r * stride..r * stride + k], dst, steps, parts, cpu)
+    };
     let filled = &mut pairs[..rows * row_pairs];
     if parallel {
-        filled.par_chunks_exact_mut(row_pairs).enumerate().for_each(|(r, dst)| convert(r, dst));
+        filled
+            .par_chunks_exact_mut(row_pairs)
+            .enumerate()
+            .for_each(|(r, dst)| convert(r, dst));
     } else {
-        filled.chunks_exact_mut(row_pairs).enumerate().for_each(|(r, dst)| convert(r, dst));
+        filled
+            .chunks_exact_mut(row_pairs)
+            .enumerate()
+            .for_each(|(r, dst)| convert(r, dst));
     }
     pairs
 }
@@ -148,7 +164,11 @@ pub(super) unsafe fn split_row_avx512(row: &[f32], dst: &mut [u32], steps: usize
         let mut rest = _mm512_maskz_loadu_ps(mask, row.as_ptr().add(i));
         for p in 0..parts {
             let part = _mm512_cvtneps_pbh(rest);
-            _mm256_mask_storeu_epi16(out.add(2 * p * steps + i) as *mut i16, mask, std::mem::transmute::<__m256bh, __m256i>(part));
+            _mm256_mask_storeu_epi16(
+                out.add(2 * p * steps + i) as *mut i16,
+                mask,
+                std::mem::transmute::<__m256bh, __m256i>(part),
+            );
             if p + 1 < parts {
                 rest = _mm512_sub_ps(rest, _mm512_cvtpbh_ps(part));
             }
@@ -167,7 +187,13 @@ pub(super) unsafe fn split_row_avx512(row: &[f32], dst: &mut [u32], steps: usize
 /// `(s·parts + p)·part_stride`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16,avx512bw,avx512vl")]
-pub(super) unsafe fn split_row_into_tiles(row: &[f32], tile_steps: usize, parts: usize, dst: *mut u32, part_stride: usize) {
+pub(super) unsafe fn split_row_into_tiles(
+    row: &[f32],
+    tile_steps: usize,
+    parts: usize,
+    dst: *mut u32,
+    part_stride: usize,
+) {
     use std::arch::x86_64::*;
     let mask = |from: usize| -> u16 {
         match row.len().saturating_sub(from) {
@@ -185,8 +211,10 @@ pub(super) unsafe fn split_row_into_tiles(row: &[f32], tile_steps: usize, parts:
             let bits = std::mem::transmute::<__m512bh, __m512i>(part);
             _mm512_storeu_si512(dst.add((s * parts + p) * part_stride) as *mut __m512i, bits);
             if p + 1 < parts {
-                let lo_part = std::mem::transmute::<__m256i, __m256bh>(_mm512_castsi512_si256(bits));
-                let hi_part = std::mem::transmute::<__m256i, __m256bh>(_mm512_extracti64x4_epi64::<1>(bits));
+                let lo_part =
+                    std::mem::transmute::<__m256i, __m256bh>(_mm512_castsi512_si256(bits));
+                let hi_part =
+                    std::mem::transmute::<__m256i, __m256bh>(_mm512_extracti64x4_epi64::<1>(bits));
                 lo = _mm512_sub_ps(lo, _mm512_cvtpbh_ps(lo_part));
                 hi = _mm512_sub_ps(hi, _mm512_cvtpbh_ps(hi_part));
             }
@@ -222,13 +250,21 @@ impl LowRankInputs<'_> {
     pub(super) fn row(&self, r: usize, dst: &mut [f32]) {
         dst.fill(0.0);
         if let Some(slot) = self.slot[r] {
-            dst[slot * self.rank..][..self.rank].copy_from_slice(&self.low[r * self.rank..][..self.rank]);
+            dst[slot * self.rank..][..self.rank]
+                .copy_from_slice(&self.low[r * self.rank..][..self.rank]);
         }
     }
 }
 
 /// Row `r` of `x` (its first `k_x` values) followed by its extra inputs, into `dst`.
-pub(super) fn extended_row(x: &[f32], stride: usize, k_x: usize, extra: &LowRankInputs, r: usize, dst: &mut [f32]) {
+pub(super) fn extended_row(
+    x: &[f32],
+    stride: usize,
+    k_x: usize,
+    extra: &LowRankInputs,
+    r: usize,
+    dst: &mut [f32],
+) {
     dst[..k_x].copy_from_slice(&x[r * stride..][..k_x]);
     extra.row(r, &mut dst[k_x..]);
 }

@@ -8,7 +8,10 @@ use rayon::prelude::*;
 
 use super::activations::{extended_row, quantize_row, split_row, split_row_into_tiles};
 use super::epilogue::{finish_block, SharedOut};
-use super::{for_each_block, Epilogue, LowRankInputs, PackedMatrix, PackedType, PanelLayout, AMX_CHUNK_TILE_STEPS, PANEL};
+use super::{
+    for_each_block, Epilogue, LowRankInputs, PackedMatrix, PackedType, PanelLayout,
+    AMX_CHUNK_TILE_STEPS, PANEL,
+};
 use crate::kernels::amx;
 use crate::kernels::cpu::Cpu;
 use crate::kernels::matmul::MatmulInit;
@@ -70,9 +73,18 @@ pub(super) fn amx_tiles(
             let (values, value_steps) = match extra {
                 Some(extra) if !quantize && cpu.avx512_bf16 && k_x.is_multiple_of(2 * width) => {
                     extra.row(row, &mut tail);
-                    let (x_steps, dst) = (k_x / (2 * width), &mut dst[at(k_x / (2 * width), 0, r)..]);
+                    let (x_steps, dst) =
+                        (k_x / (2 * width), &mut dst[at(k_x / (2 * width), 0, r)..]);
                     // SAFETY: as below, for the tile steps after x's.
-                    unsafe { split_row_into_tiles(&tail, tile_steps - x_steps, parts, dst.as_mut_ptr(), group_rows * width) };
+                    unsafe {
+                        split_row_into_tiles(
+                            &tail,
+                            tile_steps - x_steps,
+                            parts,
+                            dst.as_mut_ptr(),
+                            group_rows * width,
+                        )
+                    };
                     (values, x_steps)
                 }
                 Some(extra) => {
@@ -86,7 +98,15 @@ pub(super) fn amx_tiles(
                 // SAFETY: AVX512_BF16 is there; part p of tile step s of this row is the 16
                 // pairs at `at(s, p, r)`, inside `dst`, as `at(s, p, 0)` is `(s·parts + p)` whole
                 // tiles of `group_rows · width` pairs in.
-                unsafe { split_row_into_tiles(values, value_steps, parts, dst[at(0, 0, r)..].as_mut_ptr(), group_rows * width) };
+                unsafe {
+                    split_row_into_tiles(
+                        values,
+                        value_steps,
+                        parts,
+                        dst[at(0, 0, r)..].as_mut_ptr(),
+                        group_rows * width,
+                    )
+                };
                 continue;
             }
             if quantize {
@@ -98,16 +118,25 @@ pub(super) fn amx_tiles(
                 for s in 0..tile_steps {
                     // Fixed-size copies compile to a few moves; a slice copy of 16 called memmove
                     // (4 % of an f32 pass).
-                    let src: &[u32; amx::PAIRS_PER_STEP] = row_buf[p * steps + s * width..][..width].try_into().unwrap();
-                    let dst: &mut [u32; amx::PAIRS_PER_STEP] = (&mut dst[at(s, p, r)..][..width]).try_into().unwrap();
+                    let src: &[u32; amx::PAIRS_PER_STEP] = row_buf[p * steps + s * width..]
+                        [..width]
+                        .try_into()
+                        .unwrap();
+                    let dst: &mut [u32; amx::PAIRS_PER_STEP] =
+                        (&mut dst[at(s, p, r)..][..width]).try_into().unwrap();
                     *dst = *src;
                 }
             }
         }
     };
-    let groups = tiles.chunks_exact_mut(group_rows * row_pairs).zip(scales.chunks_exact_mut(group_rows)).enumerate();
+    let groups = tiles
+        .chunks_exact_mut(group_rows * row_pairs)
+        .zip(scales.chunks_exact_mut(group_rows))
+        .enumerate();
     if parallel {
-        groups.par_bridge().for_each(|(g, (dst, sc))| fill_group(g, dst, sc));
+        groups
+            .par_bridge()
+            .for_each(|(g, (dst, sc))| fill_group(g, dst, sc));
     } else {
         groups.for_each(|(g, (dst, sc))| fill_group(g, dst, sc));
     }
@@ -141,15 +170,33 @@ pub(super) fn matmul_amx(
     let w_layout = w.layout();
     let tiled = matches!(w_layout, PanelLayout::Tiled { .. });
     let group_rows = if tiled { BLOCK } else { BLOCK / 2 };
-    amx_tiles((x, x_stride, extra), rows, w.k, steps, padded_rows, parts, group_rows, scales_out, (w.cpu, parallel && rows >= 64), &mut pairs);
-    let scales = int8.then_some(Int8Scales { rows: &row_scales, cols: &w.scales });
+    amx_tiles(
+        (x, x_stride, extra),
+        rows,
+        w.k,
+        steps,
+        padded_rows,
+        parts,
+        group_rows,
+        scales_out,
+        (w.cpu, parallel && rows >= 64),
+        &mut pairs,
+    );
+    let scales = int8.then_some(Int8Scales {
+        rows: &row_scales,
+        cols: &w.scales,
+    });
     let tile_steps = steps / amx::PAIRS_PER_STEP;
     let tile = amx::PAIRS_PER_STEP * 16;
     let layout = amx::ALayout {
         stride: 64,
         step: parts * tile * group_rows / 16,
         part: tile * group_rows / 16,
-        lower: if tiled { tile } else { tile_steps * parts * tile },
+        lower: if tiled {
+            tile
+        } else {
+            tile_steps * parts * tile
+        },
         block: BLOCK * parts * steps,
     };
     // The input dimension in chunks of at most CHUNK tile steps (1024 bf16 or 2048 int8
@@ -158,17 +205,47 @@ pub(super) fn matmul_amx(
     let chunks = amx_chunks(tile_steps, int8);
     for (i, range) in chunks.iter().enumerate() {
         let (chunk, chunk_steps) = (range.start, range.len());
-        let init = if chunk == 0 { init } else { MatmulInit::Accumulate };
-        let epilogue = if i + 1 == chunks.len() { epilogue } else { Epilogue::default() };
+        let init = if chunk == 0 {
+            init
+        } else {
+            MatmulInit::Accumulate
+        };
+        let epilogue = if i + 1 == chunks.len() {
+            epilogue
+        } else {
+            Epilogue::default()
+        };
         let run_panel = |panel: usize, block: Range<usize>| {
             let wp = &w.data[panel * steps * PANEL..(panel + 1) * steps * PANEL];
             let wp = (wp, w_layout, chunk * amx::PAIRS_PER_STEP);
             let a = &pairs[chunk * layout.step..];
             let out = (out_ptr, out_stride, init, epilogue);
             // SAFETY: `matmul_with` took this path only with AMX available.
-            unsafe { amx_panel(a, layout, parts, wp, chunk_steps, panel, block, rows, w.n, out, scales, w.cpu) };
+            unsafe {
+                amx_panel(
+                    a,
+                    layout,
+                    parts,
+                    wp,
+                    chunk_steps,
+                    panel,
+                    block,
+                    rows,
+                    w.n,
+                    out,
+                    scales,
+                    w.cpu,
+                )
+            };
         };
-        for_each_block(rows, chunk_steps * amx::PAIRS_PER_STEP * parts * 4, BLOCK, w.n.div_ceil(PANEL), parallel, run_panel);
+        for_each_block(
+            rows,
+            chunk_steps * amx::PAIRS_PER_STEP * parts * 4,
+            BLOCK,
+            w.n.div_ceil(PANEL),
+            parallel,
+            run_panel,
+        );
     }
     TILES.with(|t| *t.borrow_mut() = pairs);
 }
@@ -180,7 +257,10 @@ pub(super) fn matmul_amx(
 /// [`INT8_CHUNK_STEPS`]), which bf16's f32 sums, carried on from one chunk to the next, lack.
 pub(super) fn amx_chunks(tile_steps: usize, int8: bool) -> Vec<Range<usize>> {
     const CHUNK: usize = AMX_CHUNK_TILE_STEPS;
-    let mut chunks: Vec<Range<usize>> = (0..tile_steps).step_by(CHUNK).map(|c| c..tile_steps.min(c + CHUNK)).collect();
+    let mut chunks: Vec<Range<usize>> = (0..tile_steps)
+        .step_by(CHUNK)
+        .map(|c| c..tile_steps.min(c + CHUNK))
+        .collect();
     if !int8 && chunks.len() > 1 && chunks[chunks.len() - 1].len() <= CHUNK / 8 {
         let last = chunks.pop().unwrap();
         chunks.last_mut().unwrap().end = last.end;
@@ -248,7 +328,9 @@ pub(super) unsafe fn amx_panel(
             let b = wp[w_layout.step(first_step) + w_layout.group(2 * half)..].as_ptr();
             // bf16 sums start from the bias, loaded into the tiles (a whole block's worth).
             let bias_in_tiles = match init {
-                MatmulInit::Bias(bias) if int8.is_none() && cols == BLOCK => Some(&bias[first_col..first_col + BLOCK]),
+                MatmulInit::Bias(bias) if int8.is_none() && cols == BLOCK => {
+                    Some(&bias[first_col..first_col + BLOCK])
+                }
                 _ => None,
             };
             // A whole block with nothing to apply goes straight into `out`. With an epilogue
@@ -265,20 +347,57 @@ pub(super) unsafe fn amx_panel(
                 // tile steps, the panel `steps` of 64 columns; the 32 × 32 output block lies
                 // inside `out` (rows r0..r0+32 < rows, columns first_col..+32 ≤ n) and this
                 // panel's task alone touches it.
-                unsafe { amx::block(a, layout, parts, b, b_layout, steps, amx::Output { ptr, row_stride: out_stride, init }, false) };
+                unsafe {
+                    amx::block(
+                        a,
+                        layout,
+                        parts,
+                        b,
+                        b_layout,
+                        steps,
+                        amx::Output {
+                            ptr,
+                            row_stride: out_stride,
+                            init,
+                        },
+                        false,
+                    )
+                };
                 continue;
             }
-            let tile_init = bias_in_tiles.map_or(amx::TileInit::Zero, |bias| amx::TileInit::Broadcast(bias.as_ptr()));
-            let output = amx::Output { ptr: c.as_mut_ptr(), row_stride: BLOCK, init: tile_init };
+            let tile_init = bias_in_tiles.map_or(amx::TileInit::Zero, |bias| {
+                amx::TileInit::Broadcast(bias.as_ptr())
+            });
+            let output = amx::Output {
+                ptr: c.as_mut_ptr(),
+                row_stride: BLOCK,
+                init: tile_init,
+            };
             // SAFETY: as above, with the sums going to `c` (32 × 32).
             unsafe { amx::block(a, layout, parts, b, b_layout, steps, output, int8.is_some()) };
             if let Some(scales) = int8 {
                 scales.apply(&mut c, r0, first_col);
             }
-            let init = if bias_in_tiles.is_some() { MatmulInit::Zero } else { init };
+            let init = if bias_in_tiles.is_some() {
+                MatmulInit::Zero
+            } else {
+                init
+            };
             let live = BLOCK.min(rows - r0);
             // SAFETY: this panel's task alone writes these columns of these rows.
-            unsafe { finish_block(&mut c, BLOCK, live, cols, (out_ptr, out_stride), (r0, first_col), init, &epilogue, cpu) };
+            unsafe {
+                finish_block(
+                    &mut c,
+                    BLOCK,
+                    live,
+                    cols,
+                    (out_ptr, out_stride),
+                    (r0, first_col),
+                    init,
+                    &epilogue,
+                    cpu,
+                )
+            };
         }
     }
 }

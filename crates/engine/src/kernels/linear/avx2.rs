@@ -21,7 +21,14 @@ use super::{Int8Panel, PanelLayout, Tile};
 /// AVX2 and FMA available; `x` holds `mr` rows of `k` values `stride` apart; `w` one panel of
 /// bf16 pairs of at least `ceil(k / 2)` steps in `layout`.
 #[target_feature(enable = "avx2,fma")]
-pub unsafe fn tile_widened(mr: usize, x: &[f32], stride: usize, k: usize, w: (&[u32], PanelLayout), out: &mut Tile) {
+pub unsafe fn tile_widened(
+    mr: usize,
+    x: &[f32],
+    stride: usize,
+    k: usize,
+    w: (&[u32], PanelLayout),
+    out: &mut Tile,
+) {
     match mr {
         1 => widened_rows::<1>(x, stride, k, w, out),
         2 => widened_rows::<2>(x, stride, k, w, out),
@@ -34,7 +41,13 @@ pub unsafe fn tile_widened(mr: usize, x: &[f32], stride: usize, k: usize, w: (&[
 
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn widened_rows<const MR: usize>(x: &[f32], stride: usize, k: usize, (w, layout): (&[u32], PanelLayout), out: &mut Tile) {
+unsafe fn widened_rows<const MR: usize>(
+    x: &[f32],
+    stride: usize,
+    k: usize,
+    (w, layout): (&[u32], PanelLayout),
+    out: &mut Tile,
+) {
     assert!(x.len() >= (MR - 1) * stride + k && w.len() >= layout.step(k / 2));
     let x = x.as_ptr();
     let high = _mm256_set1_epi32(0xFFFF_0000u32 as i32);
@@ -44,7 +57,10 @@ unsafe fn widened_rows<const MR: usize>(x: &[f32], stride: usize, k: usize, (w, 
         // Step s holds inputs 2s (low halves) and 2s + 1 (high halves) of the 16 columns.
         let step = |s: usize, acc: &mut [[__m256; 2]; MR], odd_tail: bool| {
             let wp = w.as_ptr().add(layout.step(s) + group);
-            let raw = [_mm256_loadu_si256(wp as *const __m256i), _mm256_loadu_si256(wp.add(8) as *const __m256i)];
+            let raw = [
+                _mm256_loadu_si256(wp as *const __m256i),
+                _mm256_loadu_si256(wp.add(8) as *const __m256i),
+            ];
             let lo = raw.map(|r| _mm256_castsi256_ps(_mm256_slli_epi32::<16>(r)));
             for (m, acc_m) in acc.iter_mut().enumerate() {
                 let xb = _mm256_broadcast_ss(&*x.add(m * stride + 2 * s));
@@ -81,7 +97,13 @@ unsafe fn widened_rows<const MR: usize>(x: &[f32], stride: usize, k: usize, (w, 
 /// # Safety
 /// AVX2 available; `x` holds `mr` rows of the chunk's steps; `ops.w` the panel to the chunk's end.
 #[target_feature(enable = "avx2,fma")]
-pub unsafe fn tile_int8(mr: usize, x: (&[i16], usize), row_scales: &[f32], ops: &Int8Panel, out: &mut Tile) {
+pub unsafe fn tile_int8(
+    mr: usize,
+    x: (&[i16], usize),
+    row_scales: &[f32],
+    ops: &Int8Panel,
+    out: &mut Tile,
+) {
     match mr {
         1 => int8_rows::<1>(x, row_scales, ops, out),
         2 => int8_rows::<2>(x, row_scales, ops, out),
@@ -94,8 +116,19 @@ pub unsafe fn tile_int8(mr: usize, x: (&[i16], usize), row_scales: &[f32], ops: 
 
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn int8_rows<const MR: usize>((x, stride): (&[i16], usize), row_scales: &[f32], ops: &Int8Panel, out: &mut Tile) {
-    let &Int8Panel { steps: (first, steps), w, layout, col_scales, .. } = ops;
+unsafe fn int8_rows<const MR: usize>(
+    (x, stride): (&[i16], usize),
+    row_scales: &[f32],
+    ops: &Int8Panel,
+    out: &mut Tile,
+) {
+    let &Int8Panel {
+        steps: (first, steps),
+        w,
+        layout,
+        col_scales,
+        ..
+    } = ops;
     assert!(x.len() >= (MR - 1) * stride + 4 * steps && row_scales.len() >= MR);
     assert!(w.len() >= layout.step(first + steps));
     let x = x.as_ptr();
@@ -121,9 +154,13 @@ unsafe fn int8_rows<const MR: usize>((x, stride): (&[i16], usize), row_scales: &
         for (m, acc_m) in acc.iter().enumerate() {
             // Adjacent lanes summed: [c0 c1 c4 c5 | c2 c3 c6 c7], then the 64-bit lanes put
             // back in column order.
-            let sums = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_hadd_epi32(acc_m[0], acc_m[1]));
+            let sums =
+                _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_hadd_epi32(acc_m[0], acc_m[1]));
             // (sum · row scale) · column scale: every int8 kernel's order.
-            let scaled = _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(sums), _mm256_set1_ps(row_scales[m])), col_scale);
+            let scaled = _mm256_mul_ps(
+                _mm256_mul_ps(_mm256_cvtepi32_ps(sums), _mm256_set1_ps(row_scales[m])),
+                col_scale,
+            );
             _mm256_storeu_ps(out[m].as_mut_ptr().add(8 * g), scaled);
         }
     }

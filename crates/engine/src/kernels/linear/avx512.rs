@@ -8,7 +8,14 @@ use super::{Int8Panel, PanelLayout, Tile, PANEL};
 
 /// f32 tile: `out[m][c] = Σ_s x[m·stride + s] · w[s·64 + c]`.
 #[target_feature(enable = "avx512f")]
-pub unsafe fn tile_f32(mr: usize, x: *const f32, stride: usize, steps: usize, w: &[u32], out: &mut Tile) {
+pub unsafe fn tile_f32(
+    mr: usize,
+    x: *const f32,
+    stride: usize,
+    steps: usize,
+    w: &[u32],
+    out: &mut Tile,
+) {
     match mr {
         1 => f32_rows::<1>(x, stride, steps, w, out),
         2 => f32_rows::<2>(x, stride, steps, w, out),
@@ -29,7 +36,15 @@ pub struct Bf16Panel<'a> {
 /// bf16 tile: `out[m][c] = Σ_s Σ_p x₀·w₀ + x₁·w₁` over the pairs of step s of each of the
 /// `parts` blocks of a row (block p starts `p·steps` pairs into the row).
 #[target_feature(enable = "avx512f,avx512bf16")]
-pub unsafe fn tile_bf16(mr: usize, x: *const u32, stride: usize, parts: usize, steps: usize, w: Bf16Panel, out: &mut Tile) {
+pub unsafe fn tile_bf16(
+    mr: usize,
+    x: *const u32,
+    stride: usize,
+    parts: usize,
+    steps: usize,
+    w: Bf16Panel,
+    out: &mut Tile,
+) {
     match mr {
         1 => bf16_rows::<1>(x, stride, parts, steps, w, out),
         2 => bf16_rows::<2>(x, stride, parts, steps, w, out),
@@ -42,7 +57,13 @@ pub unsafe fn tile_bf16(mr: usize, x: *const u32, stride: usize, parts: usize, s
 
 #[inline]
 #[target_feature(enable = "avx512f")]
-unsafe fn f32_rows<const MR: usize>(x: *const f32, stride: usize, steps: usize, w: &[u32], out: &mut Tile) {
+unsafe fn f32_rows<const MR: usize>(
+    x: *const f32,
+    stride: usize,
+    steps: usize,
+    w: &[u32],
+    out: &mut Tile,
+) {
     debug_assert!(w.len() >= steps * PANEL);
     let mut acc = [[_mm512_setzero_ps(); 4]; MR];
     let mut wp = w.as_ptr() as *const f32;
@@ -65,7 +86,14 @@ unsafe fn f32_rows<const MR: usize>(x: *const f32, stride: usize, steps: usize, 
 
 #[inline]
 #[target_feature(enable = "avx512f,avx512bf16")]
-unsafe fn bf16_rows<const MR: usize>(x: *const u32, stride: usize, parts: usize, steps: usize, w: Bf16Panel, out: &mut Tile) {
+unsafe fn bf16_rows<const MR: usize>(
+    x: *const u32,
+    stride: usize,
+    parts: usize,
+    steps: usize,
+    w: Bf16Panel,
+    out: &mut Tile,
+) {
     let Bf16Panel { w, layout } = w;
     assert!(w.len() >= steps * PANEL);
     let mut acc = [[_mm512_setzero_ps(); 4]; MR];
@@ -78,7 +106,9 @@ unsafe fn bf16_rows<const MR: usize>(x: *const u32, stride: usize, parts: usize,
         let w3: __m512bh = std::mem::transmute(_mm512_loadu_si512(wp.add(groups[3]) as *const _));
         for p in 0..parts {
             for (m, acc_m) in acc.iter_mut().enumerate() {
-                let xb: __m512bh = std::mem::transmute(_mm512_set1_epi32(*x.add(m * stride + p * steps + s) as i32));
+                let xb: __m512bh = std::mem::transmute(_mm512_set1_epi32(
+                    *x.add(m * stride + p * steps + s) as i32,
+                ));
                 acc_m[0] = _mm512_dpbf16_ps(acc_m[0], xb, w0);
                 acc_m[1] = _mm512_dpbf16_ps(acc_m[1], xb, w1);
                 acc_m[2] = _mm512_dpbf16_ps(acc_m[2], xb, w2);
@@ -93,7 +123,13 @@ unsafe fn bf16_rows<const MR: usize>(x: *const u32, stride: usize, parts: usize,
 /// the four byte products of each step, i.e. the signed activations' i32 sum, scaled. `x`: the
 /// rows' quads of u8 (the int8 activation + 128) from the chunk's first step, `stride` apart.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-pub unsafe fn tile_int8(mr: usize, x: (&[u32], usize), row_scales: &[f32], ops: &Int8Panel, out: &mut Tile) {
+pub unsafe fn tile_int8(
+    mr: usize,
+    x: (&[u32], usize),
+    row_scales: &[f32],
+    ops: &Int8Panel,
+    out: &mut Tile,
+) {
     match mr {
         1 => int8_rows::<1>(x, row_scales, ops, out),
         2 => int8_rows::<2>(x, row_scales, ops, out),
@@ -106,14 +142,31 @@ pub unsafe fn tile_int8(mr: usize, x: (&[u32], usize), row_scales: &[f32], ops: 
 
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-unsafe fn int8_rows<const MR: usize>((x, stride): (&[u32], usize), row_scales: &[f32], ops: &Int8Panel, out: &mut Tile) {
-    let &Int8Panel { steps: (first_step, steps), w, layout, sums, col_scales } = ops;
-    assert!(w.len() >= (first_step + steps) * PANEL && sums.len() >= PANEL && row_scales.len() >= MR);
+unsafe fn int8_rows<const MR: usize>(
+    (x, stride): (&[u32], usize),
+    row_scales: &[f32],
+    ops: &Int8Panel,
+    out: &mut Tile,
+) {
+    let &Int8Panel {
+        steps: (first_step, steps),
+        w,
+        layout,
+        sums,
+        col_scales,
+    } = ops;
+    assert!(
+        w.len() >= (first_step + steps) * PANEL && sums.len() >= PANEL && row_scales.len() >= MR
+    );
     assert!(x.len() >= (MR - 1) * stride + steps);
     // −128·Σw: what the +128 of every unsigned activation adds to the sums.
     let minus_128 = _mm512_set1_epi32(-128);
-    let start: [__m512i; 4] =
-        std::array::from_fn(|v| _mm512_mullo_epi32(_mm512_loadu_si512(sums.as_ptr().add(16 * v) as *const _), minus_128));
+    let start: [__m512i; 4] = std::array::from_fn(|v| {
+        _mm512_mullo_epi32(
+            _mm512_loadu_si512(sums.as_ptr().add(16 * v) as *const _),
+            minus_128,
+        )
+    });
     let mut acc = [start; MR];
     let x = x.as_ptr();
     let groups: [usize; 4] = std::array::from_fn(|g| layout.group(g));

@@ -75,7 +75,9 @@ pub(super) unsafe fn finish_block(
     cpu: Cpu,
 ) {
     // SAFETY: the caller's contract.
-    let dst = |i: usize| unsafe { std::slice::from_raw_parts_mut(out.get().add((r0 + i) * out_stride + first_col), cols) };
+    let dst = |i: usize| unsafe {
+        std::slice::from_raw_parts_mut(out.get().add((r0 + i) * out_stride + first_col), cols)
+    };
     if epilogue.is_empty() {
         for i in 0..live {
             store(dst(i), &sums[i * stride..][..cols], init, first_col);
@@ -87,7 +89,10 @@ pub(super) unsafe fn finish_block(
         // The same additions, in the same order, as `store` then the epilogue on `out`.
         match init {
             MatmulInit::Zero => {}
-            MatmulInit::Bias(bias) => row.iter_mut().zip(&bias[first_col..]).for_each(|(s, b)| *s += b),
+            MatmulInit::Bias(bias) => row
+                .iter_mut()
+                .zip(&bias[first_col..])
+                .for_each(|(s, b)| *s += b),
             MatmulInit::Accumulate => row.iter_mut().zip(dst(i).iter()).for_each(|(s, d)| *s += d),
         }
         epilogue.add_low_rank(r0 + i, row, first_col);

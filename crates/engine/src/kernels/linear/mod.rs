@@ -41,8 +41,8 @@ mod tests;
 
 pub use activations::LowRankInputs;
 use activations::{bf16_rows, extended_row, quantize_row, quantize_rows};
-pub use epilogue::{Epilogue, LowRank};
 use epilogue::{finish_block, SharedOut};
+pub use epilogue::{Epilogue, LowRank};
 pub use pack::PackedMatrix;
 use pack::PanelLayout;
 
@@ -118,7 +118,6 @@ pub(super) fn int8_chunks(steps: usize) -> usize {
 /// Steps (pair or quad rows) in one AMX weight tile.
 pub(super) const TILE_STEPS: usize = 16;
 
-
 /// `out[rows × n] (init) + x[rows × k] · Wᵀ`; rows of `x` are `x_stride` apart, rows of `out`
 /// `out_stride` apart. `parallel` splits panels across the rayon pool.
 #[allow(clippy::too_many_arguments)]
@@ -132,7 +131,17 @@ pub fn matmul(
     init: MatmulInit,
     parallel: bool,
 ) {
-    matmul_with(x, x_stride, rows, w, out, out_stride, init, Epilogue::default(), parallel)
+    matmul_with(
+        x,
+        x_stride,
+        rows,
+        w,
+        out,
+        out_stride,
+        init,
+        Epilogue::default(),
+        parallel,
+    )
 }
 
 /// [`matmul`] with an [`Epilogue`].
@@ -148,7 +157,9 @@ pub fn matmul_with(
     epilogue: Epilogue,
     parallel: bool,
 ) {
-    matmul_extended(x, x_stride, rows, None, w, out, out_stride, init, epilogue, parallel)
+    matmul_extended(
+        x, x_stride, rows, None, w, out, out_stride, init, epilogue, parallel,
+    )
 }
 
 /// The kernel one product runs.
@@ -174,7 +185,8 @@ impl Path {
         // AMX pads the rows to 32. For one bf16 part a few rows run faster on AVX512_BF16; with
         // three parts that kernel does 1.5× the work of the f32 one, so bf16x3 takes AMX at any
         // size. int8: see INT8_AMX_MIN_ROWS.
-        let amx_steps = cfg!(all(target_arch = "x86_64", target_os = "linux")) && w.steps % TILE_STEPS == 0;
+        let amx_steps =
+            cfg!(all(target_arch = "x86_64", target_os = "linux")) && w.steps % TILE_STEPS == 0;
         let on_amx = amx_steps
             && match w.ty {
                 PackedType::F32 => false,
@@ -218,9 +230,22 @@ pub fn matmul_extended(
     let k_x = match extra {
         None => w.k,
         Some(extra) => {
-            assert!(matches!(w.ty, PackedType::Bf16 | PackedType::Bf16x3), "extra inputs need bf16 or bf16x3 weights");
-            assert!(extra.len() <= w.k && extra.low.len() >= rows * extra.rank && extra.slot.len() >= rows);
-            assert!(extra.slot[..rows].iter().flatten().all(|&s| s < extra.slots), "adapter slot out of range");
+            assert!(
+                matches!(w.ty, PackedType::Bf16 | PackedType::Bf16x3),
+                "extra inputs need bf16 or bf16x3 weights"
+            );
+            assert!(
+                extra.len() <= w.k
+                    && extra.low.len() >= rows * extra.rank
+                    && extra.slot.len() >= rows
+            );
+            assert!(
+                extra.slot[..rows]
+                    .iter()
+                    .flatten()
+                    .all(|&s| s < extra.slots),
+                "adapter slot out of range"
+            );
             w.k - extra.len()
         }
     };
@@ -228,13 +253,22 @@ pub fn matmul_extended(
         return;
     }
     assert!(x.len() >= (rows - 1) * x_stride + k_x, "x too short");
-    assert!(out.len() >= (rows - 1) * out_stride + w.n && out_stride >= w.n, "out too short");
+    assert!(
+        out.len() >= (rows - 1) * out_stride + w.n && out_stride >= w.n,
+        "out too short"
+    );
     if let MatmulInit::Bias(b) = init {
         assert_eq!(b.len(), w.n);
     }
     if let Some(LowRank { low, rank, up }) = epilogue.low_rank {
-        assert!(low.len() >= rows * rank && up.len() >= rows, "low-rank term too short");
-        assert!(up.iter().flatten().all(|u| u.len() == rank * w.n), "up-projection of the wrong size");
+        assert!(
+            low.len() >= rows * rank && up.len() >= rows,
+            "low-rank term too short"
+        );
+        assert!(
+            up.iter().flatten().all(|u| u.len() == rank * w.n),
+            "up-projection of the wrong size"
+        );
     }
     let path = Path::choose(w, rows);
     let out = (SharedOut::new(out), out_stride);
@@ -243,7 +277,14 @@ pub fn matmul_extended(
         return amx::matmul_amx((x, x_stride, extra), rows, w, out, init, epilogue, parallel);
     }
     if w.ty == PackedType::Int8 {
-        return matmul_int8((x, x_stride), rows, w, out, (init, epilogue), (path, parallel));
+        return matmul_int8(
+            (x, x_stride),
+            rows,
+            w,
+            out,
+            (init, epilogue),
+            (path, parallel),
+        );
     }
     let acts = Activations::prepare(x, x_stride, rows, w, extra, path);
     let run_panel = |panel: usize, block: Range<usize>| {
@@ -255,11 +296,30 @@ pub fn matmul_extended(
             acts.tile(path, w, wp, r0, mr, &mut tile);
             // SAFETY: this panel's task alone writes columns panel·64 .. panel·64 + cols of
             // rows r0..r0 + mr, and they lie inside `out` (asserted above).
-            unsafe { finish_block(tile.as_flattened_mut(), PANEL, mr, cols, out, (r0, panel * PANEL), init, &epilogue, w.cpu) };
+            unsafe {
+                finish_block(
+                    tile.as_flattened_mut(),
+                    PANEL,
+                    mr,
+                    cols,
+                    out,
+                    (r0, panel * PANEL),
+                    init,
+                    &epilogue,
+                    w.cpu,
+                )
+            };
         }
     };
     let parallel = parallel && rows * w.n * w.k >= 1 << 18;
-    for_each_block(rows, acts.row_bytes(w), MAX_ROWS, w.n.div_ceil(PANEL), parallel, run_panel);
+    for_each_block(
+        rows,
+        acts.row_bytes(w),
+        MAX_ROWS,
+        w.n.div_ceil(PANEL),
+        parallel,
+        run_panel,
+    );
 }
 
 /// Activations in the form the chosen kernel reads: f32 rows (extended with their LoRA inputs,
@@ -270,7 +330,14 @@ enum Activations<'a> {
 }
 
 impl Activations<'_> {
-    fn prepare<'a>(x: &'a [f32], stride: usize, rows: usize, w: &PackedMatrix, extra: Option<LowRankInputs>, path: Path) -> Activations<'a> {
+    fn prepare<'a>(
+        x: &'a [f32],
+        stride: usize,
+        rows: usize,
+        w: &PackedMatrix,
+        extra: Option<LowRankInputs>,
+        path: Path,
+    ) -> Activations<'a> {
         let reads_pairs = path == Path::Avx512 && w.ty != PackedType::F32;
         // Few rows take the kernels that read extended rows: each is extended in a copy first.
         let (x, stride) = match extra {
@@ -286,13 +353,29 @@ impl Activations<'_> {
         };
         if reads_pairs {
             let parts = w.ty.activation_parts();
-            let pairs = bf16_rows(&x, stride, rows, w.k, w.steps, rows, parts, (w.cpu, rows >= 64));
+            let pairs = bf16_rows(
+                &x,
+                stride,
+                rows,
+                w.k,
+                w.steps,
+                rows,
+                parts,
+                (w.cpu, rows >= 64),
+            );
             return Activations::Bf16 { pairs, parts };
         }
         if w.ty == PackedType::Bf16 {
             // bf16 weights mean bf16 activations, whichever kernel multiplies them.
-            let rounded = (0..rows).flat_map(|r| x[r * stride..][..w.k].iter().map(|&v| half::bf16::from_f32(v).to_f32()));
-            return Activations::F32 { x: Cow::Owned(rounded.collect()), stride: w.k };
+            let rounded = (0..rows).flat_map(|r| {
+                x[r * stride..][..w.k]
+                    .iter()
+                    .map(|&v| half::bf16::from_f32(v).to_f32())
+            });
+            return Activations::F32 {
+                x: Cow::Owned(rounded.collect()),
+                stride: w.k,
+            };
         }
         Activations::F32 { x, stride }
     }
@@ -306,7 +389,15 @@ impl Activations<'_> {
     }
 
     /// The sums of rows `r0 .. r0 + mr` times the panel `wp` of `w`, by `path`, into `tile`.
-    fn tile(&self, path: Path, w: &PackedMatrix, wp: &[u32], r0: usize, mr: usize, tile: &mut Tile) {
+    fn tile(
+        &self,
+        path: Path,
+        w: &PackedMatrix,
+        wp: &[u32],
+        r0: usize,
+        mr: usize,
+        tile: &mut Tile,
+    ) {
         let layout = w.layout();
         match (self, path) {
             // SAFETY (all three): `Path::choose` took the path for features `w.cpu` has; `x` or
@@ -319,14 +410,26 @@ impl Activations<'_> {
             (Activations::Bf16 { pairs, parts }, Path::Avx512) => unsafe {
                 let row_pairs = parts * w.steps;
                 let panel = avx512::Bf16Panel { w: wp, layout };
-                avx512::tile_bf16(mr, pairs[r0 * row_pairs..].as_ptr(), row_pairs, *parts, w.steps, panel, tile)
+                avx512::tile_bf16(
+                    mr,
+                    pairs[r0 * row_pairs..].as_ptr(),
+                    row_pairs,
+                    *parts,
+                    w.steps,
+                    panel,
+                    tile,
+                )
             },
             #[cfg(target_arch = "x86_64")]
             (Activations::F32 { x, stride }, Path::Avx2) => unsafe {
                 avx2::tile_widened(mr, &x[r0 * stride..], *stride, w.k, (wp, layout), tile)
             },
-            (Activations::F32 { x, stride }, _) => reference::tile(mr, &x[r0 * stride..], *stride, w, (wp, layout), tile),
-            (Activations::Bf16 { .. }, _) => unreachable!("only the AVX-512 kernel reads bf16 pairs"),
+            (Activations::F32 { x, stride }, _) => {
+                reference::tile(mr, &x[r0 * stride..], *stride, w, (wp, layout), tile)
+            }
+            (Activations::Bf16 { .. }, _) => {
+                unreachable!("only the AVX-512 kernel reads bf16 pairs")
+            }
         }
     }
 }
@@ -348,9 +451,24 @@ fn matmul_int8(
     let source = (x, x_stride, rows, w.k);
     let quantize_parallel = parallel && rows >= 64;
     let acts = match path {
-        Path::Vnni => Int8Rows::Quads(quantize_rows(source, steps, quantize_parallel, activations::quantize_row_unsigned)),
-        Path::Avx2 => Int8Rows::Wide(quantize_rows(source, 4 * steps, quantize_parallel, activations::quantize_row_i16)),
-        _ => Int8Rows::Quads(quantize_rows(source, steps, quantize_parallel, quantize_row)),
+        Path::Vnni => Int8Rows::Quads(quantize_rows(
+            source,
+            steps,
+            quantize_parallel,
+            activations::quantize_row_unsigned,
+        )),
+        Path::Avx2 => Int8Rows::Wide(quantize_rows(
+            source,
+            4 * steps,
+            quantize_parallel,
+            activations::quantize_row_i16,
+        )),
+        _ => Int8Rows::Quads(quantize_rows(
+            source,
+            steps,
+            quantize_parallel,
+            quantize_row,
+        )),
     };
     let chunks = int8_chunks(steps);
     let run_panel = |panel: usize, block: Range<usize>| {
@@ -375,19 +493,50 @@ fn matmul_int8(
                 };
                 acts.tile(path, r0, mr, steps, &ops, &mut tile);
                 // As on AMX: the first chunk is stored with `init`, the next ones added to it.
-                let init = if chunk == 0 { init } else { MatmulInit::Accumulate };
+                let init = if chunk == 0 {
+                    init
+                } else {
+                    MatmulInit::Accumulate
+                };
                 let no_epilogue = Epilogue::default();
-                let epilogue = if chunk + 1 == chunks { &epilogue } else { &no_epilogue };
+                let epilogue = if chunk + 1 == chunks {
+                    &epilogue
+                } else {
+                    &no_epilogue
+                };
                 // SAFETY: this panel's task alone writes columns first_col .. first_col + cols
                 // of rows r0..r0 + mr, and they lie inside `out` (asserted by the caller).
-                unsafe { finish_block(tile.as_flattened_mut(), PANEL, mr, cols, out, (r0, first_col), init, epilogue, w.cpu) };
+                unsafe {
+                    finish_block(
+                        tile.as_flattened_mut(),
+                        PANEL,
+                        mr,
+                        cols,
+                        out,
+                        (r0, first_col),
+                        init,
+                        epilogue,
+                        w.cpu,
+                    )
+                };
             }
         }
     };
     let parallel = parallel && rows * w.n * w.k >= 1 << 18;
     // The AVX2 kernel's rows are i16, twice the bytes of quads.
-    let row_bytes = if path == Path::Avx2 { steps * 8 } else { steps * 4 };
-    for_each_block(rows, row_bytes, MAX_ROWS, w.n.div_ceil(PANEL), parallel, run_panel);
+    let row_bytes = if path == Path::Avx2 {
+        steps * 8
+    } else {
+        steps * 4
+    };
+    for_each_block(
+        rows,
+        row_bytes,
+        MAX_ROWS,
+        w.n.div_ceil(PANEL),
+        parallel,
+        run_panel,
+    );
 }
 
 /// One chunk of one panel of int8 weights, as the int8 tile kernels read it.
@@ -412,21 +561,47 @@ enum Int8Rows {
 
 impl Int8Rows {
     /// The scaled sums of rows `r0 .. r0 + mr` (each `steps` steps) times the chunk `ops`.
-    fn tile(&self, path: Path, r0: usize, mr: usize, steps: usize, ops: &Int8Panel, tile: &mut Tile) {
+    fn tile(
+        &self,
+        path: Path,
+        r0: usize,
+        mr: usize,
+        steps: usize,
+        ops: &Int8Panel,
+        tile: &mut Tile,
+    ) {
         let s0 = ops.steps.0;
         match (self, path) {
             // SAFETY: `Path::choose` took VNNI for a CPU with AVX512_VNNI; `x` holds rows
             // r0..r0+mr from step s0 (each `steps` quads) and `w` the panel to the chunk's end.
             #[cfg(target_arch = "x86_64")]
             (Int8Rows::Quads((x, scales)), Path::Vnni) => unsafe {
-                avx512::tile_int8(mr, (&x[r0 * steps + s0..], steps), &scales[r0..r0 + mr], ops, tile)
+                avx512::tile_int8(
+                    mr,
+                    (&x[r0 * steps + s0..], steps),
+                    &scales[r0..r0 + mr],
+                    ops,
+                    tile,
+                )
             },
             // SAFETY: as above, for AVX2.
             #[cfg(target_arch = "x86_64")]
             (Int8Rows::Wide((x, scales)), Path::Avx2) => unsafe {
-                avx2::tile_int8(mr, (&x[4 * (r0 * steps + s0)..], 4 * steps), &scales[r0..r0 + mr], ops, tile)
+                avx2::tile_int8(
+                    mr,
+                    (&x[4 * (r0 * steps + s0)..], 4 * steps),
+                    &scales[r0..r0 + mr],
+                    ops,
+                    tile,
+                )
             },
-            (Int8Rows::Quads((x, scales)), _) => reference::tile_int8(mr, (&x[r0 * steps + s0..], steps), &scales[r0..r0 + mr], ops, tile),
+            (Int8Rows::Quads((x, scales)), _) => reference::tile_int8(
+                mr,
+                (&x[r0 * steps + s0..], steps),
+                &scales[r0..r0 + mr],
+                ops,
+                tile,
+            ),
             (Int8Rows::Wide(_), _) => unreachable!("only the AVX2 kernel reads i16 rows"),
         }
     }
@@ -452,7 +627,9 @@ fn for_each_block(
     for start in (0..rows).step_by(block) {
         let range = start..rows.min(start + block);
         if parallel && panels > 1 {
-            (0..panels).into_par_iter().for_each(|panel| task(panel, range.clone()));
+            (0..panels)
+                .into_par_iter()
+                .for_each(|panel| task(panel, range.clone()));
         } else {
             (0..panels).for_each(|panel| task(panel, range.clone()));
         }

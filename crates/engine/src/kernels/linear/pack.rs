@@ -43,7 +43,9 @@ impl PanelLayout {
     pub(super) fn step(self, s: usize) -> usize {
         match self {
             PanelLayout::Linear => s * PANEL,
-            PanelLayout::Tiled { .. } => (s / TILE_STEPS) * 2 * TILE_STEPS * 16 + (s % TILE_STEPS) * 16,
+            PanelLayout::Tiled { .. } => {
+                (s / TILE_STEPS) * 2 * TILE_STEPS * 16 + (s % TILE_STEPS) * 16
+            }
         }
     }
 
@@ -52,7 +54,9 @@ impl PanelLayout {
     pub(super) fn group(self, g: usize) -> usize {
         match self {
             PanelLayout::Linear => g * 16,
-            PanelLayout::Tiled { steps } => (g / 2) * steps * (PANEL / 2) + (g % 2) * TILE_STEPS * 16,
+            PanelLayout::Tiled { steps } => {
+                (g / 2) * steps * (PANEL / 2) + (g % 2) * TILE_STEPS * 16
+            }
         }
     }
 
@@ -60,8 +64,18 @@ impl PanelLayout {
     #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
     pub(super) fn amx_weights(self) -> amx::BLayout {
         match self {
-            PanelLayout::Tiled { .. } => amx::BLayout { stride: 64, step: 2 * TILE_STEPS * 16, second: TILE_STEPS * 16, prefetch: true },
-            PanelLayout::Linear => amx::BLayout { stride: PANEL * 4, step: TILE_STEPS * PANEL, second: 16, prefetch: false },
+            PanelLayout::Tiled { .. } => amx::BLayout {
+                stride: 64,
+                step: 2 * TILE_STEPS * 16,
+                second: TILE_STEPS * 16,
+                prefetch: true,
+            },
+            PanelLayout::Linear => amx::BLayout {
+                stride: PANEL * 4,
+                step: TILE_STEPS * PANEL,
+                second: 16,
+                prefetch: false,
+            },
         }
     }
 
@@ -103,7 +117,14 @@ impl PackedMatrix {
     }
 
     /// Packs `n` rows of `k` values that start `stride` apart in `w`.
-    pub fn pack_strided(w: &[f32], stride: usize, n: usize, k: usize, ty: PackedType, cpu: Cpu) -> Self {
+    pub fn pack_strided(
+        w: &[f32],
+        stride: usize,
+        n: usize,
+        k: usize,
+        ty: PackedType,
+        cpu: Cpu,
+    ) -> Self {
         let mut packed = PackedMatrix::empty(ty, cpu);
         packed.repack_strided(w, stride, n, k);
         packed
@@ -141,7 +162,10 @@ impl PackedMatrix {
         };
         let parallel = panels * steps * PANEL >= 1 << 16 && rayon::current_thread_index().is_none();
         if parallel {
-            self.data.par_chunks_mut(steps * PANEL).enumerate().for_each(|(p, dst)| fill(p, dst));
+            self.data
+                .par_chunks_mut(steps * PANEL)
+                .enumerate()
+                .for_each(|(p, dst)| fill(p, dst));
         } else {
             for (p, dst) in self.data.chunks_mut((steps * PANEL).max(1)).enumerate() {
                 fill(p, dst);
@@ -157,7 +181,10 @@ impl PackedMatrix {
     /// `(col c, position s)` is `v[s·stride + c]` (attention's V, whose rows are keys).
     pub fn repack_transposed(&mut self, v: &[f32], stride: usize, k: usize, n: usize) {
         assert!(k == 0 || v.len() >= (k - 1) * stride + n);
-        assert!(self.ty != PackedType::Int8, "int8 packs weights only (attention runs in bf16)");
+        assert!(
+            self.ty != PackedType::Int8,
+            "int8 packs weights only (attention runs in bf16)"
+        );
         let steps = self.ty.steps(k);
         let panels = n.div_ceil(PANEL);
         self.n = n;
@@ -177,7 +204,11 @@ impl PackedMatrix {
                         PackedType::Bf16 | PackedType::Bf16x3 | PackedType::Int8 if 2 * s >= k => 0,
                         PackedType::Bf16 | PackedType::Bf16x3 | PackedType::Int8 => {
                             let lo = bf16::from_f32(v[2 * s * stride + col]).to_bits() as u32;
-                            let hi = if 2 * s + 1 < k { bf16::from_f32(v[(2 * s + 1) * stride + col]).to_bits() as u32 } else { 0 };
+                            let hi = if 2 * s + 1 < k {
+                                bf16::from_f32(v[(2 * s + 1) * stride + col]).to_bits() as u32
+                            } else {
+                                0
+                            };
                             lo | (hi << 16)
                         }
                     };
@@ -188,7 +219,17 @@ impl PackedMatrix {
 
     /// An empty matrix of the given type, to be filled by [`PackedMatrix::repack_strided`].
     pub fn empty(ty: PackedType, cpu: Cpu) -> Self {
-        PackedMatrix { ty, cpu, n: 0, k: 0, steps: 0, data: Vec::new(), scales: Vec::new(), tiled: None, col_sums: Vec::new() }
+        PackedMatrix {
+            ty,
+            cpu,
+            n: 0,
+            k: 0,
+            steps: 0,
+            data: Vec::new(),
+            scales: Vec::new(),
+            tiled: None,
+            col_sums: Vec::new(),
+        }
     }
 
     /// Output width.
@@ -219,7 +260,9 @@ impl PackedMatrix {
     /// How each panel's values are laid out.
     pub(super) fn layout(&self) -> PanelLayout {
         match self.tiled {
-            Some(true) if self.ty != PackedType::F32 && self.steps.is_multiple_of(TILE_STEPS) => PanelLayout::Tiled { steps: self.steps },
+            Some(true) if self.ty != PackedType::F32 && self.steps.is_multiple_of(TILE_STEPS) => {
+                PanelLayout::Tiled { steps: self.steps }
+            }
             Some(_) => PanelLayout::Linear,
             None => PanelLayout::new(self.ty, self.steps),
         }
@@ -228,8 +271,18 @@ impl PackedMatrix {
     /// [`PackedMatrix::pack`] into the tiled (where the steps allow) or the linear panel layout,
     /// whatever the type's default: for `examples/gemm_speed` to compare the two in one process.
     #[doc(hidden)]
-    pub fn pack_tiled(w: &[f32], n: usize, k: usize, ty: PackedType, tiled: bool, cpu: Cpu) -> Self {
-        let mut packed = PackedMatrix { tiled: Some(tiled), ..PackedMatrix::empty(ty, cpu) };
+    pub fn pack_tiled(
+        w: &[f32],
+        n: usize,
+        k: usize,
+        ty: PackedType,
+        tiled: bool,
+        cpu: Cpu,
+    ) -> Self {
+        let mut packed = PackedMatrix {
+            tiled: Some(tiled),
+            ..PackedMatrix::empty(ty, cpu)
+        };
         packed.repack_strided(w, k, n, k);
         packed
     }
@@ -242,7 +295,12 @@ impl PackedMatrix {
             PackedType::F32 => f32::from_bits(at(i)),
             PackedType::Bf16 | PackedType::Bf16x3 => {
                 let pair = at(i / 2);
-                bf16::from_bits(if i % 2 == 0 { pair as u16 } else { (pair >> 16) as u16 }).to_f32()
+                bf16::from_bits(if i % 2 == 0 {
+                    pair as u16
+                } else {
+                    (pair >> 16) as u16
+                })
+                .to_f32()
             }
             PackedType::Int8 => {
                 let quad = at(i / 4);
@@ -254,8 +312,12 @@ impl PackedMatrix {
 
 /// bf16 of `row[2s]` in the low half and of `row[2s + 1]` in the high half (0 past the row).
 pub(super) fn bf16_pair(row: &[f32], s: usize) -> u32 {
-    let lo = row.get(2 * s).map_or(0, |&v| bf16::from_f32(v).to_bits() as u32);
-    let hi = row.get(2 * s + 1).map_or(0, |&v| bf16::from_f32(v).to_bits() as u32);
+    let lo = row
+        .get(2 * s)
+        .map_or(0, |&v| bf16::from_f32(v).to_bits() as u32);
+    let hi = row
+        .get(2 * s + 1)
+        .map_or(0, |&v| bf16::from_f32(v).to_bits() as u32);
     lo | (hi << 16)
 }
 
@@ -270,7 +332,11 @@ pub(super) fn int8_scale(values: &[f32]) -> f32 {
             *m = if a > *m { a } else { *m };
         }
     }
-    let max = chunks.remainder().iter().chain(&lanes).fold(0f32, |m, v| m.max(v.abs()));
+    let max = chunks
+        .remainder()
+        .iter()
+        .chain(&lanes)
+        .fold(0f32, |m, v| m.max(v.abs()));
     if max > 0.0 && max.is_finite() {
         max / 127.0
     } else {
@@ -281,28 +347,44 @@ pub(super) fn int8_scale(values: &[f32]) -> f32 {
 /// Inputs `4s .. 4s + 3` of `row` times `inverse_scale`, rounded to int8 (0 past the end).
 pub(super) fn int8_quad(row: &[f32], s: usize, inverse_scale: f32) -> u32 {
     (0..4).fold(0u32, |quad, j| {
-        let q = row.get(4 * s + j).map_or(0, |&v| (v * inverse_scale).round().clamp(-127.0, 127.0) as i8);
+        let q = row.get(4 * s + j).map_or(0, |&v| {
+            (v * inverse_scale).round().clamp(-127.0, 127.0) as i8
+        });
         quad | (q as u8 as u32) << (8 * j)
     })
 }
 
 /// [`PackedMatrix::col_sums`] of packed int8 `data` of `panels` panels of `steps` steps.
-pub(super) fn int8_column_sums(data: &[u32], panels: usize, layout: PanelLayout, steps: usize, parallel: bool) -> Vec<i32> {
+pub(super) fn int8_column_sums(
+    data: &[u32],
+    panels: usize,
+    layout: PanelLayout,
+    steps: usize,
+    parallel: bool,
+) -> Vec<i32> {
     let chunks = int8_chunks(steps);
     let mut sums = vec![0i32; panels * chunks * PANEL];
     let sum_panel = |(panel, dst): (&[u32], &mut [i32])| {
         for s in 0..steps {
             let chunk = &mut dst[s / INT8_CHUNK_STEPS * PANEL..][..PANEL];
             for (c, sum) in chunk.iter_mut().enumerate() {
-                *sum += panel[layout.at(s, c)].to_le_bytes().iter().map(|&b| b as i8 as i32).sum::<i32>();
+                *sum += panel[layout.at(s, c)]
+                    .to_le_bytes()
+                    .iter()
+                    .map(|&b| b as i8 as i32)
+                    .sum::<i32>();
             }
         }
     };
     let panel_len = (steps * PANEL).max(1);
     if parallel {
-        data.par_chunks(panel_len).zip(sums.par_chunks_mut(chunks * PANEL)).for_each(sum_panel);
+        data.par_chunks(panel_len)
+            .zip(sums.par_chunks_mut(chunks * PANEL))
+            .for_each(sum_panel);
     } else {
-        data.chunks(panel_len).zip(sums.chunks_mut(chunks * PANEL)).for_each(sum_panel);
+        data.chunks(panel_len)
+            .zip(sums.chunks_mut(chunks * PANEL))
+            .for_each(sum_panel);
     }
     sums
 }

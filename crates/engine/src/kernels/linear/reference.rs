@@ -14,32 +14,58 @@ fn weight(ty: PackedType, (wp, layout): (&[u32], PanelLayout), i: usize, c: usiz
         PackedType::F32 => f32::from_bits(wp[layout.at(i, c)]),
         PackedType::Bf16 | PackedType::Bf16x3 => {
             let pair = wp[layout.at(i / 2, c)];
-            f32::from_bits(if i % 2 == 0 { pair << 16 } else { pair & 0xFFFF_0000 })
+            f32::from_bits(if i % 2 == 0 {
+                pair << 16
+            } else {
+                pair & 0xFFFF_0000
+            })
         }
         PackedType::Int8 => unreachable!("int8 weights take tile_int8"),
     }
 }
 
 /// The sums of `mr` rows of `x` (`stride` apart, `w.k` values each) times the panel `wp`.
-pub(super) fn tile(mr: usize, x: &[f32], stride: usize, w: &PackedMatrix, panel: (&[u32], PanelLayout), out: &mut Tile) {
+pub(super) fn tile(
+    mr: usize,
+    x: &[f32],
+    stride: usize,
+    w: &PackedMatrix,
+    panel: (&[u32], PanelLayout),
+    out: &mut Tile,
+) {
     for (m, out_row) in out.iter_mut().enumerate().take(mr) {
         let row = &x[m * stride..][..w.k];
         for (c, sum) in out_row.iter_mut().enumerate() {
-            *sum = row.iter().enumerate().fold(0f32, |acc, (i, &v)| v.mul_add(weight(w.ty, panel, i, c), acc));
+            *sum = row.iter().enumerate().fold(0f32, |acc, (i, &v)| {
+                v.mul_add(weight(w.ty, panel, i, c), acc)
+            });
         }
     }
 }
 
 /// The int8 sums of `mr` rows of signed quads (`stride` apart, from the chunk's first step)
 /// times one chunk of a panel, in i32, then `sum · row scale · column scale`.
-pub(super) fn tile_int8(mr: usize, (x, stride): (&[u32], usize), row_scales: &[f32], ops: &Int8Panel, out: &mut Tile) {
+pub(super) fn tile_int8(
+    mr: usize,
+    (x, stride): (&[u32], usize),
+    row_scales: &[f32],
+    ops: &Int8Panel,
+    out: &mut Tile,
+) {
     let (first, steps) = ops.steps;
     for (m, out_row) in out.iter_mut().enumerate().take(mr) {
         for (c, value) in out_row.iter_mut().enumerate().take(PANEL) {
             let mut sum = 0i32;
             for s in 0..steps {
-                let (xq, wq) = (x[m * stride + s].to_le_bytes(), ops.w[ops.layout.at(first + s, c)].to_le_bytes());
-                sum += xq.iter().zip(wq).map(|(&a, b)| a as i8 as i32 * b as i8 as i32).sum::<i32>();
+                let (xq, wq) = (
+                    x[m * stride + s].to_le_bytes(),
+                    ops.w[ops.layout.at(first + s, c)].to_le_bytes(),
+                );
+                sum += xq
+                    .iter()
+                    .zip(wq)
+                    .map(|(&a, b)| a as i8 as i32 * b as i8 as i32)
+                    .sum::<i32>();
             }
             *value = sum as f32 * row_scales[m] * ops.col_scales[c];
         }

@@ -9,7 +9,9 @@ use super::*;
 use crate::kernels::cpu::{record_variant, Isa};
 
 fn noise(n: usize, seed: u64) -> Vec<f32> {
-    (0..n).map(|i| crate::fixture::value(seed, "noise", i as u64) * 20.0).collect()
+    (0..n)
+        .map(|i| crate::fixture::value(seed, "noise", i as u64) * 20.0)
+        .collect()
 }
 
 fn round_bf16(v: Vec<f32>) -> Vec<f32> {
@@ -32,10 +34,23 @@ fn variants(test: &str) -> Vec<(Isa, Cpu)> {
         .collect()
 }
 
-const ALL_TYPES: [PackedType; 4] = [PackedType::F32, PackedType::Bf16, PackedType::Bf16x3, PackedType::Int8];
+const ALL_TYPES: [PackedType; 4] = [
+    PackedType::F32,
+    PackedType::Bf16,
+    PackedType::Bf16x3,
+    PackedType::Int8,
+];
 
 /// `x · Wᵀ (+ bias)` with the packed weights of `ty` on `cpu`.
-fn product(x: &[f32], rows: usize, w: &[f32], (n, k): (usize, usize), ty: PackedType, cpu: Cpu, bias: Option<&[f32]>) -> Vec<f32> {
+fn product(
+    x: &[f32],
+    rows: usize,
+    w: &[f32],
+    (n, k): (usize, usize),
+    ty: PackedType,
+    cpu: Cpu,
+    bias: Option<&[f32]>,
+) -> Vec<f32> {
     let packed = PackedMatrix::pack(w, n, k, ty, cpu);
     let mut out = vec![f32::NAN; rows * n];
     let init = bias.map_or(MatmulInit::Zero, MatmulInit::Bias);
@@ -47,14 +62,25 @@ fn product(x: &[f32], rows: usize, w: &[f32], (n, k): (usize, usize), ty: Packed
 /// order of its own (bf16 dot products, tiles): the tolerance of [`kernels_match_the_reference_kernel`].
 fn sums_in_reference_order(ty: PackedType, rows: usize, cpu: Cpu) -> bool {
     let path = Path::choose(&PackedMatrix::empty(ty, cpu), rows);
-    ty == PackedType::Int8 || matches!(path, Path::Reference | Path::Avx2) || (ty == PackedType::F32 && path == Path::Avx512)
+    ty == PackedType::Int8
+        || matches!(path, Path::Reference | Path::Avx2)
+        || (ty == PackedType::F32 && path == Path::Avx512)
 }
 
 #[test]
 fn kernels_match_the_reference_kernel() {
     // Rows below and above 6, 16 and 32; k odd, not a multiple of 64, past one 2048-input int8
     // chunk; n inside one panel and past one.
-    let shapes = [(1, 1, 1), (1, 2, 3), (5, 7, 3), (6, 64, 64), (7, 129, 65), (13, 1024, 130), (40, 33, 200), (33, 4100, 70)];
+    let shapes = [
+        (1, 1, 1),
+        (1, 2, 3),
+        (5, 7, 3),
+        (6, 64, 64),
+        (7, 129, 65),
+        (13, 1024, 130),
+        (40, 33, 200),
+        (33, 4100, 70),
+    ];
     for (isa, cpu) in variants("linear::kernels_match_the_reference_kernel") {
         for ty in ALL_TYPES {
             for &(rows, k, n) in &shapes {
@@ -65,13 +91,19 @@ fn kernels_match_the_reference_kernel() {
                 let got = product(&x, rows, &w, (n, k), ty, cpu, Some(&bias));
                 let label = format!("{isa}: {ty:?} {rows}x{k}x{n}");
                 if sums_in_reference_order(ty, rows, cpu) {
-                    assert!(bits(&got) == bits(&want), "{label}: not the reference's bits");
+                    assert!(
+                        bits(&got) == bits(&want),
+                        "{label}: not the reference's bits"
+                    );
                     continue;
                 }
                 // Another order of the same exact products: f32 rounding of the sums.
                 let scale: f32 = x.iter().map(|v| v.abs()).sum::<f32>() * 20.0 / rows as f32;
                 for (i, (a, b)) in got.iter().zip(&want).enumerate() {
-                    assert!((a - b).abs() <= 1e-5 * scale + 1e-6, "{label} [{i}]: {a} vs {b}");
+                    assert!(
+                        (a - b).abs() <= 1e-5 * scale + 1e-6,
+                        "{label} [{i}]: {a} vs {b}"
+                    );
                 }
             }
         }
@@ -82,19 +114,42 @@ fn kernels_match_the_reference_kernel() {
 fn products_match_an_f64_product_on_awkward_shapes() {
     for (isa, cpu) in variants("linear::products_match_an_f64_product_on_awkward_shapes") {
         for ty in [PackedType::F32, PackedType::Bf16, PackedType::Bf16x3] {
-            for &(rows, k, n) in &[(1, 1, 1), (1, 2, 1), (5, 7, 3), (6, 64, 64), (7, 129, 65), (13, 1024, 130), (40, 33, 200), (16, 32, 32), (70, 1024, 129)] {
+            for &(rows, k, n) in &[
+                (1, 1, 1),
+                (1, 2, 1),
+                (5, 7, 3),
+                (6, 64, 64),
+                (7, 129, 65),
+                (13, 1024, 130),
+                (40, 33, 200),
+                (16, 32, 32),
+                (70, 1024, 129),
+            ] {
                 // bf16-exact inputs, so every storage can be held to f32 rounding error.
                 let x = round_bf16(noise(rows * k, 2));
                 let w = round_bf16(noise(n * k, 3));
                 let bias = noise(n, 4);
                 let packed = PackedMatrix::pack(&w, n, k, ty, cpu);
-                let want = crate::kernels::reference::matmul_transposed(&x, rows, k, &w, n, Some(&bias));
+                let want =
+                    crate::kernels::reference::matmul_transposed(&x, rows, k, &w, n, Some(&bias));
                 let tol = 2e-5 * (1.0 + (k as f32).sqrt() * 4.0);
                 for parallel in [false, true] {
                     let mut out = vec![f32::NAN; rows * n];
-                    matmul(&x, k, rows, &packed, &mut out, n, MatmulInit::Bias(&bias), parallel);
+                    matmul(
+                        &x,
+                        k,
+                        rows,
+                        &packed,
+                        &mut out,
+                        n,
+                        MatmulInit::Bias(&bias),
+                        parallel,
+                    );
                     for (i, (a, b)) in out.iter().zip(&want).enumerate() {
-                        assert!((a - b).abs() <= tol, "{isa}: {ty:?} {rows}x{k}x{n} [{i}]: {a} vs {b}");
+                        assert!(
+                            (a - b).abs() <= tol,
+                            "{isa}: {ty:?} {rows}x{k}x{n} [{i}]: {a} vs {b}"
+                        );
                     }
                 }
                 // Accumulating onto (x·Wᵀ + b) gives 2·x·Wᵀ + b; a wider output stride works.
@@ -102,12 +157,24 @@ fn products_match_an_f64_product_on_awkward_shapes() {
                 for r in 0..rows {
                     acc[r * (n + 3)..r * (n + 3) + n].copy_from_slice(&want[r * n..(r + 1) * n]);
                 }
-                matmul(&x, k, rows, &packed, &mut acc, n + 3, MatmulInit::Accumulate, true);
+                matmul(
+                    &x,
+                    k,
+                    rows,
+                    &packed,
+                    &mut acc,
+                    n + 3,
+                    MatmulInit::Accumulate,
+                    true,
+                );
                 for r in 0..rows {
                     for c in 0..n {
                         let expected = 2.0 * want[r * n + c] - bias[c];
                         let got = acc[r * (n + 3) + c];
-                        assert!((got - expected).abs() <= 2.0 * tol, "{isa}: {ty:?} accumulate ({r},{c}): {got} vs {expected}");
+                        assert!(
+                            (got - expected).abs() <= 2.0 * tol,
+                            "{isa}: {ty:?} accumulate ({r},{c}): {got} vs {expected}"
+                        );
                     }
                 }
             }
@@ -116,7 +183,15 @@ fn products_match_an_f64_product_on_awkward_shapes() {
 }
 
 /// Worst `|out − exact| / Σ|x·w|` of one product against an f64 reference.
-fn relative_error(ty: PackedType, cpu: Cpu, x: &[f32], w: &[f32], rows: usize, k: usize, n: usize) -> f64 {
+fn relative_error(
+    ty: PackedType,
+    cpu: Cpu,
+    x: &[f32],
+    w: &[f32],
+    rows: usize,
+    k: usize,
+    n: usize,
+) -> f64 {
     let out = product(x, rows, w, (n, k), ty, cpu, None);
     let mut worst = 0f64;
     for r in 0..rows {
@@ -134,15 +209,27 @@ fn bf16x3_products_are_as_exact_as_f32_ones() {
     for (isa, cpu) in variants("linear::bf16x3_products_are_as_exact_as_f32_ones") {
         // f32 activations with all their bits, weights from a bf16 checkpoint. Shapes with
         // rows ≥ 16 and k a multiple of 32 run on AMX where the CPU has it.
-        for &(rows, k, n) in &[(1, 64, 64), (5, 7, 3), (20, 96, 70), (33, 1024, 130), (32, 4096, 64)] {
+        for &(rows, k, n) in &[
+            (1, 64, 64),
+            (5, 7, 3),
+            (20, 96, 70),
+            (33, 1024, 130),
+            (32, 4096, 64),
+        ] {
             let x = noise(rows * k, 12);
             let w = round_bf16(noise(n * k, 13));
             let f32_error = relative_error(PackedType::F32, cpu, &x, &w, rows, k, n);
             let x3_error = relative_error(PackedType::Bf16x3, cpu, &x, &w, rows, k, n);
             let bf16_error = relative_error(PackedType::Bf16, cpu, &x, &w, rows, k, n);
-            assert!(f32_error < 1e-6 && x3_error < 1e-6, "{isa}: {rows}x{k}x{n}: f32 {f32_error:e}, bf16x3 {x3_error:e}");
+            assert!(
+                f32_error < 1e-6 && x3_error < 1e-6,
+                "{isa}: {rows}x{k}x{n}: f32 {f32_error:e}, bf16x3 {x3_error:e}"
+            );
             // The bound separates the paths: bf16 activations lose ~8 bits.
-            assert!(bf16_error > 1e-4, "{isa}: {rows}x{k}x{n}: bf16 {bf16_error:e}");
+            assert!(
+                bf16_error > 1e-4,
+                "{isa}: {rows}x{k}x{n}: bf16 {bf16_error:e}"
+            );
         }
     }
 }
@@ -159,15 +246,43 @@ fn the_epilogue_adds_the_low_rank_term_then_gelu() {
             let bias = noise(n, 33);
             let low = noise(rows * rank, 34);
             let up_t = noise(rank * n, 35);
-            let up: Vec<Option<&[f32]>> = (0..rows).map(|r| (r % 3 != 0).then_some(&up_t[..])).collect();
+            let up: Vec<Option<&[f32]>> = (0..rows)
+                .map(|r| (r % 3 != 0).then_some(&up_t[..]))
+                .collect();
             for ty in ALL_TYPES {
                 let packed = PackedMatrix::pack(&w, n, k, ty, cpu);
                 let mut plain = vec![0f32; rows * n];
-                matmul(&x, k, rows, &packed, &mut plain, n, MatmulInit::Bias(&bias), false);
-                let low_rank = LowRank { low: &low, rank, up: &up };
-                let epilogue = Epilogue { low_rank: Some(low_rank), gelu: true };
+                matmul(
+                    &x,
+                    k,
+                    rows,
+                    &packed,
+                    &mut plain,
+                    n,
+                    MatmulInit::Bias(&bias),
+                    false,
+                );
+                let low_rank = LowRank {
+                    low: &low,
+                    rank,
+                    up: &up,
+                };
+                let epilogue = Epilogue {
+                    low_rank: Some(low_rank),
+                    gelu: true,
+                };
                 let mut fused = vec![0f32; rows * n];
-                matmul_with(&x, k, rows, &packed, &mut fused, n, MatmulInit::Bias(&bias), epilogue, true);
+                matmul_with(
+                    &x,
+                    k,
+                    rows,
+                    &packed,
+                    &mut fused,
+                    n,
+                    MatmulInit::Bias(&bias),
+                    epilogue,
+                    true,
+                );
                 for r in 0..rows {
                     for c in 0..n {
                         let term: f32 = match up[r] {
@@ -176,7 +291,10 @@ fn the_epilogue_adds_the_low_rank_term_then_gelu() {
                         };
                         let want = crate::kernels::elementwise::gelu_erf(plain[r * n + c] + term);
                         let got = fused[r * n + c];
-                        assert!((got - want).abs() <= 1e-4 * (1.0 + want.abs()), "{isa}: {ty:?} {rows}x{k}x{n} ({r},{c}): {got} vs {want}");
+                        assert!(
+                            (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                            "{isa}: {ty:?} {rows}x{k}x{n} ({r},{c}): {got} vs {want}"
+                        );
                     }
                 }
             }
@@ -194,8 +312,15 @@ fn extra_inputs_give_the_bits_of_rows_extended_by_hand() {
             let k = k_x + slots * rank;
             let x = noise(rows * k_x, 1);
             let low = noise(rows * rank, 2);
-            let slot: Vec<Option<usize>> = (0..rows).map(|r| (r % 7 != 3).then_some(r % slots)).collect();
-            let extra = LowRankInputs { low: &low, rank, slot: &slot, slots };
+            let slot: Vec<Option<usize>> = (0..rows)
+                .map(|r| (r % 7 != 3).then_some(r % slots))
+                .collect();
+            let extra = LowRankInputs {
+                low: &low,
+                rank,
+                slot: &slot,
+                slots,
+            };
             let mut by_hand = vec![0f32; rows * k];
             for (r, row) in by_hand.chunks_exact_mut(k).enumerate() {
                 row[..k_x].copy_from_slice(&x[r * k_x..][..k_x]);
@@ -208,11 +333,35 @@ fn extra_inputs_give_the_bits_of_rows_extended_by_hand() {
             for ty in [PackedType::Bf16, PackedType::Bf16x3] {
                 let packed = PackedMatrix::pack(&w, n, k, ty, cpu);
                 let mut want = vec![0f32; rows * n];
-                matmul(&by_hand, k, rows, &packed, &mut want, n, MatmulInit::Bias(&bias), true);
+                matmul(
+                    &by_hand,
+                    k,
+                    rows,
+                    &packed,
+                    &mut want,
+                    n,
+                    MatmulInit::Bias(&bias),
+                    true,
+                );
                 let mut got = vec![f32::NAN; rows * n];
                 let epilogue = Epilogue::default();
-                matmul_extended(&x, k_x, rows, Some(extra), &packed, &mut got, n, MatmulInit::Bias(&bias), epilogue, true);
-                assert!(bits(&got) == bits(&want), "{isa}: {ty:?}, {rows}×{k_x}+{}×{n}", slots * rank);
+                matmul_extended(
+                    &x,
+                    k_x,
+                    rows,
+                    Some(extra),
+                    &packed,
+                    &mut got,
+                    n,
+                    MatmulInit::Bias(&bias),
+                    epilogue,
+                    true,
+                );
+                assert!(
+                    bits(&got) == bits(&want),
+                    "{isa}: {ty:?}, {rows}×{k_x}+{}×{n}",
+                    slots * rank
+                );
             }
         }
     }
@@ -229,7 +378,8 @@ fn rows_do_not_depend_on_the_batch() {
             let packed = PackedMatrix::pack(&w, n, k, ty, cpu);
             let mut all = vec![0f32; rows * n];
             matmul(&x, k, rows, &packed, &mut all, n, MatmulInit::Zero, true);
-            let alone_same = sums_in_reference_order(ty, 1, cpu) == sums_in_reference_order(ty, rows, cpu);
+            let alone_same =
+                sums_in_reference_order(ty, 1, cpu) == sums_in_reference_order(ty, rows, cpu);
             if !alone_same && !matches!(ty, PackedType::Int8) {
                 // bf16 on AMX (≥ 16 rows) against AVX512_BF16 (fewer): the model never splits
                 // a batch by rows, so only the rows of one product are held to each other.
@@ -237,7 +387,16 @@ fn rows_do_not_depend_on_the_batch() {
             }
             for r in 0..rows {
                 let mut one = vec![0f32; n];
-                matmul(&x[r * k..], k, 1, &packed, &mut one, n, MatmulInit::Zero, false);
+                matmul(
+                    &x[r * k..],
+                    k,
+                    1,
+                    &packed,
+                    &mut one,
+                    n,
+                    MatmulInit::Zero,
+                    false,
+                );
                 assert_eq!(one, all[r * n..(r + 1) * n], "{isa}: {ty:?} row {r}");
             }
         }
@@ -252,8 +411,16 @@ fn tiled_and_linear_layouts_give_the_same_bits() {
     let w = round_bf16(noise(n * k, 3));
     for (isa, cpu) in variants("linear::tiled_and_linear_layouts_give_the_same_bits") {
         for ty in [PackedType::Bf16, PackedType::Bf16x3, PackedType::Int8] {
-            let packs = [PackedMatrix::pack_tiled(&w, n, k, ty, true, cpu), PackedMatrix::pack_tiled(&w, n, k, ty, false, cpu)];
-            assert_eq!(packs[0].layout(), PanelLayout::Tiled { steps: packs[0].steps });
+            let packs = [
+                PackedMatrix::pack_tiled(&w, n, k, ty, true, cpu),
+                PackedMatrix::pack_tiled(&w, n, k, ty, false, cpu),
+            ];
+            assert_eq!(
+                packs[0].layout(),
+                PanelLayout::Tiled {
+                    steps: packs[0].steps
+                }
+            );
             assert_eq!(packs[1].layout(), PanelLayout::Linear);
             assert_eq!(packs[0].col_sums, packs[1].col_sums, "{ty:?}");
             for rows in [5, 40] {
@@ -263,7 +430,10 @@ fn tiled_and_linear_layouts_give_the_same_bits() {
                     matmul(&x, k, rows, p, &mut out, n, MatmulInit::Zero, false);
                     out
                 });
-                assert!(bits(&outs[0]) == bits(&outs[1]), "{isa}: {ty:?} {rows} rows");
+                assert!(
+                    bits(&outs[0]) == bits(&outs[1]),
+                    "{isa}: {ty:?} {rows} rows"
+                );
             }
         }
     }
@@ -271,8 +441,16 @@ fn tiled_and_linear_layouts_give_the_same_bits() {
 
 /// Rows (below and above 6, 16 and 32), k (a single input, not a multiple of 64, past one
 /// 2048-input chunk) and n (inside one panel, past one) for the int8 kernels.
-const INT8_SHAPES: [(usize, usize, usize); 8] =
-    [(1, 1, 3), (1, 100, 70), (5, 7, 130), (5, 4100, 64), (17, 1000, 70), (17, 2048, 3), (33, 4100, 130), (33, 64, 65)];
+const INT8_SHAPES: [(usize, usize, usize); 8] = [
+    (1, 1, 3),
+    (1, 100, 70),
+    (5, 7, 130),
+    (5, 4100, 64),
+    (17, 1000, 70),
+    (17, 2048, 3),
+    (33, 4100, 130),
+    (33, 64, 65),
+];
 
 /// Activations for the int8 tests: noise with one row all zeros and one with a lone spike
 /// (a scale set by a single value, the rest rounding to 0).
@@ -292,7 +470,10 @@ fn int8_activations(rows: usize, k: usize, seed: u64) -> Vec<f32> {
 fn int8_by_hand(x: &[f32], rows: usize, w: &PackedMatrix, bias: &[f32]) -> Vec<f32> {
     let (n, k, steps) = (w.n, w.k, w.steps);
     let chunk_inputs = 4 * INT8_CHUNK_STEPS;
-    let weight = |c: usize, i: usize| (w.data[(c / PANEL) * steps * PANEL + w.layout().at(i / 4, c % PANEL)] >> (8 * (i % 4))) as u8 as i8;
+    let weight = |c: usize, i: usize| {
+        (w.data[(c / PANEL) * steps * PANEL + w.layout().at(i / 4, c % PANEL)] >> (8 * (i % 4)))
+            as u8 as i8
+    };
     let mut out = vec![0f32; rows * n];
     let mut quads = vec![0u32; steps];
     for r in 0..rows {
@@ -322,23 +503,49 @@ fn int8_kernels_give_the_quantised_products_bits() {
             let want = int8_by_hand(&x, rows, &packed, &bias);
             for parallel in [false, true] {
                 let mut out = vec![f32::NAN; rows * n];
-                matmul(&x, k, rows, &packed, &mut out, n, MatmulInit::Bias(&bias), parallel);
+                matmul(
+                    &x,
+                    k,
+                    rows,
+                    &packed,
+                    &mut out,
+                    n,
+                    MatmulInit::Bias(&bias),
+                    parallel,
+                );
                 assert!(bits(&out) == bits(&want), "{isa}: {rows}x{k}x{n}");
             }
             // Every init and the epilogue, through a wider output stride: the reference kernel's bits.
-            let reference = PackedMatrix::pack(&noise(n * k, 46), n, k, PackedType::Int8, Cpu::SCALAR);
+            let reference =
+                PackedMatrix::pack(&noise(n * k, 46), n, k, PackedType::Int8, Cpu::SCALAR);
             let low = noise(rows * rank, 51);
             let up_t = noise(rank * n, 52);
-            let up: Vec<Option<&[f32]>> = (0..rows).map(|r| (r % 3 != 0).then_some(&up_t[..])).collect();
-            let epilogue = Epilogue { low_rank: Some(LowRank { low: &low, rank, up: &up }), gelu: true };
+            let up: Vec<Option<&[f32]>> = (0..rows)
+                .map(|r| (r % 3 != 0).then_some(&up_t[..]))
+                .collect();
+            let epilogue = Epilogue {
+                low_rank: Some(LowRank {
+                    low: &low,
+                    rank,
+                    up: &up,
+                }),
+                gelu: true,
+            };
             let start = noise(rows * (n + 3), 53);
-            for (init, epilogue) in [(MatmulInit::Zero, Epilogue::default()), (MatmulInit::Accumulate, Epilogue::default()), (MatmulInit::Bias(&bias), epilogue)] {
+            for (init, epilogue) in [
+                (MatmulInit::Zero, Epilogue::default()),
+                (MatmulInit::Accumulate, Epilogue::default()),
+                (MatmulInit::Bias(&bias), epilogue),
+            ] {
                 let run = |w: &PackedMatrix| {
                     let mut out = start.clone();
                     matmul_with(&x, k, rows, w, &mut out, n + 3, init, epilogue, true);
                     bits(&out)
                 };
-                assert!(run(&packed) == run(&reference), "{isa}: {rows}x{k}x{n} with init and epilogue");
+                assert!(
+                    run(&packed) == run(&reference),
+                    "{isa}: {rows}x{k}x{n} with init and epilogue"
+                );
             }
         }
     }
@@ -361,7 +568,11 @@ fn int8_worst_case_operands_do_not_saturate() {
         assert!(bits(&out) == bits(&want), "{isa}: saturated");
         // 4096 products of 127·127 in two chunks, each scaled back: k · 3.5 · 0.25.
         let exact = k as f32 * 3.5 * 0.25;
-        assert!(out.iter().all(|v| (v - exact).abs() <= 1e-3 * exact), "{isa}: {} vs {exact}", out[0]);
+        assert!(
+            out.iter().all(|v| (v - exact).abs() <= 1e-3 * exact),
+            "{isa}: {} vs {exact}",
+            out[0]
+        );
     }
 }
 
@@ -370,12 +581,21 @@ fn int8_products_are_within_quantisation_error() {
     for (isa, cpu) in variants("linear::int8_products_are_within_quantisation_error") {
         // k not a multiple of 64 (padded steps), rows below and above 32 (VNNI below 20 where
         // AMX-INT8 is there too), n past a panel.
-        for &(rows, k, n) in &[(1, 64, 64), (5, 7, 3), (33, 100, 70), (40, 1024, 130), (3, 4096, 64)] {
+        for &(rows, k, n) in &[
+            (1, 64, 64),
+            (5, 7, 3),
+            (33, 100, 70),
+            (40, 1024, 130),
+            (3, 4096, 64),
+        ] {
             let x = noise(rows * k, 41);
             let w = noise(n * k, 42);
             let error = relative_error(PackedType::Int8, cpu, &x, &w, rows, k, n);
             // Two 8-bit roundings: well under a percent of Σ|x·w| for noise, and not exact.
-            assert!(error < 1e-2 && error > 1e-6, "{isa}: {rows}x{k}x{n}: int8 {error:e}");
+            assert!(
+                error < 1e-2 && error > 1e-6,
+                "{isa}: {rows}x{k}x{n}: int8 {error:e}"
+            );
         }
     }
     // Dequantised weights round-trip through `get` within half a step.
@@ -383,9 +603,15 @@ fn int8_products_are_within_quantisation_error() {
     let w = noise(n * k, 43);
     let packed = PackedMatrix::pack(&w, n, k, PackedType::Int8, Cpu::SCALAR);
     for c in 0..n {
-        let step = w[c * k..(c + 1) * k].iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
+        let step = w[c * k..(c + 1) * k]
+            .iter()
+            .fold(0f32, |m, v| m.max(v.abs()))
+            / 127.0;
         for i in 0..k {
-            assert!((packed.get(c, i) - w[c * k + i]).abs() <= 0.5 * step * 1.0001, "({c}, {i})");
+            assert!(
+                (packed.get(c, i) - w[c * k + i]).abs() <= 0.5 * step * 1.0001,
+                "({c}, {i})"
+            );
         }
     }
 }
@@ -401,12 +627,18 @@ fn int8_column_sums_add_up_each_chunk() {
         for chunk in 0..chunks {
             let inputs = chunk * 2048..k.min((chunk + 1) * 2048);
             let want: i32 = inputs.map(|i| weight(c, i)).sum();
-            assert_eq!(packed.col_sums[((c / PANEL) * chunks + chunk) * PANEL + c % PANEL], want, "({c}, {chunk})");
+            assert_eq!(
+                packed.col_sums[((c / PANEL) * chunks + chunk) * PANEL + c % PANEL],
+                want,
+                "({c}, {chunk})"
+            );
         }
     }
     // Columns past n in the last panel sum to zero.
     let last_panel = &packed.col_sums[(n / PANEL) * chunks * PANEL..];
-    assert!(last_panel.chunks_exact(PANEL).all(|sums| sums[n % PANEL..].iter().all(|&s| s == 0)));
+    assert!(last_panel
+        .chunks_exact(PANEL)
+        .all(|sums| sums[n % PANEL..].iter().all(|&s| s == 0)));
 }
 
 #[test]
@@ -423,7 +655,10 @@ fn tiled_panels_hold_amx_weight_tiles() {
     let mut seen = vec![false; 32 * PANEL];
     for s in 0..32 {
         for c in 0..PANEL {
-            assert!(!std::mem::replace(&mut seen[layout.at(s, c)], true), "({s}, {c}) twice");
+            assert!(
+                !std::mem::replace(&mut seen[layout.at(s, c)], true),
+                "({s}, {c}) twice"
+            );
         }
     }
 }
@@ -466,7 +701,11 @@ fn three_bf16_parts_sum_to_the_value_exactly() {
     // Values over many magnitudes, in rows of awkward lengths (the masked tail included).
     // Below about 2^-100 the last part would be subnormal, which the conversion flushes:
     // a loss of less than 2^-126 in absolute terms.
-    let values: Vec<f32> = noise(4099, 21).iter().enumerate().map(|(i, v)| v * 10f32.powi((i % 60) as i32 - 28)).collect();
+    let values: Vec<f32> = noise(4099, 21)
+        .iter()
+        .enumerate()
+        .map(|(i, v)| v * 10f32.powi((i % 60) as i32 - 28))
+        .collect();
     for (isa, cpu) in variants("linear::three_bf16_parts_sum_to_the_value_exactly") {
         for len in [1, 2, 15, 16, 17, 33, 4099] {
             let row = &values[..len];
@@ -475,17 +714,28 @@ fn three_bf16_parts_sum_to_the_value_exactly() {
             split_row(row, &mut dst, steps, 3, cpu);
             let half = |p: usize, i: usize| {
                 let pair = dst[p * steps + i / 2];
-                bf16::from_bits(if i % 2 == 0 { pair as u16 } else { (pair >> 16) as u16 })
+                bf16::from_bits(if i % 2 == 0 {
+                    pair as u16
+                } else {
+                    (pair >> 16) as u16
+                })
             };
             for (i, &v) in row.iter().enumerate() {
                 let sum: f64 = (0..3).map(|p| half(p, i).to_f32() as f64).sum();
                 assert_eq!(sum, v as f64, "{isa}: value {i} of {len}: {v:e}");
                 for p in 0..3 {
-                    assert_eq!(half(p, i).to_bits(), bf16_part(v, p), "{isa}: part {p} of {v:e}");
+                    assert_eq!(
+                        half(p, i).to_bits(),
+                        bf16_part(v, p),
+                        "{isa}: part {p} of {v:e}"
+                    );
                 }
             }
             if len % 2 == 1 {
-                assert!((0..3).all(|p| dst[p * steps + steps - 1] >> 16 == 0), "padding stays zero");
+                assert!(
+                    (0..3).all(|p| dst[p * steps + steps - 1] >> 16 == 0),
+                    "padding stays zero"
+                );
             }
         }
     }
@@ -495,7 +745,10 @@ fn three_bf16_parts_sum_to_the_value_exactly() {
 #[test]
 fn rows_split_straight_into_tiles_give_the_row_buffers_bits() {
     // The direct conversion exists for AVX512_BF16 alone: it runs on the variants that have it.
-    for (isa, cpu) in variants("linear::rows_split_straight_into_tiles").into_iter().filter(|(_, cpu)| cpu.avx512_bf16) {
+    for (isa, cpu) in variants("linear::rows_split_straight_into_tiles")
+        .into_iter()
+        .filter(|(_, cpu)| cpu.avx512_bf16)
+    {
         for k in [1usize, 17, 32, 33, 100, 1024] {
             let tile_steps = k.div_ceil(32);
             let steps = 16 * tile_steps;
@@ -506,12 +759,29 @@ fn rows_split_straight_into_tiles_give_the_row_buffers_bits() {
                 // Tiles of two rows, this row second: part p of step s at (s·parts + p)·32 + 16.
                 let mut tiles = vec![u32::MAX; tile_steps * parts * 32];
                 // SAFETY: the variant has AVX512_BF16; every offset + 16 lies inside `tiles`.
-                unsafe { activations::split_row_into_tiles(&row, tile_steps, parts, tiles[16..].as_mut_ptr(), 32) };
+                unsafe {
+                    activations::split_row_into_tiles(
+                        &row,
+                        tile_steps,
+                        parts,
+                        tiles[16..].as_mut_ptr(),
+                        32,
+                    )
+                };
                 for s in 0..tile_steps {
                     for p in 0..parts {
                         let want = &buffer[p * steps + 16 * s..][..16];
-                        assert_eq!(&tiles[(s * parts + p) * 32 + 16..][..16], want, "{isa}: k {k}, parts {parts}, step {s}");
-                        assert!(tiles[(s * parts + p) * 32..][..16].iter().all(|&v| v == u32::MAX), "other row touched");
+                        assert_eq!(
+                            &tiles[(s * parts + p) * 32 + 16..][..16],
+                            want,
+                            "{isa}: k {k}, parts {parts}, step {s}"
+                        );
+                        assert!(
+                            tiles[(s * parts + p) * 32..][..16]
+                                .iter()
+                                .all(|&v| v == u32::MAX),
+                            "other row touched"
+                        );
                     }
                 }
             }
