@@ -270,7 +270,9 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<()> {
                     .and_then(|u| u.last())
                     .is_some_and(|last| last.document == row.document);
                 if same {
-                    units.last_mut().map(|u| u.push(row));
+                    if let Some(u) = units.last_mut() {
+                        u.push(row)
+                    }
                 } else if batch_rows >= ROWS_PER_BATCH {
                     lookahead = Some(row);
                     break;

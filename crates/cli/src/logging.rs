@@ -76,7 +76,7 @@ impl SpanTimes {
             std::mem::take(&mut *self.totals.lock().unwrap_or_else(|e| e.into_inner()))
                 .into_iter()
                 .collect();
-        totals.sort_by(|a, b| b.1.cmp(&a.1));
+        totals.sort_by_key(|e| std::cmp::Reverse(e.1));
         totals
     }
 }

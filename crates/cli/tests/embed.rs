@@ -663,7 +663,7 @@ fn sigint_leaves_a_valid_npy_that_resumes() {
     run(&resume.iter().map(String::as_str).collect::<Vec<_>>());
     let (_, rows, _, data) = read_npy(&out);
     assert_eq!(rows, 4000);
-    let expected = engine(&texts[3990..].to_vec(), "text-matching");
+    let expected = engine(&texts[3990..], "text-matching");
     assert!(close(
         &npy_floats(&data)[3990 * 128..3991 * 128],
         &expected[0]

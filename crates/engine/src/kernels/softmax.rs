@@ -77,7 +77,7 @@ pub fn exp(x: f32) -> f32 {
     p = p * r + 8.333_452e-3;
     p = p * r + 4.166_579_6e-2;
     p = p * r + 1.666_666_5e-1;
-    p = p * r + 5.000_000_1e-1;
+    p = p * r + 5e-1;
     let y = p * r * r + r + 1.0;
     // 2^n through the exponent bits; n is in [-126, 127] after the clamp. Adding 1.5·2^23 + 127
     // puts the integer n + 127 in the low mantissa bits: pure bit operations, where `n as i32`

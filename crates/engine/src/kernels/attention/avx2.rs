@@ -31,7 +31,7 @@ pub(super) fn attention(
     cpu: Cpu,
 ) {
     assert!(cpu.avx2, "the AVX2 attention kernel needs AVX2 and FMA");
-    if shape.d % 8 != 0 {
+    if !shape.d.is_multiple_of(8) {
         return portable::attention(qkv, ctx, tasks, shape, true, cpu);
     }
     tasks
@@ -276,7 +276,7 @@ unsafe fn exp(x: __m256) -> __m256 {
         8.333_452e-3,
         4.166_579_6e-2,
         1.666_666_5e-1,
-        5.000_000_1e-1,
+        5e-1,
     ] {
         p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(c));
     }

@@ -185,8 +185,8 @@ impl Path {
         // AMX pads the rows to 32. For one bf16 part a few rows run faster on AVX512_BF16; with
         // three parts that kernel does 1.5× the work of the f32 one, so bf16x3 takes AMX at any
         // size. int8: see INT8_AMX_MIN_ROWS.
-        let amx_steps =
-            cfg!(all(target_arch = "x86_64", target_os = "linux")) && w.steps % TILE_STEPS == 0;
+        let amx_steps = cfg!(all(target_arch = "x86_64", target_os = "linux"))
+            && w.steps.is_multiple_of(TILE_STEPS);
         let on_amx = amx_steps
             && match w.ty {
                 PackedType::F32 => false,

@@ -295,7 +295,7 @@ impl PackedMatrix {
             PackedType::F32 => f32::from_bits(at(i)),
             PackedType::Bf16 | PackedType::Bf16x3 => {
                 let pair = at(i / 2);
-                bf16::from_bits(if i % 2 == 0 {
+                bf16::from_bits(if i.is_multiple_of(2) {
                     pair as u16
                 } else {
                     (pair >> 16) as u16

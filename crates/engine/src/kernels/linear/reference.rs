@@ -14,7 +14,7 @@ fn weight(ty: PackedType, (wp, layout): (&[u32], PanelLayout), i: usize, c: usiz
         PackedType::F32 => f32::from_bits(wp[layout.at(i, c)]),
         PackedType::Bf16 | PackedType::Bf16x3 => {
             let pair = wp[layout.at(i / 2, c)];
-            f32::from_bits(if i % 2 == 0 {
+            f32::from_bits(if i.is_multiple_of(2) {
                 pair << 16
             } else {
                 pair & 0xFFFF_0000

@@ -558,7 +558,7 @@ fn int8_worst_case_operands_do_not_saturate() {
     let (rows, k, n) = (7, 4096, 70);
     // Activations and weights at ±max in every position, with matching signs: each quantises to
     // ±127 and every product is +127·127.
-    let sign = |i: usize| if (i / 3) % 2 == 0 { 1.0 } else { -1.0 };
+    let sign = |i: usize| if (i / 3).is_multiple_of(2) { 1.0 } else { -1.0 };
     let x: Vec<f32> = (0..rows * k).map(|i| sign(i % k) * 3.5).collect();
     let w: Vec<f32> = (0..n * k).map(|i| sign(i % k) * 0.25).collect();
     for (isa, cpu) in variants("linear::int8_worst_case_operands_do_not_saturate") {
@@ -714,7 +714,7 @@ fn three_bf16_parts_sum_to_the_value_exactly() {
             split_row(row, &mut dst, steps, 3, cpu);
             let half = |p: usize, i: usize| {
                 let pair = dst[p * steps + i / 2];
-                bf16::from_bits(if i % 2 == 0 {
+                bf16::from_bits(if i.is_multiple_of(2) {
                     pair as u16
                 } else {
                     (pair >> 16) as u16
