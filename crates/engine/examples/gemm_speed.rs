@@ -4,6 +4,11 @@
 //! `GEMM_SPEED_LORA=1`, the two ways of adding a rank-4 LoRA term (see `compare_lora`).
 //! `JINA_MAX_ISA` caps the kernels as it caps the model (`JINA_MAX_ISA=avx2` times the AVX2
 //! kernels on an AVX-512 machine); each figure names the kernel that ran.
+//!
+//! `GEMM_SPEED_CLOCK=cpu` times by the CPU time of the process's threads (from
+//! `/proc/self/task/*/schedstat`) instead of the wall clock, and prints the FMA peak of one
+//! thread measured the same way: on a machine shared with other jobs, wall-clock rates say more
+//! about the neighbours than about the kernel. Run it with `RAYON_NUM_THREADS=1`.
 use std::time::Instant;
 
 use jina_engine::kernels::linear::{
@@ -11,7 +16,89 @@ use jina_engine::kernels::linear::{
 };
 use jina_engine::kernels::{matmul_transposed, Cpu, MatmulInit};
 
+/// Seconds on a CPU of every thread of this process so far (Linux), or the wall clock.
+fn clock() -> f64 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    if std::env::var("GEMM_SPEED_CLOCK").as_deref() != Ok("cpu") {
+        return START.get_or_init(Instant::now).elapsed().as_secs_f64();
+    }
+    let tasks = std::fs::read_dir("/proc/self/task").expect("/proc/self/task");
+    let ns: u64 = tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    ns as f64 * 1e-9
+}
+
+/// GFLOP/s of one thread running 12 independent chains of 8-lane FMAs: the AVX2 f32 peak that
+/// the kernels' rates are fractions of.
+#[cfg(target_arch = "x86_64")]
+fn fma_peak() -> f64 {
+    use std::arch::x86_64::*;
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn chains(n: usize) -> f32 {
+        let mut acc = [_mm256_set1_ps(0.0); 12];
+        let (a, b) = (_mm256_set1_ps(0.999_9), _mm256_set1_ps(1e-4));
+        for _ in 0..n {
+            for v in acc.iter_mut() {
+                *v = _mm256_fmadd_ps(*v, a, b);
+            }
+        }
+        let mut lanes = [0f32; 8];
+        _mm256_storeu_ps(
+            lanes.as_mut_ptr(),
+            acc.iter().fold(b, |s, v| _mm256_add_ps(s, *v)),
+        );
+        lanes.iter().sum()
+    }
+    let n = 50_000_000;
+    let start = clock();
+    let sink = unsafe { chains(n) };
+    let seconds = clock() - start;
+    std::hint::black_box(sink);
+    (n * 12 * 16) as f64 / seconds / 1e9
+}
+
+/// Giga-ops (2 per multiply-add) per second of one thread running 12 independent chains of
+/// `VPMADDWD` + `VPADDD` (16 int8-range products a pair of instructions): the AVX2 int8 kernel's
+/// peak.
+#[cfg(target_arch = "x86_64")]
+fn madd_peak() -> f64 {
+    use std::arch::x86_64::*;
+    #[target_feature(enable = "avx2")]
+    unsafe fn chains(n: usize) -> i32 {
+        let mut acc = [_mm256_set1_epi32(1); 12];
+        let (a, b) = (_mm256_set1_epi32(3), _mm256_set1_epi16(-5));
+        for _ in 0..n {
+            for v in acc.iter_mut() {
+                // Fed by its own sum, so that the product cannot be hoisted out of the loop.
+                *v = _mm256_add_epi32(a, _mm256_madd_epi16(*v, b));
+            }
+        }
+        let mut lanes = [0i32; 8];
+        let sum = acc
+            .iter()
+            .fold(_mm256_set1_epi32(0), |s, v| _mm256_add_epi32(s, *v));
+        _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, sum);
+        lanes.iter().sum()
+    }
+    let n = 50_000_000;
+    let start = clock();
+    let sink = unsafe { chains(std::hint::black_box(n)) };
+    let seconds = clock() - start;
+    std::hint::black_box(sink);
+    (n * 12 * 32) as f64 / seconds / 1e9
+}
+
 fn main() {
+    #[cfg(target_arch = "x86_64")]
+    if std::env::var("GEMM_SPEED_CLOCK").as_deref() == Ok("cpu") && Cpu::host().avx2 {
+        println!(
+            "one thread's AVX2 peaks: FMA {:.1} GFLOP/s, VPMADDWD {:.1} Gop/s",
+            fma_peak(),
+            madd_peak()
+        );
+    }
     if std::env::var_os("GEMM_SPEED_LAYOUTS").is_some() {
         return compare_layouts();
     }
@@ -36,9 +123,9 @@ fn main() {
             f();
             let mut best = f64::INFINITY;
             for _ in 0..5 {
-                let t = Instant::now();
+                let t = clock();
                 f();
-                best = best.min(t.elapsed().as_secs_f64());
+                best = best.min(clock() - t);
             }
             flops / best / 1e9
         };
