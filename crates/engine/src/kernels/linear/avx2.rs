@@ -156,19 +156,47 @@ unsafe fn int8_rows<const MR: usize>(
     } = ops;
     assert!(x.len() >= (MR - 1) * stride + 4 * steps && row_scales.len() >= MR);
     assert!(w.len() >= layout.step(first + steps));
-    // int8 panels are never tiled (`PanelLayout::new`): steps are PANEL apart, so the inner
-    // loop walks plain pointers.
-    assert_eq!(layout, PanelLayout::Linear);
+    // The offsets are fixed before the loops (the model's int8 panels are linear; tiled ones
+    // come only from `PackedMatrix::pack_tiled`).
+    match layout {
+        PanelLayout::Linear => int8_groups::<MR>(
+            (x, stride),
+            steps,
+            |g, s| (first + s) * PANEL + 8 * g,
+            w,
+            (row_scales, col_scales),
+            out,
+        ),
+        tiled => int8_groups::<MR>(
+            (x, stride),
+            steps,
+            move |g, s| tiled.step(first + s) + tiled.group(g / 2) + 8 * (g % 2),
+            w,
+            (row_scales, col_scales),
+            out,
+        ),
+    }
+}
+
+/// The tile of [`int8_rows`] for the weight offset `at(group, step)` (in quads) of a layout.
+#[inline(always)]
+unsafe fn int8_groups<const MR: usize>(
+    (x, stride): (&[i16], usize),
+    steps: usize,
+    at: impl Fn(usize, usize) -> usize,
+    w: &[u32],
+    (row_scales, col_scales): (&[f32], &[f32; PANEL]),
+    out: &mut Tile,
+) {
     let x = x.as_ptr();
     for g in 0..8 {
         // Columns 8g .. 8g + 8: 32 bytes of quads a step, sign-extended into two registers of
         // 16 i16 (columns 8g..8g+4, then 8g+4..8g+8), each column's quad in two 32-bit lanes.
-        let mut wp = w.as_ptr().add(first * PANEL + 8 * g) as *const __m128i;
         let mut acc = [[_mm256_setzero_si256(); 2]; MR];
         for s in 0..steps {
+            let wp = w.as_ptr().add(at(g, s)) as *const __m128i;
             let w_lo = _mm256_cvtepi8_epi16(_mm_loadu_si128(wp));
             let w_hi = _mm256_cvtepi8_epi16(_mm_loadu_si128(wp.add(1)));
-            wp = wp.add(PANEL / 4);
             for (m, acc_m) in acc.iter_mut().enumerate() {
                 // The step's four i16 activations in every 64-bit lane: lane pair (2c, 2c + 1)
                 // meets inputs (0, 1) and (2, 3) of column c.
