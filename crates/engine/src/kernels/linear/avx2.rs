@@ -29,14 +29,7 @@ pub unsafe fn tile_widened(
     w: (&[u32], PanelLayout),
     out: &mut Tile,
 ) {
-    match mr {
-        1 => widened_rows::<1>(x, stride, k, w, out),
-        2 => widened_rows::<2>(x, stride, k, w, out),
-        3 => widened_rows::<3>(x, stride, k, w, out),
-        4 => widened_rows::<4>(x, stride, k, w, out),
-        5 => widened_rows::<5>(x, stride, k, w, out),
-        _ => widened_rows::<6>(x, stride, k, w, out),
-    }
+    for_rows!(mr, widened_rows(x, stride, k, w, out))
 }
 
 #[inline]
@@ -129,14 +122,7 @@ pub unsafe fn tile_int8(
     ops: &Int8Panel,
     out: &mut Tile,
 ) {
-    match mr {
-        1 => int8_rows::<1>(x, row_scales, ops, out),
-        2 => int8_rows::<2>(x, row_scales, ops, out),
-        3 => int8_rows::<3>(x, row_scales, ops, out),
-        4 => int8_rows::<4>(x, row_scales, ops, out),
-        5 => int8_rows::<5>(x, row_scales, ops, out),
-        _ => int8_rows::<6>(x, row_scales, ops, out),
-    }
+    for_rows!(mr, int8_rows(x, row_scales, ops, out))
 }
 
 #[inline]

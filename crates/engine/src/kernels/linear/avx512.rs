@@ -16,14 +16,7 @@ pub unsafe fn tile_f32(
     w: &[u32],
     out: &mut Tile,
 ) {
-    match mr {
-        1 => f32_rows::<1>(x, stride, steps, w, out),
-        2 => f32_rows::<2>(x, stride, steps, w, out),
-        3 => f32_rows::<3>(x, stride, steps, w, out),
-        4 => f32_rows::<4>(x, stride, steps, w, out),
-        5 => f32_rows::<5>(x, stride, steps, w, out),
-        _ => f32_rows::<6>(x, stride, steps, w, out),
-    }
+    for_rows!(mr, f32_rows(x, stride, steps, w, out))
 }
 
 /// A panel of bf16 pairs and how it is laid out.
@@ -45,14 +38,7 @@ pub unsafe fn tile_bf16(
     w: Bf16Panel,
     out: &mut Tile,
 ) {
-    match mr {
-        1 => bf16_rows::<1>(x, stride, parts, steps, w, out),
-        2 => bf16_rows::<2>(x, stride, parts, steps, w, out),
-        3 => bf16_rows::<3>(x, stride, parts, steps, w, out),
-        4 => bf16_rows::<4>(x, stride, parts, steps, w, out),
-        5 => bf16_rows::<5>(x, stride, parts, steps, w, out),
-        _ => bf16_rows::<6>(x, stride, parts, steps, w, out),
-    }
+    for_rows!(mr, bf16_rows(x, stride, parts, steps, w, out))
 }
 
 #[inline]
@@ -130,14 +116,7 @@ pub unsafe fn tile_int8(
     ops: &Int8Panel,
     out: &mut Tile,
 ) {
-    match mr {
-        1 => int8_rows::<1>(x, row_scales, ops, out),
-        2 => int8_rows::<2>(x, row_scales, ops, out),
-        3 => int8_rows::<3>(x, row_scales, ops, out),
-        4 => int8_rows::<4>(x, row_scales, ops, out),
-        5 => int8_rows::<5>(x, row_scales, ops, out),
-        _ => int8_rows::<6>(x, row_scales, ops, out),
-    }
+    for_rows!(mr, int8_rows(x, row_scales, ops, out))
 }
 
 #[inline]

@@ -26,6 +26,22 @@ use rayon::prelude::*;
 use super::cpu::Cpu;
 use super::matmul::MatmulInit;
 
+/// `for_rows!(mr, kernel(args))` calls `kernel::<MR>(args)` with the row count `mr` (1 to
+/// [`MAX_ROWS`]) as a constant, so that each row count gets its own unrolled tile kernel with
+/// its accumulators in registers: the one row dispatch of every tile kernel.
+macro_rules! for_rows {
+    ($mr:expr, $kernel:ident($($arg:expr),* $(,)?)) => {
+        match $mr {
+            1 => $kernel::<1>($($arg),*),
+            2 => $kernel::<2>($($arg),*),
+            3 => $kernel::<3>($($arg),*),
+            4 => $kernel::<4>($($arg),*),
+            5 => $kernel::<5>($($arg),*),
+            _ => $kernel::<6>($($arg),*),
+        }
+    };
+}
+
 mod activations;
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 mod amx;
