@@ -720,7 +720,7 @@ def drive(args) -> int:
                     import onnxruntime.quantization  # noqa: F401
                 except Exception as exc:  # noqa: BLE001
                     unavailable[e] = f"onnxruntime.quantization not importable ({exc})"
-    caps = {k: os.environ[k] for k in ("JINA_MAX_ISA", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS") if os.environ.get(k)}
+    caps = {k: os.environ[k] for k in ("JINA_MAX_ISA", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "ATEN_CPU_CAPABILITY") if os.environ.get(k)}
     if caps:
         notes.append("instruction sets capped: " + ", ".join(f"{k}={v}" for k, v in caps.items())
                      + " (ONNX Runtime's MLAS has no such switch: it runs what the CPU has)")

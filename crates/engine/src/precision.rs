@@ -14,12 +14,13 @@ pub enum Precision {
     #[default]
     F32,
     /// bf16 weights (exactly the checkpoint's values) and activations rounded to bf16, products
-    /// accumulated in f32 with AVX512_BF16; falls back to f32 on CPUs without it.
+    /// accumulated in f32 on AMX or with AVX512_BF16. Without a bf16 dot product (AVX2) the
+    /// weights stay bf16 and the arithmetic is f32, and the resolved precision says so.
     Bf16,
     /// int8 weights (per output channel) and activations (per token, quantised on the fly),
-    /// products summed in i32 on AMX-INT8 tiles or with AVX512_VNNI (the same results);
-    /// attention in bf16 (f32 without AVX512_BF16). Falls back to bf16 (or f32) on CPUs with
-    /// neither. Cosine to f32 is gated at ≥ 0.99.
+    /// products summed in i32 on AMX-INT8 tiles, with AVX512_VNNI or with AVX2 (the same
+    /// results); attention in bf16 (f32 without a bf16 dot product). Where no int8 kernel of
+    /// ours runs, f32, reported as the resolved precision. Cosine to f32 is gated at ≥ 0.99.
     Int8,
 }
 
