@@ -1,6 +1,6 @@
-//! AVX-512 tile kernels: f32 (`VFMADD231PS` on f32 weights), bf16 (`VDPBF16PS` on bf16 pairs,
-//! in one part or three exact ones) and int8 (`VPDPBUSD`), each a `rows × 64` block of sums in
-//! 24 registers, one broadcast activation per row per step.
+//! AVX-512 tile kernels: f32 (`VFMADD231PS` on f32 weights, or on bf16 pairs widened in
+//! registers: exact, half the memory), bf16 (`VDPBF16PS` on bf16 pairs) and int8 (`VPDPBUSD`),
+//! each a `rows × 64` block of sums in 24 registers, one broadcast activation per row per step.
 
 use std::arch::x86_64::*;
 
@@ -17,6 +17,74 @@ pub unsafe fn tile_f32(
     out: &mut Tile,
 ) {
     for_rows!(mr, f32_rows(x, stride, steps, w, out))
+}
+
+/// f32 tile on bf16 pairs: `out[m][c] = Σ_i x[m·stride + i] · w(i, c)` for `i < k`, each
+/// weight widened to f32 in registers (the low bf16 of a pair shifted up 16 bits, the high one
+/// masked: exact) and one FMA per input in input order, so the bits are the reference's and the
+/// f32 kernel's on the same values, at half the weight memory and bandwidth.
+///
+/// # Safety
+/// AVX-512F available; `x` holds `mr` rows of `k` values `stride` apart; `w` one panel of bf16
+/// pairs of at least `ceil(k / 2)` steps in `layout`.
+#[target_feature(enable = "avx512f")]
+pub unsafe fn tile_widened(
+    mr: usize,
+    x: &[f32],
+    stride: usize,
+    k: usize,
+    w: Bf16Panel,
+    out: &mut Tile,
+) {
+    for_rows!(mr, widened_rows(x, stride, k, w, out))
+}
+
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn widened_rows<const MR: usize>(
+    x: &[f32],
+    stride: usize,
+    k: usize,
+    Bf16Panel { w, layout }: Bf16Panel,
+    out: &mut Tile,
+) {
+    assert!(x.len() >= (MR - 1) * stride + k && w.len() >= layout.step(k / 2));
+    let x = x.as_ptr();
+    let groups: [usize; 4] = std::array::from_fn(|g| layout.group(g));
+    let high = _mm512_set1_epi32(0xFFFF_0000u32 as i32);
+    let mut acc = [[_mm512_setzero_ps(); 4]; MR];
+    let fma_rows = |acc: &mut [[__m512; 4]; MR], input: usize, wv: [__m512; 4]| {
+        for (m, acc_m) in acc.iter_mut().enumerate() {
+            let xb = _mm512_set1_ps(*x.add(m * stride + input));
+            for (a, wv) in acc_m.iter_mut().zip(wv) {
+                *a = _mm512_fmadd_ps(xb, wv, *a);
+            }
+        }
+    };
+    for s in 0..k.div_ceil(2) {
+        // Step s holds inputs 2s (low halves) and 2s + 1 (high halves) of the 64 columns.
+        let wp = w.as_ptr().add(layout.step(s));
+        let low = groups.map(|g| {
+            _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_loadu_si512(
+                wp.add(g) as *const _
+            )))
+        });
+        fma_rows(&mut acc, 2 * s, low);
+        if 2 * s + 1 == k {
+            break;
+        }
+        // Loaded again through a pointer the compiler cannot prove equal: keeping the first
+        // loads alive would take 4 more registers than the 30 this needs (see avx2.rs).
+        let wp = std::hint::black_box(wp);
+        let high = groups.map(|g| {
+            _mm512_castsi512_ps(_mm512_and_si512(
+                _mm512_loadu_si512(wp.add(g) as *const _),
+                high,
+            ))
+        });
+        fma_rows(&mut acc, 2 * s + 1, high);
+    }
+    store_tile(&acc, out);
 }
 
 /// A panel of bf16 pairs and how it is laid out.

@@ -186,7 +186,8 @@ pub enum Path {
     /// AVX2 + FMA: f32 products on widened bf16 weights (bf16 storage: activations rounded
     /// first) or int8 with `VPMADDWD`.
     Avx2,
-    /// AVX-512 FMA on f32 weights, `VDPBF16PS` on bf16 pairs.
+    /// AVX-512 FMA on f32 weights or on widened bf16 weights (bf16x3; bf16 without
+    /// AVX512_BF16), `VDPBF16PS` on bf16 pairs.
     Avx512,
     /// AVX512_VNNI `VPDPBUSD` (int8).
     Vnni,
@@ -213,8 +214,9 @@ impl Path {
         let x86 = cfg!(target_arch = "x86_64");
         match w.ty {
             _ if on_amx => Path::Amx,
-            PackedType::F32 if x86 && cpu.avx512 => Path::Avx512,
-            PackedType::Bf16 | PackedType::Bf16x3 if x86 && cpu.avx512_bf16 => Path::Avx512,
+            PackedType::F32 | PackedType::Bf16x3 if x86 && cpu.avx512 => Path::Avx512,
+            // bf16 without a bf16 dot product: widened in registers, as bf16x3.
+            PackedType::Bf16 if x86 && cpu.avx512 => Path::Avx512,
             PackedType::Bf16 | PackedType::Bf16x3 if x86 && cpu.avx2 => Path::Avx2,
             PackedType::Int8 if x86 && cpu.avx512 && cpu.avx512_vnni => Path::Vnni,
             PackedType::Int8 if x86 && cpu.avx2 => Path::Avx2,
@@ -354,7 +356,8 @@ impl Activations<'_> {
         extra: Option<LowRankInputs>,
         path: Path,
     ) -> Activations<'a> {
-        let reads_pairs = path == Path::Avx512 && w.ty != PackedType::F32;
+        // Only `VDPBF16PS` reads bf16 pairs; every other AVX-512 kernel reads f32 rows.
+        let reads_pairs = path == Path::Avx512 && w.ty == PackedType::Bf16 && w.cpu.avx512_bf16;
         // Few rows take the kernels that read extended rows: each is extended in a copy first.
         let (x, stride) = match extra {
             None => (Cow::Borrowed(x), stride),
@@ -419,8 +422,13 @@ impl Activations<'_> {
             // SAFETY (all three): `Path::choose` took the path for features `w.cpu` has; `x` or
             // `pairs` hold rows r0..r0+mr of `steps` steps each and `wp` one panel of `steps`.
             #[cfg(target_arch = "x86_64")]
-            (Activations::F32 { x, stride }, Path::Avx512) => unsafe {
+            (Activations::F32 { x, stride }, Path::Avx512) if w.ty == PackedType::F32 => unsafe {
                 avx512::tile_f32(mr, x[r0 * stride..].as_ptr(), *stride, w.steps, wp, tile)
+            },
+            #[cfg(target_arch = "x86_64")]
+            (Activations::F32 { x, stride }, Path::Avx512) => unsafe {
+                let panel = avx512::Bf16Panel { w: wp, layout };
+                avx512::tile_widened(mr, &x[r0 * stride..], *stride, w.k, panel, tile)
             },
             #[cfg(target_arch = "x86_64")]
             (Activations::Bf16 { pairs, parts }, Path::Avx512) => unsafe {
