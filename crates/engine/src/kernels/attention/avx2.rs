@@ -1,12 +1,17 @@
 //! AVX2 + FMA attention: the flash-attention loop with the whole tile in registers.
 //!
 //! For each (sequence, head) K is packed once transposed, 8 keys side by side per dimension
-//! (as ggml-cpu's flash attention packs K per tile), so `S = Q·Kᵀ` for 4 queries × 16 keys is 8
-//! accumulator registers fed by one broadcast per query and two loads per dimension. The 16
-//! scores of a query then go through the online softmax in registers (a vectorised `exp`, the
-//! running maximum and sum), and `O += P·V` reads V's rows where they are, 16 (or 8) dimensions
-//! of 4 queries in registers at a time. Nothing the size of `n × n` or `Q_TILE × K_TILE` is
-//! stored: one pass per block of 4 queries over the packed keys, in f32.
+//! (as ggml-cpu's flash attention packs K per tile), and V once row after row, so both are
+//! contiguous (V's rows in `qkv` are 12 KiB apart: a page, and a TLB entry, per key). `S = Q·Kᵀ`
+//! for 6 queries × 16 keys is 12 accumulator registers fed by one broadcast per query and two
+//! loads per dimension. The 16 scores of a query then go through the online softmax in
+//! registers (a vectorised `exp`, the running maximum and sum), and `O += P·V` keeps 16
+//! dimensions of the 6 queries in registers at a time. Nothing the size of `n × n` is stored.
+//!
+//! Queries are taken [`TILE_QUERIES`] at a time over [`TILE_KEYS`] keys at a time, so that the
+//! keys' and values' tile (16 KiB) stays in L1 while every block of 6 queries of the tile passes
+//! over it: one pass of K and V through L2 per 24 queries instead of per 6. Each query still
+//! meets the key blocks in order, so its sums are the same whatever the tiling.
 
 use std::arch::x86_64::*;
 
@@ -16,10 +21,14 @@ use super::portable;
 use super::{write_rows, SequenceRange, Shape, SharedMut};
 use crate::kernels::cpu::Cpu;
 
-/// Queries per block: 4 × 2 score registers, or 4 × 2 output registers, in flight.
-const QUERIES: usize = 4;
+/// Queries per block: 6 × 2 score registers, or 6 × 2 output registers, in flight.
+const QUERIES: usize = 6;
 /// Keys per block: two registers of scores per query.
 const KEYS: usize = 16;
+/// Queries per tile: blocks of [`QUERIES`] that share each tile of keys while it is in L1.
+const TILE_QUERIES: usize = 4 * QUERIES;
+/// Keys per tile: 32 keys of 64 dimensions of K and of V, 16 KiB.
+const TILE_KEYS: usize = 2 * KEYS;
 
 /// Every (sequence, head) of `tasks`. Heads whose size is not a multiple of 8 take the
 /// portable kernel (the model's heads are 64).
@@ -38,8 +47,8 @@ pub(super) fn attention(
         .par_iter()
         .for_each_init(Head::default, |state, &(seq, head)| {
             state.load(qkv, seq, head, shape);
-            for q0 in (0..seq.len).step_by(QUERIES) {
-                let queries = QUERIES.min(seq.len - q0);
+            for q0 in (0..seq.len).step_by(TILE_QUERIES) {
+                let queries = TILE_QUERIES.min(seq.len - q0);
                 // SAFETY: AVX2 and FMA were checked above; `load` sized the buffers for `seq`.
                 let out = unsafe { state.attend(qkv, seq, head, q0, queries, shape) };
                 write_rows(ctx, out, seq.start + q0, head, shape);
@@ -52,32 +61,40 @@ pub(super) fn attention(
 struct Head {
     /// `[key block of 8][d][8]`: K transposed, zero past the last key.
     keys: Vec<f32>,
-    /// `QUERIES × d` accumulators of the block of queries.
+    /// `[key][d]`: V, zero past the last key up to a whole block.
+    values: Vec<f32>,
+    /// `TILE_QUERIES × d` accumulators of the tile of queries.
     out: Vec<f32>,
+    /// The running maximum and sum of each query of the tile.
+    max: [f32; TILE_QUERIES],
+    sum: [f32; TILE_QUERIES],
     /// `QUERIES × KEYS` probabilities of the current key block.
     probabilities: Vec<f32>,
 }
 
 impl Head {
-    /// Packs this head's K transposed.
+    /// Packs this head's K transposed and its V contiguous.
     fn load(&mut self, qkv: &[f32], seq: SequenceRange, head: usize, shape: Shape) {
         let Shape { d, hidden, .. } = shape;
         let stride = 3 * hidden;
-        let blocks = seq.len.div_ceil(KEYS) * (KEYS / 8);
+        let padded = seq.len.div_ceil(KEYS) * KEYS;
         self.keys.clear();
-        self.keys.resize(blocks * d * 8, 0.0);
+        self.keys.resize(padded * d, 0.0);
+        self.values.clear();
+        self.values.resize(padded * d, 0.0);
         for t in 0..seq.len {
-            let key = &qkv[(seq.start + t) * stride + hidden + head * d..][..d];
+            let row = &qkv[(seq.start + t) * stride + hidden + head * d..];
             let block = &mut self.keys[(t / 8) * d * 8..][..d * 8];
-            for (c, &v) in key.iter().enumerate() {
+            for (c, &v) in row[..d].iter().enumerate() {
                 block[c * 8 + t % 8] = v;
             }
+            self.values[t * d..][..d].copy_from_slice(&row[hidden..][..d]);
         }
-        self.out.resize(QUERIES * d, 0.0);
+        self.out.resize(TILE_QUERIES * d, 0.0);
         self.probabilities.resize(QUERIES * KEYS, 0.0);
     }
 
-    /// Attention of queries `q0 .. q0 + queries` (at most [`QUERIES`]) over every key.
+    /// Attention of queries `q0 .. q0 + queries` (at most [`TILE_QUERIES`]) over every key.
     ///
     /// # Safety
     /// AVX2 and FMA available; [`Head::load`] ran for this sequence and head.
@@ -95,41 +112,55 @@ impl Head {
             d, hidden, scale, ..
         } = shape;
         let stride = 3 * hidden;
+        // Rows past the tile's queries repeat its last one; their results are not written.
         let q_row =
             |i: usize| &qkv[(seq.start + q0 + i.min(queries - 1)) * stride + head * d..][..d];
-        let q: [&[f32]; QUERIES] = std::array::from_fn(q_row);
-        let mut max = [f32::NEG_INFINITY; QUERIES];
-        let mut sum = [0f32; QUERIES];
+        self.max = [f32::NEG_INFINITY; TILE_QUERIES];
+        self.sum = [0.0; TILE_QUERIES];
         self.out.fill(0.0);
-        for k0 in (0..seq.len).step_by(KEYS) {
-            let live = KEYS.min(seq.len - k0);
-            let scores = self.scores(&q, k0, d, scale, live);
-            for (i, row) in scores.iter().enumerate() {
-                let tile_max = horizontal_max(_mm256_max_ps(row[0], row[1]));
-                let new_max = max[i].max(tile_max);
-                let m = _mm256_set1_ps(new_max);
-                let p = [exp(_mm256_sub_ps(row[0], m)), exp(_mm256_sub_ps(row[1], m))];
-                // Through the same cut-off as the probabilities (see `softmax::exp`).
-                let correction = crate::kernels::softmax::exp(max[i] - new_max);
-                sum[i] = sum[i] * correction + horizontal_sum(_mm256_add_ps(p[0], p[1]));
-                max[i] = new_max;
-                if correction != 1.0 {
-                    scale_row(&mut self.out[i * d..][..d], correction);
+        for tile in (0..seq.len).step_by(TILE_KEYS) {
+            let tile_end = seq.len.min(tile + TILE_KEYS);
+            for b in (0..queries).step_by(QUERIES) {
+                let q: [&[f32]; QUERIES] = std::array::from_fn(|i| q_row(b + i));
+                for k0 in (tile..tile_end).step_by(KEYS) {
+                    let live = KEYS.min(seq.len - k0);
+                    let scores = self.scores(&q, k0, d, scale, live);
+                    self.softmax(scores, b, d);
+                    self.accumulate(k0, live, b, d);
                 }
-                let dst = self.probabilities[i * KEYS..].as_mut_ptr();
-                _mm256_storeu_ps(dst, p[0]);
-                _mm256_storeu_ps(dst.add(8), p[1]);
             }
-            let values = &qkv[(seq.start + k0) * stride + 2 * hidden + head * d..];
-            self.accumulate(values, stride, live, d);
         }
-        for (i, &s) in sum.iter().enumerate().take(queries) {
-            scale_row(&mut self.out[i * d..][..d], 1.0 / s);
+        for i in 0..queries {
+            scale_row(&mut self.out[i * d..][..d], 1.0 / self.sum[i]);
         }
         &self.out[..queries * d]
     }
 
-    /// `scale · q·k` of the 4 queries and the 16 keys from `k0`; keys past `live` score −∞.
+    /// The online softmax step of queries `b .. b + QUERIES` of the tile for one key block:
+    /// their probabilities into `self.probabilities`, their maxima, sums and outputs updated.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn softmax(&mut self, scores: [[__m256; 2]; QUERIES], b: usize, d: usize) {
+        for (i, row) in scores.iter().enumerate() {
+            let (max, sum) = (&mut self.max[b + i], &mut self.sum[b + i]);
+            let tile_max = horizontal_max(_mm256_max_ps(row[0], row[1]));
+            let new_max = max.max(tile_max);
+            let m = _mm256_set1_ps(new_max);
+            let p = [exp(_mm256_sub_ps(row[0], m)), exp(_mm256_sub_ps(row[1], m))];
+            // Through the same cut-off as the probabilities (see `softmax::exp`).
+            let correction = crate::kernels::softmax::exp(*max - new_max);
+            *sum = *sum * correction + horizontal_sum(_mm256_add_ps(p[0], p[1]));
+            *max = new_max;
+            if correction != 1.0 {
+                scale_row(&mut self.out[(b + i) * d..][..d], correction);
+            }
+            let dst = self.probabilities[i * KEYS..].as_mut_ptr();
+            _mm256_storeu_ps(dst, p[0]);
+            _mm256_storeu_ps(dst.add(8), p[1]);
+        }
+    }
+
+    /// `scale · q·k` of the 6 queries and the 16 keys from `k0`; keys past `live` score −∞.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn scores(
@@ -167,24 +198,24 @@ impl Head {
         })
     }
 
-    /// `out += P · V` for the `live` keys of the block; V's rows are `stride` apart.
+    /// `out += P · V` for queries `b .. b + QUERIES` of the tile and the `live` keys from `k0`.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn accumulate(&mut self, values: &[f32], stride: usize, live: usize, d: usize) {
-        assert!(values.len() >= (live - 1) * stride + d);
+    unsafe fn accumulate(&mut self, k0: usize, live: usize, b: usize, d: usize) {
+        assert!(self.values.len() >= (k0 + live) * d && self.out.len() >= (b + QUERIES) * d);
         let (p, v, out) = (
             self.probabilities.as_ptr(),
-            values.as_ptr(),
-            self.out.as_mut_ptr(),
+            self.values[k0 * d..].as_ptr(),
+            self.out[b * d..].as_mut_ptr(),
         );
-        // Two registers a query (16 dimensions) where the head allows: 8 independent chains.
+        // Two registers a query (16 dimensions) where the head allows: 12 independent chains.
         let mut c0 = 0;
         while c0 + 16 <= d {
-            pv_columns::<2>(p, v, stride, live, out, d, c0);
+            pv_columns::<2>(p, v, d, live, out, d, c0);
             c0 += 16;
         }
         if c0 < d {
-            pv_columns::<1>(p, v, stride, live, out, d, c0);
+            pv_columns::<1>(p, v, d, live, out, d, c0);
         }
     }
 }
