@@ -66,7 +66,9 @@ def main():
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     out_ray = work / "ray"
     started = time.perf_counter()
-    ds = ray.data.read_text(str(corpus))
+    # The read task takes no CPU slot: the two actors hold both, and a read waiting for one
+    # would wait forever.
+    ds = ray.data.read_text(str(corpus), num_cpus=0)
     ds = ds.map_batches(Embedder, fn_constructor_kwargs={"model": str(model), "task": "retrieval.passage",
                                                          "threads": 1},
                         compute=ray.data.ActorPoolStrategy(size=2), num_cpus=1, batch_size=args.batch_size)
