@@ -64,7 +64,6 @@ def main():
     from jina_embeddings.ray import Embedder
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    out_ray = work / "ray"
     started = time.perf_counter()
     # The read task takes no CPU slot: the two actors hold both, and a read waiting for one
     # would wait forever.

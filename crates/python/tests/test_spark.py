@@ -1,7 +1,8 @@
 """A real PySpark job in local[2]: embed_udf (predict_batch_udf) over ~600 rows of mixed lengths
-gives the vectors Model.encode gives on the same rows. Opt-in (JINA_PY_SPARK=1, which also makes
-scripts/test-python.sh install PySpark): the JVM's start and PySpark's install cost more than the
-rest of the suite (docs/quickstart-python.md has the figure)."""
+gives the vectors Model.encode gives on the same rows. The Spark tests are opt-in (JINA_PY_SPARK=1,
+which also makes scripts/test-python.sh install PySpark): the JVM's start and PySpark's install
+cost minutes (docs/quickstart-python.md has the figures). The predict function Spark's workers
+run is tested without PySpark, always."""
 
 import os
 import sys
