@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Builds the Python package (crates/python) into a wheel with maturin, installs it into a fresh
 # venv (.venv-py, gitignored) with the test requirements (numpy, pytest, pyarrow, the real
-# ray[data], tqdm) and runs the pytest suite against the installed wheel.
+# ray[data], tqdm; langchain-core and llama-index-core) and runs the pytest suite against the
+# installed wheel.
 #   JINA_PY_REUSE_VENV=1   keep an existing .venv-py (only missing requirements are installed)
+#   JINA_PY_SPARK=1        also install PySpark and run the Spark job in local[2] (opt-in: the
+#                          install and the JVM add minutes; docs/quickstart-python.md)
 #   PYTHON=python3.X       the interpreter the venv is made from (3.9 or later)
 #   extra arguments go to pytest (e.g. -k ray -x)
 set -euo pipefail
@@ -16,7 +19,12 @@ fi
 if [ ! -x "$venv/bin/python" ]; then
     "$python" -m venv "$venv"
 fi
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r crates/python/requirements-test.txt
+requirements=(-r crates/python/requirements-test.txt -r crates/python/requirements-integrations.txt)
+if [ "${JINA_PY_SPARK:-0}" = 1 ]; then
+    requirements+=(-r crates/python/requirements-spark.txt)
+fi
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check "${requirements[@]}"
+echo "test-python: requirements installed after $(( $(date +%s) - started )) s"
 
 # The wheel: abi3 (CPython 3.9+), built in release mode in the workspace's target folder.
 wheels="${CARGO_TARGET_DIR:-target}/wheels"

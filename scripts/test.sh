@@ -25,6 +25,10 @@ if [ "${JINA_SKIP_PYTHON:-0}" != 1 ]; then
     step "Python package"
     bash scripts/test-python.sh
 fi
+# The manifests of deploy/ against the Kubernetes schemas and KEDA's ScaledObject schema
+# (kubernetes-validate, jsonschema; strict), with a self-test that the checks can fail.
+step "Kubernetes manifests"
+bash scripts/validate-manifests.sh
 # The OpenAPI document against the server: schemathesis --checks all, a fixed seed, 60 s per mode
 # (without keys, with --api-key). JINA_SKIP_SCHEMATHESIS=1 skips it.
 if [ "${JINA_SKIP_SCHEMATHESIS:-0}" != 1 ]; then
