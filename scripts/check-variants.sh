@@ -14,6 +14,8 @@ expected="scalar"
 case "$(uname -m)" in
     x86_64)
         if has avx2 fma; then expected+=" avx2"
+            # 256-bit vpdpbusd: AVX-VNNI (VEX), or AVX512_VNNI with VL (EVEX) under the cap.
+            if has avx_vnni || has avx512_vnni avx512vl; then expected+=" avxvnni"; fi
             if has avx512f avx512bw avx512vl avx512dq; then expected+=" avx512"
                 if has avx512_bf16; then expected+=" avx512bf16"
                     if has amx_bf16 amx_tile; then expected+=" amx"; fi

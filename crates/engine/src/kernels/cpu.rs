@@ -21,6 +21,10 @@ pub enum Isa {
     Scalar,
     /// x86-64: AVX2 and FMA (Haswell and later, AMD Zen 1–3).
     Avx2,
+    /// x86-64: AVX2 with `vpdpbusd` on 256-bit registers: AVX-VNNI's VEX form (Alder Lake and
+    /// later, Zen 5, Sapphire Rapids), or on a CPU with AVX512_VNNI the same instruction's EVEX
+    /// form, so that an AVX-512 CPU capped here runs the AVX-VNNI kernel.
+    AvxVnni,
     /// x86-64: AVX-512 F, BW, VL and DQ, with AVX512_VNNI where the CPU has it.
     Avx512,
     /// x86-64: AVX-512 with AVX512_BF16 (`vdpbf16ps`: Cooper Lake, Sapphire Rapids, Zen 4).
@@ -39,9 +43,10 @@ pub enum Isa {
 
 impl Isa {
     /// Every level, lowest first.
-    pub const ALL: [Isa; 9] = [
+    pub const ALL: [Isa; 10] = [
         Isa::Scalar,
         Isa::Avx2,
+        Isa::AvxVnni,
         Isa::Avx512,
         Isa::Avx512Bf16,
         Isa::Amx,
@@ -56,6 +61,7 @@ impl Isa {
         match self {
             Isa::Scalar => "scalar",
             Isa::Avx2 => "avx2",
+            Isa::AvxVnni => "avxvnni",
             Isa::Avx512 => "avx512",
             Isa::Avx512Bf16 => "avx512bf16",
             Isa::Amx => "amx",
@@ -70,7 +76,9 @@ impl Isa {
     pub fn is_native(self) -> bool {
         match self {
             Isa::Scalar => true,
-            Isa::Avx2 | Isa::Avx512 | Isa::Avx512Bf16 | Isa::Amx => cfg!(target_arch = "x86_64"),
+            Isa::Avx2 | Isa::AvxVnni | Isa::Avx512 | Isa::Avx512Bf16 | Isa::Amx => {
+                cfg!(target_arch = "x86_64")
+            }
             Isa::Neon | Isa::Dotprod | Isa::I8mm | Isa::Bf16 => cfg!(target_arch = "aarch64"),
         }
     }
@@ -109,9 +117,12 @@ impl FromStr for Isa {
 pub struct Cpu {
     /// AVX2 and FMA.
     pub avx2: bool,
+    /// AVX-VNNI: `vpdpbusd` on 256-bit registers in its VEX form.
+    pub avx_vnni: bool,
     /// AVX-512 F, BW, VL and DQ.
     pub avx512: bool,
-    /// AVX512_VNNI (`vpdpbusd` on 512-bit registers).
+    /// AVX512_VNNI with VL (`vpdpbusd` on 512-bit registers, and in its EVEX form on 256-bit
+    /// ones). Kept under a cap at [`Isa::AvxVnni`], where only the 256-bit form is used.
     pub avx512_vnni: bool,
     /// AVX512_BF16.
     pub avx512_bf16: bool,
@@ -133,6 +144,7 @@ impl Cpu {
     /// A CPU with no SIMD of ours: the reference kernels only.
     pub const SCALAR: Cpu = Cpu {
         avx2: false,
+        avx_vnni: false,
         avx512: false,
         avx512_vnni: false,
         avx512_bf16: false,
@@ -181,8 +193,9 @@ impl Cpu {
         let keep = |level: Isa, has: bool| has && level <= max;
         Cpu {
             avx2: keep(Isa::Avx2, self.avx2),
+            avx_vnni: keep(Isa::AvxVnni, self.avx_vnni),
             avx512: keep(Isa::Avx512, self.avx512),
-            avx512_vnni: keep(Isa::Avx512, self.avx512_vnni),
+            avx512_vnni: keep(Isa::AvxVnni, self.avx512_vnni),
             avx512_bf16: keep(Isa::Avx512Bf16, self.avx512_bf16),
             amx_bf16: keep(Isa::Amx, self.amx_bf16),
             amx_int8: keep(Isa::Amx, self.amx_int8),
@@ -195,8 +208,9 @@ impl Cpu {
 
     /// The highest level whose defining feature this CPU has (and every level below it).
     pub fn level(self) -> Isa {
-        let chain: [(Isa, bool); 8] = [
+        let chain: [(Isa, bool); 9] = [
             (Isa::Avx2, self.avx2),
+            (Isa::AvxVnni, self.avx2 && self.vnni_256()),
             (Isa::Avx512, self.avx2 && self.avx512),
             (
                 Isa::Avx512Bf16,
@@ -243,10 +257,16 @@ impl Cpu {
         }
     }
 
+    /// Whether `vpdpbusd` on 256-bit registers is there, in either encoding.
+    pub fn vnni_256(self) -> bool {
+        self.avx2 && (self.avx_vnni || self.avx512_vnni)
+    }
+
     /// The features present, by name, for logs and reports.
     pub fn feature_names(self) -> Vec<&'static str> {
         let all = [
             ("avx2", self.avx2),
+            ("avx-vnni", self.avx_vnni),
             ("avx512", self.avx512),
             ("avx512-vnni", self.avx512_vnni),
             ("avx512-bf16", self.avx512_bf16),
@@ -343,6 +363,7 @@ fn probe() -> Cpu {
     let (amx_bf16, amx_int8) = (false, false);
     Cpu {
         avx2,
+        avx_vnni: avx2 && is_x86_feature_detected!("avxvnni"),
         avx512,
         avx512_vnni: avx512 && is_x86_feature_detected!("avx512vnni"),
         avx512_bf16,
@@ -402,11 +423,32 @@ mod tests {
             amx_int8: false,
             ..all
         };
+        // Capped at avxvnni, AVX512_VNNI stays for its 256-bit EVEX form; AVX-512 goes.
+        let vnni = zen4.capped(Isa::AvxVnni);
+        assert!(vnni.avx512_vnni && !vnni.avx512 && vnni.level() == Isa::AvxVnni);
         if cfg!(target_arch = "x86_64") {
             assert_eq!(
                 zen4.variants(),
-                [Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Avx512Bf16]
+                [
+                    Isa::Scalar,
+                    Isa::Avx2,
+                    Isa::AvxVnni,
+                    Isa::Avx512,
+                    Isa::Avx512Bf16
+                ]
             );
+            // A Zen 3 has no 256-bit VNNI; an Alder Lake has AVX-VNNI without AVX-512.
+            let zen3 = all.capped(Isa::Avx2);
+            assert_eq!(zen3.variants(), [Isa::Scalar, Isa::Avx2]);
+            let alder_lake = Cpu {
+                avx_vnni: true,
+                ..zen3
+            };
+            assert_eq!(
+                alder_lake.variants(),
+                [Isa::Scalar, Isa::Avx2, Isa::AvxVnni]
+            );
+            assert_eq!(alder_lake.capped(Isa::Avx2), zen3);
         }
     }
 

@@ -19,7 +19,9 @@ pub enum LinearKernel {
     /// AVX2 + FMA: f32 products, the bf16 weights widened in registers (exact), or int8 pairs
     /// summed with `vpmaddwd`.
     Avx2(PackedType),
-    /// AVX-512: f32 FMA on f32 weights, `vdpbf16ps` on bf16, `vpdpbusd` on int8.
+    /// AVX2 with 256-bit `vpdpbusd` (AVX-VNNI, or AVX512_VNNI's EVEX form under a cap): int8.
+    AvxVnni(PackedType),
+    /// AVX-512: f32 FMA on f32 or widened bf16 weights, `vdpbf16ps` on bf16, `vpdpbusd` on int8.
     Avx512(PackedType),
     /// AMX tiles (AVX-512 for rows too few for a tile): bf16, bf16x3 (exact f32) or int8.
     Amx(PackedType),
@@ -32,6 +34,7 @@ impl LinearKernel {
             LinearKernel::Gemm => None,
             LinearKernel::Reference(ty)
             | LinearKernel::Avx2(ty)
+            | LinearKernel::AvxVnni(ty)
             | LinearKernel::Avx512(ty)
             | LinearKernel::Amx(ty) => Some(ty),
         }
@@ -59,6 +62,7 @@ impl fmt::Display for LinearKernel {
             LinearKernel::Reference(ty) => write!(f, "reference loops ({})", storage(ty)),
             LinearKernel::Gemm => write!(f, "gemm crate (f32 weights)"),
             LinearKernel::Avx2(ty) => write!(f, "avx2 ({})", storage(ty)),
+            LinearKernel::AvxVnni(ty) => write!(f, "avxvnni ({})", storage(ty)),
             LinearKernel::Avx512(ty) => write!(f, "avx512 ({})", storage(ty)),
             LinearKernel::Amx(ty) => write!(f, "amx ({})", storage(ty)),
         }
@@ -157,6 +161,7 @@ impl KernelPlan {
             Precision::Int8 if cpu.avx512 && cpu.avx512_vnni => {
                 LinearKernel::Avx512(PackedType::Int8)
             }
+            Precision::Int8 if cpu.vnni_256() => LinearKernel::AvxVnni(PackedType::Int8),
             Precision::Int8 if cpu.avx2 => LinearKernel::Avx2(PackedType::Int8),
             Precision::Int8 if cpu.level() == Isa::Scalar => {
                 LinearKernel::Reference(PackedType::Int8)
@@ -286,12 +291,16 @@ mod tests {
             avx2: true,
             ..Cpu::SCALAR
         };
+        let alder_lake = Cpu {
+            avx_vnni: true,
+            ..zen3
+        };
         use AttentionKernel as A;
         use LinearKernel as L;
         use PackedType as T;
         use Precision as P;
         #[rustfmt::skip]
-        let table: [(Cpu, P, L, A, usize); 16] = [
+        let table: [(Cpu, P, L, A, usize); 19] = [
             (amx, P::F32, L::Amx(T::Bf16x3), A::Amx { bf16: false }, 0),
             (amx, P::Bf16, L::Amx(T::Bf16), A::Amx { bf16: true }, 0),
             (amx, P::Int8, L::Amx(T::Int8), A::Amx { bf16: true }, 0),
@@ -303,6 +312,9 @@ mod tests {
             (zen3, P::F32, L::Avx2(T::Bf16x3), A::Avx2, 0),
             (zen3, P::Bf16, L::Avx2(T::Bf16x3), A::Avx2, 2),
             (zen3, P::Int8, L::Avx2(T::Int8), A::Avx2, 1),
+            (alder_lake, P::F32, L::Avx2(T::Bf16x3), A::Avx2, 0),
+            (alder_lake, P::Int8, L::AvxVnni(T::Int8), A::Avx2, 1),
+            (zen4.capped(Isa::AvxVnni), P::Int8, L::AvxVnni(T::Int8), A::Avx2, 1),
             (Cpu::SCALAR, P::F32, L::Reference(T::Bf16x3), A::Reference, 0),
             (Cpu::SCALAR, P::Int8, L::Reference(T::Int8), A::Reference, 1),
             (Cpu { neon: true, ..Cpu::SCALAR }, P::F32, L::Gemm, A::Gemm, 0),

@@ -49,6 +49,8 @@ mod amx;
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+#[cfg(target_arch = "x86_64")]
+mod avxvnni;
 mod epilogue;
 mod pack;
 pub mod reference;
@@ -191,6 +193,11 @@ pub enum Path {
     Avx512,
     /// AVX512_VNNI `VPDPBUSD` (int8).
     Vnni,
+    /// 256-bit `VPDPBUSD` (int8).
+    AvxVnni {
+        /// AVX-VNNI's VEX form; else AVX512_VNNI's EVEX form (an AVX-512 CPU under a cap).
+        vex: bool,
+    },
     /// AMX tiles.
     Amx,
 }
@@ -219,6 +226,7 @@ impl Path {
             PackedType::Bf16 if x86 && cpu.avx512 => Path::Avx512,
             PackedType::Bf16 | PackedType::Bf16x3 if x86 && cpu.avx2 => Path::Avx2,
             PackedType::Int8 if x86 && cpu.avx512 && cpu.avx512_vnni => Path::Vnni,
+            PackedType::Int8 if x86 && cpu.vnni_256() => Path::AvxVnni { vex: cpu.avx_vnni },
             PackedType::Int8 if x86 && cpu.avx2 => Path::Avx2,
             _ => Path::Reference,
         }
@@ -475,7 +483,7 @@ fn matmul_int8(
     let source = (x, x_stride, rows, w.k);
     let quantize_parallel = parallel && rows >= 64;
     let acts = match path {
-        Path::Vnni => Int8Rows::Quads(quantize_rows(
+        Path::Vnni | Path::AvxVnni { .. } => Int8Rows::Quads(quantize_rows(
             source,
             steps,
             quantize_parallel,
@@ -607,6 +615,17 @@ impl Int8Rows {
                     ops,
                     tile,
                 )
+            },
+            // SAFETY: as above, for 256-bit VNNI in the encoding the CPU has.
+            #[cfg(target_arch = "x86_64")]
+            (Int8Rows::Quads((x, scales)), Path::AvxVnni { vex }) => unsafe {
+                let x = (&x[r0 * steps + s0..], steps);
+                let scales = &scales[r0..r0 + mr];
+                if vex {
+                    avxvnni::tile_int8_vex(mr, x, scales, ops, tile)
+                } else {
+                    avxvnni::tile_int8_evex(mr, x, scales, ops, tile)
+                }
             },
             // SAFETY: as above, for AVX2.
             #[cfg(target_arch = "x86_64")]
