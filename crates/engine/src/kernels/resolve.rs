@@ -23,6 +23,10 @@ pub enum LinearKernel {
     Avx512(PackedType),
     /// AMX tiles (AVX-512 for rows too few for a tile): bf16, bf16x3 (exact f32) or int8.
     Amx(PackedType),
+    /// aarch64 NEON: f32 FMA on the bf16 weights widened in registers (exact).
+    Neon(PackedType),
+    /// aarch64 `SDOT` (FEAT_DotProd): int8.
+    Dotprod(PackedType),
 }
 
 impl LinearKernel {
@@ -33,7 +37,9 @@ impl LinearKernel {
             LinearKernel::Reference(ty)
             | LinearKernel::Avx2(ty)
             | LinearKernel::Avx512(ty)
-            | LinearKernel::Amx(ty) => Some(ty),
+            | LinearKernel::Amx(ty)
+            | LinearKernel::Neon(ty)
+            | LinearKernel::Dotprod(ty) => Some(ty),
         }
     }
 
@@ -61,6 +67,8 @@ impl fmt::Display for LinearKernel {
             LinearKernel::Avx2(ty) => write!(f, "avx2 ({})", storage(ty)),
             LinearKernel::Avx512(ty) => write!(f, "avx512 ({})", storage(ty)),
             LinearKernel::Amx(ty) => write!(f, "amx ({})", storage(ty)),
+            LinearKernel::Neon(ty) => write!(f, "neon ({})", storage(ty)),
+            LinearKernel::Dotprod(ty) => write!(f, "dotprod sdot ({})", storage(ty)),
         }
     }
 }
@@ -148,7 +156,8 @@ impl KernelPlan {
                     "bf16 weights"
                 };
                 fallbacks.push(format!(
-                    "bf16: no bf16 dot product on this CPU ({}): {storage}, f32 arithmetic",
+                    "bf16: {} ({}): {storage}, f32 arithmetic",
+                    no_bf16_kernel(cpu),
                     cpu.level()
                 ));
                 kernel
@@ -158,12 +167,13 @@ impl KernelPlan {
                 LinearKernel::Avx512(PackedType::Int8)
             }
             Precision::Int8 if cpu.avx2 => LinearKernel::Avx2(PackedType::Int8),
+            Precision::Int8 if cpu.neon && cpu.dotprod => LinearKernel::Dotprod(PackedType::Int8),
             Precision::Int8 if cpu.level() == Isa::Scalar => {
                 LinearKernel::Reference(PackedType::Int8)
             }
             Precision::Int8 => {
-                // aarch64 has no int8 kernel of ours yet; the reference loops would be slower
-                // than f32 there.
+                // aarch64 without SDOT (Cortex-A53/A72, say): the reference loops would be
+                // slower than f32 there.
                 let kernel = exact_linear(cpu, bf16_weights);
                 fallbacks.push(format!(
                     "int8: no int8 kernel for this CPU ({}) yet: f32 ({kernel})",
@@ -189,7 +199,8 @@ impl KernelPlan {
         };
         if wants_bf16 && !attention.bf16() {
             fallbacks.push(format!(
-                "attention: no bf16 dot product on this CPU ({}): f32",
+                "attention: {} ({}): f32",
+                no_bf16_kernel(cpu),
                 cpu.level()
             ));
         }
@@ -230,6 +241,16 @@ impl KernelPlan {
     }
 }
 
+/// Why bf16 products do not run as bf16.
+fn no_bf16_kernel(cpu: Cpu) -> &'static str {
+    if cpu.bf16 {
+        // FEAT_BF16 (Graviton 3+, Apple M2+) has BFMMLA/BFDOT, which no kernel of ours uses yet.
+        "no BFMMLA/BFDOT kernel of ours yet"
+    } else {
+        "no bf16 dot product on this CPU"
+    }
+}
+
 /// The f32 path: exact products.
 fn exact_linear(cpu: Cpu, bf16_weights: bool) -> LinearKernel {
     match () {
@@ -243,12 +264,12 @@ fn exact_linear(cpu: Cpu, bf16_weights: bool) -> LinearKernel {
     }
 }
 
-/// Exact f32 products on bf16 weights, without a bf16 dot product. aarch64 has no packed
-/// kernel of ours yet: the `gemm` crate's NEON kernel on f32 weights is faster than the
-/// reference loops there.
+/// Exact f32 products on bf16 weights, without a bf16 dot product: the weights widened in
+/// registers by the AVX2 or NEON kernel.
 fn exact_bf16_weights(cpu: Cpu) -> LinearKernel {
     match cpu.level() {
         _ if cpu.avx2 => LinearKernel::Avx2(PackedType::Bf16x3),
+        _ if cpu.neon => LinearKernel::Neon(PackedType::Bf16x3),
         Isa::Scalar => LinearKernel::Reference(PackedType::Bf16x3),
         _ => LinearKernel::Gemm,
     }
@@ -287,8 +308,21 @@ mod tests {
         use LinearKernel as L;
         use PackedType as T;
         use Precision as P;
+        let neon = Cpu {
+            neon: true,
+            ..Cpu::SCALAR
+        };
+        let graviton2 = Cpu {
+            dotprod: true,
+            ..neon
+        };
+        let graviton3 = Cpu {
+            i8mm: true,
+            bf16: true,
+            ..graviton2
+        };
         #[rustfmt::skip]
-        let table: [(Cpu, P, L, A, usize); 16] = [
+        let table: [(Cpu, P, L, A, usize); 22] = [
             (amx, P::F32, L::Amx(T::Bf16x3), A::Amx { bf16: false }, 0),
             (amx, P::Bf16, L::Amx(T::Bf16), A::Amx { bf16: true }, 0),
             (amx, P::Int8, L::Amx(T::Int8), A::Amx { bf16: true }, 0),
@@ -302,9 +336,15 @@ mod tests {
             (zen3, P::Int8, L::Avx2(T::Int8), A::Avx2, 1),
             (Cpu::SCALAR, P::F32, L::Reference(T::Bf16x3), A::Reference, 0),
             (Cpu::SCALAR, P::Int8, L::Reference(T::Int8), A::Reference, 1),
-            (Cpu { neon: true, ..Cpu::SCALAR }, P::F32, L::Gemm, A::Gemm, 0),
-            (Cpu { neon: true, ..Cpu::SCALAR }, P::Bf16, L::Gemm, A::Gemm, 2),
-            (Cpu { neon: true, ..Cpu::SCALAR }, P::Int8, L::Gemm, A::Gemm, 2),
+            (neon, P::F32, L::Neon(T::Bf16x3), A::Gemm, 0),
+            (neon, P::Bf16, L::Neon(T::Bf16x3), A::Gemm, 2),
+            (neon, P::Int8, L::Neon(T::Bf16x3), A::Gemm, 2),
+            (graviton2, P::F32, L::Neon(T::Bf16x3), A::Gemm, 0),
+            (graviton2, P::Bf16, L::Neon(T::Bf16x3), A::Gemm, 2),
+            (graviton2, P::Int8, L::Dotprod(T::Int8), A::Gemm, 1),
+            (graviton3, P::F32, L::Neon(T::Bf16x3), A::Gemm, 0),
+            (graviton3, P::Bf16, L::Neon(T::Bf16x3), A::Gemm, 2),
+            (graviton3, P::Int8, L::Dotprod(T::Int8), A::Gemm, 1),
         ];
         for (i, (cpu, requested, linear, attention, fallbacks)) in table.into_iter().enumerate() {
             let plan = KernelPlan::resolve(requested, cpu, true);
@@ -317,6 +357,10 @@ mod tests {
         }
         // A checkpoint with f32 weights keeps them f32 where no packed f32 kernel fits.
         assert_eq!(KernelPlan::resolve(P::F32, zen3, false).linear, L::Gemm);
+        assert_eq!(
+            KernelPlan::resolve(P::F32, graviton3, false).linear,
+            L::Gemm
+        );
         assert_eq!(
             KernelPlan::resolve(P::F32, amx, false).linear,
             L::Avx512(T::F32)
