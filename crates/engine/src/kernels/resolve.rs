@@ -27,6 +27,8 @@ pub enum LinearKernel {
     Neon(PackedType),
     /// aarch64 `SDOT` (FEAT_DotProd): int8.
     Dotprod(PackedType),
+    /// aarch64 `SMMLA` (FEAT_I8MM): int8.
+    I8mm(PackedType),
 }
 
 impl LinearKernel {
@@ -39,7 +41,8 @@ impl LinearKernel {
             | LinearKernel::Avx512(ty)
             | LinearKernel::Amx(ty)
             | LinearKernel::Neon(ty)
-            | LinearKernel::Dotprod(ty) => Some(ty),
+            | LinearKernel::Dotprod(ty)
+            | LinearKernel::I8mm(ty) => Some(ty),
         }
     }
 
@@ -69,6 +72,7 @@ impl fmt::Display for LinearKernel {
             LinearKernel::Amx(ty) => write!(f, "amx ({})", storage(ty)),
             LinearKernel::Neon(ty) => write!(f, "neon ({})", storage(ty)),
             LinearKernel::Dotprod(ty) => write!(f, "dotprod sdot ({})", storage(ty)),
+            LinearKernel::I8mm(ty) => write!(f, "i8mm smmla ({})", storage(ty)),
         }
     }
 }
@@ -167,6 +171,9 @@ impl KernelPlan {
                 LinearKernel::Avx512(PackedType::Int8)
             }
             Precision::Int8 if cpu.avx2 => LinearKernel::Avx2(PackedType::Int8),
+            Precision::Int8 if cpu.neon && cpu.dotprod && cpu.i8mm => {
+                LinearKernel::I8mm(PackedType::Int8)
+            }
             Precision::Int8 if cpu.neon && cpu.dotprod => LinearKernel::Dotprod(PackedType::Int8),
             Precision::Int8 if cpu.level() == Isa::Scalar => {
                 LinearKernel::Reference(PackedType::Int8)
@@ -344,7 +351,7 @@ mod tests {
             (graviton2, P::Int8, L::Dotprod(T::Int8), A::Gemm, 1),
             (graviton3, P::F32, L::Neon(T::Bf16x3), A::Gemm, 0),
             (graviton3, P::Bf16, L::Neon(T::Bf16x3), A::Gemm, 2),
-            (graviton3, P::Int8, L::Dotprod(T::Int8), A::Gemm, 1),
+            (graviton3, P::Int8, L::I8mm(T::Int8), A::Gemm, 1),
         ];
         for (i, (cpu, requested, linear, attention, fallbacks)) in table.into_iter().enumerate() {
             let plan = KernelPlan::resolve(requested, cpu, true);

@@ -4,7 +4,7 @@
 //! - `avx2`: FMA on bf16 weights widened in registers (exact f32), int8 with `VPMADDWD`;
 //! - `avx512`: f32 (`VFMADD231PS`), bf16 (`VDPBF16PS`) and int8 (`VPDPBUSD`);
 //! - `amx`: bf16, exact bf16x3 and int8 on AMX tiles;
-//! - `neon` (aarch64): FMA on bf16 weights widened in registers, int8 with `SDOT`.
+//! - `neon` (aarch64): FMA on bf16 weights widened in registers, int8 with `SDOT` or `SMMLA`.
 //!
 //! The packed weight carries the [`Cpu`] it was packed for and [`matmul_extended`] picks the
 //! kernel from it and the row count ([`Path::choose`]): the one place that decides. The
@@ -183,6 +183,8 @@ pub enum Path {
     Neon,
     /// aarch64 `SDOT` (FEAT_DotProd): int8.
     Dotprod,
+    /// aarch64 `SMMLA` (FEAT_I8MM): int8.
+    I8mm,
 }
 
 impl Path {
@@ -211,6 +213,7 @@ impl Path {
             PackedType::Int8 if x86 && cpu.avx512 && cpu.avx512_vnni => Path::Vnni,
             PackedType::Int8 if x86 && cpu.avx2 => Path::Avx2,
             PackedType::Bf16 | PackedType::Bf16x3 if arm && cpu.neon => Path::Neon,
+            PackedType::Int8 if arm && cpu.neon && cpu.dotprod && cpu.i8mm => Path::I8mm,
             PackedType::Int8 if arm && cpu.neon && cpu.dotprod => Path::Dotprod,
             _ => Path::Reference,
         }
@@ -623,6 +626,17 @@ impl Int8Rows {
             #[cfg(target_arch = "aarch64")]
             (Int8Rows::Quads((x, scales)), Path::Dotprod) => unsafe {
                 neon::tile_int8(
+                    mr,
+                    (&x[r0 * steps + s0..], steps),
+                    &scales[r0..r0 + mr],
+                    ops,
+                    tile,
+                )
+            },
+            // SAFETY: as above, for SMMLA (`Path::choose` checked FEAT_I8MM).
+            #[cfg(target_arch = "aarch64")]
+            (Int8Rows::Quads((x, scales)), Path::I8mm) => unsafe {
+                neon::tile_int8_mmla(
                     mr,
                     (&x[r0 * steps + s0..], steps),
                     &scales[r0..r0 + mr],

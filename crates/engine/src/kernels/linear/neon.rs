@@ -196,3 +196,134 @@ unsafe fn int8_rows<const MR: usize>(
         }
     }
 }
+
+/// `acc += x · wᵀ` on 2 × 8 int8 matrices (`SMMLA`): lane `2i + j` of `acc` gains row `i` of
+/// `x` (8 bytes) dotted with row `j` of `w`, exactly in i32.
+///
+/// # Safety
+/// FEAT_I8MM available.
+#[inline]
+#[target_feature(enable = "neon,i8mm")]
+unsafe fn smmla(acc: int32x4_t, x: int8x16_t, w: int8x16_t) -> int32x4_t {
+    let mut acc = acc;
+    // SAFETY (of the asm): one register-only instruction of the feature enabled above.
+    asm!(
+        "smmla {acc:v}.4s, {x:v}.16b, {w:v}.16b",
+        acc = inout(vreg) acc,
+        x = in(vreg) x,
+        w = in(vreg) w,
+        options(pure, nomem, nostack, preserves_flags),
+    );
+    acc
+}
+
+/// Most steps of one int8 chunk ([`super::INT8_CHUNK_STEPS`]).
+const CHUNK_STEPS: usize = super::INT8_CHUNK_STEPS;
+
+/// int8 tile with `SMMLA` (FEAT_I8MM): the result of [`tile_int8`], bit for bit, from 2 × 2
+/// blocks of (rows × columns) over two steps (8 inputs) per instruction, twice the products of
+/// an `SDOT`. The rows are interleaved in pairs once per call (`[a@s, a@s+1, b@s, b@s+1]` in a
+/// register); the weights of two steps are zipped into column pairs in registers (`ZIP1/ZIP2`,
+/// one per two column pairs, shared by the three row pairs).
+///
+/// # Safety
+/// FEAT_I8MM available; `x` holds `mr` rows of the chunk's steps; `ops.w` the panel to the
+/// chunk's end (both checked).
+#[target_feature(enable = "neon,i8mm")]
+pub unsafe fn tile_int8_mmla(
+    mr: usize,
+    (x, stride): (&[u32], usize),
+    row_scales: &[f32],
+    ops: &Int8Panel,
+    out: &mut Tile,
+) {
+    let &Int8Panel {
+        steps: (first, steps),
+        w,
+        layout,
+        col_scales,
+        ..
+    } = ops;
+    // int8 steps come in whole AMX tile steps (16), and so do the chunks: pairs of steps fit.
+    assert!(
+        steps.is_multiple_of(2) && steps <= CHUNK_STEPS,
+        "int8 chunk of {steps} steps"
+    );
+    assert!((1..=6).contains(&mr) && row_scales.len() >= mr);
+    assert!(x.len() >= (mr - 1) * stride + steps);
+    assert!(steps == 0 || w.len() > layout.at(first + steps - 1, PANEL - 1));
+    // Row pair p, step pair t: quads [row 2p @ 2t, row 2p @ 2t+1, row 2p+1 @ 2t, row 2p+1 @ 2t+1];
+    // a missing odd row is zeros.
+    let pairs = mr.div_ceil(2);
+    let mut xp = [[0u32; 2 * CHUNK_STEPS]; 3];
+    for (p, dst) in xp.iter_mut().enumerate().take(pairs) {
+        for t in 0..steps / 2 {
+            for i in 0..2 {
+                let row = 2 * p + i;
+                if row < mr {
+                    dst[4 * t + 2 * i] = x[row * stride + 2 * t];
+                    dst[4 * t + 2 * i + 1] = x[row * stride + 2 * t + 1];
+                }
+            }
+        }
+    }
+    let w = w.as_ptr();
+    for g in 0..PANEL / 8 {
+        let offset = layout.group(g / 2) + 8 * (g % 2);
+        // acc[p][q]: rows 2p, 2p+1 × columns 8g + 2q, 8g + 2q + 1.
+        let mut acc = [[vdupq_n_s32(0); 4]; 3];
+        for t in 0..steps / 2 {
+            let load = |s: usize| {
+                let wp = w.add(layout.step(first + s) + offset);
+                [vld1q_u32(wp), vld1q_u32(wp.add(4))]
+            };
+            let (even, odd) = (load(2 * t), load(2 * t + 1));
+            // Column pair (c, c+1) over both steps: [c@2t, c@2t+1, c+1@2t, c+1@2t+1].
+            let cols = [
+                vzip1q_u32(even[0], odd[0]),
+                vzip2q_u32(even[0], odd[0]),
+                vzip1q_u32(even[1], odd[1]),
+                vzip2q_u32(even[1], odd[1]),
+            ]
+            .map(|c| vreinterpretq_s8_u32(c));
+            for (p, acc_p) in acc.iter_mut().enumerate().take(pairs) {
+                let xv = vld1q_s8(xp[p].as_ptr().add(4 * t) as *const i8);
+                for (a, &c) in acc_p.iter_mut().zip(&cols) {
+                    *a = smmla(*a, xv, c);
+                }
+            }
+        }
+        let col_scale = [
+            vld1q_f32(col_scales.as_ptr().add(8 * g)),
+            vld1q_f32(col_scales.as_ptr().add(8 * g + 4)),
+        ];
+        for (p, acc_p) in acc.iter().enumerate().take(pairs) {
+            // Row 2p's columns 8g..8g+4 are the low halves of acc_p[0] and acc_p[1], row 2p+1's
+            // the high halves; the same for 8g+4..8g+8 in acc_p[2], acc_p[3].
+            let as64 = |v: int32x4_t| vreinterpretq_s64_s32(v);
+            let rows = [
+                [
+                    vzip1q_s64(as64(acc_p[0]), as64(acc_p[1])),
+                    vzip1q_s64(as64(acc_p[2]), as64(acc_p[3])),
+                ],
+                [
+                    vzip2q_s64(as64(acc_p[0]), as64(acc_p[1])),
+                    vzip2q_s64(as64(acc_p[2]), as64(acc_p[3])),
+                ],
+            ];
+            for (i, sums) in rows.iter().enumerate() {
+                let m = 2 * p + i;
+                if m >= mr {
+                    break;
+                }
+                let row_scale = vdupq_n_f32(row_scales[m]);
+                for (j, (&s, &cs)) in sums.iter().zip(&col_scale).enumerate() {
+                    // (sum · row scale) · column scale: every int8 kernel's order.
+                    let sum = vcvtq_f32_s32(vreinterpretq_s32_s64(s));
+                    let scaled = vmulq_f32(vmulq_f32(sum, row_scale), cs);
+                    vst1q_f32(out[m].as_mut_ptr().add(8 * g + 4 * j), scaled);
+                }
+            }
+        }
+    }
+}

@@ -120,7 +120,8 @@ fn each_variant_takes_its_own_kernel() {
             Isa::Scalar => (Path::Reference, Path::Reference),
             Isa::Avx2 => (Path::Avx2, Path::Avx2),
             Isa::Neon => (Path::Neon, Path::Reference),
-            Isa::Dotprod | Isa::I8mm | Isa::Bf16 => (Path::Neon, Path::Dotprod),
+            Isa::Dotprod => (Path::Neon, Path::Dotprod),
+            Isa::I8mm | Isa::Bf16 => (Path::Neon, Path::I8mm),
             // The AVX-512 and AMX levels choose by rows and tiles (tested with their kernels).
             Isa::Avx512 | Isa::Avx512Bf16 | Isa::Amx => continue,
         };
