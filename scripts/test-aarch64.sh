@@ -12,8 +12,8 @@
 #   - scripts/build-aarch64.sh --check: the aarch64 `jina-embed` under qemu embeds a line of the
 #     small fixture and equals the x86 build within the fixtures' 2e-5.
 # Left out: the bf16 golden test (on aarch64 bf16 runs the NEON f32 kernel on bf16 weights, which
-# the f32 golden test runs; no BFMMLA kernel yet), and the neoverse-n1 model for the tests (it
-# runs the same kernels as `max`, whose i8mm/bf16 no kernel uses yet; its detection is checked).
+# the f32 golden test runs; no BFMMLA kernel yet), and the neoverse-n1 model for the tests (its
+# dotprod level runs under `max` as a capped variant; its detection is checked).
 # Emulation is tens of times slower than native; see the timings it prints per step.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -66,9 +66,18 @@ for cpu in neoverse-n1 ${JINA_QEMU_CPUS:-cortex-a53 max}; do
 done
 # Each qemu CPU model runs its own top variant (plus the reference, scalar): every level is tens
 # of times slower emulated, and the models already switch the levels between them.
+# The unit tests on `max` run the dotprod level too: its top level takes SMMLA for int8, and this
+# runs the SDOT kernel's parity tests without another model's run (neoverse-n1 would do the same).
+lib_variants() {
+    case "$1" in
+        max) echo dotprod,bf16 ;;
+        *) echo top ;;
+    esac
+}
 for cpu in ${JINA_QEMU_CPUS:-cortex-a53 max}; do
     export QEMU_CPU=$cpu JINA_TEST_VARIANTS=${JINA_TEST_VARIANTS:-top}
-    step "$cargo" test --release --target "$target" -p jina-engine --lib
+    JINA_TEST_VARIANTS=${JINA_LIB_VARIANTS:-$(lib_variants "$cpu")} \
+        step "$cargo" test --release --target "$target" -p jina-engine --lib
     step "$cargo" test --release --target "$target" -p jina-engine --test golden -- --exact every_golden_case_matches_the_official_outputs
     step "$cargo" test --release --target "$target" -p jina-engine --test batching -- --skip long_late_chunking
     # int8 runs its own kernel (SDOT) only where the model has dotprod; elsewhere it is f32.
