@@ -14,7 +14,15 @@
 use std::arch::aarch64::*;
 use std::arch::asm;
 
-use super::{Int8Panel, PanelLayout, Tile, PANEL};
+use super::{Int8Panel, PanelLayout, Tile, PANEL, TILE_STEPS};
+
+/// Steps of a panel come in blocks of [`TILE_STEPS`] (16) whose steps are evenly spaced in either
+/// layout: 64 values apart (linear) or 16 (tiled). The kernels walk a block with a pointer and an
+/// add instead of the layout's arithmetic at every step (which cost as many instructions as the
+/// products in the int8 loops).
+fn step_spacing(layout: PanelLayout) -> usize {
+    layout.step(1) - layout.step(0)
+}
 
 /// f32 tile on bf16 pairs: `out[m][c] = Σ_i x[m·stride + i] · w(i, c)` for `i < k`.
 ///
@@ -54,24 +62,28 @@ unsafe fn widened_rows<const MR: usize>(
     assert!(pairs == 0 || w.len() > layout.at(pairs - 1, PANEL - 1));
     let (x, w) = (x.as_ptr(), w.as_ptr());
     let high = vdupq_n_u32(0xFFFF_0000);
+    let spacing = step_spacing(layout);
     for g in 0..PANEL / 8 {
         // Columns 8g .. 8g + 8, contiguous within a step in either layout.
         let offset = layout.group(g / 2) + 8 * (g % 2);
         let mut acc = [[vdupq_n_f32(0.0); 2]; MR];
         // Step s holds inputs 2s (low halves) and 2s + 1 (high halves) of the 8 columns.
-        for s in 0..k / 2 {
-            let wp = w.add(layout.step(s) + offset);
-            let raw = [vld1q_u32(wp), vld1q_u32(wp.add(4))];
-            let lo = raw.map(|r| vreinterpretq_f32_u32(vshlq_n_u32::<16>(r)));
-            let hi = raw.map(|r| vreinterpretq_f32_u32(vandq_u32(r, high)));
-            for (m, acc_m) in acc.iter_mut().enumerate() {
-                // Inputs 2s and 2s + 1 of row m in one 64-bit load; FMLA by element takes
-                // each lane without a broadcast.
-                let xp = vld1_f32(x.add(m * stride + 2 * s));
-                acc_m[0] = vfmaq_lane_f32::<0>(acc_m[0], lo[0], xp);
-                acc_m[1] = vfmaq_lane_f32::<0>(acc_m[1], lo[1], xp);
-                acc_m[0] = vfmaq_lane_f32::<1>(acc_m[0], hi[0], xp);
-                acc_m[1] = vfmaq_lane_f32::<1>(acc_m[1], hi[1], xp);
+        for block in (0..k / 2).step_by(TILE_STEPS) {
+            let mut wp = w.add(layout.step(block) + offset);
+            for s in block..(block + TILE_STEPS).min(k / 2) {
+                let raw = [vld1q_u32(wp), vld1q_u32(wp.add(4))];
+                let lo = raw.map(|r| vreinterpretq_f32_u32(vshlq_n_u32::<16>(r)));
+                let hi = raw.map(|r| vreinterpretq_f32_u32(vandq_u32(r, high)));
+                for (m, acc_m) in acc.iter_mut().enumerate() {
+                    // Inputs 2s and 2s + 1 of row m in one 64-bit load; FMLA by element takes
+                    // each lane without a broadcast.
+                    let xp = vld1_f32(x.add(m * stride + 2 * s));
+                    acc_m[0] = vfmaq_lane_f32::<0>(acc_m[0], lo[0], xp);
+                    acc_m[1] = vfmaq_lane_f32::<0>(acc_m[1], lo[1], xp);
+                    acc_m[0] = vfmaq_lane_f32::<1>(acc_m[0], hi[0], xp);
+                    acc_m[1] = vfmaq_lane_f32::<1>(acc_m[1], hi[1], xp);
+                }
+                wp = wp.add(spacing);
             }
         }
         if k % 2 == 1 {
@@ -153,32 +165,40 @@ unsafe fn int8_rows<const MR: usize>(
         col_scales,
         ..
     } = ops;
-    // int8 steps come in whole AMX tile steps (16), and so do the chunks: four at a time fit.
-    assert!(steps.is_multiple_of(4), "int8 chunk of {steps} steps");
+    // int8 steps come in whole AMX tile steps (16), and so do the chunks.
+    assert!(
+        first.is_multiple_of(TILE_STEPS) && steps.is_multiple_of(TILE_STEPS),
+        "int8 chunk of {steps} steps from {first}"
+    );
     assert!(x.len() >= (MR - 1) * stride + steps && row_scales.len() >= MR);
     assert!(steps == 0 || w.len() > layout.at(first + steps - 1, PANEL - 1));
     let (x, w) = (x.as_ptr(), w.as_ptr());
+    let spacing = step_spacing(layout);
     for g in 0..PANEL / 8 {
         // Columns 8g .. 8g + 8: 32 bytes of quads a step, four columns to a register.
         let offset = layout.group(g / 2) + 8 * (g % 2);
         let mut acc = [[vdupq_n_s32(0); 2]; MR];
-        for s in (0..steps).step_by(4) {
-            // Steps s .. s + 4 of each row in one register: quad t is step s + t.
-            let mut xs = [vdupq_n_s8(0); MR];
-            for (m, xm) in xs.iter_mut().enumerate() {
-                *xm = vld1q_s8(x.add(m * stride + s) as *const i8);
-            }
-            let weights = |t: usize| {
-                let wp = w.add(layout.step(first + s + t) + offset) as *const i8;
-                [vld1q_s8(wp), vld1q_s8(wp.add(16))]
-            };
-            let (w0, w1, w2, w3) = (weights(0), weights(1), weights(2), weights(3));
-            for (acc_m, &xm) in acc.iter_mut().zip(&xs) {
-                for (j, a) in acc_m.iter_mut().enumerate() {
-                    *a = sdot::<0>(*a, w0[j], xm);
-                    *a = sdot::<1>(*a, w1[j], xm);
-                    *a = sdot::<2>(*a, w2[j], xm);
-                    *a = sdot::<3>(*a, w3[j], xm);
+        for block in (0..steps).step_by(TILE_STEPS) {
+            let mut wp = w.add(layout.step(first + block) + offset);
+            for s in (block..block + TILE_STEPS).step_by(4) {
+                // Steps s .. s + 4 of each row in one register: quad t is step s + t.
+                let mut xs = [vdupq_n_s8(0); MR];
+                for (m, xm) in xs.iter_mut().enumerate() {
+                    *xm = vld1q_s8(x.add(m * stride + s) as *const i8);
+                }
+                let weights = |t: usize| {
+                    let at = wp.add(t * spacing) as *const i8;
+                    [vld1q_s8(at), vld1q_s8(at.add(16))]
+                };
+                let (w0, w1, w2, w3) = (weights(0), weights(1), weights(2), weights(3));
+                wp = wp.add(4 * spacing);
+                for (acc_m, &xm) in acc.iter_mut().zip(&xs) {
+                    for (j, a) in acc_m.iter_mut().enumerate() {
+                        *a = sdot::<0>(*a, w0[j], xm);
+                        *a = sdot::<1>(*a, w1[j], xm);
+                        *a = sdot::<2>(*a, w2[j], xm);
+                        *a = sdot::<3>(*a, w3[j], xm);
+                    }
                 }
             }
         }
@@ -232,6 +252,23 @@ const CHUNK_STEPS: usize = super::INT8_CHUNK_STEPS;
 #[target_feature(enable = "neon,i8mm")]
 pub unsafe fn tile_int8_mmla(
     mr: usize,
+    x: (&[u32], usize),
+    row_scales: &[f32],
+    ops: &Int8Panel,
+    out: &mut Tile,
+) {
+    match mr.div_ceil(2) {
+        1 => mmla_rows::<1>(mr, x, row_scales, ops, out),
+        2 => mmla_rows::<2>(mr, x, row_scales, ops, out),
+        _ => mmla_rows::<3>(mr, x, row_scales, ops, out),
+    }
+}
+
+/// [`tile_int8_mmla`] for `PAIRS` pairs of rows (`mr` rows: the last pair may lack one).
+#[inline]
+#[target_feature(enable = "neon,i8mm")]
+unsafe fn mmla_rows<const PAIRS: usize>(
+    mr: usize,
     (x, stride): (&[u32], usize),
     row_scales: &[f32],
     ops: &Int8Panel,
@@ -244,52 +281,67 @@ pub unsafe fn tile_int8_mmla(
         col_scales,
         ..
     } = ops;
-    // int8 steps come in whole AMX tile steps (16), and so do the chunks: pairs of steps fit.
+    // int8 steps come in whole AMX tile steps (16), and so do the chunks.
     assert!(
-        steps.is_multiple_of(2) && steps <= CHUNK_STEPS,
-        "int8 chunk of {steps} steps"
+        first.is_multiple_of(TILE_STEPS)
+            && steps.is_multiple_of(TILE_STEPS)
+            && steps <= CHUNK_STEPS,
+        "int8 chunk of {steps} steps from {first}"
     );
-    assert!((1..=6).contains(&mr) && row_scales.len() >= mr);
+    assert!(mr.div_ceil(2) == PAIRS && mr <= 6 && row_scales.len() >= mr);
     assert!(x.len() >= (mr - 1) * stride + steps);
     assert!(steps == 0 || w.len() > layout.at(first + steps - 1, PANEL - 1));
     // Row pair p, step pair t: quads [row 2p @ 2t, row 2p @ 2t+1, row 2p+1 @ 2t, row 2p+1 @ 2t+1];
     // a missing odd row is zeros.
-    let pairs = mr.div_ceil(2);
     let mut xp = [[0u32; 2 * CHUNK_STEPS]; 3];
-    for (p, dst) in xp.iter_mut().enumerate().take(pairs) {
-        for t in 0..steps / 2 {
-            for i in 0..2 {
-                let row = 2 * p + i;
-                if row < mr {
-                    dst[4 * t + 2 * i] = x[row * stride + 2 * t];
-                    dst[4 * t + 2 * i + 1] = x[row * stride + 2 * t + 1];
-                }
+    for (p, dst) in xp.iter_mut().enumerate().take(PAIRS) {
+        for i in 0..2 {
+            let row = 2 * p + i;
+            if row >= mr {
+                break;
+            }
+            let src = &x[row * stride..][..steps];
+            for (t, quads) in src.chunks_exact(2).enumerate() {
+                dst[4 * t + 2 * i..][..2].copy_from_slice(quads);
             }
         }
     }
     let w = w.as_ptr();
+    let spacing = step_spacing(layout);
     for g in 0..PANEL / 8 {
         let offset = layout.group(g / 2) + 8 * (g % 2);
         // acc[p][q]: rows 2p, 2p+1 × columns 8g + 2q, 8g + 2q + 1.
+        // Three pairs always, of which the first PAIRS are used: the explicit steps below keep
+        // every accumulator in a register (a loop over the pairs kept them in memory).
         let mut acc = [[vdupq_n_s32(0); 4]; 3];
-        for t in 0..steps / 2 {
-            let load = |s: usize| {
-                let wp = w.add(layout.step(first + s) + offset);
-                [vld1q_u32(wp), vld1q_u32(wp.add(4))]
-            };
-            let (even, odd) = (load(2 * t), load(2 * t + 1));
-            // Column pair (c, c+1) over both steps: [c@2t, c@2t+1, c+1@2t, c+1@2t+1].
-            let cols = [
-                vzip1q_u32(even[0], odd[0]),
-                vzip2q_u32(even[0], odd[0]),
-                vzip1q_u32(even[1], odd[1]),
-                vzip2q_u32(even[1], odd[1]),
-            ]
-            .map(|c| vreinterpretq_s8_u32(c));
-            for (p, acc_p) in acc.iter_mut().enumerate().take(pairs) {
-                let xv = vld1q_s8(xp[p].as_ptr().add(4 * t) as *const i8);
-                for (a, &c) in acc_p.iter_mut().zip(&cols) {
-                    *a = smmla(*a, xv, c);
+        for block in (0..steps).step_by(TILE_STEPS) {
+            let mut wp = w.add(layout.step(first + block) + offset);
+            for t in block / 2..(block + TILE_STEPS) / 2 {
+                let even = [vld1q_u32(wp), vld1q_u32(wp.add(4))];
+                let odd = [vld1q_u32(wp.add(spacing)), vld1q_u32(wp.add(spacing + 4))];
+                wp = wp.add(2 * spacing);
+                // Column pair (c, c+1) over both steps: [c@2t, c@2t+1, c+1@2t, c+1@2t+1].
+                let cols = [
+                    vzip1q_u32(even[0], odd[0]),
+                    vzip2q_u32(even[0], odd[0]),
+                    vzip1q_u32(even[1], odd[1]),
+                    vzip2q_u32(even[1], odd[1]),
+                ]
+                .map(|c| vreinterpretq_s8_u32(c));
+                let pair = |acc_p: &mut [int32x4_t; 4], xp_p: &[u32; 2 * CHUNK_STEPS]| {
+                    let xv = vld1q_s8(xp_p.as_ptr().add(4 * t) as *const i8);
+                    acc_p[0] = smmla(acc_p[0], xv, cols[0]);
+                    acc_p[1] = smmla(acc_p[1], xv, cols[1]);
+                    acc_p[2] = smmla(acc_p[2], xv, cols[2]);
+                    acc_p[3] = smmla(acc_p[3], xv, cols[3]);
+                };
+                let [acc0, acc1, acc2] = &mut acc;
+                pair(acc0, &xp[0]);
+                if PAIRS > 1 {
+                    pair(acc1, &xp[1]);
+                }
+                if PAIRS > 2 {
+                    pair(acc2, &xp[2]);
                 }
             }
         }
@@ -297,7 +349,7 @@ pub unsafe fn tile_int8_mmla(
             vld1q_f32(col_scales.as_ptr().add(8 * g)),
             vld1q_f32(col_scales.as_ptr().add(8 * g + 4)),
         ];
-        for (p, acc_p) in acc.iter().enumerate().take(pairs) {
+        for (p, acc_p) in acc.iter().enumerate().take(PAIRS) {
             // Row 2p's columns 8g..8g+4 are the low halves of acc_p[0] and acc_p[1], row 2p+1's
             // the high halves; the same for 8g+4..8g+8 in acc_p[2], acc_p[3].
             let as64 = |v: int32x4_t| vreinterpretq_s64_s32(v);
