@@ -4,11 +4,16 @@
 # each CPU model in JINA_QEMU_CPUS (default "cortex-a53 max": NEON only, then every feature):
 #   - the cpu_features example, checked against what the model must switch on and off
 #     (cortex-a53: no dotprod/i8mm/bf16; neoverse-n1: dotprod only; max: all three);
-#   - the engine's unit tests (kernels against their references, tokenizer, config, ...);
+#   - the engine's unit tests (kernels against their references, tokenizer, config, ...), the
+#     NEON f32 and SDOT int8 kernels held to the reference's bits;
 #   - the f32 golden test (all 16 official cases of the small fixture) and the batching tests but
-#     the long late-chunking one (windows of 8194 tokens: minutes of emulated attention).
-# The bf16 and int8 golden tests are left out: on aarch64 both fall back to the f32 path, which
-# the f32 golden test already runs.
+#     the long late-chunking one (windows of 8194 tokens: minutes of emulated attention);
+#   - on models with dotprod, the int8 golden test (cosine >= 0.999 on the SDOT kernel);
+#   - scripts/build-aarch64.sh --check: the aarch64 `jina-embed` under qemu embeds a line of the
+#     small fixture and equals the x86 build within the fixtures' 2e-5.
+# Left out: the bf16 golden test (on aarch64 bf16 runs the NEON f32 kernel on bf16 weights, which
+# the f32 golden test runs; no BFMMLA kernel yet), and the neoverse-n1 model for the tests (its
+# dotprod level runs under `max` as a capped variant; its detection is checked).
 # Emulation is tens of times slower than native; see the timings it prints per step.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -61,10 +66,25 @@ for cpu in neoverse-n1 ${JINA_QEMU_CPUS:-cortex-a53 max}; do
 done
 # Each qemu CPU model runs its own top variant (plus the reference, scalar): every level is tens
 # of times slower emulated, and the models already switch the levels between them.
+# The unit tests on `max` run the dotprod level too: its top level takes SMMLA for int8, and this
+# runs the SDOT kernel's parity tests without another model's run (neoverse-n1 would do the same).
+lib_variants() {
+    case "$1" in
+        max) echo dotprod,bf16 ;;
+        *) echo top ;;
+    esac
+}
 for cpu in ${JINA_QEMU_CPUS:-cortex-a53 max}; do
     export QEMU_CPU=$cpu JINA_TEST_VARIANTS=${JINA_TEST_VARIANTS:-top}
-    step "$cargo" test --release --target "$target" -p jina-engine --lib
+    JINA_TEST_VARIANTS=${JINA_LIB_VARIANTS:-$(lib_variants "$cpu")} \
+        step "$cargo" test --release --target "$target" -p jina-engine --lib
     step "$cargo" test --release --target "$target" -p jina-engine --test golden -- --exact every_golden_case_matches_the_official_outputs
     step "$cargo" test --release --target "$target" -p jina-engine --test batching -- --skip long_late_chunking
+    # int8 runs its own kernel (SDOT) only where the model has dotprod; elsewhere it is f32.
+    if [[ " $(expected "$cpu") " == *" +dotprod "* ]]; then
+        step "$cargo" test --release --target "$target" -p jina-engine --test golden -- --exact int8_path_keeps_cosine_above_0_999
+    fi
 done
+# The release binary, under the default model (max).
+QEMU_CPU=max step bash scripts/build-aarch64.sh --check
 echo "aarch64 tests passed under qemu for: ${JINA_QEMU_CPUS:-cortex-a53 max}"

@@ -25,6 +25,12 @@ pub enum LinearKernel {
     Avx512(PackedType),
     /// AMX tiles (AVX-512 for rows too few for a tile): bf16, bf16x3 (exact f32) or int8.
     Amx(PackedType),
+    /// aarch64 NEON: f32 FMA on the bf16 weights widened in registers (exact).
+    Neon(PackedType),
+    /// aarch64 `SDOT` (FEAT_DotProd): int8.
+    Dotprod(PackedType),
+    /// aarch64 `SMMLA` (FEAT_I8MM): int8.
+    I8mm(PackedType),
 }
 
 impl LinearKernel {
@@ -36,7 +42,10 @@ impl LinearKernel {
             | LinearKernel::Avx2(ty)
             | LinearKernel::AvxVnni(ty)
             | LinearKernel::Avx512(ty)
-            | LinearKernel::Amx(ty) => Some(ty),
+            | LinearKernel::Amx(ty)
+            | LinearKernel::Neon(ty)
+            | LinearKernel::Dotprod(ty)
+            | LinearKernel::I8mm(ty) => Some(ty),
         }
     }
 
@@ -65,6 +74,9 @@ impl fmt::Display for LinearKernel {
             LinearKernel::AvxVnni(ty) => write!(f, "avxvnni ({})", storage(ty)),
             LinearKernel::Avx512(ty) => write!(f, "avx512 ({})", storage(ty)),
             LinearKernel::Amx(ty) => write!(f, "amx ({})", storage(ty)),
+            LinearKernel::Neon(ty) => write!(f, "neon ({})", storage(ty)),
+            LinearKernel::Dotprod(ty) => write!(f, "dotprod sdot ({})", storage(ty)),
+            LinearKernel::I8mm(ty) => write!(f, "i8mm smmla ({})", storage(ty)),
         }
     }
 }
@@ -152,7 +164,8 @@ impl KernelPlan {
                     "bf16 weights"
                 };
                 fallbacks.push(format!(
-                    "bf16: no bf16 dot product on this CPU ({}): {storage}, f32 arithmetic",
+                    "bf16: {} ({}): {storage}, f32 arithmetic",
+                    no_bf16_kernel(cpu),
                     cpu.level()
                 ));
                 kernel
@@ -163,12 +176,16 @@ impl KernelPlan {
             }
             Precision::Int8 if cpu.vnni_256() => LinearKernel::AvxVnni(PackedType::Int8),
             Precision::Int8 if cpu.avx2 => LinearKernel::Avx2(PackedType::Int8),
+            Precision::Int8 if cpu.neon && cpu.dotprod && cpu.i8mm => {
+                LinearKernel::I8mm(PackedType::Int8)
+            }
+            Precision::Int8 if cpu.neon && cpu.dotprod => LinearKernel::Dotprod(PackedType::Int8),
             Precision::Int8 if cpu.level() == Isa::Scalar => {
                 LinearKernel::Reference(PackedType::Int8)
             }
             Precision::Int8 => {
-                // aarch64 has no int8 kernel of ours yet; the reference loops would be slower
-                // than f32 there.
+                // aarch64 without SDOT (Cortex-A53/A72, say): the reference loops would be
+                // slower than f32 there.
                 let kernel = exact_linear(cpu, bf16_weights);
                 fallbacks.push(format!(
                     "int8: no int8 kernel for this CPU ({}) yet: f32 ({kernel})",
@@ -194,7 +211,8 @@ impl KernelPlan {
         };
         if wants_bf16 && !attention.bf16() {
             fallbacks.push(format!(
-                "attention: no bf16 dot product on this CPU ({}): f32",
+                "attention: {} ({}): f32",
+                no_bf16_kernel(cpu),
                 cpu.level()
             ));
         }
@@ -235,6 +253,16 @@ impl KernelPlan {
     }
 }
 
+/// Why bf16 products do not run as bf16.
+fn no_bf16_kernel(cpu: Cpu) -> &'static str {
+    if cpu.bf16 {
+        // FEAT_BF16 (Graviton 3+, Apple M2+) has BFMMLA/BFDOT, which no kernel of ours uses yet.
+        "no BFMMLA/BFDOT kernel of ours yet"
+    } else {
+        "no bf16 dot product on this CPU"
+    }
+}
+
 /// The f32 path: exact products.
 fn exact_linear(cpu: Cpu, bf16_weights: bool) -> LinearKernel {
     match () {
@@ -250,13 +278,13 @@ fn exact_linear(cpu: Cpu, bf16_weights: bool) -> LinearKernel {
     }
 }
 
-/// Exact f32 products on bf16 weights, without a bf16 dot product. aarch64 has no packed
-/// kernel of ours yet: the `gemm` crate's NEON kernel on f32 weights is faster than the
-/// reference loops there.
+/// Exact f32 products on bf16 weights, without a bf16 dot product: the weights widened in
+/// registers by the AVX2 or NEON kernel.
 fn exact_bf16_weights(cpu: Cpu) -> LinearKernel {
     match cpu.level() {
         _ if cpu.avx512 => LinearKernel::Avx512(PackedType::Bf16x3),
         _ if cpu.avx2 => LinearKernel::Avx2(PackedType::Bf16x3),
+        _ if cpu.neon => LinearKernel::Neon(PackedType::Bf16x3),
         Isa::Scalar => LinearKernel::Reference(PackedType::Bf16x3),
         _ => LinearKernel::Gemm,
     }
@@ -299,8 +327,21 @@ mod tests {
         use LinearKernel as L;
         use PackedType as T;
         use Precision as P;
+        let neon = Cpu {
+            neon: true,
+            ..Cpu::SCALAR
+        };
+        let graviton2 = Cpu {
+            dotprod: true,
+            ..neon
+        };
+        let graviton3 = Cpu {
+            i8mm: true,
+            bf16: true,
+            ..graviton2
+        };
         #[rustfmt::skip]
-        let table: [(Cpu, P, L, A, usize); 19] = [
+        let table: [(Cpu, P, L, A, usize); 25] = [
             (amx, P::F32, L::Amx(T::Bf16x3), A::Amx { bf16: false }, 0),
             (amx, P::Bf16, L::Amx(T::Bf16), A::Amx { bf16: true }, 0),
             (amx, P::Int8, L::Amx(T::Int8), A::Amx { bf16: true }, 0),
@@ -317,9 +358,15 @@ mod tests {
             (zen4.capped(Isa::AvxVnni), P::Int8, L::AvxVnni(T::Int8), A::Avx2, 1),
             (Cpu::SCALAR, P::F32, L::Reference(T::Bf16x3), A::Reference, 0),
             (Cpu::SCALAR, P::Int8, L::Reference(T::Int8), A::Reference, 1),
-            (Cpu { neon: true, ..Cpu::SCALAR }, P::F32, L::Gemm, A::Gemm, 0),
-            (Cpu { neon: true, ..Cpu::SCALAR }, P::Bf16, L::Gemm, A::Gemm, 2),
-            (Cpu { neon: true, ..Cpu::SCALAR }, P::Int8, L::Gemm, A::Gemm, 2),
+            (neon, P::F32, L::Neon(T::Bf16x3), A::Gemm, 0),
+            (neon, P::Bf16, L::Neon(T::Bf16x3), A::Gemm, 2),
+            (neon, P::Int8, L::Neon(T::Bf16x3), A::Gemm, 2),
+            (graviton2, P::F32, L::Neon(T::Bf16x3), A::Gemm, 0),
+            (graviton2, P::Bf16, L::Neon(T::Bf16x3), A::Gemm, 2),
+            (graviton2, P::Int8, L::Dotprod(T::Int8), A::Gemm, 1),
+            (graviton3, P::F32, L::Neon(T::Bf16x3), A::Gemm, 0),
+            (graviton3, P::Bf16, L::Neon(T::Bf16x3), A::Gemm, 2),
+            (graviton3, P::Int8, L::I8mm(T::Int8), A::Gemm, 1),
         ];
         for (i, (cpu, requested, linear, attention, fallbacks)) in table.into_iter().enumerate() {
             let plan = KernelPlan::resolve(requested, cpu, true);
@@ -332,6 +379,10 @@ mod tests {
         }
         // A checkpoint with f32 weights keeps them f32 where no packed f32 kernel fits.
         assert_eq!(KernelPlan::resolve(P::F32, zen3, false).linear, L::Gemm);
+        assert_eq!(
+            KernelPlan::resolve(P::F32, graviton3, false).linear,
+            L::Gemm
+        );
         assert_eq!(
             KernelPlan::resolve(P::F32, amx, false).linear,
             L::Avx512(T::F32)

@@ -130,6 +130,8 @@ pub(super) fn bf16_rows(
 /// One row of [`bf16_rows`]: `dst` holds `parts` blocks of `steps` pairs, zero-filled.
 pub(super) fn split_row(row: &[f32], dst: &mut [u32], steps: usize, parts: usize, cpu: Cpu) {
     debug_assert!(row.len() <= 2 * steps && dst.len() == parts * steps);
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = cpu;
     #[cfg(target_arch = "x86_64")]
     if cpu.avx512_bf16 {
         // SAFETY: the features were checked; `dst` has room for `parts` blocks of 2·steps bf16.

@@ -3,7 +3,8 @@
 //! - [`reference`]: plain loops, any CPU, every storage: the truth the others are tested against;
 //! - `avx2`: FMA on bf16 weights widened in registers (exact f32), int8 with `VPMADDWD`;
 //! - `avx512`: f32 (`VFMADD231PS`), bf16 (`VDPBF16PS`) and int8 (`VPDPBUSD`);
-//! - `amx`: bf16, exact bf16x3 and int8 on AMX tiles.
+//! - `amx`: bf16, exact bf16x3 and int8 on AMX tiles;
+//! - `neon` (aarch64): FMA on bf16 weights widened in registers, int8 with `SDOT` or `SMMLA`.
 //!
 //! The packed weight carries the [`Cpu`] it was packed for and [`matmul_extended`] picks the
 //! kernel from it and the row count ([`Path::choose`]): the one place that decides. The
@@ -52,6 +53,8 @@ mod avx512;
 #[cfg(target_arch = "x86_64")]
 mod avxvnni;
 mod epilogue;
+#[cfg(target_arch = "aarch64")]
+mod neon;
 mod pack;
 pub mod reference;
 #[cfg(test)]
@@ -200,6 +203,12 @@ pub enum Path {
     },
     /// AMX tiles.
     Amx,
+    /// aarch64 NEON: f32 products on widened bf16 weights (as `Avx2`).
+    Neon,
+    /// aarch64 `SDOT` (FEAT_DotProd): int8.
+    Dotprod,
+    /// aarch64 `SMMLA` (FEAT_I8MM): int8.
+    I8mm,
 }
 
 impl Path {
@@ -219,6 +228,7 @@ impl Path {
                 PackedType::Int8 => (rows >= INT8_AMX_MIN_ROWS || !cpu.avx512_vnni) && cpu.amx_int8,
             };
         let x86 = cfg!(target_arch = "x86_64");
+        let arm = cfg!(target_arch = "aarch64");
         match w.ty {
             _ if on_amx => Path::Amx,
             PackedType::F32 | PackedType::Bf16x3 if x86 && cpu.avx512 => Path::Avx512,
@@ -228,6 +238,9 @@ impl Path {
             PackedType::Int8 if x86 && cpu.avx512 && cpu.avx512_vnni => Path::Vnni,
             PackedType::Int8 if x86 && cpu.vnni_256() => Path::AvxVnni { vex: cpu.avx_vnni },
             PackedType::Int8 if x86 && cpu.avx2 => Path::Avx2,
+            PackedType::Bf16 | PackedType::Bf16x3 if arm && cpu.neon => Path::Neon,
+            PackedType::Int8 if arm && cpu.neon && cpu.dotprod && cpu.i8mm => Path::I8mm,
+            PackedType::Int8 if arm && cpu.neon && cpu.dotprod => Path::Dotprod,
             _ => Path::Reference,
         }
     }
@@ -351,8 +364,16 @@ pub fn matmul_extended(
 /// Activations in the form the chosen kernel reads: f32 rows (extended with their LoRA inputs,
 /// or rounded to bf16 for bf16 weights, in a copy), or rows of bf16 pairs in `parts` parts.
 enum Activations<'a> {
-    F32 { x: Cow<'a, [f32]>, stride: usize },
-    Bf16 { pairs: Vec<u32>, parts: usize },
+    F32 {
+        x: Cow<'a, [f32]>,
+        stride: usize,
+    },
+    Bf16 {
+        // Read by the AVX-512 kernel only.
+        #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+        pairs: Vec<u32>,
+        parts: usize,
+    },
 }
 
 impl Activations<'_> {
@@ -455,6 +476,10 @@ impl Activations<'_> {
             #[cfg(target_arch = "x86_64")]
             (Activations::F32 { x, stride }, Path::Avx2) => unsafe {
                 avx2::tile_widened(mr, &x[r0 * stride..], *stride, w.k, (wp, layout), tile)
+            },
+            #[cfg(target_arch = "aarch64")]
+            (Activations::F32 { x, stride }, Path::Neon) => unsafe {
+                neon::tile_widened(mr, &x[r0 * stride..], *stride, w.k, (wp, layout), tile)
             },
             (Activations::F32 { x, stride }, _) => {
                 reference::tile(mr, &x[r0 * stride..], *stride, w, (wp, layout), tile)
@@ -578,7 +603,8 @@ struct Int8Panel<'a> {
     /// The whole panel and its layout.
     w: &'a [u32],
     layout: PanelLayout,
-    /// The chunk's column sums of the panel's 64 columns (`PackedMatrix::col_sums`).
+    /// The chunk's column sums of the panel's 64 columns (`PackedMatrix::col_sums`; VNNI only).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     sums: &'a [i32],
     /// The panel's 64 column scales (zero past `n`).
     col_scales: &'a [f32; PANEL],
@@ -588,6 +614,7 @@ struct Int8Panel<'a> {
 /// VNNI) or i16 (four a step, for `VPMADDWD`).
 enum Int8Rows {
     Quads((Vec<u32>, Vec<f32>)),
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     Wide((Vec<i16>, Vec<f32>)),
 }
 
@@ -633,6 +660,28 @@ impl Int8Rows {
                 avx2::tile_int8(
                     mr,
                     (&x[4 * (r0 * steps + s0)..], 4 * steps),
+                    &scales[r0..r0 + mr],
+                    ops,
+                    tile,
+                )
+            },
+            // SAFETY: as above, for SDOT (`Path::choose` checked FEAT_DotProd).
+            #[cfg(target_arch = "aarch64")]
+            (Int8Rows::Quads((x, scales)), Path::Dotprod) => unsafe {
+                neon::tile_int8(
+                    mr,
+                    (&x[r0 * steps + s0..], steps),
+                    &scales[r0..r0 + mr],
+                    ops,
+                    tile,
+                )
+            },
+            // SAFETY: as above, for SMMLA (`Path::choose` checked FEAT_I8MM).
+            #[cfg(target_arch = "aarch64")]
+            (Int8Rows::Quads((x, scales)), Path::I8mm) => unsafe {
+                neon::tile_int8_mmla(
+                    mr,
+                    (&x[r0 * steps + s0..], steps),
                     &scales[r0..r0 + mr],
                     ops,
                     tile,

@@ -63,7 +63,7 @@ fn product(
 fn sums_in_reference_order(ty: PackedType, rows: usize, cpu: Cpu) -> bool {
     let path = Path::choose(&PackedMatrix::empty(ty, cpu), rows);
     ty == PackedType::Int8
-        || matches!(path, Path::Reference | Path::Avx2)
+        || matches!(path, Path::Reference | Path::Avx2 | Path::Neon)
         // Every AVX-512 kernel but VDPBF16PS's is one FMA per input in input order.
         || (path == Path::Avx512 && !(ty == PackedType::Bf16 && cpu.avx512_bf16))
 }
@@ -108,6 +108,29 @@ fn kernels_match_the_reference_kernel() {
                 }
             }
         }
+    }
+}
+
+/// Each variant runs its own kernel (not the reference under another name), so the parity
+/// tests above test it.
+#[test]
+fn each_variant_takes_its_own_kernel() {
+    for (isa, cpu) in variants("linear::each_variant_takes_its_own_kernel") {
+        let path = |ty| Path::choose(&PackedMatrix::empty(ty, cpu), 8);
+        let (f32_on_bf16, int8) = match isa {
+            Isa::Scalar => (Path::Reference, Path::Reference),
+            Isa::Avx2 => (Path::Avx2, Path::Avx2),
+            Isa::Neon => (Path::Neon, Path::Reference),
+            Isa::Dotprod => (Path::Neon, Path::Dotprod),
+            Isa::I8mm | Isa::Bf16 => (Path::Neon, Path::I8mm),
+            // The AVX-512 and AMX levels choose by rows and tiles (tested with their kernels).
+            Isa::Avx512 | Isa::Avx512Bf16 | Isa::Amx => continue,
+        };
+        assert_eq!(
+            (path(PackedType::Bf16x3), path(PackedType::Int8)),
+            (f32_on_bf16, int8),
+            "{isa}"
+        );
     }
 }
 
