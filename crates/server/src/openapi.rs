@@ -132,6 +132,12 @@ pub fn document(served: &Served) -> Value {
     let sagemaker = &mut schemas["SageMakerRequest"];
     sagemaker["properties"]["data"]["minItems"] = json!(1);
     sagemaker["properties"]["data"]["maxItems"] = json!(served.max_inputs);
+    for branch in as_array(&mut schemas["SageMakerId"]["oneOf"]) {
+        if branch["type"] == "integer" {
+            branch["minimum"] = json!(i64::MIN);
+            branch["maximum"] = json!(i64::MAX);
+        }
+    }
     let parameters = &mut schemas["SageMakerParameters"]["properties"];
     parameters["task"]["enum"] = Value::Array(tasks);
     parameters["dimensions"]["maximum"] = json!(served.hidden_size);

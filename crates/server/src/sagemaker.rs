@@ -59,14 +59,40 @@ pub struct SageMakerItem {
     pub text: String,
 }
 
-/// The id of an item: a string or an integer.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
+/// The id of an item: a string or an integer (a JSON number with no fraction, within i64).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(untagged)]
 pub enum SageMakerId {
     /// An integer id.
     Integer(i64),
     /// A string id.
     Text(String),
+}
+
+impl<'de> Deserialize<'de> for SageMakerId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        match Value::deserialize(d)? {
+            Value::String(s) => Ok(SageMakerId::Text(s)),
+            Value::Number(n) => n
+                .as_i64()
+                .or_else(|| {
+                    // JSON Schema's integer includes `3.0`.
+                    n.as_f64()
+                        .filter(|f| {
+                            f.fract() == 0.0
+                                && (-9.223_372_036_854_776e18..9.223_372_036_854_776e18).contains(f)
+                        })
+                        .map(|f| f as i64)
+                })
+                .map(SageMakerId::Integer)
+                .ok_or_else(|| D::Error::custom(format!("{n} is not an integer within 64 bits"))),
+            other => Err(D::Error::custom(format!(
+                "must be a string or an integer, got {}",
+                crate::api::json_kind(&other)
+            ))),
+        }
+    }
 }
 
 /// The `parameters` of a SageMaker request.
@@ -204,6 +230,22 @@ async fn invoke(
 
 /// A SageMaker body as our request, and the ids of its items.
 fn translate(map: Map<String, Value>) -> Result<(EmbeddingsRequest, Vec<SageMakerId>), ApiError> {
+    // serde would also read a struct from an array (`"parameters": [null]`): the schema says
+    // objects, so objects only.
+    let not_object = |field: String, value: &Value| ApiError::InvalidField {
+        field,
+        message: format!("must be an object, got {}", crate::api::json_kind(value)),
+    };
+    if let Some(value) = map.get("parameters") {
+        if !value.is_null() && !value.is_object() {
+            return Err(not_object("parameters".into(), value));
+        }
+    }
+    if let Some(Value::Array(items)) = map.get("data") {
+        if let Some((i, item)) = items.iter().enumerate().find(|(_, v)| !v.is_object()) {
+            return Err(not_object(format!("data[{i}]"), item));
+        }
+    }
     let request: SageMakerRequest = typed(map)?;
     if request.data.is_empty() {
         return Err(ApiError::InvalidField {

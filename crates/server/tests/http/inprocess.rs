@@ -181,7 +181,7 @@ async fn invocations_takes_our_body_and_the_sagemaker_body() {
 
     // SageMaker's body: ids default to the index, or echo the client's.
     let body = json!({
-        "data": [{"text": "hello"}, {"text": "world", "id": "doc-7"}, {"text": "", "id": 42}],
+        "data": [{"text": "hello"}, {"text": "world", "id": "doc-7"}, {"text": "", "id": 42.0}],
         "parameters": {"task": "text-matching", "late_chunking": false, "dimensions": 32}
     });
     let reply = post(&url, &body).await;
@@ -289,6 +289,16 @@ async fn invocations_errors_name_the_field() {
             json!({"data": [{"text": "a"}, {"text": "b"}, {"text": "c"}]}),
             413,
             "2",
+        ),
+        (
+            json!({"data": [{"text": "a"}], "parameters": [null, null]}),
+            422,
+            "parameters",
+        ),
+        (
+            json!({"data": [{"text": "a"}, [null, "b"]]}),
+            422,
+            "data[1]",
         ),
         (json!({"input": []}), 422, "input"),
         (json!({"model": "m"}), 422, "input"),
