@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The project's test command (README, "Run the tests"): sets up what the tests need, then runs
+# The project's test command (README, "Run the tests"): checks formatting and clippy, sets up
+# what the tests need, then runs
 # every test of the workspace in release mode (the forward pass is too slow unoptimised), checks
 # that every numeric test ran on every instruction-set variant of this CPU, runs the Python
 # package's tests against its built wheel, checks the OpenAPI document with schemathesis, and
@@ -8,6 +9,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 started=$(date +%s)
 step() { echo "== $1 (at $(( $(date +%s) - started )) s)"; }
+# The gates first (seconds on a warm target folder): the tree is formatted (rustfmt), and clippy
+# finds nothing anywhere, tests and benches included (the server's deny(unwrap, expect, panic)
+# is enforced here).
+step "cargo fmt --check, cargo clippy -D warnings"
+if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
+    rustup component add rustfmt clippy
+fi
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
 if [ -f scripts/setup-test-venv.sh ]; then
     # A Python venv with the real client libraries that the client tests drive.
     bash scripts/setup-test-venv.sh

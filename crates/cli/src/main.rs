@@ -10,6 +10,7 @@ mod hub_download;
 mod info;
 mod logging;
 mod resolve;
+mod serve;
 
 use clap::{Parser, Subcommand};
 
@@ -67,7 +68,7 @@ enum Command {
     /// Serve the Jina- and OpenAI-compatible embeddings API (POST /v1/embeddings).
     ///
     /// Example: jina-embed serve --model /tmp/jina-small --port 8080 --api-key "$KEY"
-    Serve(jina_server::ServeArgs),
+    Serve(serve::ServeArgs),
 }
 
 fn main() {
@@ -116,9 +117,9 @@ fn main() {
 }
 
 /// `--model` of `serve` may be a hub id (downloaded if missing): resolve it to its folder.
-fn serve(mut args: jina_server::ServeArgs) -> anyhow::Result<()> {
+fn serve(mut args: serve::ServeArgs) -> anyhow::Result<()> {
     args.model = resolve::resolve(&args.model.to_string_lossy())?.dir;
-    jina_server::run(args)
+    serve::run(args)
 }
 
 /// A closed stdout (`jina-embed embed … | head`) is not a failure.

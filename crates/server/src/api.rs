@@ -100,7 +100,7 @@ pub fn decode_request(
 }
 
 /// `POST /v1/embeddings` (and `/embeddings`): the Jina and OpenAI request in one.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 pub struct EmbeddingsRequest {
     /// Model name. Accepted for compatibility and not checked: the server serves one model, and
     /// the response names it.
@@ -154,7 +154,9 @@ pub struct EmbeddingsRequest {
 /// An integer field, or null. JSON Schema's `integer` (and JavaScript, which has no integer type)
 /// counts `34.0` as the integer 34, so a number without a fractional part is accepted whatever
 /// its spelling; anything else names what it is.
-fn integer<'de, D: Deserializer<'de>, T: TryFrom<i64>>(d: D) -> Result<Option<T>, D::Error> {
+pub(crate) fn integer<'de, D: Deserializer<'de>, T: TryFrom<i64>>(
+    d: D,
+) -> Result<Option<T>, D::Error> {
     let value = match Value::deserialize(d)? {
         Value::Null => return Ok(None),
         Value::Number(n) => match (n.as_i64(), n.as_f64()) {
@@ -242,7 +244,7 @@ fn token_ids_refused() -> String {
         .into()
 }
 
-fn json_kind(v: &Value) -> &'static str {
+pub(crate) fn json_kind(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",

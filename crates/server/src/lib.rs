@@ -1,33 +1,53 @@
 /*!
-`jina-embed serve`: an HTTP server for jina-embeddings-v3 that speaks both Jina's and OpenAI's
-embeddings API, with dynamic batching, limits, metrics and API keys.
+The HTTP server of jina-embeddings-v3 as a library: Jina's and OpenAI's embeddings API (and
+SageMaker's container contract), with dynamic batching, limits, metrics and API keys.
+
+The process around it (command-line flags, the tokio runtime, the log subscriber, signals,
+SageMaker's port variable) belongs to the `jina-embed serve` command (`crates/cli/src/serve.rs`).
+This crate takes a listener, a [`ServerConfig`] and a shutdown future.
+
+# Seams
+- [`serve`]: loads the engine model from [`ServerConfig::model_dir`] in the background and
+  serves on a listener until the shutdown future resolves, then drains.
+- [`serve_with`]: the same with any loader of a [`BatchRunner`].
+- [`AppState::new`] + [`AppState::start`] + [`routes::router`]: the router in-process, for
+  `tower::ServiceExt::oneshot` calls without a socket (how most HTTP tests run, against a fake
+  runner).
+- [`BatchRunner`] ([`runner`]): what the scheduler and the routes need from a model: plan a
+  request, run a batch, tokenise, the model's facts. [`runner::EngineRunner`] is the real one.
 
 # How a request flows
 
 ```text
 POST /v1/embeddings
   → routes::track        request id, span, one info log line, metrics     (every route)
-  → auth::require_key    Bearer key, constant time                         (all but /health, /metrics)
+  → auth::require_key    Bearer key, constant time                         (all but /health, /ping, /metrics)
   → routes::embeddings   admission (semaphore, 429 when full) → body (413 over the limit)
                          → api::EmbeddingsRequest (422 naming the field) → jina_engine::EmbedRequest
-                         → Model::plan on the blocking pool (task, dimensions, token limits)
+                         → BatchRunner::plan on the blocking pool (task, dimensions, token limits)
   → scheduler            one OS thread: sequences of many requests packed by max_batch_tokens,
-                         tasks mixed, cancelled requests skipped, Model::run
+                         tasks mixed, cancelled requests skipped, BatchRunner::run
   → routes::embeddings   pooling::finish + output::encode + JSON on the blocking pool
 ```
 
+`POST /invocations` (SageMaker) takes the same path with either body ([`sagemaker`]).
+
 The async runtime never runs the model: tokenising, pooling and JSON encoding run on tokio's
-blocking pool and the forward pass on the scheduler thread (which uses the rayon pool sized by
-`--threads`).
+blocking pool and the forward pass on the scheduler thread (which uses the rayon pool the
+caller sized).
 
 # Pieces
 - [`api`]: the request and response types of both dialects (and the OpenAPI schema).
 - [`errors`]: one error enum → status code + `{"detail"}` (Jina) or `{"error": {…}}` (OpenAI);
   the module doc states how the dialect is recognised.
+- [`runner`]: the [`BatchRunner`] seam and the engine's implementation.
 - [`scheduler`]: the batching actor.
+- [`sagemaker`]: `/ping` and `/invocations`.
 - [`limits`]: every limit in [`ServerLimits`], with its default.
 - [`metrics`]: Prometheus text.
 - [`auth`]: API keys.
+- [`cors`]: CORS for listed origins.
+- [`openapi`]: the document as the server enforces it.
 - [`routes`]: the axum router.
 
 # Example
@@ -43,9 +63,9 @@ serve(listener, config, async { let _ = tokio::signal::ctrl_c().await; }).await?
 ```
 
 # Lifecycle
-The server listens at once and answers `/health` with 503 while the model loads and warms up,
-then 200. On the shutdown signal (SIGINT or SIGTERM in [`run`]) it stops accepting, lets the
-requests in flight finish for up to `shutdown_grace`, stops the scheduler and returns.
+The server listens at once and answers `/health` (and `/ping`) with 503 while the model loads
+and warms up, then 200. When the shutdown future resolves it stops accepting, lets the requests
+in flight finish for up to `shutdown_grace`, stops the scheduler and returns.
 */
 #![deny(missing_docs)]
 // No panic reachable from a request: outside tests, `unwrap`, `expect` and `panic!` are errors.
@@ -62,6 +82,8 @@ pub mod limits;
 pub mod metrics;
 pub mod openapi;
 pub mod routes;
+pub mod runner;
+pub mod sagemaker;
 pub mod scheduler;
 
 use std::future::{Future, IntoFuture};
@@ -72,6 +94,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use jina_engine::{EmbedRequest, LoadOptions, Model, Precision, Sequence};
+use routes::router;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 use tracing::{info, warn};
@@ -79,176 +102,10 @@ use tracing::{info, warn};
 pub use auth::ApiKeys;
 pub use errors::{ApiError, Dialect};
 pub use limits::ServerLimits;
+pub use runner::{BatchRunner, ModelInfo};
 
 use metrics::{Gauges, Metrics};
 use scheduler::Scheduler;
-
-/// Command-line flags of `jina-embed serve` (each also read from an environment variable).
-#[derive(Debug, Clone, clap::Args)]
-pub struct ServeArgs {
-    /// Model folder (config.json, tokenizer.json and model.safetensors), or a Hugging Face hub
-    /// id (owner/name[@revision]) found in the local Hugging Face cache (resolved by the CLI).
-    #[arg(long, env = "JINA_MODEL", value_name = "DIR|HUB_ID", default_value = jina_engine::hub::DEFAULT_MODEL)]
-    pub model: PathBuf,
-
-    /// Address to listen on. 127.0.0.1 serves this machine only; 0.0.0.0 serves every network
-    /// interface (set --api-key then).
-    #[arg(long, env = "JINA_HOST", default_value = "127.0.0.1")]
-    pub host: String,
-
-    /// TCP port (0 picks a free one and logs it).
-    #[arg(long, env = "JINA_PORT", default_value_t = 8080)]
-    pub port: u16,
-
-    /// Task of requests that name none: a task from config.json (text-matching,
-    /// retrieval.query, retrieval.passage, separation, classification) or `none` for the base
-    /// weights without adapter or prefix.
-    #[arg(long, env = "JINA_DEFAULT_TASK", default_value = jina_engine::DEFAULT_TASK)]
-    pub default_task: String,
-
-    /// An API key clients must send as `Authorization: Bearer KEY` (repeatable; the variable
-    /// holds a comma-separated list). Without any key every route is open. Prefer the variable
-    /// or --api-key-file: command lines are visible to other users of the machine.
-    #[arg(
-        long = "api-key",
-        env = "JINA_API_KEY",
-        value_name = "KEY",
-        value_delimiter = ',',
-        hide_env_values = true
-    )]
-    pub api_keys: Vec<String>,
-
-    /// A file of API keys, one per line (blank lines and lines starting with # are skipped);
-    /// added to --api-key.
-    #[arg(long, env = "JINA_API_KEY_FILE", value_name = "FILE")]
-    pub api_key_file: Option<PathBuf>,
-
-    /// Token budget of one forward pass: sequences of many requests are packed together up to
-    /// it. Larger batches use the cores better but hold more memory (about 40 KiB per token
-    /// for the full model) and make small requests wait behind big ones.
-    #[arg(long, env = "JINA_MAX_BATCH_TOKENS", default_value_t = ServerLimits::DEFAULT_MAX_BATCH_TOKENS)]
-    pub max_batch_tokens: usize,
-
-    /// Requests admitted at once (queued or running); one more gets 429 with Retry-After at
-    /// once instead of waiting. A low value refuses clients sooner; a high value lets the
-    /// queue, and the time requests wait in it, grow.
-    #[arg(long, env = "JINA_MAX_CONCURRENT_REQUESTS", default_value_t = ServerLimits::DEFAULT_MAX_CONCURRENT_REQUESTS)]
-    pub max_concurrent_requests: usize,
-
-    /// Inputs in one request; more gets 413. Up to it, a client batch is split into forward
-    /// passes internally.
-    #[arg(long, env = "JINA_MAX_INPUTS_PER_REQUEST", default_value_t = ServerLimits::DEFAULT_MAX_INPUTS_PER_REQUEST)]
-    pub max_inputs_per_request: usize,
-
-    /// Largest request body in bytes; a larger one gets 413. The queue's memory is bounded by
-    /// this times --max-concurrent-requests.
-    #[arg(long, env = "JINA_PAYLOAD_LIMIT", value_name = "BYTES", default_value_t = ServerLimits::DEFAULT_PAYLOAD_LIMIT)]
-    pub payload_limit: usize,
-
-    /// Precision of the linear layers: `f32` gives the official numbers; `bf16` runs bf16 dot
-    /// products where the CPU has them (AVX512_BF16, AMX; elsewhere bf16 weights with f32
-    /// arithmetic, said in the log and by /v1/models) at a cosine of about 0.999 to f32; `int8`
-    /// runs int8 products (AMX-INT8, AVX512_VNNI or AVX2) at a cosine of at least 0.999.
-    #[arg(long, env = "JINA_PRECISION", default_value = "f32", value_parser = parse_precision)]
-    pub precision: Precision,
-
-    /// Highest instruction-set level the kernels may use (`scalar`, `avx2`, `avx512`,
-    /// `avx512bf16`, `amx`; on aarch64 `neon`, `dotprod`, `i8mm`, `bf16`): a lower path on a
-    /// bigger CPU. Default: all the CPU has. The variable JINA_MAX_ISA caps it too.
-    #[arg(long, value_name = "ISA", value_parser = parse_isa)]
-    pub max_isa: Option<jina_engine::Isa>,
-
-    /// Compute threads of the forward pass (default: one per core).
-    #[arg(long, env = "JINA_THREADS")]
-    pub threads: Option<usize>,
-
-    /// Model name reported in responses and by /v1/models.
-    #[arg(
-        long,
-        env = "JINA_SERVED_MODEL_NAME",
-        default_value = "jina-embeddings-v3"
-    )]
-    pub served_model_name: String,
-
-    /// Seconds a client may take to send a request body once admitted; slower gets 408.
-    #[arg(
-        long,
-        env = "JINA_BODY_TIMEOUT",
-        value_name = "SECONDS",
-        default_value_t = 30
-    )]
-    pub body_timeout: u64,
-
-    /// Seconds a shutdown (SIGINT, SIGTERM) waits for the requests in flight before it drops
-    /// them.
-    #[arg(long, env = "JINA_SHUTDOWN_GRACE", value_name = "SECONDS", default_value_t = ServerLimits::DEFAULT_SHUTDOWN_GRACE_SECS)]
-    pub shutdown_grace: u64,
-
-    /// An origin (`https://app.example`) whose browser pages may call the API (repeatable; the
-    /// variable holds a comma-separated list; `*` allows any). Without it CORS is off: no
-    /// `Access-Control-*` headers are sent.
-    #[arg(
-        long = "cors-allow-origin",
-        env = "JINA_CORS_ALLOW_ORIGIN",
-        value_name = "ORIGIN",
-        value_delimiter = ','
-    )]
-    pub cors_allow_origins: Vec<String>,
-
-    /// Log format: `text` for people, `json` for log collectors. The level comes from RUST_LOG
-    /// (default info).
-    #[arg(long, env = "JINA_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
-    pub log_format: String,
-}
-
-fn parse_precision(s: &str) -> Result<Precision, String> {
-    s.parse::<Precision>().map_err(|e| e.to_string())
-}
-
-fn parse_isa(s: &str) -> Result<jina_engine::Isa, String> {
-    s.parse::<jina_engine::Isa>().map_err(|e| e.to_string())
-}
-
-impl ServeArgs {
-    /// Checks the flags and builds the server's configuration (reads the key file).
-    pub fn to_config(&self) -> anyhow::Result<ServerConfig> {
-        let mut keys = self.api_keys.clone();
-        if let Some(path) = &self.api_key_file {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read the API key file {}", path.display()))?;
-            let from_file = ApiKeys::parse_file(&text);
-            if from_file.is_empty() {
-                anyhow::bail!("the API key file {} holds no key", path.display());
-            }
-            keys.extend(from_file);
-        }
-        if matches!(self.threads, Some(0)) {
-            anyhow::bail!("--threads must be at least 1");
-        }
-        let limits = ServerLimits {
-            max_batch_tokens: self.max_batch_tokens,
-            max_concurrent_requests: self.max_concurrent_requests,
-            max_inputs_per_request: self.max_inputs_per_request,
-            payload_limit: self.payload_limit,
-            body_timeout: Duration::from_secs(self.body_timeout),
-            shutdown_grace: Duration::from_secs(self.shutdown_grace),
-            ..ServerLimits::default()
-        };
-        limits
-            .validate()
-            .map_err(|e| anyhow::anyhow!("invalid limit: {e}"))?;
-        Ok(ServerConfig {
-            model_dir: self.model.clone(),
-            default_task: self.default_task.clone(),
-            served_model_name: self.served_model_name.clone(),
-            api_keys: ApiKeys::new(keys),
-            limits,
-            precision: self.precision,
-            max_isa: self.max_isa,
-            cors_allow_origins: cors::CorsOrigins::new(&self.cors_allow_origins),
-        })
-    }
-}
 
 /// Everything [`serve`] needs, checked.
 #[derive(Debug, Clone)]
@@ -291,7 +148,7 @@ impl ServerConfig {
 
 /// The loaded model and its scheduler.
 pub(crate) struct Engine {
-    pub(crate) model: Arc<Model>,
+    pub(crate) runner: Arc<dyn BatchRunner>,
     pub(crate) scheduler: Scheduler,
 }
 
@@ -309,7 +166,13 @@ pub struct AppState {
 }
 
 impl AppState {
-    fn new(config: ServerConfig) -> Self {
+    /// The state of a server whose model is not there yet: every model route answers 503 until
+    /// [`AppState::start`].
+    pub fn new(config: ServerConfig) -> Arc<Self> {
+        Arc::new(Self::build(config))
+    }
+
+    fn build(config: ServerConfig) -> Self {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
@@ -331,6 +194,32 @@ impl AppState {
         self.engine.get().ok_or(ApiError::NotReady {
             retry_after: self.config.limits.retry_after_secs,
         })
+    }
+
+    /// Starts the scheduler over `runner`; from then on the server is ready. An error when the
+    /// scheduler thread cannot start or a runner was already started.
+    pub fn start(&self, runner: Arc<dyn BatchRunner>) -> anyhow::Result<()> {
+        let scheduler = Scheduler::start(
+            runner.clone(),
+            self.config.limits.max_batch_tokens,
+            self.metrics.clone(),
+        )
+        .context("cannot start the scheduler thread")?;
+        if self.engine.set(Engine { runner, scheduler }).is_err() {
+            anyhow::bail!("the model was loaded twice");
+        }
+        Ok(())
+    }
+
+    /// Marks the server as stopping: `/health` and `/ping` answer 503 (what [`serve`] does when
+    /// its shutdown future resolves).
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::Relaxed);
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ServerConfig {
+        &self.config
     }
 
     /// Whether the model is loaded and warmed up.
@@ -374,48 +263,48 @@ impl AppState {
     }
 }
 
-/// Loads the model, applies the default task, starts the scheduler and warms up with one
-/// forward pass; then the server is ready.
-async fn load(state: Arc<AppState>) -> anyhow::Result<()> {
+/// Loads the engine model of `config` (folder, precision, ISA cap, default task) and warms it
+/// up with one short forward pass (allocations, page faults of the weights): the loader of
+/// [`serve`]. Blocking; [`serve`] runs it on the blocking pool.
+pub fn load_engine(config: &ServerConfig) -> anyhow::Result<Arc<dyn BatchRunner>> {
     let started = std::time::Instant::now();
-    let config = state.config.clone();
-    let metrics = state.metrics.clone();
-    let engine = tokio::task::spawn_blocking(move || -> anyhow::Result<Engine> {
-        let options = LoadOptions {
-            precision: config.precision,
-            max_isa: config.max_isa,
-        };
-        let mut model = Model::load_with(&config.model_dir, options).with_context(|| {
-            format!("cannot load the model from {}", config.model_dir.display())
-        })?;
-        model
-            .set_default_task(&config.default_task)
-            .context("invalid --default-task")?;
-        let model = Arc::new(model);
-        // Warm up: one short forward pass (allocations, page faults of the weights).
-        let plan = model.plan(&EmbedRequest::new(vec!["warm up".to_string()]))?;
-        let seqs: Vec<&Sequence> = plan.sequences.iter().collect();
-        model.run(&seqs);
-        let scheduler = Scheduler::start(model.clone(), config.limits.max_batch_tokens, metrics)
-            .context("cannot start the scheduler thread")?;
-        Ok(Engine { model, scheduler })
-    })
-    .await
-    .context("the model loader panicked")??;
+    let options = LoadOptions {
+        precision: config.precision,
+        max_isa: config.max_isa,
+    };
+    let mut model = Model::load_with(&config.model_dir, options)
+        .with_context(|| format!("cannot load the model from {}", config.model_dir.display()))?;
+    model
+        .set_default_task(&config.default_task)
+        .context("invalid --default-task")?;
+    let plan = model.plan(&EmbedRequest::new(vec!["warm up".to_string()]))?;
+    let seqs: Vec<&Sequence> = plan.sequences.iter().collect();
+    model.run(&seqs);
     info!(
-        model = %state.config.model_dir.display(),
-        weights = engine.model.weights_dtype(),
-        precision = engine.model.precision().name(),
-        kernels = %engine.model.kernel_plan().summary(),
-        parameters = engine.model.parameter_count(),
-        hidden_size = engine.model.config().hidden_size,
-        default_task = engine.model.default_task(),
+        model = %config.model_dir.display(),
+        weights = model.weights_dtype(),
+        precision = model.precision().name(),
+        kernels = %model.kernel_plan().summary(),
+        parameters = model.parameter_count(),
+        hidden_size = model.config().hidden_size,
+        default_task = model.default_task(),
         seconds = started.elapsed().as_secs_f64(),
-        "model loaded and warmed up; ready"
+        "model loaded and warmed up"
     );
-    if state.engine.set(engine).is_err() {
-        anyhow::bail!("the model was loaded twice");
-    }
+    Ok(Arc::new(runner::EngineRunner::new(model)))
+}
+
+/// Runs `loader` on the blocking pool and starts the scheduler over what it returns.
+async fn load<L>(state: Arc<AppState>, loader: L) -> anyhow::Result<()>
+where
+    L: FnOnce(&ServerConfig) -> anyhow::Result<Arc<dyn BatchRunner>> + Send + 'static,
+{
+    let config = state.config.clone();
+    let runner = tokio::task::spawn_blocking(move || loader(&config))
+        .await
+        .context("the model loader panicked")??;
+    state.start(runner)?;
+    info!("ready");
     Ok(())
 }
 
@@ -430,13 +319,28 @@ pub async fn serve<F>(
 where
     F: Future<Output = ()> + Send + 'static,
 {
+    serve_with(listener, config, load_engine, shutdown).await
+}
+
+/// [`serve`] with any loader of a [`BatchRunner`] (run on the blocking pool while the server
+/// already answers `/health` with 503).
+pub async fn serve_with<L, F>(
+    listener: TcpListener,
+    config: ServerConfig,
+    loader: L,
+    shutdown: F,
+) -> anyhow::Result<()>
+where
+    L: FnOnce(&ServerConfig) -> anyhow::Result<Arc<dyn BatchRunner>> + Send + 'static,
+    F: Future<Output = ()> + Send + 'static,
+{
     config
         .limits
         .validate()
         .map_err(|e| anyhow::anyhow!("invalid limit: {e}"))?;
     let grace = config.limits.shutdown_grace;
-    let state = Arc::new(AppState::new(config));
-    let app = routes::router(state.clone());
+    let state = AppState::new(config);
+    let app = router(state.clone());
     info!(
         address = %listener.local_addr()?,
         api_keys = state.keys.len(),
@@ -454,7 +358,7 @@ where
     let signal_state = state.clone();
     let graceful = async move {
         shutdown.await;
-        signal_state.shutting_down.store(true, Ordering::Relaxed);
+        signal_state.begin_shutdown();
         info!(
             grace_seconds = grace.as_secs_f64(),
             "shutting down: no new connections; finishing requests in flight"
@@ -470,7 +374,7 @@ where
             Err(_) => std::future::pending().await,
         }
     };
-    let loader = load(state.clone());
+    let loader = load(state.clone(), loader);
     tokio::pin!(server, deadline, loader);
 
     let mut loading = true;
@@ -511,77 +415,4 @@ where
     }
     info!("stopped");
     Ok(())
-}
-
-/// Resolves on SIGINT (Ctrl-C) or, on Unix, SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            warn!(error = %e, "cannot listen for Ctrl-C");
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                warn!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => info!(signal = "SIGINT", "signal received"),
-        () = terminate => info!(signal = "SIGTERM", "signal received"),
-    }
-}
-
-/// Installs a `tracing` subscriber (text or JSON, level from `RUST_LOG`, default info) unless
-/// the program already installed one.
-pub fn init_tracing(format: &str) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    use std::io::IsTerminal as _;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
-    let _ = if format == "json" {
-        builder.json().try_init()
-    } else {
-        builder.try_init()
-    };
-}
-
-/// `jina-embed serve`: sets up logging and the compute threads, builds the tokio runtime,
-/// serves until SIGINT or SIGTERM, and returns `Ok` after a graceful stop.
-pub fn run(args: ServeArgs) -> anyhow::Result<()> {
-    init_tracing(&args.log_format);
-    let config = args.to_config()?;
-    if let Some(threads) = args.threads {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .thread_name(|i| format!("jina-compute-{i}"))
-            .build_global()
-            .context("cannot size the compute thread pool (--threads)")?;
-    }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("jina-http")
-        .build()
-        .context("cannot start the async runtime")?;
-    let result = runtime.block_on(async {
-        let listener = TcpListener::bind((args.host.as_str(), args.port))
-            .await
-            .with_context(|| format!("cannot listen on {}:{}", args.host, args.port))?;
-        serve(listener, config, shutdown_signal()).await
-    });
-    // Connections still open after the grace period are dropped here.
-    runtime.shutdown_timeout(Duration::from_secs(1));
-    result
 }

@@ -1,7 +1,7 @@
 //! Every limit of the server in one struct, with its documented default.
 //!
-//! The command-line flags of [`crate::ServeArgs`] fill it; tests build it directly. Nothing else
-//! in the server holds a limit of its own.
+//! The command-line flags of `jina-embed serve` (`crates/cli/src/serve.rs`) fill it; tests build
+//! it directly. Nothing else in the server holds a limit of its own.
 
 use std::time::Duration;
 

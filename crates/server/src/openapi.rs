@@ -14,6 +14,8 @@
 //!   `dimensions`, the largest `late_chunking_overlap` and the most inputs per request. The
 //!   document without a model (`docs/openapi.json`, or while the model loads) uses the real
 //!   model's values.
+//! * `/invocations` (SageMaker): our request without a `data` field, or SageMaker's (which has
+//!   one): exclusive branches, as the server tells them apart.
 //! * Security per route as the server enforces it: with API keys, every route but `/health` and
 //!   `/metrics` declares `bearer` and a 401; without keys nothing is declared.
 
@@ -117,6 +119,40 @@ pub fn document(served: &Served) -> Value {
         same("float"),
         same("base64")
     ]);
+
+    // SageMaker (`crate::sagemaker`): at least one and at most max_inputs texts, the same tasks
+    // and dimensions; `/invocations` takes our body (without `data`, which makes it SageMaker's)
+    // or SageMaker's, and answers in the matching form.
+    let tasks: Vec<Value> = served
+        .tasks
+        .iter()
+        .map(|t| json!(t))
+        .chain([Value::Null])
+        .collect();
+    let sagemaker = &mut schemas["SageMakerRequest"];
+    sagemaker["properties"]["data"]["minItems"] = json!(1);
+    sagemaker["properties"]["data"]["maxItems"] = json!(served.max_inputs);
+    for branch in as_array(&mut schemas["SageMakerId"]["oneOf"]) {
+        if branch["type"] == "integer" {
+            branch["minimum"] = json!(i64::MIN);
+            branch["maximum"] = json!(i64::MAX);
+        }
+    }
+    let parameters = &mut schemas["SageMakerParameters"]["properties"];
+    parameters["task"]["enum"] = Value::Array(tasks);
+    parameters["dimensions"]["maximum"] = json!(served.hidden_size);
+    let invocations = &mut doc["paths"]["/invocations"]["post"];
+    invocations["requestBody"]["content"]["application/json"]["schema"] = json!({"oneOf": [
+        {"allOf": [
+            {"$ref": "#/components/schemas/EmbeddingsRequest"},
+            {"not": {"required": ["data"]}}
+        ]},
+        {"$ref": "#/components/schemas/SageMakerRequest"}
+    ]});
+    invocations["responses"]["200"]["content"]["application/json"]["schema"] = json!({"anyOf": [
+        {"$ref": "#/components/schemas/EmbeddingsResponse"},
+        {"$ref": "#/components/schemas/SageMakerResponse"}
+    ]});
 
     if !served.keys {
         if let Some(components) = doc["components"].as_object_mut() {

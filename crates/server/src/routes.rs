@@ -7,6 +7,8 @@
 //! | `GET /v1/models`, `GET /models` | key | the served model |
 //! | `GET /openapi.json` | key | this API, generated from the [`crate::api`] types |
 //! | `GET /health` | open | 200 once loaded and warmed up, 503 before and while stopping |
+//! | `GET /ping` | open | SageMaker's health check, as `/health` ([`crate::sagemaker`]) |
+//! | `POST /invocations` | key | SageMaker's inference route: our body or Jina's SageMaker body |
 //! | `GET /metrics` | open | Prometheus text |
 
 use std::collections::BTreeMap;
@@ -43,12 +45,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/models", get(models))
         .route("/models", get(models))
         .route("/openapi.json", get(openapi))
+        .route("/invocations", post(crate::sagemaker::invocations))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_key,
         ));
     Router::new()
         .route("/health", get(health))
+        .route("/ping", get(crate::sagemaker::ping))
         .route("/metrics", get(metrics))
         .merge(protected)
         .fallback(not_found)
@@ -64,14 +68,14 @@ pub fn router(state: Arc<AppState>) -> Router {
 /// What a handler tells the request log line and the metrics about its request.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct RequestInfo {
-    task: Option<String>,
-    inputs: usize,
-    tokens: usize,
+    pub(crate) task: Option<String>,
+    pub(crate) inputs: usize,
+    pub(crate) tokens: usize,
 }
 
 /// The route label of a path: one of the served routes, or `other`.
 fn route_label(path: &str) -> &'static str {
-    const ROUTES: [&str; 8] = [
+    const ROUTES: [&str; 10] = [
         "/v1/embeddings",
         "/embeddings",
         "/tokenize",
@@ -80,6 +84,8 @@ fn route_label(path: &str) -> &'static str {
         "/openapi.json",
         "/health",
         "/metrics",
+        "/ping",
+        "/invocations",
     ];
     ROUTES.into_iter().find(|r| *r == path).unwrap_or("other")
 }
@@ -225,7 +231,7 @@ fn routing_error(status: StatusCode, code: &str, message: String, headers: &Head
 }
 
 /// Reads the body up to `payload_limit` bytes (413 past it) within `body_timeout` (408).
-async fn read_body(
+pub(crate) async fn read_body(
     headers: &HeaderMap,
     body: Body,
     limits: &ServerLimits,
@@ -271,7 +277,7 @@ async fn read_body_limited(
 }
 
 /// Runs `f` on the blocking pool.
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(f)
@@ -280,7 +286,7 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// The requested output encodings.
-enum Outputs {
+pub(crate) enum Outputs {
     One(EmbeddingType),
     Many(Vec<EmbeddingType>),
 }
@@ -310,7 +316,7 @@ fn outputs(
 }
 
 /// Validates the texts of a request against the input limits.
-fn check_inputs(texts: &[String], max_inputs: usize) -> Result<(), ApiError> {
+pub(crate) fn check_inputs(texts: &[String], max_inputs: usize) -> Result<(), ApiError> {
     if texts.is_empty() {
         return Err(ApiError::Engine(jina_engine::Error::EmptyInput));
     }
@@ -365,24 +371,124 @@ async fn embed(
 ) -> Result<Response, ApiError> {
     let engine = state.engine()?;
     let _permit = state.admit()?;
-    let limits = &state.config.limits;
-    let bytes = read_body(headers, body, limits).await?;
+    let bytes = read_body(headers, body, &state.config.limits).await?;
     let request = decode_request(&bytes, headers, dialect)?;
     drop(bytes);
+    let embedded = run_embeddings(state, engine, request, info).await?;
+    let model_name = state.config.served_model_name.clone();
+    let body = blocking(move || embedded.render(model_name)).await?;
+    Ok(json_response(body))
+}
 
+/// A JSON body already serialised.
+pub(crate) fn json_response(body: Vec<u8>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
+}
+
+/// The result of an embeddings request before pooling and encoding: what the scheduler gave
+/// back and how to turn it into vectors.
+pub(crate) struct Embedded {
+    plan: jina_engine::Plan,
+    sums: Vec<jina_engine::SpanSum>,
+    hidden: usize,
+    finish: Finish,
+    outputs: Outputs,
+    /// Tokens fed to the model for the request.
+    pub(crate) total_tokens: usize,
+}
+
+impl Embedded {
+    /// Tokens pooled into each input's embedding, in input order (`<s>`, `</s>` and the prefix
+    /// included where they belong to the input's span).
+    pub(crate) fn tokens_per_input(&self) -> Vec<usize> {
+        let mut tokens = vec![0; self.plan.outputs];
+        for sequence in &self.plan.sequences {
+            for span in &sequence.spans {
+                tokens[span.output] += span.range.len();
+            }
+        }
+        tokens
+    }
+
+    /// The embeddings, one per input in input order, in the requested encodings. Blocking.
+    pub(crate) fn values(self) -> Vec<EmbeddingValue> {
+        let Embedded {
+            plan,
+            sums,
+            hidden,
+            finish,
+            outputs,
+            ..
+        } = self;
+        pooling::finish(&plan, sums, hidden, finish)
+            .iter()
+            .map(|v| match &outputs {
+                Outputs::One(t) => EmbeddingValue::One(output::encode(v, *t)),
+                Outputs::Many(ts) => EmbeddingValue::ByType(
+                    ts.iter()
+                        .map(|&t| (t.name(), output::encode(v, t)))
+                        .collect::<BTreeMap<_, _>>(),
+                ),
+            })
+            .collect()
+    }
+
+    /// The `/v1/embeddings` response body. Blocking.
+    pub(crate) fn render(self, model: String) -> Result<Vec<u8>, ApiError> {
+        let total_tokens = self.total_tokens;
+        let data = self
+            .values()
+            .into_iter()
+            .enumerate()
+            .map(|(index, embedding)| EmbeddingItem {
+                object: "embedding",
+                index,
+                embedding,
+            })
+            .collect();
+        let response = EmbeddingsResponse {
+            object: "list",
+            model,
+            data,
+            usage: Usage {
+                prompt_tokens: total_tokens,
+                total_tokens,
+            },
+        };
+        serde_json::to_vec(&response)
+            .map_err(|e| ApiError::Internal(format!("cannot serialise the response: {e}")))
+    }
+}
+
+/// Checks a decoded embeddings request against the limits and the model, plans it, runs it
+/// through the scheduler and counts its usage. Shared by `/v1/embeddings` and `/invocations`.
+pub(crate) async fn run_embeddings(
+    state: &AppState,
+    engine: &crate::Engine,
+    request: crate::api::EmbeddingsRequest,
+    info: &mut RequestInfo,
+) -> Result<Embedded, ApiError> {
+    let limits = &state.config.limits;
     let texts = request
         .input
         .ok_or(ApiError::MissingField("input"))?
         .into_texts();
     info.inputs = texts.len();
     check_inputs(&texts, limits.max_inputs_per_request)?;
-    let model = engine.model.clone();
+    let runner = engine.runner.clone();
     let task = request
         .task
-        .unwrap_or_else(|| model.default_task().to_string());
-    model.adapter_of(&task)?;
+        .unwrap_or_else(|| runner.info().default_task.clone());
+    runner.adapter_of(&task)?;
     info.task = Some(task.clone());
-    let hidden = model.config().hidden_size;
+    let hidden = runner.info().hidden_size;
     let dimensions = match request.dimensions {
         None => None,
         Some(d) if d < 1 || d > hidden as i64 => {
@@ -397,7 +503,7 @@ async fn embed(
     // Checked whenever it is sent, not only with `late_chunking: "long"`: a value that can never
     // be valid is refused where it is (the OpenAPI document gives the same maximum).
     if let Some(overlap) = request.late_chunking_overlap {
-        let max = model.max_tokens() / 2;
+        let max = runner.info().max_tokens / 2;
         if overlap > max {
             return Err(ApiError::InvalidField {
                 field: "late_chunking_overlap".into(),
@@ -422,7 +528,7 @@ async fn embed(
         normalized: embed_request.normalized,
     };
 
-    let planner = model.clone();
+    let planner = runner.clone();
     let plan = blocking(move || planner.plan(&embed_request).map_err(ApiError::from)).await?;
     let total_tokens = plan.total_tokens;
     info.tokens = total_tokens;
@@ -435,48 +541,15 @@ async fn embed(
         .await
         .map_err(|_| ApiError::Internal("the scheduler dropped the request".into()))?
         .map_err(ApiError::Internal)?;
-
-    let model_name = state.config.served_model_name.clone();
-    let body = blocking(move || {
-        let vectors = pooling::finish(&plan, sums, hidden, finish);
-        let data = vectors
-            .iter()
-            .enumerate()
-            .map(|(index, v)| EmbeddingItem {
-                object: "embedding",
-                index,
-                embedding: match &outputs {
-                    Outputs::One(t) => EmbeddingValue::One(output::encode(v, *t)),
-                    Outputs::Many(ts) => EmbeddingValue::ByType(
-                        ts.iter()
-                            .map(|&t| (t.name(), output::encode(v, t)))
-                            .collect::<BTreeMap<_, _>>(),
-                    ),
-                },
-            })
-            .collect();
-        let response = EmbeddingsResponse {
-            object: "list",
-            model: model_name,
-            data,
-            usage: Usage {
-                prompt_tokens: total_tokens,
-                total_tokens,
-            },
-        };
-        serde_json::to_vec(&response)
-            .map_err(|e| ApiError::Internal(format!("cannot serialise the response: {e}")))
-    })
-    .await?;
     state.metrics.count_usage(&task, total_tokens, info.inputs);
-    Ok((
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )],
-        body,
-    )
-        .into_response())
+    Ok(Embedded {
+        plan,
+        sums,
+        hidden,
+        finish,
+        outputs,
+        total_tokens,
+    })
 }
 
 /// Tokenises inputs exactly as the model sees them: `<s>`, the task's prefix, the text, `</s>`.
@@ -528,32 +601,29 @@ async fn tokenize_inner(
         .into_texts();
     info.inputs = texts.len();
     check_inputs(&texts, state.config.limits.max_inputs_per_request)?;
-    let model = engine.model.clone();
+    let runner = engine.runner.clone();
     let task = request
         .task
-        .unwrap_or_else(|| model.default_task().to_string());
-    let adapter = model.adapter_of(&task)?;
+        .unwrap_or_else(|| runner.info().default_task.clone());
+    let adapter = runner.adapter_of(&task)?;
     info.task = Some(task.clone());
     let response = blocking(move || {
-        let prefix = model.prefix_of(adapter).to_string();
+        let prefix = runner.prefix_of(adapter);
         let mut data = Vec::with_capacity(texts.len());
         for (index, text) in texts.iter().enumerate() {
-            let ids = model
-                .tokenizer()
-                .encode_with_specials(&format!("{prefix}{text}"))?;
-            let tokens = model.tokenizer().pieces(&ids);
+            let tokenized = runner.tokenize(&format!("{prefix}{text}"))?;
             data.push(TokenizedItem {
                 index,
-                count: ids.len(),
-                ids,
-                tokens,
+                count: tokenized.ids.len(),
+                ids: tokenized.ids,
+                tokens: tokenized.pieces,
             });
         }
         let total_tokens = data.iter().map(|d| d.count).sum();
         Ok(TokenizeResponse {
             task,
             prefix,
-            max_tokens: model.max_tokens(),
+            max_tokens: runner.info().max_tokens,
             data,
             total_tokens,
         })
@@ -585,10 +655,7 @@ pub async fn models(State(state): State<Arc<AppState>>, headers: HeaderMap) -> R
             .into_response()
         }
     };
-    let model = &engine.model;
-    let plan = model.kernel_plan();
-    let mut tasks = model.tasks().to_vec();
-    tasks.push(jina_engine::NO_TASK.to_string());
+    let model = engine.runner.info();
     Json(ModelList {
         object: "list".into(),
         data: vec![ModelCard {
@@ -596,19 +663,19 @@ pub async fn models(State(state): State<Arc<AppState>>, headers: HeaderMap) -> R
             object: "model".into(),
             created: state.created,
             owned_by: "jina-embeddings-rs".into(),
-            dimensions: model.config().hidden_size,
-            matryoshka_dimensions: model.config().matryoshka_dimensions.clone(),
-            max_tokens: model.max_tokens(),
-            tasks,
-            default_task: model.default_task().to_string(),
-            precision: model.precision().name().to_string(),
-            requested_precision: plan.requested.name().to_string(),
-            isa: plan.isa().name().to_string(),
+            dimensions: model.hidden_size,
+            matryoshka_dimensions: model.matryoshka_dimensions.clone(),
+            max_tokens: model.max_tokens,
+            tasks: model.tasks_and_none(),
+            default_task: model.default_task.clone(),
+            precision: model.precision.clone(),
+            requested_precision: model.requested_precision.clone(),
+            isa: model.isa.clone(),
             kernels: Kernels {
-                linear: plan.linear.to_string(),
-                attention: plan.attention.to_string(),
+                linear: model.linear_kernel.clone(),
+                attention: model.attention_kernel.clone(),
             },
-            precision_fallbacks: plan.fallbacks.clone(),
+            precision_fallbacks: model.fallbacks.clone(),
         }],
     })
     .into_response()
@@ -665,14 +732,12 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
 pub async fn openapi(State(state): State<Arc<AppState>>) -> Response {
     let served = match state.engine() {
         Ok(engine) => {
-            let model = &engine.model;
-            let mut tasks = model.tasks().to_vec();
-            tasks.push(jina_engine::NO_TASK.to_string());
+            let model = engine.runner.info();
             crate::openapi::Served {
                 keys: !state.keys.is_empty(),
-                tasks,
-                hidden_size: model.config().hidden_size,
-                max_tokens: model.max_tokens(),
+                tasks: model.tasks_and_none(),
+                hidden_size: model.hidden_size,
+                max_tokens: model.max_tokens,
                 max_inputs: state.config.limits.max_inputs_per_request,
             }
         }
@@ -706,7 +771,7 @@ impl utoipa::Modify for BearerAuth {
         title = "jina-embeddings-rs",
         description = "Jina- and OpenAI-compatible embeddings for jina-embeddings-v3. `POST /embeddings` is the same as `/v1/embeddings`, `GET /models` the same as `/v1/models`. Errors are `{\"detail\": …}` (Jina dialect) or `{\"error\": {\"message\", \"type\", \"param\", \"code\"}}` (OpenAI dialect: the body has `encoding_format`, or the request has the `X-Stainless-Lang` header of the OpenAI SDKs)."
     ),
-    paths(embeddings, tokenize, models, health, metrics, openapi),
+    paths(embeddings, tokenize, models, health, metrics, openapi, crate::sagemaker::ping, crate::sagemaker::invocations),
     components(schemas(ErrorBody, crate::errors::JinaErrorBody, crate::errors::OpenAiErrorBody, crate::errors::OpenAiError)),
     modifiers(&BearerAuth)
 )]

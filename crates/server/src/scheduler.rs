@@ -11,7 +11,9 @@
 //! * before each pass, requests whose client went away (the handler future was dropped, so the
 //!   reply channel is closed) are dropped with their remaining sequences, so a cancelled request
 //!   costs no more compute;
-//! * a panic inside the model fails only the requests of that pass.
+//! * a panic inside the runner, or an error it returns, fails only the requests of that pass.
+//!
+//! What runs a pass is a [`BatchRunner`]: the engine's model in production, a fake in tests.
 //!
 //! The budget counts real tokens: the engine runs sequences unpadded, so there is no padding to
 //! count. Admission (how many requests may be queued) is decided before [`Scheduler::submit`]
@@ -27,11 +29,12 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use jina_engine::{Model, Plan, Sequence, SpanSum};
+use jina_engine::{Plan, Sequence, SpanSum};
 use tokio::sync::oneshot;
 use tracing::{debug, error};
 
 use crate::metrics::Metrics;
+use crate::runner::BatchRunner;
 
 /// What a request gets back: its plan and the span sums of all its sequences, or an internal
 /// error message.
@@ -83,14 +86,14 @@ pub enum SubmitError {
 impl Scheduler {
     /// Starts the scheduler thread.
     pub fn start(
-        model: Arc<Model>,
+        runner: Arc<dyn BatchRunner>,
         max_batch_tokens: usize,
         metrics: Arc<Metrics>,
     ) -> std::io::Result<Scheduler> {
         let (tx, rx) = mpsc::channel::<Job>();
         let thread = std::thread::Builder::new()
             .name("jina-scheduler".into())
-            .spawn(move || run(rx, &model, max_batch_tokens.max(1), &metrics))?;
+            .spawn(move || run(rx, runner.as_ref(), max_batch_tokens.max(1), &metrics))?;
         Ok(Scheduler {
             tx: Mutex::new(Some(tx)),
             thread: Mutex::new(Some(thread)),
@@ -142,7 +145,7 @@ impl Drop for Scheduler {
     }
 }
 
-fn run(rx: mpsc::Receiver<Job>, model: &Model, budget: usize, metrics: &Metrics) {
+fn run(rx: mpsc::Receiver<Job>, runner: &dyn BatchRunner, budget: usize, metrics: &Metrics) {
     let mut queue: VecDeque<Entry> = VecDeque::new();
     let enqueue = |queue: &mut VecDeque<Entry>, job: Job| {
         metrics
@@ -164,7 +167,7 @@ fn run(rx: mpsc::Receiver<Job>, model: &Model, budget: usize, metrics: &Metrics)
         if queue.is_empty() {
             continue;
         }
-        run_one_batch(&mut queue, model, budget, metrics);
+        run_one_batch(&mut queue, runner, budget, metrics);
     }
 }
 
@@ -215,7 +218,12 @@ fn pick(queue: &mut VecDeque<Entry>, budget: usize) -> (Vec<(usize, usize)>, usi
     (picks, used)
 }
 
-fn run_one_batch(queue: &mut VecDeque<Entry>, model: &Model, budget: usize, metrics: &Metrics) {
+fn run_one_batch(
+    queue: &mut VecDeque<Entry>,
+    runner: &dyn BatchRunner,
+    budget: usize,
+    metrics: &Metrics,
+) {
     let (picks, tokens) = pick(queue, budget);
     for &(e, _) in &picks {
         let entry = &mut queue[e];
@@ -239,7 +247,7 @@ fn run_one_batch(queue: &mut VecDeque<Entry>, model: &Model, budget: usize, metr
         .map(|&(e, s)| &queue[e].job.plan.sequences[s])
         .collect();
     let started = Instant::now();
-    let outcome = catch_unwind(AssertUnwindSafe(|| model.run(&seqs)));
+    let outcome = catch_unwind(AssertUnwindSafe(|| runner.run(&seqs)));
     let elapsed = started.elapsed().as_secs_f64();
     metrics.inference.observe(elapsed);
     metrics.batch_size.observe(picks.len() as f64);
@@ -257,17 +265,21 @@ fn run_one_batch(queue: &mut VecDeque<Entry>, model: &Model, budget: usize, metr
 
     let mut failed = vec![false; queue.len()];
     match outcome {
-        Ok(sums) if sums.len() == picks.len() => {
+        Ok(Ok(sums)) if sums.len() == picks.len() => {
             for (&(e, _), seq_sums) in picks.iter().zip(sums) {
                 queue[e].sums.extend(seq_sums);
             }
         }
-        Ok(sums) => {
+        Ok(Ok(sums)) => {
             error!(
                 expected = picks.len(),
                 got = sums.len(),
                 "the model returned the wrong number of results"
             );
+            picks.iter().for_each(|&(e, _)| failed[e] = true);
+        }
+        Ok(Err(message)) => {
+            error!(error = %message, sequences = picks.len(), tokens, "the forward pass failed; failing its requests");
             picks.iter().for_each(|&(e, _)| failed[e] = true);
         }
         Err(panic) => {

@@ -50,7 +50,7 @@ async fn concurrent_mixed_tasks_equal_sequential_results() {
         max_batch_tokens: 96,
         ..ServerLimits::default()
     };
-    let server = TestServer::ready(config).await;
+    let server = TestServer::in_process(config);
     let url = format!("{}/v1/embeddings", server.url);
     let requests = mixed_requests();
 
@@ -152,7 +152,7 @@ async fn a_large_client_batch_is_split_by_the_token_budget() {
         max_batch_tokens: 64,
         ..ServerLimits::default()
     };
-    let server = TestServer::ready(config).await;
+    let server = TestServer::in_process(config);
     let inputs: Vec<String> = (0..40).map(|i| format!("{i} {}", words(i % 13))).collect();
     let reply = post(
         &format!("{}/v1/embeddings", server.url),
@@ -197,7 +197,7 @@ async fn a_client_that_goes_away_cancels_its_queued_work() {
         max_inputs_per_request: 4096,
         ..ServerLimits::default()
     };
-    let server = TestServer::ready(config).await;
+    let server = TestServer::in_process(config);
     let url = format!("{}/v1/embeddings", server.url);
 
     let long_inputs: Vec<String> = (0..1500).map(|i| format!("{i} {}", words(96))).collect();

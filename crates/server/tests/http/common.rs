@@ -1,18 +1,29 @@
-//! Shared helpers: the small fixture, the golden file, real servers on 127.0.0.1 port 0, and
-//! small HTTP helpers (including a raw connection that can hold a request in flight).
+//! Shared helpers: the small fixture, the golden file, servers, and small HTTP helpers
+//! (including a raw connection that can hold a request in flight).
+//!
+//! A [`TestServer`] is either in-process (the router called with `tower::ServiceExt::oneshot`,
+//! no socket: [`TestServer::in_process`] with the real engine on the fixture,
+//! [`TestServer::fake`] with a [`crate::fake::FakeRunner`]) or a real server on 127.0.0.1 port
+//! 0 ([`TestServer::start`], [`TestServer::ready`]) for what needs a socket: shutdown and
+//! drain, disconnects, slow bodies, raw bytes, real HTTP clients. The helpers ([`post`],
+//! [`post_with`], [`get_with`], [`send`]) take the server's `url`; an in-process server's url
+//! is `http://in-process-N` and they dispatch to its router.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use axum::Router;
 use jina_engine::fixture::{write_fixture, FixtureShape};
 use jina_engine::Model;
-use jina_server::{serve, ServerConfig};
+use jina_server::{serve, AppState, BatchRunner, ServerConfig};
 use serde::Deserialize;
 use serde_json::Value;
+use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
+use tower::ServiceExt as _;
 
 /// The small formula checkpoint with seed 1, generated once into the target folder and reused
 /// by later runs (a marker file says it is complete).
@@ -130,15 +141,50 @@ pub fn embeddings_of(body: &Value) -> Vec<Vec<f32>> {
         .collect()
 }
 
-/// A server on its own thread and runtime, bound to 127.0.0.1 port 0.
+/// A server: in-process (a router) or on its own thread and runtime, bound to 127.0.0.1 port 0.
 pub struct TestServer {
+    /// The socket address (`0.0.0.0:0` for an in-process server: it has none).
     pub addr: SocketAddr,
     pub url: String,
+    /// The state of an in-process server.
+    pub state: Option<Arc<AppState>>,
     shutdown: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
 }
 
+/// The routers of in-process servers, by the number in their url.
+static ROUTERS: Mutex<Vec<Router>> = Mutex::new(Vec::new());
+
+const IN_PROCESS: &str = "http://in-process-";
+
 impl TestServer {
+    /// An in-process server over `runner`, ready at once.
+    pub fn with_runner(config: ServerConfig, runner: Arc<dyn BatchRunner>) -> TestServer {
+        let state = AppState::new(config);
+        state.start(runner).expect("start the scheduler");
+        let router = jina_server::routes::router(state.clone());
+        let mut routers = ROUTERS.lock().unwrap_or_else(|p| p.into_inner());
+        routers.push(router);
+        TestServer {
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            url: format!("{IN_PROCESS}{}", routers.len() - 1),
+            state: Some(state),
+            shutdown: None,
+            thread: None,
+        }
+    }
+
+    /// An in-process server with the real engine on `config.model_dir`, loaded and warmed up.
+    pub fn in_process(config: ServerConfig) -> TestServer {
+        let runner = jina_server::load_engine(&config).expect("load the engine");
+        TestServer::with_runner(config, runner)
+    }
+
+    /// An in-process server over a fake runner.
+    pub fn fake(config: ServerConfig, fake: Arc<crate::fake::FakeRunner>) -> TestServer {
+        TestServer::with_runner(config, fake)
+    }
+
     /// Starts a server (without waiting for the model).
     pub fn start(config: ServerConfig) -> TestServer {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
@@ -166,6 +212,7 @@ impl TestServer {
         TestServer {
             addr,
             url: format!("http://{addr}"),
+            state: None,
             shutdown: Some(tx),
             thread: Some(thread),
         }
@@ -180,6 +227,9 @@ impl TestServer {
 
     /// Polls `/health` until 200 (30 s at most).
     pub async fn wait_ready(&self) {
+        if self.state.is_some() {
+            return;
+        }
         let client = reqwest::Client::new();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -203,8 +253,13 @@ impl TestServer {
         }
     }
 
-    /// Signals shutdown and waits for `serve` to return (at most `timeout`).
+    /// Signals shutdown and waits for `serve` to return (at most `timeout`); an in-process
+    /// server only marks itself as stopping.
     pub async fn stop(mut self, timeout: Duration) -> anyhow::Result<()> {
+        if let Some(state) = &self.state {
+            state.begin_shutdown();
+            return Ok(());
+        }
         self.signal_shutdown();
         let thread = self.thread.take().expect("not stopped yet");
         let joined =
@@ -222,12 +277,7 @@ impl TestServer {
 
     /// The server's `/metrics` text.
     pub async fn metrics(&self) -> String {
-        reqwest::get(format!("{}/metrics", self.url))
-            .await
-            .expect("GET /metrics")
-            .text()
-            .await
-            .expect("metrics text")
+        get_with(&format!("{}/metrics", self.url), &[]).await.text
     }
 }
 
@@ -247,11 +297,18 @@ pub fn metric_value(text: &str, name: &str) -> f64 {
         .expect("numeric metric")
 }
 
-/// A shared server with the default configuration (one per test binary).
+/// A shared in-process server with the real engine and the default configuration (one per
+/// test binary).
 pub async fn shared() -> &'static TestServer {
     static SERVER: OnceLock<TestServer> = OnceLock::new();
-    let server =
-        SERVER.get_or_init(|| TestServer::start(ServerConfig::new(fixture_dir().to_path_buf())));
+    SERVER.get_or_init(|| TestServer::in_process(config()))
+}
+
+/// A shared server on a socket with the default configuration (one per test binary), for raw
+/// bytes and real clients.
+pub async fn shared_socket() -> &'static TestServer {
+    static SERVER: OnceLock<TestServer> = OnceLock::new();
+    let server = SERVER.get_or_init(|| TestServer::start(config()));
     server.wait_ready().await;
     server
 }
@@ -277,18 +334,63 @@ pub async fn post(url: &str, body: &Value) -> Reply {
 
 /// Posts `body` as JSON to `url` with extra headers.
 pub async fn post_with(url: &str, body: &Value, headers: &[(&str, &str)]) -> Reply {
-    let mut request = reqwest::Client::new().post(url).json(body);
-    for (k, v) in headers {
-        request = request.header(*k, *v);
-    }
-    reply(request.send().await.expect("send")).await
+    let mut all = vec![("content-type", "application/json")];
+    all.extend_from_slice(headers);
+    send("POST", url, &all, Some(body.to_string().into_bytes())).await
 }
 
 /// GET with extra headers.
 pub async fn get_with(url: &str, headers: &[(&str, &str)]) -> Reply {
-    let mut request = reqwest::Client::new().get(url);
+    send("GET", url, headers, None).await
+}
+
+/// Any request: to the router of an in-process server, or over HTTP.
+pub async fn send(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Option<Vec<u8>>,
+) -> Reply {
+    if let Some(rest) = url.strip_prefix(IN_PROCESS) {
+        let (index, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        let router = ROUTERS.lock().unwrap_or_else(|p| p.into_inner())
+            [index.parse::<usize>().expect("in-process server number")]
+        .clone();
+        let mut request = axum::http::Request::builder()
+            .method(method)
+            .uri(if path.is_empty() { "/" } else { path });
+        if let Some(body) = &body {
+            request = request.header("content-length", body.len());
+        }
+        for (k, v) in headers {
+            request = request.header(*k, *v);
+        }
+        let request = request
+            .body(axum::body::Body::from(body.unwrap_or_default()))
+            .expect("a request");
+        let response = router.oneshot(request).await.expect("infallible");
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let bytes = http_body_util::BodyExt::collect(response.into_body())
+            .await
+            .expect("the response body")
+            .to_bytes();
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+        return Reply {
+            status,
+            headers,
+            body,
+            text,
+        };
+    }
+    let method = reqwest::Method::from_bytes(method.as_bytes()).expect("a method");
+    let mut request = reqwest::Client::new().request(method, url);
     for (k, v) in headers {
         request = request.header(*k, *v);
+    }
+    if let Some(body) = body {
+        request = request.body(body);
     }
     reply(request.send().await.expect("send")).await
 }

@@ -8,8 +8,8 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::common::{
-    config, embeddings_of, parse_http_response, post, post_with, shared, wait_for_metrics, words,
-    Held, TestServer,
+    config, embeddings_of, get_with, parse_http_response, post, post_with, send, shared,
+    wait_for_metrics, words, Held, TestServer,
 };
 
 fn detail(body: &Value) -> &str {
@@ -160,26 +160,27 @@ async fn values_out_of_range_name_the_value_and_limit() {
 async fn malformed_json_is_400_and_unknown_fields_are_ignored() {
     let server = shared().await;
     let url = format!("{}/v1/embeddings", server.url);
-    let reply = reqwest::Client::new()
-        .post(&url)
-        .header("content-type", "application/json")
-        .body("{\"input\": [\"a\",")
-        .send()
-        .await
-        .expect("send");
-    assert_eq!(reply.status(), 400);
-    let body: Value = reply.json().await.expect("json");
+    let reply = send(
+        "POST",
+        &url,
+        &[("content-type", "application/json")],
+        Some(b"{\"input\": [\"a\",".to_vec()),
+    )
+    .await;
+    assert_eq!(reply.status, 400);
+    let body: Value = reply.body;
     assert!(detail(&body).contains("not valid JSON"), "{body}");
 
     // Unknown fields (including Jina's and OpenAI's own extras) are ignored; no content type is needed.
-    let reply = reqwest::Client::new()
-        .post(&url)
-        .body(json!({"input": ["a"], "foo": {"bar": 1}, "return_multivector": true, "model": "anything"}).to_string())
-        .send()
-        .await
-        .expect("send");
-    assert_eq!(reply.status(), 200);
-    let body: Value = reply.json().await.expect("json");
+    let reply = send(
+        "POST",
+        &url,
+        &[],
+        Some(json!({"input": ["a"], "foo": {"bar": 1}, "return_multivector": true, "model": "anything"}).to_string().into_bytes()),
+    )
+    .await;
+    assert_eq!(reply.status, 200);
+    let body: Value = reply.body;
     assert_eq!(embeddings_of(&body)[0].len(), 128);
     assert_eq!(body["model"], "jina-embeddings-v3");
 }
@@ -465,31 +466,29 @@ async fn the_dialect_decides_the_error_body() {
     )
     .await;
     // Malformed JSON from an SDK (header only).
-    let reply = reqwest::Client::new()
-        .post(&url)
-        .header("X-Stainless-Lang", "js")
-        .body("{")
-        .send()
-        .await
-        .expect("send");
-    assert_eq!(reply.status(), 400);
-    let body: Value = reply.json().await.expect("json");
+    let reply = send(
+        "POST",
+        &url,
+        &[("X-Stainless-Lang", "js")],
+        Some(b"{".to_vec()),
+    )
+    .await;
+    assert_eq!(reply.status, 400);
+    let body: Value = reply.body;
     assert_eq!(body["error"]["code"], "invalid_json", "{body}");
     // Unknown route.
-    let reply = reqwest::get(format!("{}/v2/nothing", server.url))
-        .await
-        .expect("send");
-    assert_eq!(reply.status(), 404);
-    let body: Value = reply.json().await.expect("json");
+    let reply = get_with(&format!("{}/v2/nothing", server.url), &[]).await;
+    assert_eq!(reply.status, 404);
+    let body: Value = reply.body;
     assert!(detail(&body).contains("/v2/nothing"));
     // Wrong method.
-    let reply = reqwest::get(&url).await.expect("send");
-    assert_eq!(reply.status(), 405);
+    let reply = get_with(&url, &[]).await;
+    assert_eq!(reply.status, 405);
     assert_eq!(
-        reply.headers().get("allow").and_then(|v| v.to_str().ok()),
+        reply.headers.get("allow").and_then(|v| v.to_str().ok()),
         Some("POST")
     );
-    let body: Value = reply.json().await.expect("json");
+    let body: Value = reply.body;
     assert!(
         detail(&body).contains("method GET is not allowed on /v1/embeddings"),
         "{body}"

@@ -1,10 +1,9 @@
 //! Faults and hostile input (issue 6): clients that go away or trickle, bodies that are too
 //! large, not UTF-8 or nested without end, CORS, a model folder removed under a running
-//! server, SIGTERM under load, and a short load run of `jina-loadgen` against a real process.
+//! server. SIGTERM under load is tested on the real binary (`crates/cli/tests/serve.rs`), the
+//! short `jina-loadgen` run in `crates/loadgen/tests/load.rs`.
 
-use std::io::BufRead;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use jina_server::ServerLimits;
@@ -12,8 +11,8 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::common::{
-    config, fixture_dir, metric_value, parse_http_response, post, wait_for_metrics, words, Held,
-    TestServer,
+    config, fixture_dir, metric_value, parse_http_response, post, post_with, send,
+    wait_for_metrics, words, Held, TestServer,
 };
 
 /// Sends raw bytes as a POST body and reads the answer.
@@ -189,7 +188,7 @@ async fn an_oversized_chunked_body_is_413() {
 /// never a 500 or a lossy embedding.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_utf8_is_400() {
-    let server = crate::common::shared().await;
+    let server = crate::common::shared_socket().await;
     for body in [
         &b"{\"input\": \"caf\xe9\"}"[..],
         b"\xff\xfe\x00{}",
@@ -206,7 +205,7 @@ async fn invalid_utf8_is_400() {
 /// levels cannot overflow the stack, and a body at the bound still reaches the field check.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deeply_nested_json_is_400_before_parsing() {
-    let server = crate::common::shared().await;
+    let server = crate::common::shared_socket().await;
     let nested = |depth: usize| {
         format!(
             "{{\"input\": {}\"a\"{}}}",
@@ -243,74 +242,78 @@ async fn deeply_nested_json_is_400_before_parsing() {
 /// CORS is off by default (no header, a preflight is 405) and on for the listed origins only.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cors_is_off_unless_an_origin_is_allowed() {
-    let client = reqwest::Client::new();
-    let preflight = |url: String| {
-        client
-            .request(reqwest::Method::OPTIONS, url)
-            .header("Origin", "https://app.example")
-            .header("Access-Control-Request-Method", "POST")
-            .send()
+    let preflight = |url: String| async move {
+        send(
+            "OPTIONS",
+            &url,
+            &[
+                ("Origin", "https://app.example"),
+                ("Access-Control-Request-Method", "POST"),
+            ],
+            None,
+        )
+        .await
     };
-    let post_from = |url: String, origin: &'static str| {
-        client
-            .post(url)
-            .header("Origin", origin)
-            .json(&json!({"input": "a"}))
-            .send()
+    let post_from = |url: String, origin: &'static str, key: Option<&'static str>| async move {
+        let bearer = key.map(|k| format!("Bearer {k}"));
+        let mut headers = vec![("Origin", origin)];
+        if let Some(bearer) = &bearer {
+            headers.push(("Authorization", bearer.as_str()));
+        }
+        post_with(&url, &json!({"input": "a"}), &headers).await
     };
 
     let off = crate::common::shared().await;
-    let reply = post_from(format!("{}/v1/embeddings", off.url), "https://app.example")
-        .await
-        .expect("post");
-    assert_eq!(reply.status(), 200);
+    let reply = post_from(
+        format!("{}/v1/embeddings", off.url),
+        "https://app.example",
+        None,
+    )
+    .await;
+    assert_eq!(reply.status, 200);
     assert!(
-        reply.headers().get("access-control-allow-origin").is_none(),
+        reply.headers.get("access-control-allow-origin").is_none(),
         "CORS header without the flag"
     );
     assert_eq!(
-        preflight(format!("{}/v1/embeddings", off.url))
-            .await
-            .expect("options")
-            .status(),
+        preflight(format!("{}/v1/embeddings", off.url)).await.status,
         405
     );
 
     let mut config = config();
     config.cors_allow_origins = jina_server::cors::CorsOrigins::new(["https://app.example"]);
     config.api_keys = jina_server::ApiKeys::new(["k"]);
-    let on = TestServer::ready(config).await;
-    let reply = preflight(format!("{}/v1/embeddings", on.url))
-        .await
-        .expect("options");
-    assert_eq!(reply.status(), 204, "a preflight needs no key");
+    let on = TestServer::in_process(config);
+    let reply = preflight(format!("{}/v1/embeddings", on.url)).await;
+    assert_eq!(reply.status, 204, "a preflight needs no key");
     assert_eq!(
-        reply.headers()["access-control-allow-origin"],
+        reply.headers["access-control-allow-origin"],
         "https://app.example"
     );
-    assert!(reply.headers()["access-control-allow-headers"]
+    assert!(reply.headers["access-control-allow-headers"]
         .to_str()
         .unwrap_or_default()
         .contains("authorization"));
-    let reply = client
-        .post(format!("{}/v1/embeddings", on.url))
-        .header("Origin", "https://app.example")
-        .bearer_auth("k")
-        .json(&json!({"input": "a"}))
-        .send()
-        .await
-        .expect("post");
-    assert_eq!(reply.status(), 200);
+    let reply = post_from(
+        format!("{}/v1/embeddings", on.url),
+        "https://app.example",
+        Some("k"),
+    )
+    .await;
+    assert_eq!(reply.status, 200);
     assert_eq!(
-        reply.headers()["access-control-allow-origin"],
+        reply.headers["access-control-allow-origin"],
         "https://app.example"
     );
-    let reply = post_from(format!("{}/v1/embeddings", on.url), "https://evil.example")
-        .await
-        .expect("post");
-    assert_eq!(reply.status(), 401, "the key is still required");
+    let reply = post_from(
+        format!("{}/v1/embeddings", on.url),
+        "https://evil.example",
+        None,
+    )
+    .await;
+    assert_eq!(reply.status, 401, "the key is still required");
     assert!(
-        reply.headers().get("access-control-allow-origin").is_none(),
+        reply.headers.get("access-control-allow-origin").is_none(),
         "another origin is not allowed"
     );
 }
@@ -360,282 +363,4 @@ async fn the_model_folder_removed_after_start_is_still_served() {
         .stop(Duration::from_secs(10))
         .await
         .expect("clean stop");
-}
-
-/// Kills the child if the test fails half-way.
-struct ChildGuard(Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        if matches!(self.0.try_wait(), Ok(None)) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
-
-/// Starts `jina_server::run` in a child process (the `lifecycle::child_serve` helper) and
-/// waits until it is ready: the child, its address and its stderr lines.
-async fn spawn_server(extra: &[&str]) -> (ChildGuard, String, std::sync::mpsc::Receiver<String>) {
-    let mut args = vec![
-        json!("--model"),
-        json!(fixture_dir()),
-        json!("--port"),
-        json!("0"),
-        json!("--log-format"),
-        json!("json"),
-    ];
-    args.extend(extra.iter().map(|a| json!(a)));
-    let child = Command::new(std::env::current_exe().expect("test binary"))
-        .args([
-            "--ignored",
-            "--exact",
-            "lifecycle::child_serve",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(
-            "JINA_SERVER_TEST_CHILD_ARGS",
-            Value::Array(args).to_string(),
-        )
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the child");
-    let mut child = ChildGuard(child);
-    let stderr = child.0.stderr.take().expect("stderr");
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            let _ = tx.send(line);
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let addr = loop {
-        let line = rx
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .expect("a listening line");
-        if let Some(addr) = serde_json::from_str::<Value>(&line)
-            .ok()
-            .and_then(|v| v["fields"]["address"].as_str().map(String::from))
-        {
-            break addr;
-        }
-    };
-    let client = reqwest::Client::new();
-    while client
-        .get(format!("http://{addr}/health"))
-        .send()
-        .await
-        .map(|r| r.status().as_u16())
-        .ok()
-        != Some(200)
-    {
-        assert!(Instant::now() < deadline, "the child did not become ready");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    (child, addr, rx)
-}
-
-async fn wait_exit(child: &mut ChildGuard, within: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(exit) = child.0.try_wait().expect("wait") {
-            return exit;
-        }
-        assert!(Instant::now() < deadline, "the child did not exit");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// SIGTERM under load: 12 requests admitted (their bodies held back) and 4 clients sending
-/// real requests in a loop. After the signal every admitted request completes with 200, no
-/// request gets a 5xx other than 503, and the process exits 0.
-#[cfg(unix)]
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_under_load_finishes_every_accepted_request() {
-    let (mut child, addr, lines) =
-        spawn_server(&["--threads", "2", "--shutdown-grace", "30"]).await;
-    let socket: SocketAddr = addr.parse().expect("address");
-    let url = format!("http://{addr}/v1/embeddings");
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut loaders = Vec::new();
-    for i in 0..4 {
-        let (url, stop) = (url.clone(), stop.clone());
-        loaders.push(tokio::spawn(async move {
-            let client = reqwest::Client::new();
-            let mut statuses = Vec::new();
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let body =
-                    json!({"input": [words(50 + 100 * i), "short"], "task": "retrieval.passage"});
-                match client.post(&url).json(&body).send().await {
-                    Ok(r) => statuses.push(r.status().as_u16()),
-                    // Refused or closed before the request was accepted: the listener is gone.
-                    Err(_) => break,
-                }
-            }
-            statuses
-        }));
-    }
-    let mut held = Vec::new();
-    for i in 0..12 {
-        held.push(
-            Held::open(
-                socket,
-                "/v1/embeddings",
-                &json!({"input": [format!("held {i}"), words(200)]}),
-            )
-            .await,
-        );
-    }
-    let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let m = client
-            .get(format!("http://{addr}/metrics"))
-            .send()
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("text");
-        if metric_value(&m, "jina_in_flight_requests") >= 12.0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the held requests were not admitted:\n{m}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let status = Command::new("kill")
-        .arg("-TERM")
-        .arg(child.0.id().to_string())
-        .status()
-        .expect("kill");
-    assert!(status.success());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !lines
-        .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-        .expect("a shutdown line")
-        .contains("shutting down")
-    {}
-    let finished = futures_join(held.into_iter().map(|h| tokio::spawn(h.finish())).collect()).await;
-    for (i, (status, body)) in finished.iter().enumerate() {
-        assert_eq!(*status, 200, "held request {i} after SIGTERM: {body}");
-        assert_eq!(body["data"].as_array().map(Vec::len), Some(2));
-    }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let mut all = Vec::new();
-    for loader in loaders {
-        all.extend(loader.await.expect("loader"));
-    }
-    assert!(
-        all.iter().all(|&s| s == 200 || s == 503),
-        "statuses under load: {all:?}"
-    );
-    assert!(
-        all.iter().filter(|&&s| s == 200).count() > 0,
-        "the load ran: {all:?}"
-    );
-    let exit = wait_exit(&mut child, Duration::from_secs(30)).await;
-    assert!(exit.success(), "exit {exit:?}");
-}
-
-async fn futures_join<T>(handles: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> {
-    let mut out = Vec::with_capacity(handles.len());
-    for h in handles {
-        out.push(h.await.expect("join"));
-    }
-    out
-}
-
-/// A short run of `jina-loadgen` against a real server process: mixed tasks, 10 to 8000
-/// tokens, late chunking. No response may be a 5xx other than 503 and no connection may fail;
-/// the server's memory after warm-up stays within 25 % (plus 32 MiB of allocator slack) of
-/// what it was in the middle of the run.
-#[cfg(target_os = "linux")]
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_short_load_run_is_clean_and_memory_stays_flat() {
-    let (mut child, addr, _lines) =
-        spawn_server(&["--threads", "2", "--max-concurrent-requests", "6"]).await;
-    let seconds = std::env::var("JINA_LOADGEN_SECONDS").unwrap_or_else(|_| "12".into());
-    let report_path =
-        std::env::temp_dir().join(format!("jina-loadgen-{}.json", std::process::id()));
-    let mut loadgen = std::process::Command::new(env!("CARGO_BIN_EXE_jina-loadgen"));
-    loadgen
-        .args([
-            "--url",
-            &format!("http://{addr}"),
-            "--clients",
-            "8",
-            "--duration",
-            &seconds,
-            "--max-tokens",
-            "8000",
-        ])
-        .args([
-            "--pid",
-            &child.0.id().to_string(),
-            "--rss-interval-ms",
-            "100",
-            "--timeout",
-            "120",
-        ])
-        .arg("--json")
-        .arg(&report_path);
-    let output = tokio::task::spawn_blocking(move || loadgen.output())
-        .await
-        .expect("join")
-        .expect("run jina-loadgen");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "loadgen failed: {stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let report: Value =
-        serde_json::from_slice(&std::fs::read(&report_path).expect("report")).expect("report JSON");
-    let _ = std::fs::remove_file(&report_path);
-    eprintln!("{stdout}");
-    let by_status = report["by_status"].as_object().expect("by_status");
-    for (status, count) in by_status {
-        let ok = status == "200" || status == "429" || status == "503";
-        assert!(ok, "{count} responses with status {status}: {report}");
-    }
-    assert!(
-        by_status.get("200").and_then(Value::as_u64).unwrap_or(0) >= 5,
-        "too few successes: {report}"
-    );
-    let rss = &report["rss"];
-    let (middle, last) = (
-        rss["max_middle_kib"].as_f64().expect("middle"),
-        rss["max_last_kib"].as_f64().expect("last"),
-    );
-    assert!(
-        last <= middle * 1.25 + 32.0 * 1024.0,
-        "RSS grew after warm-up: {rss}"
-    );
-
-    // The refusal of other hosts, through the binary.
-    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_jina-loadgen"))
-        .args(["--url", "http://192.0.2.1:8080"])
-        .output()
-        .expect("run");
-    assert_eq!(refused.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("only targets loopback"));
-
-    Command::new("kill")
-        .arg("-TERM")
-        .arg(child.0.id().to_string())
-        .status()
-        .expect("kill");
-    assert!(wait_exit(&mut child, Duration::from_secs(60))
-        .await
-        .success());
 }

@@ -5,7 +5,9 @@
 use jina_engine::{output, EmbedRequest, EmbeddingType, Encoded, LateChunking};
 use serde_json::{json, Value};
 
-use crate::common::{embeddings_of, golden, max_abs_diff, model, norm, post, shared, GoldenCase};
+use crate::common::{
+    embeddings_of, get_with, golden, max_abs_diff, model, norm, post, shared, GoldenCase,
+};
 
 fn request(case: &GoldenCase) -> Value {
     let mut body = json!({
@@ -175,12 +177,9 @@ async fn binary_encodings_and_type_lists_match_the_engine() {
 /// within a cosine of 0.999 of every golden vector (the fixtures' bound for bf16).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bf16_precision_is_opt_in_reported_as_resolved_and_close_to_the_golden_outputs() {
-    let default: Value = reqwest::get(format!("{}/v1/models", shared().await.url))
+    let default: Value = get_with(&format!("{}/v1/models", shared().await.url), &[])
         .await
-        .expect("get")
-        .json()
-        .await
-        .expect("json");
+        .body;
     assert_eq!(default["data"][0]["precision"], "f32");
     assert_eq!(default["data"][0]["requested_precision"], "f32");
     assert_eq!(default["data"][0]["precision_fallbacks"], json!([]));
@@ -196,13 +195,10 @@ async fn bf16_precision_is_opt_in_reported_as_resolved_and_close_to_the_golden_o
         let mut config = crate::common::config();
         config.precision = jina_engine::Precision::Bf16;
         config.max_isa = cap;
-        let server = crate::common::TestServer::ready(config).await;
-        let models: Value = reqwest::get(format!("{}/v1/models", server.url))
+        let server = crate::common::TestServer::in_process(config);
+        let models: Value = get_with(&format!("{}/v1/models", server.url), &[])
             .await
-            .expect("get")
-            .json()
-            .await
-            .expect("json");
+            .body;
         let card = &models["data"][0];
         let cpu = cap.map_or(host, |isa| host.capped(isa));
         let has_bf16_dot = cpu.avx512_bf16;

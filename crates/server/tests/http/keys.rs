@@ -2,8 +2,7 @@
 
 use std::time::Duration;
 
-use clap::Parser;
-use jina_server::{ApiKeys, ServeArgs};
+use jina_server::ApiKeys;
 use serde_json::json;
 
 use crate::common::{config, get_with, post_with, TestServer};
@@ -12,7 +11,7 @@ use crate::common::{config, get_with, post_with, TestServer};
 async fn keys_guard_every_route_but_health_and_metrics() {
     let mut config = config();
     config.api_keys = ApiKeys::new(["key-one", "key-two"]);
-    let server = TestServer::ready(config).await;
+    let server = TestServer::in_process(config);
     let body = json!({"input": "a"});
     let url = |p: &str| format!("{}{p}", server.url);
 
@@ -110,69 +109,4 @@ async fn keys_guard_every_route_but_health_and_metrics() {
         .stop(Duration::from_secs(10))
         .await
         .expect("clean stop");
-}
-
-#[test]
-fn keys_come_from_flags_environment_and_file() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let file = dir.path().join("keys");
-    std::fs::write(&file, "# team keys\nfrom-file\n\n").expect("write key file");
-
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        serve: ServeArgs,
-    }
-    let cli = Cli::try_parse_from([
-        "serve",
-        "--model",
-        "m",
-        "--api-key",
-        "a",
-        "--api-key",
-        "b,c",
-        "--api-key-file",
-        file.to_str().expect("utf-8 path"),
-        "--max-batch-tokens",
-        "1024",
-        "--port",
-        "0",
-    ])
-    .expect("parse");
-    let config = cli.serve.to_config().expect("config");
-    assert_eq!(config.api_keys.len(), 4);
-    for key in ["a", "b", "c", "from-file"] {
-        assert!(config.api_keys.accepts(key.as_bytes()), "{key}");
-    }
-    assert_eq!(config.limits.max_batch_tokens, 1024);
-    assert_eq!(config.default_task, "text-matching");
-    assert!(
-        !format!("{config:?}").contains("from-file"),
-        "Debug must not show keys"
-    );
-
-    let empty = dir.path().join("empty");
-    std::fs::write(&empty, "# nothing\n").expect("write");
-    let cli = Cli::try_parse_from([
-        "serve",
-        "--model",
-        "m",
-        "--api-key-file",
-        empty.to_str().expect("utf-8"),
-    ])
-    .expect("parse");
-    assert!(cli
-        .serve
-        .to_config()
-        .unwrap_err()
-        .to_string()
-        .contains("holds no key"));
-    let cli = Cli::try_parse_from(["serve", "--model", "m", "--max-inputs-per-request", "0"])
-        .expect("parse");
-    assert!(cli
-        .serve
-        .to_config()
-        .unwrap_err()
-        .to_string()
-        .contains("max_inputs_per_request must be at least 1"));
 }

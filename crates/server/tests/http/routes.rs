@@ -3,7 +3,7 @@
 use jina_engine::EmbedRequest;
 use serde_json::{json, Value};
 
-use crate::common::{golden, metric_value, model, post, post_with, shared};
+use crate::common::{get_with, golden, metric_value, model, post, post_with, shared};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokenize_includes_specials_and_the_task_prefix() {
@@ -85,12 +85,7 @@ async fn tokenize_includes_specials_and_the_task_prefix() {
 async fn models_lists_the_served_model() {
     let server = shared().await;
     for path in ["/v1/models", "/models"] {
-        let body: Value = reqwest::get(format!("{}{path}", server.url))
-            .await
-            .expect("get")
-            .json()
-            .await
-            .expect("json");
+        let body: Value = get_with(&format!("{}{path}", server.url), &[]).await.body;
         assert_eq!(body["object"], "list");
         let card = &body["data"][0];
         assert_eq!(card["id"], "jina-embeddings-v3");
@@ -119,11 +114,9 @@ async fn models_lists_the_served_model() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openapi_is_generated_from_the_request_types() {
     let server = shared().await;
-    let response = reqwest::get(format!("{}/openapi.json", server.url))
-        .await
-        .expect("get");
-    assert_eq!(response.status(), 200);
-    let doc: Value = response.json().await.expect("json");
+    let response = get_with(&format!("{}/openapi.json", server.url), &[]).await;
+    assert_eq!(response.status, 200);
+    let doc: Value = response.body;
     assert!(doc["openapi"].as_str().expect("version").starts_with("3."));
     for path in [
         "/v1/embeddings",

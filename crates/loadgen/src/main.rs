@@ -5,7 +5,8 @@
 //! count or a duration is reached. It reports throughput, p50/p95/p99 latency, the responses by
 //! status and, given the server's pid, the server's resident memory over time (VmRSS from
 //! `/proc/<pid>/status`). It only ever connects to a loopback address: any other host is
-//! refused, so it cannot be pointed at someone else's server.
+//! refused, so it cannot be pointed at someone else's server. With `--disconnect`, a share of the
+//! clients go away mid-request (the server must cancel their work).
 //!
 //! Example:
 //! `jina-loadgen --url http://127.0.0.1:8080 --clients 8 --duration 60 --pid "$(pgrep -n jina-embed)" --json report.json`
@@ -65,6 +66,14 @@ struct Args {
     /// Also write the report as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Share of requests whose client goes away: it sends the whole request, waits up to
+    /// `--disconnect-after-ms` (uniform), and closes the connection without reading the answer
+    /// (counted as `disconnected`). The server must cancel their work and stay healthy.
+    #[arg(long, default_value_t = 0.0)]
+    disconnect: f64,
+    /// Longest wait before a disconnecting client closes, in milliseconds.
+    #[arg(long, default_value_t = 2000)]
+    disconnect_after_ms: u64,
 }
 
 const TASKS: [&str; 6] = [
@@ -179,6 +188,29 @@ fn request_body(rng: &mut Rng, args: &Args) -> Value {
             json!({"input": input, "task": task, "dimensions": 64, "embedding_type": ["float", "ubinary"], "truncate": true})
         }
     }
+}
+
+/// Sends one request on a fresh connection, waits `after`, then closes it unread.
+async fn send_and_leave(
+    addr: SocketAddr,
+    host: &str,
+    key: Option<&str>,
+    body: &[u8],
+    after: Duration,
+) -> std::io::Result<()> {
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    let auth = key
+        .map(|k| format!("Authorization: Bearer {k}\r\n"))
+        .unwrap_or_default();
+    let head = format!(
+        "POST /v1/embeddings HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n{auth}\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body).await?;
+    tokio::time::sleep(after).await;
+    drop(stream);
+    Ok(())
 }
 
 /// Sends one request on a fresh connection (`Connection: close`); returns the status and body.
@@ -317,6 +349,21 @@ async fn load(args: Arc<Args>, addr: SocketAddr, host: String) -> anyhow::Result
                 && issued.fetch_add(1, Ordering::Relaxed) < args.requests
             {
                 let body = request_body(&mut rng, &args).to_string().into_bytes();
+                if args.disconnect > 0.0 && rng.unit() < args.disconnect {
+                    let after = Duration::from_millis(
+                        (rng.unit() * args.disconnect_after_ms as f64) as u64,
+                    );
+                    let label =
+                        match send_and_leave(addr, &host, args.api_key.as_deref(), &body, after)
+                            .await
+                        {
+                            Ok(()) => "disconnected".to_string(),
+                            Err(e) => format!("io:{:?}", e.kind()),
+                        };
+                    let mut t = tally.lock().unwrap_or_else(|p| p.into_inner());
+                    *t.by_status.entry(label).or_default() += 1;
+                    continue;
+                }
                 let sent = Instant::now();
                 let timeout = Duration::from_secs_f64(args.timeout);
                 let result = tokio::time::timeout(

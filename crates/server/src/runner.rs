@@ -1,0 +1,157 @@
+//! The seam between the HTTP server and the model: [`BatchRunner`].
+//!
+//! The routes and the scheduler never hold a [`jina_engine::Model`]; they hold an
+//! `Arc<dyn BatchRunner>`. The real engine model implements it (below), and tests implement it
+//! with a fake that delegates planning to a real tokenizer but computes deterministic vectors
+//! from the token ids, with a configurable delay and injected failures
+//! (`crates/server/tests/http/fake.rs`). So the router can be called in-process, without a socket
+//! or a forward pass, and the scheduler's batching, cancellation and failure paths can be driven
+//! exactly.
+//!
+//! What the routes need from a model is small: the request plan (tokenisation and the request
+//! checks that depend on the model: task, dimensions, token limits), one forward pass over a
+//! batch of sequences, the token ids of a text for `/tokenize`, and the facts of `/v1/models`
+//! ([`ModelInfo`]).
+
+use jina_engine::pooling::SpanSum;
+use jina_engine::{EmbedRequest, Model, Plan, Sequence};
+
+/// The facts about the served model that the routes report and check against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelInfo {
+    /// Hidden size: the full embedding length and the largest `dimensions`.
+    pub hidden_size: usize,
+    /// Longest sequence, specials included.
+    pub max_tokens: usize,
+    /// Task names in adapter order (`none` not included).
+    pub tasks: Vec<String>,
+    /// Task of requests that name none (`none` for the base weights).
+    pub default_task: String,
+    /// Matryoshka dimensions of the config.
+    pub matryoshka_dimensions: Vec<usize>,
+    /// Precision of the linear layers as they run.
+    pub precision: String,
+    /// Precision asked for.
+    pub requested_precision: String,
+    /// Instruction-set level the kernels use.
+    pub isa: String,
+    /// The linear layers' kernel and weight storage.
+    pub linear_kernel: String,
+    /// The attention kernel.
+    pub attention_kernel: String,
+    /// Why what runs differs from what was asked for.
+    pub fallbacks: Vec<String>,
+}
+
+impl ModelInfo {
+    /// The info of a loaded engine model.
+    pub fn of(model: &Model) -> ModelInfo {
+        let plan = model.kernel_plan();
+        ModelInfo {
+            hidden_size: model.config().hidden_size,
+            max_tokens: model.max_tokens(),
+            tasks: model.tasks().to_vec(),
+            default_task: model.default_task().to_string(),
+            matryoshka_dimensions: model.config().matryoshka_dimensions.clone(),
+            precision: model.precision().name().to_string(),
+            requested_precision: plan.requested.name().to_string(),
+            isa: plan.isa().name().to_string(),
+            linear_kernel: plan.linear.to_string(),
+            attention_kernel: plan.attention.to_string(),
+            fallbacks: plan.fallbacks.clone(),
+        }
+    }
+
+    /// The accepted task names, `none` included.
+    pub fn tasks_and_none(&self) -> Vec<String> {
+        let mut tasks = self.tasks.clone();
+        tasks.push(jina_engine::NO_TASK.to_string());
+        tasks
+    }
+}
+
+/// A tokenised text for `/tokenize`: the task's prefix, then ids and pieces, `<s>` and `</s>`
+/// included.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tokenized {
+    /// Token ids.
+    pub ids: Vec<u32>,
+    /// The token of each id.
+    pub pieces: Vec<String>,
+}
+
+/// What runs a batch, and what the routes need from the model behind it.
+///
+/// Every method is called off the async runtime: `plan` and `tokenize` on tokio's blocking pool,
+/// `run` on the scheduler thread. A panic inside `run` fails only the requests of that batch
+/// (the scheduler catches it), as does an `Err`.
+pub trait BatchRunner: Send + Sync + 'static {
+    /// The served model's facts (computed once; called on every request).
+    fn info(&self) -> &ModelInfo;
+
+    /// Tokenises a request into the sequences to run, checking what depends on the model (task,
+    /// dimensions, token limits, truncation, late chunking).
+    fn plan(&self, request: &EmbedRequest) -> Result<Plan, jina_engine::Error>;
+
+    /// One forward pass: the span sums of every sequence of `batch`, in order.
+    fn run(&self, batch: &[&Sequence]) -> Result<Vec<Vec<SpanSum>>, String>;
+
+    /// The adapter index of a task name (`None` for `none`), or the engine's error naming the
+    /// accepted tasks.
+    fn adapter_of(&self, task: &str) -> Result<Option<usize>, jina_engine::Error>;
+
+    /// The instruction prefix of an adapter (empty for none).
+    fn prefix_of(&self, adapter: Option<usize>) -> String;
+
+    /// The ids and pieces of `text` (prefix already in it) with `<s>` and `</s>`.
+    fn tokenize(&self, text: &str) -> Result<Tokenized, jina_engine::Error>;
+}
+
+/// The real engine: an [`EngineRunner`] wraps a loaded [`Model`].
+pub struct EngineRunner {
+    model: Model,
+    info: ModelInfo,
+}
+
+impl EngineRunner {
+    /// Wraps a loaded model (its default task already set).
+    pub fn new(model: Model) -> EngineRunner {
+        let info = ModelInfo::of(&model);
+        EngineRunner { model, info }
+    }
+
+    /// The model.
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+}
+
+impl BatchRunner for EngineRunner {
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    fn plan(&self, request: &EmbedRequest) -> Result<Plan, jina_engine::Error> {
+        self.model.plan(request)
+    }
+
+    fn run(&self, batch: &[&Sequence]) -> Result<Vec<Vec<SpanSum>>, String> {
+        // The engine reports no error from a forward pass: a bug is a panic, which the scheduler
+        // turns into a failed batch.
+        Ok(self.model.run(batch))
+    }
+
+    fn adapter_of(&self, task: &str) -> Result<Option<usize>, jina_engine::Error> {
+        self.model.adapter_of(task)
+    }
+
+    fn prefix_of(&self, adapter: Option<usize>) -> String {
+        self.model.prefix_of(adapter).to_string()
+    }
+
+    fn tokenize(&self, text: &str) -> Result<Tokenized, jina_engine::Error> {
+        let ids = self.model.tokenizer().encode_with_specials(text)?;
+        let pieces = self.model.tokenizer().pieces(&ids);
+        Ok(Tokenized { ids, pieces })
+    }
+}
