@@ -95,7 +95,7 @@ pub struct ServeArgs {
     #[arg(long, env = "JINA_PRECISION", default_value = "f32", value_parser = parse_precision)]
     pub precision: Precision,
 
-    /// Highest instruction-set level the kernels may use (`scalar`, `avx2`, `avx512`,
+    /// Highest instruction-set level the kernels may use (`scalar`, `avx2`, `avxvnni`, `avx512`,
     /// `avx512bf16`, `amx`; on aarch64 `neon`, `dotprod`, `i8mm`, `bf16`): a lower path on a
     /// bigger CPU. Default: all the CPU has. The variable JINA_MAX_ISA caps it too.
     #[arg(long, value_name = "ISA", value_parser = crate::parse_isa)]
