@@ -134,8 +134,8 @@ pub fn document(served: &Served) -> Value {
     sagemaker["properties"]["data"]["maxItems"] = json!(served.max_inputs);
     for branch in as_array(&mut schemas["SageMakerId"]["oneOf"]) {
         if branch["type"] == "integer" {
-            branch["minimum"] = json!(i64::MIN);
-            branch["maximum"] = json!(i64::MAX);
+            branch["minimum"] = json!(-(crate::sagemaker::MAX_SAFE_ID as i64));
+            branch["maximum"] = json!(crate::sagemaker::MAX_SAFE_ID as i64);
         }
     }
     let parameters = &mut schemas["SageMakerParameters"]["properties"];

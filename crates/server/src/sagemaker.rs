@@ -59,7 +59,7 @@ pub struct SageMakerItem {
     pub text: String,
 }
 
-/// The id of an item: a string or an integer (a JSON number with no fraction, within i64).
+/// The id of an item: a string or an integer (a JSON number with no fraction, within ±2^53).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(untagged)]
 pub enum SageMakerId {
@@ -69,24 +69,23 @@ pub enum SageMakerId {
     Text(String),
 }
 
+/// Largest integer id: 2^53, the last integer every JSON parser reads exactly.
+pub const MAX_SAFE_ID: f64 = 9_007_199_254_740_992.0;
+
 impl<'de> Deserialize<'de> for SageMakerId {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         use serde::de::Error as _;
         match Value::deserialize(d)? {
             Value::String(s) => Ok(SageMakerId::Text(s)),
+            // Integers within ±2^53 (exact in every JSON parser; JSON Schema's integer includes
+            // `3.0`), as the OpenAPI document says.
             Value::Number(n) => n
                 .as_i64()
-                .or_else(|| {
-                    // JSON Schema's integer includes `3.0`.
-                    n.as_f64()
-                        .filter(|f| {
-                            f.fract() == 0.0
-                                && (-9.223_372_036_854_776e18..9.223_372_036_854_776e18).contains(f)
-                        })
-                        .map(|f| f as i64)
-                })
-                .map(SageMakerId::Integer)
-                .ok_or_else(|| D::Error::custom(format!("{n} is not an integer within 64 bits"))),
+                .map(|i| i as f64)
+                .or_else(|| n.as_f64())
+                .filter(|f| f.fract() == 0.0 && f.abs() <= MAX_SAFE_ID)
+                .map(|f| SageMakerId::Integer(f as i64))
+                .ok_or_else(|| D::Error::custom(format!("{n} is not an integer within ±2^53"))),
             other => Err(D::Error::custom(format!(
                 "must be a string or an integer, got {}",
                 crate::api::json_kind(&other)
