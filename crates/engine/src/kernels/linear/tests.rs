@@ -120,6 +120,7 @@ fn each_variant_takes_its_own_kernel() {
         let (f32_on_bf16, int8) = match isa {
             Isa::Scalar => (Path::Reference, Path::Reference),
             Isa::Avx2 => (Path::Avx2, Path::Avx2),
+            Isa::AvxVnni => (Path::Avx2, Path::AvxVnni { vex: cpu.avx_vnni }),
             Isa::Neon => (Path::Neon, Path::Reference),
             Isa::Dotprod => (Path::Neon, Path::Dotprod),
             Isa::I8mm | Isa::Bf16 => (Path::Neon, Path::I8mm),
