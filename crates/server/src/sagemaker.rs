@@ -79,13 +79,17 @@ impl<'de> Deserialize<'de> for SageMakerId {
             Value::String(s) => Ok(SageMakerId::Text(s)),
             // Integers within ±2^53 (exact in every JSON parser; JSON Schema's integer includes
             // `3.0`), as the OpenAPI document says.
-            Value::Number(n) => n
-                .as_i64()
-                .map(|i| i as f64)
-                .or_else(|| n.as_f64())
-                .filter(|f| f.fract() == 0.0 && f.abs() <= MAX_SAFE_ID)
-                .map(|f| SageMakerId::Integer(f as i64))
-                .ok_or_else(|| D::Error::custom(format!("{n} is not an integer within ±2^53"))),
+            // An integer literal is compared exactly (as f64, 2^53 + 1 would round into range).
+            Value::Number(n) => match (n.as_i64(), n.is_f64()) {
+                (Some(i), _) => Some(i).filter(|i| i.unsigned_abs() <= MAX_SAFE_ID as u64),
+                (None, true) => n
+                    .as_f64()
+                    .filter(|f| f.fract() == 0.0 && f.abs() <= MAX_SAFE_ID)
+                    .map(|f| f as i64),
+                (None, false) => None,
+            }
+            .map(SageMakerId::Integer)
+            .ok_or_else(|| D::Error::custom(format!("{n} is not an integer within ±2^53"))),
             other => Err(D::Error::custom(format!(
                 "must be a string or an integer, got {}",
                 crate::api::json_kind(&other)
@@ -267,4 +271,34 @@ fn translate(map: Map<String, Value>) -> Result<(EmbeddingsRequest, Vec<SageMake
         ..EmbeddingsRequest::default()
     };
     Ok((ours, ids))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SageMakerId;
+
+    fn id(json: &str) -> Result<SageMakerId, String> {
+        serde_json::from_str(json).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn integer_ids_are_bounded_exactly_at_2_pow_53() {
+        assert_eq!(id("9007199254740992"), Ok(SageMakerId::Integer(1 << 53)));
+        assert_eq!(
+            id("-9007199254740992"),
+            Ok(SageMakerId::Integer(-(1 << 53)))
+        );
+        assert_eq!(id("3.0"), Ok(SageMakerId::Integer(3)));
+        assert_eq!(id("\"a\""), Ok(SageMakerId::Text("a".into())));
+        // One past the bound, which an f64 comparison would round back into range.
+        for out in [
+            "9007199254740993",
+            "-9007199254740993",
+            "18446744073709551615",
+            "2.5",
+        ] {
+            let err = id(out).unwrap_err();
+            assert!(err.contains("not an integer within ±2^53"), "{out}: {err}");
+        }
+    }
 }
