@@ -122,9 +122,10 @@ pub struct ServeArgs {
     )]
     pub body_timeout: u64,
 
-    /// Seconds a shutdown (SIGINT, SIGTERM) waits for the requests in flight before it drops
-    /// them. Under SageMaker (SAGEMAKER_BIND_TO_PORT set) at most 25, so that the drain ends
-    /// within the 30 s SageMaker allows after SIGTERM.
+    /// Seconds a shutdown (SIGINT, SIGTERM) waits for the requests in flight; those still
+    /// running then are answered 503 (shutting_down), so clients can retry elsewhere. Under
+    /// SageMaker (SAGEMAKER_BIND_TO_PORT set) at most 25, so that the drain (and the 2 s given
+    /// to write those answers) ends within the 30 s SageMaker allows after SIGTERM.
     #[arg(long, env = "JINA_SHUTDOWN_GRACE", value_name = "SECONDS", default_value_t = ServerLimits::DEFAULT_SHUTDOWN_GRACE_SECS)]
     pub shutdown_grace: u64,
 

@@ -65,7 +65,8 @@ serve(listener, config, async { let _ = tokio::signal::ctrl_c().await; }).await?
 # Lifecycle
 The server listens at once and answers `/health` (and `/ping`) with 503 while the model loads
 and warms up, then 200. When the shutdown future resolves it stops accepting, lets the requests
-in flight finish for up to `shutdown_grace`, stops the scheduler and returns.
+in flight finish for up to `shutdown_grace`, answers 503 `shutting_down` to any still in flight
+then, stops the scheduler and returns.
 */
 #![deny(missing_docs)]
 // No panic reachable from a request: outside tests, `unwrap`, `expect` and `panic!` are errors.
@@ -96,7 +97,7 @@ use anyhow::Context as _;
 use jina_engine::{EmbedRequest, LoadOptions, Model, Precision, Sequence};
 use routes::router;
 use tokio::net::TcpListener;
-use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tracing::{info, warn};
 
 pub use auth::ApiKeys;
@@ -106,6 +107,10 @@ pub use runner::{BatchRunner, ModelInfo};
 
 use metrics::{Gauges, Metrics};
 use scheduler::Scheduler;
+
+/// How long the 503 answers of the requests still in flight at the end of the grace period
+/// have to be written before their connections are dropped.
+const FLUSH_AFTER_GRACE: Duration = Duration::from_secs(2);
 
 /// Everything [`serve`] needs, checked.
 #[derive(Debug, Clone)]
@@ -160,6 +165,8 @@ pub struct AppState {
     pub(crate) metrics: Arc<Metrics>,
     admission: Arc<Semaphore>,
     shutting_down: AtomicBool,
+    /// Set when the shutdown grace is over: the requests still in flight answer 503.
+    grace_over: watch::Sender<bool>,
     request_prefix: u32,
     next_request: AtomicU64,
     pub(crate) created: u64,
@@ -183,6 +190,7 @@ impl AppState {
             engine: OnceLock::new(),
             metrics: Arc::new(Metrics::default()),
             shutting_down: AtomicBool::new(false),
+            grace_over: watch::Sender::new(false),
             request_prefix: (now.as_nanos() as u32) ^ std::process::id().rotate_left(16),
             next_request: AtomicU64::new(1),
             created: now.as_secs(),
@@ -215,6 +223,20 @@ impl AppState {
     /// its shutdown future resolves).
     pub fn begin_shutdown(&self) {
         self.shutting_down.store(true, Ordering::Relaxed);
+    }
+
+    /// Ends the shutdown grace: every request still in flight answers 503 `shutting_down` at
+    /// once (what [`serve`] does when the grace period is over), so no client is left with a
+    /// closed connection and no answer.
+    pub fn end_grace(&self) {
+        self.grace_over.send_replace(true);
+    }
+
+    /// Resolves when [`AppState::end_grace`] was called.
+    pub(crate) async fn grace_over(&self) {
+        let mut over = self.grace_over.subscribe();
+        // The sender lives in `self`, so `wait_for` cannot see it closed.
+        let _ = over.wait_for(|over| *over).await;
     }
 
     /// The configuration.
@@ -388,12 +410,25 @@ where
                 loading = false;
                 result?;
             }
-            () = &mut deadline => {
-                warn!(grace_seconds = grace.as_secs_f64(), "grace period over; dropping the requests still in flight");
-                break false;
-            }
+            () = &mut deadline => break false,
         }
     };
+    if !drained {
+        // Requests still in flight answer 503 rather than losing their connection: a client
+        // (or its load balancer) retries a 503 elsewhere, while a dropped connection is an
+        // error it cannot tell from a crash. The answers get a moment to be written.
+        warn!(
+            grace_seconds = grace.as_secs_f64(),
+            "grace period over; answering 503 to the requests still in flight"
+        );
+        state.end_grace();
+        if tokio::time::timeout(FLUSH_AFTER_GRACE, &mut server)
+            .await
+            .is_err()
+        {
+            warn!("connections still open after the 503 answers; dropping them");
+        }
+    }
     if let Some(engine) = state.engine.get() {
         if drained {
             // Every request has been answered, so the queue is empty: the thread exits at once.
@@ -410,6 +445,8 @@ where
                 warn!("the scheduler did not stop in time");
             }
         } else {
+            // Its queue holds only requests already answered 503: it skips them and exits
+            // after the batch it runs (the process may end first).
             engine.scheduler.close();
         }
     }

@@ -24,7 +24,8 @@ pub struct ServerLimits {
     /// How long a request may take to send its body once admitted. A slower client gets 408,
     /// so that stalled uploads cannot hold every admission slot. Default 30 s.
     pub body_timeout: Duration,
-    /// How long a shutdown waits for the requests in flight before it drops them. Default 30 s.
+    /// How long a shutdown waits for the requests in flight before it answers those still
+    /// running 503 `shutting_down`. Default 30 s.
     pub shutdown_grace: Duration,
     /// Seconds sent in `Retry-After` with a 429 or 503. Default 1.
     pub retry_after_secs: u64,

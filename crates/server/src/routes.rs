@@ -59,6 +59,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(
             state.clone(),
+            answer_by_grace_end,
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
             crate::cors::cors,
         ))
         .layer(middleware::from_fn_with_state(state.clone(), track))
@@ -199,6 +203,23 @@ async fn track(State(state): State<Arc<AppState>>, request: Request, next: Next)
         response.headers_mut().insert("x-request-id", value);
     }
     response
+}
+
+/// Middleware on every route: a request still in flight when the shutdown grace ends (its body
+/// still arriving, say) answers 503 `shutting_down` in the dialect of its headers. The
+/// embeddings routes answer first in the dialect of their body (`run_embeddings` waits for the
+/// same signal, and `biased` polls the handler first).
+async fn answer_by_grace_end(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let dialect = Dialect::from_headers(request.headers());
+    tokio::select! {
+        biased;
+        response = next.run(request) => response,
+        () = state.grace_over() => ApiError::ShuttingDown.to_response(dialect),
+    }
 }
 
 async fn not_found(method: Method, headers: HeaderMap, uri: axum::http::Uri) -> Response {
@@ -342,7 +363,7 @@ pub(crate) fn check_inputs(texts: &[String], max_inputs: usize) -> Result<(), Ap
         (status = 413, description = "Body over payload_limit, or more inputs than max_inputs_per_request", body = ErrorBody),
         (status = 422, description = "A field of the wrong type or value (named in the message), or an empty input array", body = ErrorBody),
         (status = 429, description = "max_concurrent_requests in flight; see Retry-After", body = ErrorBody),
-        (status = 503, description = "The model is loading", body = ErrorBody),
+        (status = 503, description = "The model is loading, or the shutdown grace ended while the request was in flight", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -537,8 +558,13 @@ pub(crate) async fn run_embeddings(
         .scheduler
         .submit(plan, tracing::Span::current())
         .map_err(|_| ApiError::ShuttingDown)?;
-    let (plan, sums) = receiver
-        .await
+    // At the end of the shutdown grace the answer is 503 (in the request's dialect).
+    let reply = tokio::select! {
+        biased;
+        reply = receiver => reply,
+        () = state.grace_over() => return Err(ApiError::ShuttingDown),
+    };
+    let (plan, sums) = reply
         .map_err(|_| ApiError::Internal("the scheduler dropped the request".into()))?
         .map_err(ApiError::Internal)?;
     state.metrics.count_usage(&task, total_tokens, info.inputs);
@@ -566,7 +592,7 @@ pub(crate) async fn run_embeddings(
         (status = 413, description = "Body over payload_limit, or more inputs than max_inputs_per_request", body = ErrorBody),
         (status = 422, description = "A field of the wrong type, an unknown task or an empty input array", body = ErrorBody),
         (status = 429, description = "max_concurrent_requests in flight; see Retry-After", body = ErrorBody),
-        (status = 503, description = "The model is loading", body = ErrorBody),
+        (status = 503, description = "The model is loading, or the shutdown grace ended while the request was in flight", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -640,7 +666,7 @@ async fn tokenize_inner(
     responses(
         (status = 200, body = ModelList),
         (status = 401, description = "Missing or invalid API key", body = ErrorBody),
-        (status = 503, description = "The model is loading", body = ErrorBody),
+        (status = 503, description = "The model is loading, or the shutdown grace ended while the request was in flight", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]

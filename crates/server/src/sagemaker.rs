@@ -169,7 +169,7 @@ pub async fn ping(state: State<Arc<AppState>>) -> Response {
         (status = 413, description = "Body over payload_limit, or more texts than max_inputs_per_request", body = ErrorBody),
         (status = 422, description = "A field of the wrong type or value (named in the message), or no text", body = ErrorBody),
         (status = 429, description = "max_concurrent_requests in flight; see Retry-After", body = ErrorBody),
-        (status = 503, description = "The model is loading", body = ErrorBody),
+        (status = 503, description = "The model is loading, or the shutdown grace ended while the request was in flight", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use jina_engine::fixture::{write_fixture, FixtureShape};
 use jina_engine::Model;
-use jina_server::{serve, AppState, BatchRunner, ServerConfig};
+use jina_server::{serve_with, AppState, BatchRunner, ServerConfig};
 use serde::Deserialize;
 use serde_json::Value;
 use std::sync::{Arc, Mutex};
@@ -187,6 +187,21 @@ impl TestServer {
 
     /// Starts a server (without waiting for the model).
     pub fn start(config: ServerConfig) -> TestServer {
+        TestServer::start_with(config, jina_server::load_engine)
+    }
+
+    /// Starts a server on a socket over a fake runner (ready once `/health` is 200).
+    pub fn start_fake(config: ServerConfig, fake: Arc<crate::fake::FakeRunner>) -> TestServer {
+        TestServer::start_with(config, move |_: &ServerConfig| {
+            Ok(fake as Arc<dyn BatchRunner>)
+        })
+    }
+
+    /// Starts a server on a socket whose model comes from `loader`.
+    pub fn start_with<L>(config: ServerConfig, loader: L) -> TestServer
+    where
+        L: FnOnce(&ServerConfig) -> anyhow::Result<Arc<dyn BatchRunner>> + Send + 'static,
+    {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
         listener.set_nonblocking(true).expect("nonblocking");
         let addr = listener.local_addr().expect("local addr");
@@ -200,7 +215,7 @@ impl TestServer {
                     .build()?;
                 let result = runtime.block_on(async move {
                     let listener = tokio::net::TcpListener::from_std(listener)?;
-                    serve(listener, config, async move {
+                    serve_with(listener, config, loader, async move {
                         let _ = rx.await;
                     })
                     .await

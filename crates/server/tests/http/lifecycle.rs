@@ -8,7 +8,10 @@ use std::time::{Duration, Instant};
 use jina_server::ServerLimits;
 use serde_json::{json, Value};
 
+use std::sync::atomic::Ordering;
+
 use crate::common::{config, embeddings_of, fixture_dir, post, wait_for_metrics, Held, TestServer};
+use crate::fake::FakeRunner;
 
 /// `config.json` is a named pipe, so the model load blocks until the test writes it: the server
 /// is observed deterministically before and after it is ready.
@@ -194,11 +197,12 @@ async fn the_grace_period_bounds_a_shutdown() {
         ..ServerLimits::default()
     };
     let server = TestServer::ready(config).await;
-    // A request that never completes its body.
-    let _stuck = Held::open(
+    // A request that never completes its body, from an OpenAI SDK (known by its header).
+    let stuck = Held::open_with(
         server.addr,
         "/v1/embeddings",
         &json!({"input": "never sent in full"}),
+        &[("X-Stainless-Lang", "python")],
     )
     .await;
     wait_for_metrics(&server, "one request in flight", |m| {
@@ -206,9 +210,13 @@ async fn the_grace_period_bounds_a_shutdown() {
     })
     .await;
     let started = Instant::now();
-    server
-        .stop(Duration::from_secs(10))
-        .await
+    let stop = tokio::spawn(server.stop(Duration::from_secs(10)));
+    // Answered 503 when the grace ends, not left with a closed connection.
+    let (status, body) = stuck.response().await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "shutting_down", "{body}");
+    stop.await
+        .expect("join")
         .expect("a stop after the grace period is still Ok");
     let took = started.elapsed();
     assert!(
@@ -216,4 +224,54 @@ async fn the_grace_period_bounds_a_shutdown() {
         "stopped after {took:?}, before the grace period"
     );
     assert!(took < Duration::from_secs(5), "stopped after {took:?}");
+}
+
+/// A request whose batch outlasts the grace period (a fake runner that takes 30 s) is answered
+/// 503 in its body's dialect when the grace ends; the server stops without waiting for the
+/// batch, and a request that finished before the signal was answered 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_still_running_at_the_end_of_the_grace_is_answered_503() {
+    let mut config = config();
+    config.limits = ServerLimits {
+        shutdown_grace: Duration::from_millis(400),
+        ..ServerLimits::default()
+    };
+    let fake = FakeRunner::new();
+    let server = TestServer::start_fake(config, fake.clone());
+    server.wait_ready().await;
+    let url = format!("{}/v1/embeddings", server.url);
+    assert_eq!(post(&url, &json!({"input": "quick"})).await.status, 200);
+
+    fake.set_delay(Duration::from_secs(30));
+    // OpenAI's dialect from the body alone: the 503 comes from the embeddings route itself.
+    let slow = tokio::spawn(async move {
+        post(&url, &json!({"input": "slow", "encoding_format": "float"})).await
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !fake.running.load(Ordering::SeqCst) {
+        assert!(Instant::now() < deadline, "the slow batch did not start");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let started = Instant::now();
+    server
+        .stop(Duration::from_secs(10))
+        .await
+        .expect("a stop after the grace period is still Ok");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(400) && took < Duration::from_secs(5),
+        "stopped after {took:?}"
+    );
+    let reply = slow.await.expect("join");
+    assert_eq!(reply.status, 503, "{}", reply.text);
+    assert_eq!(
+        reply.body["error"]["code"], "shutting_down",
+        "{}",
+        reply.text
+    );
+    assert_eq!(
+        reply.body["error"]["message"], "the server is shutting down",
+        "{}",
+        reply.text
+    );
 }
