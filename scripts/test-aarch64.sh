@@ -9,7 +9,7 @@
 #   - the f32 golden test (all 16 official cases of the small fixture) and the batching tests but
 #     the long late-chunking one (windows of 8194 tokens: minutes of emulated attention);
 #   - on models with dotprod, the int8 golden test (cosine >= 0.999 on the SDOT kernel);
-#   - scripts/build-aarch64.sh --check: the aarch64 `jina-embed` under qemu embeds a line of the
+#   - scripts/check-aarch64-embed.sh: the aarch64 `jina-embed` under qemu embeds a line of the
 #     small fixture and equals the x86 build within the fixtures' 2e-5.
 # Left out: the bf16 golden test (on aarch64 bf16 runs the NEON f32 kernel on bf16 weights, which
 # the f32 golden test runs; no BFMMLA kernel yet), and the neoverse-n1 model for the tests (its
@@ -29,8 +29,16 @@ step() {
     echo "   ($((SECONDS - started)) s)"
 }
 
-step "$cargo" test --release --target "$target" -p jina-engine --lib --test golden --test batching --no-run
-step "$cargo" build --release --target "$target" -p jina-engine --example cpu_features
+# The qemu-test profile (Cargo.toml): the engine and gemm optimised as in release, the rest at
+# opt-level 1 without debug info. Every command selects the same packages, so that cargo unifies
+# the same features each time and builds the dependencies once for the tests and `jina-embed`
+# (a command with another selection would rebuild most of them). `jina-embed` is built without
+# its default `download` feature (the hub client: rustls, ring's C and assembly), which no test
+# here uses: minutes of the cross build.
+build=(--profile qemu-test --target "$target" -p jina-engine -p jina-embed --no-default-features)
+bin_dir=$CARGO_TARGET_DIR/$target/qemu-test
+step "$cargo" test "${build[@]}" --lib --test golden --test batching --no-run
+step "$cargo" build "${build[@]}" --bin jina-embed --example cpu_features
 
 # Expected detections per model: features that must be present (+) and absent (-).
 expected() {
@@ -46,7 +54,7 @@ check_features() {
     local cpu=$1 out
     # A hang here is the loader/libc mismatch described in scripts/qemu-aarch64-runner.sh.
     if ! out=$(QEMU_CPU=$cpu timeout 120 scripts/qemu-aarch64-runner.sh \
-        "$CARGO_TARGET_DIR/$target/release/examples/cpu_features"); then
+        "$bin_dir/examples/cpu_features"); then
         echo "cpu_features did not finish under qemu -cpu $cpu (a thread that never starts?)" >&2
         return 1
     fi
@@ -77,14 +85,14 @@ lib_variants() {
 for cpu in ${JINA_QEMU_CPUS:-cortex-a53 max}; do
     export QEMU_CPU=$cpu JINA_TEST_VARIANTS=${JINA_TEST_VARIANTS:-top}
     JINA_TEST_VARIANTS=${JINA_LIB_VARIANTS:-$(lib_variants "$cpu")} \
-        step "$cargo" test --release --target "$target" -p jina-engine --lib
-    step "$cargo" test --release --target "$target" -p jina-engine --test golden -- --exact every_golden_case_matches_the_official_outputs
-    step "$cargo" test --release --target "$target" -p jina-engine --test batching -- --skip long_late_chunking
+        step "$cargo" test "${build[@]}" --lib
+    step "$cargo" test "${build[@]}" --test golden -- --exact every_golden_case_matches_the_official_outputs
+    step "$cargo" test "${build[@]}" --test batching -- --skip long_late_chunking
     # int8 runs its own kernel (SDOT) only where the model has dotprod; elsewhere it is f32.
     if [[ " $(expected "$cpu") " == *" +dotprod "* ]]; then
-        step "$cargo" test --release --target "$target" -p jina-engine --test golden -- --exact int8_path_keeps_cosine_above_0_999
+        step "$cargo" test "${build[@]}" --test golden -- --exact int8_path_keeps_cosine_above_0_999
     fi
 done
-# The release binary, under the default model (max).
-QEMU_CPU=max step bash scripts/build-aarch64.sh --check
+# `jina-embed` itself (built above), under the default model (max).
+QEMU_CPU=max step bash scripts/check-aarch64-embed.sh "$bin_dir/jina-embed"
 echo "aarch64 tests passed under qemu for: ${JINA_QEMU_CPUS:-cortex-a53 max}"

@@ -138,6 +138,10 @@ pub struct Cpu {
     pub i8mm: bool,
     /// aarch64 FEAT_BF16.
     pub bf16: bool,
+    /// macOS: Apple's Accelerate framework is linked, and the f32 GEMM of the
+    /// [`crate::kernels::LinearKernel::Gemm`] and [`crate::kernels::AttentionKernel::Gemm`]
+    /// paths is its `cblas_sgemm` (the M-series matrix unit) instead of the `gemm` crate.
+    pub accelerate: bool,
 }
 
 impl Cpu {
@@ -154,6 +158,7 @@ impl Cpu {
         dotprod: false,
         i8mm: false,
         bf16: false,
+        accelerate: false,
     };
 
     /// What this CPU has (probed once), capped by `JINA_MAX_ISA` when it is set. An invalid
@@ -203,6 +208,8 @@ impl Cpu {
             dotprod: keep(Isa::Dotprod, self.dotprod),
             i8mm: keep(Isa::I8mm, self.i8mm),
             bf16: keep(Isa::Bf16, self.bf16),
+            // Not an instruction set: it stays under every cap but the reference's.
+            accelerate: self.accelerate && max > Isa::Scalar,
         }
     }
 
@@ -382,6 +389,7 @@ fn probe() -> Cpu {
         dotprod: neon && is_aarch64_feature_detected!("dotprod"),
         i8mm: neon && is_aarch64_feature_detected!("i8mm"),
         bf16: neon && is_aarch64_feature_detected!("bf16"),
+        accelerate: neon && cfg!(target_os = "macos"),
         ..Cpu::SCALAR
     }
 }

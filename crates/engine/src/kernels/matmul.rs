@@ -1,5 +1,6 @@
 //! `y = x · Wᵀ` on row-major matrices, with the `gemm` crate (runtime-dispatched AVX-512/AVX2/
-//! NEON micro-kernels, ~95% of the FMA peak on the reference machine).
+//! NEON micro-kernels, ~95% of the FMA peak on the reference machine), or on macOS with Apple's
+//! Accelerate ([`gemm_f32`] is the one place that chooses); and LoRA's thin products.
 
 use super::cpu::{vectorized, Cpu};
 
@@ -56,29 +57,76 @@ pub fn matmul_transposed(
         }
         return;
     }
-    let parallelism = if parallel && rows * n * k >= 1 << 16 {
-        gemm::Parallelism::Rayon(0)
-    } else {
-        gemm::Parallelism::None
-    };
     // SAFETY: the asserts above keep every index the strides describe inside the slices:
-    // dst is rows × n with row stride n, lhs is rows × k with row stride x_stride, and rhs
-    // (k × n) is w read column-wise, element (kk, j) at j·k + kk.
+    // out is rows × n with row stride n, x is rows × k with row stride x_stride, and w holds n
+    // rows of k.
     unsafe {
+        gemm_f32(
+            (rows, n, k),
+            (x.as_ptr(), x_stride),
+            (w.as_ptr(), k, Rhs::Transposed),
+            (out.as_mut_ptr(), n),
+            read_dst,
+            parallel && rows * n * k >= 1 << 16,
+        )
+    }
+}
+
+/// How [`gemm_f32`] reads its right-hand matrix `B` (`k × n`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Rhs {
+    /// `B` as stored: `k` rows of `n`, `ld` apart.
+    Rows,
+    /// `Bᵀ` stored: `n` rows of `k`, `ld` apart (weights, keys).
+    Transposed,
+}
+
+/// The one f32 GEMM under the `Gemm` kernels: `C[m × n] = (C if accumulate) + A[m × k] · B`, all
+/// row-major with unit column stride, each operand `(pointer, row stride)`. The `gemm` crate,
+/// or on macOS Apple's Accelerate (`cblas_sgemm`, which threads itself and ignores `parallel`).
+///
+/// # Safety
+/// Every element the dimensions and row strides describe lies inside its allocation, and `C`
+/// overlaps neither `A` nor `B`.
+pub(crate) unsafe fn gemm_f32(
+    (m, n, k): (usize, usize, usize),
+    (a, lda): (*const f32, usize),
+    (b, ldb, rhs): (*const f32, usize, Rhs),
+    (c, ldc): (*mut f32, usize),
+    accumulate: bool,
+    parallel: bool,
+) {
+    #[cfg(target_os = "macos")]
+    {
+        let _ = parallel;
+        super::accelerate::sgemm((m, n, k), (a, lda), (b, ldb, rhs), (c, ldc), accumulate);
+    }
+    #[cfg(not(target_os = "macos"))]
+    {
+        // gemm's rhs strides: element (kk, j) of B at kk·rhs_rs + j·rhs_cs.
+        let (rhs_cs, rhs_rs) = match rhs {
+            Rhs::Rows => (1, ldb as isize),
+            Rhs::Transposed => (ldb as isize, 1),
+        };
+        let parallelism = if parallel {
+            gemm::Parallelism::Rayon(0)
+        } else {
+            gemm::Parallelism::None
+        };
         gemm::gemm(
-            rows,
+            m,
             n,
             k,
-            out.as_mut_ptr(),
+            c,
             1,
-            n as isize,
-            read_dst,
-            x.as_ptr(),
+            ldc as isize,
+            accumulate,
+            a,
             1,
-            x_stride as isize,
-            w.as_ptr(),
-            k as isize,
-            1,
+            lda as isize,
+            b,
+            rhs_cs,
+            rhs_rs,
             1.0,
             1.0,
             false,
@@ -88,6 +136,13 @@ pub fn matmul_transposed(
         );
     }
 }
+
+/// What [`gemm_f32`] runs on, for the kernel plan's descriptions.
+pub const F32_GEMM: &str = if cfg!(target_os = "macos") {
+    "Accelerate cblas_sgemm"
+} else {
+    "gemm crate"
+};
 
 /// `out[rows × n] = x[rows × k] · w[n × k]ᵀ` for a thin `w` (a handful of rows, as LoRA's
 /// rank-4 down-projection): each output is one dot product of `k` values, in [`DOT_LANES`]

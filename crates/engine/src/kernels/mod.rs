@@ -9,8 +9,11 @@
 //!
 //! Layout: [`linear`] (packing, epilogue, one file per instruction set), [`attention`] (tiled
 //! online softmax per instruction set), [`elementwise`], [`softmax`], [`rotary`], [`matmul`]
-//! (the `gemm` crate and LoRA's thin products), and the shared AMX tile plumbing (`amx`).
+//! (the one f32 GEMM, the `gemm` crate or Accelerate on macOS, and LoRA's thin products), and
+//! the shared AMX tile plumbing (`amx`).
 
+#[cfg(target_os = "macos")]
+mod accelerate;
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 pub(crate) mod amx;
 pub mod attention;

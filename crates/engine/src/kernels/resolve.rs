@@ -14,7 +14,9 @@ pub enum LinearKernel {
     /// Plain loops over packed weights (the reference: any CPU, any storage).
     Reference(PackedType),
     /// f32 weights multiplied by the `gemm` crate (its own AVX2/NEON micro-kernels): for
-    /// checkpoints whose weights are not bf16 values, where no packed kernel of ours fits.
+    /// checkpoints whose weights are not bf16 values, where no packed kernel of ours fits. On
+    /// macOS by Accelerate's `cblas_sgemm` instead, which f32 takes there (the matrix unit beats
+    /// NEON, at twice the weights' memory).
     Gemm,
     /// AVX2 + FMA: f32 products, the bf16 weights widened in registers (exact), or int8 pairs
     /// summed with `vpmaddwd`.
@@ -69,7 +71,7 @@ impl fmt::Display for LinearKernel {
         };
         match *self {
             LinearKernel::Reference(ty) => write!(f, "reference loops ({})", storage(ty)),
-            LinearKernel::Gemm => write!(f, "gemm crate (f32 weights)"),
+            LinearKernel::Gemm => write!(f, "{} (f32 weights)", super::matmul::F32_GEMM),
             LinearKernel::Avx2(ty) => write!(f, "avx2 ({})", storage(ty)),
             LinearKernel::AvxVnni(ty) => write!(f, "avxvnni ({})", storage(ty)),
             LinearKernel::Avx512(ty) => write!(f, "avx512 ({})", storage(ty)),
@@ -86,8 +88,8 @@ impl fmt::Display for LinearKernel {
 pub enum AttentionKernel {
     /// Plain loops, online softmax (any CPU).
     Reference,
-    /// Key tiles multiplied by the `gemm` crate, online softmax in f32 (aarch64 until it has
-    /// its own kernel; x86 CPUs without AVX2).
+    /// Key tiles multiplied by the `gemm` crate (Accelerate on macOS), online softmax in f32
+    /// (aarch64 until it has its own kernel; x86 CPUs without AVX2).
     Gemm,
     /// AVX2 + FMA: tiled online softmax in registers, f32.
     Avx2,
@@ -119,7 +121,7 @@ impl fmt::Display for AttentionKernel {
         let precision = |bf16: bool| if bf16 { "bf16" } else { "f32" };
         match *self {
             AttentionKernel::Reference => write!(f, "reference loops (f32)"),
-            AttentionKernel::Gemm => write!(f, "gemm crate tiles (f32)"),
+            AttentionKernel::Gemm => write!(f, "{} tiles (f32)", super::matmul::F32_GEMM),
             AttentionKernel::Avx2 => write!(f, "avx2 (f32)"),
             AttentionKernel::Avx512 { bf16 } => write!(f, "avx512 ({})", precision(bf16)),
             AttentionKernel::Amx { bf16 } => write!(f, "amx ({})", precision(bf16)),
@@ -266,6 +268,8 @@ fn no_bf16_kernel(cpu: Cpu) -> &'static str {
 /// The f32 path: exact products.
 fn exact_linear(cpu: Cpu, bf16_weights: bool) -> LinearKernel {
     match () {
+        // A Mac: Accelerate's f32 GEMM on the matrix unit (f32 weights).
+        _ if cpu.accelerate => LinearKernel::Gemm,
         // bf16x3 is exact on bf16 weights and runs on the tiles.
         _ if cpu.amx_bf16 && bf16_weights => LinearKernel::Amx(PackedType::Bf16x3),
         // The checkpoint's bf16 weights widened in registers: the products of f32 weights at
@@ -340,8 +344,13 @@ mod tests {
             bf16: true,
             ..graviton2
         };
+        // An Apple M2 (FEAT_I8MM and FEAT_BF16) on macOS, with Accelerate.
+        let apple_m2 = Cpu {
+            accelerate: true,
+            ..graviton3
+        };
         #[rustfmt::skip]
-        let table: [(Cpu, P, L, A, usize); 25] = [
+        let table: [(Cpu, P, L, A, usize); 28] = [
             (amx, P::F32, L::Amx(T::Bf16x3), A::Amx { bf16: false }, 0),
             (amx, P::Bf16, L::Amx(T::Bf16), A::Amx { bf16: true }, 0),
             (amx, P::Int8, L::Amx(T::Int8), A::Amx { bf16: true }, 0),
@@ -367,6 +376,10 @@ mod tests {
             (graviton3, P::F32, L::Neon(T::Bf16x3), A::Gemm, 0),
             (graviton3, P::Bf16, L::Neon(T::Bf16x3), A::Gemm, 2),
             (graviton3, P::Int8, L::I8mm(T::Int8), A::Gemm, 1),
+            // f32 on Accelerate; bf16 keeps its memory on the NEON kernel.
+            (apple_m2, P::F32, L::Gemm, A::Gemm, 0),
+            (apple_m2, P::Bf16, L::Neon(T::Bf16x3), A::Gemm, 2),
+            (apple_m2, P::Int8, L::I8mm(T::Int8), A::Gemm, 1),
         ];
         for (i, (cpu, requested, linear, attention, fallbacks)) in table.into_iter().enumerate() {
             let plan = KernelPlan::resolve(requested, cpu, true);

@@ -6,6 +6,7 @@ use rayon::prelude::*;
 
 use super::{write_rows, SequenceRange, Shape, SharedMut, K_TILE, Q_TILE};
 use crate::kernels::cpu::Cpu;
+use crate::kernels::matmul::{gemm_f32, Rhs};
 use crate::kernels::softmax;
 
 /// Every (sequence, head) of `tasks`, in tiles of [`Q_TILE`] queries.
@@ -149,27 +150,14 @@ fn qk_tile(
     assert!(scores.len() >= q_len * k_len);
     // SAFETY: the asserts bound every element the strides reach.
     unsafe {
-        gemm::gemm(
-            q_len,
-            k_len,
-            d,
-            scores.as_mut_ptr(),
-            1,
-            k_len as isize,
-            false,
-            q.as_ptr(),
-            1,
-            stride as isize,
-            k.as_ptr(),
-            stride as isize,
-            1,
-            0.0,
-            1.0,
+        gemm_f32(
+            (q_len, k_len, d),
+            (q.as_ptr(), stride),
+            (k.as_ptr(), stride, Rhs::Transposed),
+            (scores.as_mut_ptr(), k_len),
             false,
             false,
-            false,
-            gemm::Parallelism::None,
-        );
+        )
     }
 }
 
@@ -188,27 +176,14 @@ fn pv_accumulate(
     assert!(p.len() >= q_len * k_len && acc.len() >= q_len * d);
     assert!(k_len == 0 || v.len() >= (k_len - 1) * v_stride + d);
     unsafe {
-        gemm::gemm(
-            q_len,
-            d,
-            k_len,
-            acc.as_mut_ptr(),
-            1,
-            d as isize,
+        gemm_f32(
+            (q_len, d, k_len),
+            (p.as_ptr(), k_len),
+            (v.as_ptr(), v_stride, Rhs::Rows),
+            (acc.as_mut_ptr(), d),
             true,
-            p.as_ptr(),
-            1,
-            k_len as isize,
-            v.as_ptr(),
-            1,
-            v_stride as isize,
-            1.0,
-            1.0,
             false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
+        )
     }
 }
 

@@ -30,6 +30,7 @@ use super::matmul::MatmulInit;
 /// `for_rows!(mr, kernel(args))` calls `kernel::<MR>(args)` with the row count `mr` (1 to
 /// [`MAX_ROWS`]) as a constant, so that each row count gets its own unrolled tile kernel with
 /// its accumulators in registers: the one row dispatch of every tile kernel.
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_macros))]
 macro_rules! for_rows {
     ($mr:expr, $kernel:ident($($arg:expr),* $(,)?)) => {
         match $mr {

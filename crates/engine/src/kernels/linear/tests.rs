@@ -81,6 +81,8 @@ fn kernels_match_the_reference_kernel() {
         (13, 1024, 130),
         (40, 33, 200),
         (33, 4100, 70),
+        // k odd and past 1024.
+        (9, 1025, 70),
     ];
     for (isa, cpu) in variants("linear::kernels_match_the_reference_kernel") {
         for ty in ALL_TYPES {
