@@ -12,24 +12,27 @@
 //!   bits as VNNI, AMX and the reference.
 
 use std::arch::x86_64::*;
+use std::ops::Range;
 
 use super::{Int8Panel, PanelLayout, Tile, PANEL};
 
-/// f32 tile on bf16 pairs: `out[m][c] = Σ_i x[m·stride + i] · w(i, c)` for `i < k`.
+/// f32 tile on bf16 pairs: `out[m][c] (+)= Σ_i x[m·stride + i] · w(i, c)` for `i` in `inputs`
+/// (its start even). With `carry` the sums go on from the values in `out` (the previous part
+/// of the input dimension), in the same chain of FMAs, so that a product split into parts
+/// gives the bits of the unsplit one.
 ///
 /// # Safety
-/// AVX2 and FMA available; `x` holds `mr` rows of `k` values `stride` apart; `w` one panel of
-/// bf16 pairs of at least `ceil(k / 2)` steps in `layout`.
+/// AVX2 and FMA available; `x` holds `mr` rows of `inputs.end` values `stride` apart; `w` one
+/// panel of bf16 pairs of at least `ceil(inputs.end / 2)` steps in `layout`.
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn tile_widened(
     mr: usize,
-    x: &[f32],
-    stride: usize,
-    k: usize,
+    (x, stride): (&[f32], usize),
+    inputs: Range<usize>,
     w: (&[u32], PanelLayout),
-    out: &mut Tile,
+    (out, carry): (&mut Tile, bool),
 ) {
-    for_rows!(mr, widened_rows(x, stride, k, w, out))
+    for_rows!(mr, widened_rows(x, stride, inputs, w, (out, carry)))
 }
 
 #[inline]
@@ -37,21 +40,23 @@ pub unsafe fn tile_widened(
 unsafe fn widened_rows<const MR: usize>(
     x: &[f32],
     stride: usize,
-    k: usize,
+    inputs: Range<usize>,
     (w, layout): (&[u32], PanelLayout),
-    out: &mut Tile,
+    out: (&mut Tile, bool),
 ) {
+    let k = inputs.end;
+    assert!(inputs.start.is_multiple_of(2) && inputs.start <= k);
     assert!(x.len() >= (MR - 1) * stride + k && w.len() >= layout.step(k / 2));
     // The layout's offsets are fixed before the loops, so that the inner loop is straight
     // address arithmetic (a `match` per step cost a tenth of the kernel's time).
     match layout {
         PanelLayout::Linear => {
-            widened_groups::<MR>(x, stride, k, w, |s, g| s * PANEL + 16 * g, out)
+            widened_groups::<MR>(x, stride, inputs, w, |s, g| s * PANEL + 16 * g, out)
         }
         tiled => widened_groups::<MR>(
             x,
             stride,
-            k,
+            inputs,
             w,
             move |s, g| tiled.step(s) + tiled.group(g),
             out,
@@ -70,15 +75,22 @@ unsafe fn widened_rows<const MR: usize>(
 unsafe fn widened_groups<const MR: usize>(
     x: &[f32],
     stride: usize,
-    k: usize,
+    inputs: Range<usize>,
     w: &[u32],
     at: impl Fn(usize, usize) -> usize,
-    out: &mut Tile,
+    (out, carry): (&mut Tile, bool),
 ) {
     let x = x.as_ptr();
+    let k = inputs.end;
     let high = _mm256_set1_epi32(0xFFFF_0000u32 as i32);
     for g in 0..4 {
         let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+        if carry {
+            for (m, acc_m) in acc.iter_mut().enumerate() {
+                let o = out[m].as_ptr().add(16 * g);
+                *acc_m = [_mm256_loadu_ps(o), _mm256_loadu_ps(o.add(8))];
+            }
+        }
         let fma_rows = |acc: &mut [[__m256; 2]; MR], input: usize, wv: [__m256; 2]| {
             for (m, acc_m) in acc.iter_mut().enumerate() {
                 let xb = _mm256_broadcast_ss(&*x.add(m * stride + input));
@@ -86,7 +98,7 @@ unsafe fn widened_groups<const MR: usize>(
                 acc_m[1] = _mm256_fmadd_ps(xb, wv[1], acc_m[1]);
             }
         };
-        for s in 0..k.div_ceil(2) {
+        for s in inputs.start / 2..k.div_ceil(2) {
             let wp = w.as_ptr().add(at(s, g)) as *const __m256i;
             let low = [wp, wp.add(1)]
                 .map(|p| _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_loadu_si256(p))));
@@ -104,6 +116,102 @@ unsafe fn widened_groups<const MR: usize>(
         for (m, acc_m) in acc.iter().enumerate() {
             _mm256_storeu_ps(out[m].as_mut_ptr().add(16 * g), acc_m[0]);
             _mm256_storeu_ps(out[m].as_mut_ptr().add(16 * g + 8), acc_m[1]);
+        }
+    }
+}
+
+/// f32 tile on a part of a bf16 panel widened by [`widen_part`] (once for many tiles of rows):
+/// `out[m][c] (+)= Σ_i x[m·stride + i] · w(i, c)` for `i` in `inputs`, one FMA per input in
+/// input order (the reference's bits), going on from the sums in `out` with `carry`. The inner
+/// loop is two loads, a broadcast per row and the FMAs, where [`tile_widened`] also widens
+/// every weight for every tile.
+///
+/// # Safety
+/// AVX2 and FMA available; `x` holds `mr` rows of `inputs.end` values `stride` apart; `w`
+/// holds `64 · inputs.len()` values in [`widen_part`]'s order.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn tile_f32(
+    mr: usize,
+    (x, stride): (&[f32], usize),
+    inputs: Range<usize>,
+    w: &[f32],
+    (out, carry): (&mut Tile, bool),
+) {
+    for_rows!(mr, f32_rows(x, stride, inputs, w, (out, carry)))
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn f32_rows<const MR: usize>(
+    x: &[f32],
+    stride: usize,
+    inputs: Range<usize>,
+    w: &[f32],
+    (out, carry): (&mut Tile, bool),
+) {
+    assert!(x.len() >= (MR - 1) * stride + inputs.end && w.len() >= inputs.len() * PANEL);
+    let x = x.as_ptr().add(inputs.start);
+    let n = inputs.len();
+    let rows: [*const f32; MR] = std::array::from_fn(|m| x.add(m * stride));
+    for g in 0..4 {
+        let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+        if carry {
+            for (m, acc_m) in acc.iter_mut().enumerate() {
+                let o = out[m].as_ptr().add(16 * g);
+                *acc_m = [_mm256_loadu_ps(o), _mm256_loadu_ps(o.add(8))];
+            }
+        }
+        let wg = w.as_ptr().add(16 * g * n);
+        for i in 0..n {
+            let wv = [
+                _mm256_loadu_ps(wg.add(16 * i)),
+                _mm256_loadu_ps(wg.add(16 * i + 8)),
+            ];
+            for (row, acc_m) in rows.iter().zip(acc.iter_mut()) {
+                let xb = _mm256_broadcast_ss(&*row.add(i));
+                acc_m[0] = _mm256_fmadd_ps(xb, wv[0], acc_m[0]);
+                acc_m[1] = _mm256_fmadd_ps(xb, wv[1], acc_m[1]);
+            }
+        }
+        for (m, acc_m) in acc.iter().enumerate() {
+            _mm256_storeu_ps(out[m].as_mut_ptr().add(16 * g), acc_m[0]);
+            _mm256_storeu_ps(out[m].as_mut_ptr().add(16 * g + 8), acc_m[1]);
+        }
+    }
+}
+
+/// Widens `inputs` (its start even) of a panel of bf16 pairs into `dst` as f32 for
+/// [`tile_f32`], exact (a shift and a mask): group by group of 16 columns, 16 values an input,
+/// so that a group's weights are contiguous (64 KiB rows apart they would fall in a quarter
+/// of L1's sets and evict each other).
+///
+/// # Safety
+/// AVX2 available; `w` one panel of bf16 pairs of at least `ceil(inputs.end / 2)` steps in
+/// `layout`; `dst` holds `64 · inputs.len()` values.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn widen_part(
+    (w, layout): (&[u32], PanelLayout),
+    inputs: Range<usize>,
+    dst: &mut [f32],
+) {
+    assert!(inputs.start.is_multiple_of(2) && inputs.start <= inputs.end);
+    assert!(w.len() >= layout.step(inputs.end / 2) && dst.len() >= inputs.len() * PANEL);
+    let high = _mm256_set1_epi32(0xFFFF_0000u32 as i32);
+    let n = inputs.len();
+    for s in inputs.start / 2..inputs.end.div_ceil(2) {
+        let i = 2 * s - inputs.start;
+        for g in 0..4 {
+            let wp = w.as_ptr().add(layout.step(s) + layout.group(g)) as *const __m256i;
+            let d = dst.as_mut_ptr().add(16 * g * n);
+            for half in 0..2 {
+                let pairs = _mm256_loadu_si256(wp.add(half));
+                let low = _mm256_slli_epi32::<16>(pairs);
+                _mm256_storeu_ps(d.add(16 * i + 8 * half), _mm256_castsi256_ps(low));
+                if i + 1 < n {
+                    let high = _mm256_and_si256(pairs, high);
+                    _mm256_storeu_ps(d.add(16 * (i + 1) + 8 * half), _mm256_castsi256_ps(high));
+                }
+            }
         }
     }
 }
