@@ -35,8 +35,14 @@ if ! "$venv/bin/schemathesis" --version 2>/dev/null | grep -q "version $version\
 fi
 "$venv/bin/schemathesis" --version
 
-cargo build --release --quiet -p jina-embed --bin jina-embed
-bin="$target/release/jina-embed"
+# The binary scripts/test.sh's cargo test step built ($JINA_EMBED_BIN), or one built here. (A
+# `cargo build -p jina-embed` after `cargo test --workspace` rebuilds it with other features: 3.5
+# minutes of the 2-core CI machine.)
+bin="${JINA_EMBED_BIN:-}"
+if [ -z "$bin" ]; then
+    cargo build --release --quiet -p jina-embed --bin jina-embed
+    bin="$target/release/jina-embed"
+fi
 model="$out/model"
 "$bin" fixture --out "$model" >/dev/null 2>&1
 
