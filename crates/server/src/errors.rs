@@ -23,6 +23,9 @@
 //! * Jina: `{"detail": "message"}`
 //! * OpenAI: `{"error": {"message": "…", "type": "…", "param": "field or null", "code": "…"}}`
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -35,6 +38,36 @@ pub enum Dialect {
     Jina,
     /// OpenAI's API: `{"error": {"message", "type", "param", "code"}}`.
     OpenAi,
+}
+
+/// A request's dialect as its handler learns it, shared with the middleware that may answer
+/// for the handler (`answer_by_grace_end` at the end of the shutdown grace), so the answer has
+/// the same shape whichever of the two gets there first: on a multi-threaded runtime a handler
+/// and its middleware can wake on the same signal in either order.
+#[derive(Debug, Clone)]
+pub struct SharedDialect(Arc<AtomicBool>);
+
+impl SharedDialect {
+    /// Starts as the dialect of the headers.
+    pub fn from_headers(headers: &HeaderMap) -> SharedDialect {
+        SharedDialect(Arc::new(AtomicBool::new(
+            Dialect::from_headers(headers) == Dialect::OpenAi,
+        )))
+    }
+
+    /// The dialect known so far.
+    pub fn get(&self) -> Dialect {
+        if self.0.load(Ordering::Relaxed) {
+            Dialect::OpenAi
+        } else {
+            Dialect::Jina
+        }
+    }
+
+    /// Records what the body said.
+    pub fn set(&self, dialect: Dialect) {
+        self.0.store(dialect == Dialect::OpenAi, Ordering::Relaxed);
+    }
 }
 
 /// The header the official OpenAI SDKs (Python, Node) send with every request.

@@ -21,7 +21,7 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use jina_engine::pooling::{self, Finish};
 use jina_engine::{output, EmbedRequest, EmbeddingType};
@@ -33,7 +33,7 @@ use crate::api::{
     EmbeddingsResponse, EncodingFormat, Health, Kernels, LateChunkingField, ModelCard, ModelList,
     TokenizeRequest, TokenizeResponse, TokenizedItem, Usage,
 };
-use crate::errors::{ApiError, Dialect, ErrorBody, ErrorNote, Failure};
+use crate::errors::{ApiError, Dialect, ErrorBody, ErrorNote, Failure, SharedDialect};
 use crate::{auth, AppState, ServerLimits};
 
 /// Builds the router over `state`.
@@ -206,19 +206,20 @@ async fn track(State(state): State<Arc<AppState>>, request: Request, next: Next)
 }
 
 /// Middleware on every route: a request still in flight when the shutdown grace ends (its body
-/// still arriving, say) answers 503 `shutting_down` in the dialect of its headers. The
-/// embeddings routes answer first in the dialect of their body (`run_embeddings` waits for the
-/// same signal, and `biased` polls the handler first).
+/// still arriving, say) answers 503 `shutting_down`. Its dialect is the one the handler has
+/// learned so far ([`SharedDialect`]: the body's, once an embeddings route parsed it), since
+/// `run_embeddings` waits for the same signal and either may wake first.
 async fn answer_by_grace_end(
     State(state): State<Arc<AppState>>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Response {
-    let dialect = Dialect::from_headers(request.headers());
+    let dialect = SharedDialect::from_headers(request.headers());
+    request.extensions_mut().insert(dialect.clone());
     tokio::select! {
         biased;
         response = next.run(request) => response,
-        () = state.grace_over() => ApiError::ShuttingDown.to_response(dialect),
+        () = state.grace_over() => ApiError::ShuttingDown.to_response(dialect.get()),
     }
 }
 
@@ -369,15 +370,20 @@ pub(crate) fn check_inputs(texts: &[String], max_inputs: usize) -> Result<(), Ap
 )]
 pub async fn embeddings(
     State(state): State<Arc<AppState>>,
+    shared: Option<Extension<SharedDialect>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     let mut info = RequestInfo::default();
-    let mut dialect = Dialect::from_headers(&headers);
-    let result = embed(&state, &headers, body, &mut dialect, &mut info).await;
+    let dialect = shared.map_or_else(|| SharedDialect::from_headers(&headers), |e| e.0);
+    let result = embed(&state, &headers, body, &dialect, &mut info).await;
     let mut response = match result {
         Ok(response) => response,
-        Err(error) => Failure { dialect, error }.into_response(),
+        Err(error) => Failure {
+            dialect: dialect.get(),
+            error,
+        }
+        .into_response(),
     };
     response.extensions_mut().insert(info);
     response
@@ -387,13 +393,16 @@ async fn embed(
     state: &AppState,
     headers: &HeaderMap,
     body: Body,
-    dialect: &mut Dialect,
+    dialect: &SharedDialect,
     info: &mut RequestInfo,
 ) -> Result<Response, ApiError> {
     let engine = state.engine()?;
     let _permit = state.admit()?;
     let bytes = read_body(headers, body, &state.config.limits).await?;
-    let request = decode_request(&bytes, headers, dialect)?;
+    let mut known = dialect.get();
+    let request = decode_request(&bytes, headers, &mut known);
+    dialect.set(known);
+    let request = request?;
     drop(bytes);
     let embedded = run_embeddings(state, engine, request, info).await?;
     let model_name = state.config.served_model_name.clone();
@@ -848,5 +857,44 @@ mod tests {
     fn routes_are_labelled() {
         assert_eq!(route_label("/v1/embeddings"), "/v1/embeddings");
         assert_eq!(route_label("/v1/embeddings/../x"), "other");
+    }
+
+    /// The handler and `answer_by_grace_end` wake on the same signal in either order (a socket
+    /// test lost this race three times in ten). Here the handler never answers, so the
+    /// middleware must, in the dialect the handler had learned from its body.
+    #[tokio::test]
+    async fn at_the_grace_end_the_middleware_answers_in_the_dialect_the_handler_learned() {
+        use tower::ServiceExt;
+        let state = AppState::new(crate::ServerConfig::new("no model".into()));
+        let (learned_tx, learned_rx) = tokio::sync::oneshot::channel::<()>();
+        let learned_tx = Arc::new(std::sync::Mutex::new(Some(learned_tx)));
+        let app = Router::new()
+            .route(
+                "/stuck",
+                post(move |Extension(dialect): Extension<SharedDialect>| {
+                    dialect.set(Dialect::OpenAi);
+                    if let Some(tx) = learned_tx.lock().unwrap().take() {
+                        let _ = tx.send(());
+                    }
+                    std::future::pending::<Response>()
+                }),
+            )
+            .layer(middleware::from_fn_with_state(
+                state.clone(),
+                answer_by_grace_end,
+            ))
+            .with_state(state.clone());
+        let request = Request::post("/stuck").body(Body::empty()).unwrap();
+        let call = tokio::spawn(app.oneshot(request));
+        learned_rx.await.unwrap();
+        state.end_grace();
+        let response = call.await.unwrap().unwrap();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let bytes = http_body_util::BodyExt::collect(response.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(body["error"]["code"], "shutting_down", "{body}");
     }
 }

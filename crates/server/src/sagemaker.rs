@@ -28,6 +28,7 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
@@ -35,7 +36,7 @@ use utoipa::ToSchema;
 use crate::api::{
     parse_object, typed, EmbeddingValue, EmbeddingsRequest, Input, LateChunkingField, TextItem,
 };
-use crate::errors::{ApiError, Dialect, ErrorBody, Failure};
+use crate::errors::{ApiError, Dialect, ErrorBody, Failure, SharedDialect};
 use crate::routes::{blocking, json_response, read_body, run_embeddings, RequestInfo};
 use crate::AppState;
 
@@ -175,14 +176,19 @@ pub async fn ping(state: State<Arc<AppState>>) -> Response {
 )]
 pub async fn invocations(
     State(state): State<Arc<AppState>>,
+    shared: Option<Extension<SharedDialect>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     let mut info = RequestInfo::default();
-    let mut dialect = Dialect::from_headers(&headers);
-    let mut response = match invoke(&state, &headers, body, &mut dialect, &mut info).await {
+    let dialect = shared.map_or_else(|| SharedDialect::from_headers(&headers), |e| e.0);
+    let mut response = match invoke(&state, &headers, body, &dialect, &mut info).await {
         Ok(response) => response,
-        Err(error) => Failure { dialect, error }.into_response(),
+        Err(error) => Failure {
+            dialect: dialect.get(),
+            error,
+        }
+        .into_response(),
     };
     response.extensions_mut().insert(info);
     response
@@ -192,7 +198,7 @@ async fn invoke(
     state: &AppState,
     headers: &HeaderMap,
     body: Body,
-    dialect: &mut Dialect,
+    dialect: &SharedDialect,
     info: &mut RequestInfo,
 ) -> Result<Response, ApiError> {
     let engine = state.engine()?;
@@ -201,14 +207,14 @@ async fn invoke(
     let map = parse_object(&bytes)?;
     drop(bytes);
     if !map.contains_key("data") {
-        *dialect = Dialect::from_request(headers, &map);
+        dialect.set(Dialect::from_request(headers, &map));
         let request: EmbeddingsRequest = typed(map)?;
         let embedded = run_embeddings(state, engine, request, info).await?;
         let model = state.config.served_model_name.clone();
         let body = blocking(move || embedded.render(model)).await?;
         return Ok(json_response(body));
     }
-    *dialect = Dialect::Jina;
+    dialect.set(Dialect::Jina);
     let (request, ids) = translate(map)?;
     let embedded = run_embeddings(state, engine, request, info).await?;
     let body = blocking(move || {
