@@ -8,12 +8,12 @@
 #     NEON f32 and SDOT int8 kernels held to the reference's bits;
 #   - the f32 golden test (all 16 official cases of the small fixture) and the batching tests but
 #     the long late-chunking one (windows of 8194 tokens: minutes of emulated attention);
-#   - on models with dotprod, the int8 golden test (cosine >= 0.999 on the SDOT kernel);
+#   - on models with dotprod, the int8 golden test (cosine >= 0.999 on the SDOT kernel); on
+#     models with bf16, the bf16 golden test (cosine >= 0.999 on the BFMMLA kernel);
 #   - scripts/check-aarch64-embed.sh: the aarch64 `jina-embed` under qemu embeds a line of the
 #     small fixture and equals the x86 build within the fixtures' 2e-5.
-# Left out: the bf16 golden test (on aarch64 bf16 runs the NEON f32 kernel on bf16 weights, which
-# the f32 golden test runs; no BFMMLA kernel yet), and the neoverse-n1 model for the tests (its
-# dotprod level runs under `max` as a capped variant; its detection is checked).
+# Left out: the neoverse-n1 model for the tests (its dotprod level runs under `max` as a capped
+# variant; its detection is checked).
 # Emulation is tens of times slower than native; see the timings it prints per step.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -91,6 +91,11 @@ for cpu in ${JINA_QEMU_CPUS:-cortex-a53 max}; do
     # int8 runs its own kernel (SDOT) only where the model has dotprod; elsewhere it is f32.
     if [[ " $(expected "$cpu") " == *" +dotprod "* ]]; then
         step "$cargo" test "${build[@]}" --test golden -- --exact int8_path_keeps_cosine_above_0_999
+    fi
+    # bf16 runs its own kernel (BFMMLA) only where the model has FEAT_BF16; elsewhere it is the
+    # NEON f32 kernel on bf16 weights, which the f32 golden test runs.
+    if [[ " $(expected "$cpu") " == *" +bf16 "* ]]; then
+        step "$cargo" test "${build[@]}" --test golden -- --exact bf16_path_keeps_cosine_above_0_999
     fi
 done
 # `jina-embed` itself (built above), under the default model (max).

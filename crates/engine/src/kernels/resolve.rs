@@ -33,6 +33,8 @@ pub enum LinearKernel {
     Dotprod(PackedType),
     /// aarch64 `SMMLA` (FEAT_I8MM): int8.
     I8mm(PackedType),
+    /// aarch64 `BFMMLA` (FEAT_BF16): bf16.
+    Bfmmla(PackedType),
 }
 
 impl LinearKernel {
@@ -47,7 +49,8 @@ impl LinearKernel {
             | LinearKernel::Amx(ty)
             | LinearKernel::Neon(ty)
             | LinearKernel::Dotprod(ty)
-            | LinearKernel::I8mm(ty) => Some(ty),
+            | LinearKernel::I8mm(ty)
+            | LinearKernel::Bfmmla(ty) => Some(ty),
         }
     }
 
@@ -79,6 +82,7 @@ impl fmt::Display for LinearKernel {
             LinearKernel::Neon(ty) => write!(f, "neon ({})", storage(ty)),
             LinearKernel::Dotprod(ty) => write!(f, "dotprod sdot ({})", storage(ty)),
             LinearKernel::I8mm(ty) => write!(f, "i8mm smmla ({})", storage(ty)),
+            LinearKernel::Bfmmla(ty) => write!(f, "bf16 bfmmla ({})", storage(ty)),
         }
     }
 }
@@ -156,6 +160,7 @@ impl KernelPlan {
                 LinearKernel::Amx(PackedType::Bf16)
             }
             Precision::Bf16 if cpu.avx512_bf16 => LinearKernel::Avx512(PackedType::Bf16),
+            Precision::Bf16 if cpu.neon && cpu.bf16 => LinearKernel::Bfmmla(PackedType::Bf16),
             Precision::Bf16 => {
                 // Where a kernel of ours reads them, the weights stay bf16 (read exactly): the
                 // memory of bf16 is kept and only the arithmetic is f32.
@@ -166,8 +171,7 @@ impl KernelPlan {
                     "bf16 weights"
                 };
                 fallbacks.push(format!(
-                    "bf16: {} ({}): {storage}, f32 arithmetic",
-                    no_bf16_kernel(cpu),
+                    "bf16: {NO_BF16_DOT} ({}): {storage}, f32 arithmetic",
                     cpu.level()
                 ));
                 kernel
@@ -212,11 +216,13 @@ impl KernelPlan {
             AttentionKernel::Gemm
         };
         if wants_bf16 && !attention.bf16() {
-            fallbacks.push(format!(
-                "attention: {} ({}): f32",
-                no_bf16_kernel(cpu),
-                cpu.level()
-            ));
+            let why = if cpu.neon && cpu.bf16 {
+                // Attention on aarch64 is the gemm crate's f32 tiles (no kernel of ours yet).
+                "no bf16 attention kernel of ours for aarch64 yet"
+            } else {
+                NO_BF16_DOT
+            };
+            fallbacks.push(format!("attention: {why} ({}): f32", cpu.level()));
         }
         KernelPlan {
             requested,
@@ -255,15 +261,9 @@ impl KernelPlan {
     }
 }
 
-/// Why bf16 products do not run as bf16.
-fn no_bf16_kernel(cpu: Cpu) -> &'static str {
-    if cpu.bf16 {
-        // FEAT_BF16 (Graviton 3+, Apple M2+) has BFMMLA/BFDOT, which no kernel of ours uses yet.
-        "no BFMMLA/BFDOT kernel of ours yet"
-    } else {
-        "no bf16 dot product on this CPU"
-    }
-}
+/// Why bf16 products do not run as bf16: every CPU with a bf16 dot product has a linear kernel
+/// of ours for it (VDPBF16PS, AMX, BFMMLA).
+const NO_BF16_DOT: &str = "no bf16 dot product on this CPU";
 
 /// The f32 path: exact products.
 fn exact_linear(cpu: Cpu, bf16_weights: bool) -> LinearKernel {
@@ -374,11 +374,11 @@ mod tests {
             (graviton2, P::Bf16, L::Neon(T::Bf16x3), A::Gemm, 2),
             (graviton2, P::Int8, L::Dotprod(T::Int8), A::Gemm, 1),
             (graviton3, P::F32, L::Neon(T::Bf16x3), A::Gemm, 0),
-            (graviton3, P::Bf16, L::Neon(T::Bf16x3), A::Gemm, 2),
+            (graviton3, P::Bf16, L::Bfmmla(T::Bf16), A::Gemm, 1),
             (graviton3, P::Int8, L::I8mm(T::Int8), A::Gemm, 1),
-            // f32 on Accelerate; bf16 keeps its memory on the NEON kernel.
+            // f32 on Accelerate; bf16 on BFMMLA.
             (apple_m2, P::F32, L::Gemm, A::Gemm, 0),
-            (apple_m2, P::Bf16, L::Neon(T::Bf16x3), A::Gemm, 2),
+            (apple_m2, P::Bf16, L::Bfmmla(T::Bf16), A::Gemm, 1),
             (apple_m2, P::Int8, L::I8mm(T::Int8), A::Gemm, 1),
         ];
         for (i, (cpu, requested, linear, attention, fallbacks)) in table.into_iter().enumerate() {

@@ -127,6 +127,23 @@ pub(super) fn bf16_rows(
     pairs
 }
 
+/// Rows of bf16 pairs (`steps` a row, as [`bf16_rows`] gives them) interleaved in pairs of
+/// rows, the operand of `BFMMLA` (two rows × four inputs a register): pair `p`, step pair `t`
+/// holds `[row 2p @ 2t, row 2p @ 2t+1, row 2p+1 @ 2t, row 2p+1 @ 2t+1]`, an odd last row
+/// paired with zeros. Pair `p` starts at `p · 2 · steps`, so rows `r0 ..` (`r0` even) at
+/// `r0 · steps`.
+pub(super) fn interleave_row_pairs(pairs: &[u32], rows: usize, steps: usize) -> Vec<u32> {
+    assert!(steps.is_multiple_of(2) && pairs.len() >= rows * steps);
+    let mut interleaved = vec![0u32; rows.div_ceil(2) * 2 * steps];
+    for (r, row) in pairs.chunks_exact(steps.max(1)).take(rows).enumerate() {
+        let dst = &mut interleaved[(r / 2) * 2 * steps..][..2 * steps];
+        for (t, two) in row.chunks_exact(2).enumerate() {
+            dst[4 * t + 2 * (r % 2)..][..2].copy_from_slice(two);
+        }
+    }
+    interleaved
+}
+
 /// One row of [`bf16_rows`]: `dst` holds `parts` blocks of `steps` pairs, zero-filled.
 pub(super) fn split_row(row: &[f32], dst: &mut [u32], steps: usize, parts: usize, cpu: Cpu) {
     debug_assert!(row.len() <= 2 * steps && dst.len() == parts * steps);

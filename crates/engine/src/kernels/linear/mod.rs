@@ -4,7 +4,8 @@
 //! - `avx2`: FMA on bf16 weights widened in registers (exact f32), int8 with `VPMADDWD`;
 //! - `avx512`: f32 (`VFMADD231PS`), bf16 (`VDPBF16PS`) and int8 (`VPDPBUSD`);
 //! - `amx`: bf16, exact bf16x3 and int8 on AMX tiles;
-//! - `neon` (aarch64): FMA on bf16 weights widened in registers, int8 with `SDOT` or `SMMLA`.
+//! - `neon` (aarch64): FMA on bf16 weights widened in registers, int8 with `SDOT` or `SMMLA`,
+//!   bf16 with `BFMMLA`.
 //!
 //! The packed weight carries the [`Cpu`] it was packed for and [`matmul_extended`] picks the
 //! kernel from it and the row count ([`Path::choose`]): the one place that decides. The
@@ -62,7 +63,7 @@ pub mod reference;
 mod tests;
 
 pub use activations::LowRankInputs;
-use activations::{bf16_rows, extended_row, quantize_row, quantize_rows};
+use activations::{bf16_rows, extended_row, interleave_row_pairs, quantize_row, quantize_rows};
 use epilogue::{finish_block, SharedOut};
 pub use epilogue::{Epilogue, LowRank};
 pub use pack::PackedMatrix;
@@ -210,6 +211,8 @@ pub enum Path {
     Dotprod,
     /// aarch64 `SMMLA` (FEAT_I8MM): int8.
     I8mm,
+    /// aarch64 `BFMMLA` (FEAT_BF16): bf16.
+    Bfmmla,
 }
 
 impl Path {
@@ -239,6 +242,7 @@ impl Path {
             PackedType::Int8 if x86 && cpu.avx512 && cpu.avx512_vnni => Path::Vnni,
             PackedType::Int8 if x86 && cpu.vnni_256() => Path::AvxVnni { vex: cpu.avx_vnni },
             PackedType::Int8 if x86 && cpu.avx2 => Path::Avx2,
+            PackedType::Bf16 if arm && cpu.neon && cpu.bf16 => Path::Bfmmla,
             PackedType::Bf16 | PackedType::Bf16x3 if arm && cpu.neon => Path::Neon,
             PackedType::Int8 if arm && cpu.neon && cpu.dotprod && cpu.i8mm => Path::I8mm,
             PackedType::Int8 if arm && cpu.neon && cpu.dotprod => Path::Dotprod,
@@ -388,7 +392,8 @@ pub fn matmul_extended(
 }
 
 /// Activations in the form the chosen kernel reads: f32 rows (extended with their LoRA inputs,
-/// or rounded to bf16 for bf16 weights, in a copy), or rows of bf16 pairs in `parts` parts.
+/// or rounded to bf16 for bf16 weights, in a copy), rows of bf16 pairs in `parts` parts, or
+/// rows of bf16 pairs interleaved two by two (`BFMMLA`).
 enum Activations<'a> {
     F32 {
         x: Cow<'a, [f32]>,
@@ -400,6 +405,9 @@ enum Activations<'a> {
         pairs: Vec<u32>,
         parts: usize,
     },
+    /// [`interleave_row_pairs`]: read by the aarch64 `BFMMLA` kernel only.
+    #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
+    Bf16RowPairs(Vec<u32>),
 }
 
 impl Activations<'_> {
@@ -425,6 +433,10 @@ impl Activations<'_> {
                 (Cow::Owned(rows_x), w.k)
             }
         };
+        if path == Path::Bfmmla {
+            let pairs = bf16_rows(&x, stride, rows, w.k, w.steps, rows, 1, (w.cpu, rows >= 64));
+            return Activations::Bf16RowPairs(interleave_row_pairs(&pairs, rows, w.steps));
+        }
         if reads_pairs {
             let parts = w.ty.activation_parts();
             let pairs = bf16_rows(
@@ -459,6 +471,7 @@ impl Activations<'_> {
         match self {
             Activations::F32 { .. } => w.k * 4,
             Activations::Bf16 { parts, .. } => parts * w.steps * 4,
+            Activations::Bf16RowPairs(_) => w.steps * 4,
         }
     }
 
@@ -527,11 +540,18 @@ impl Activations<'_> {
             (Activations::F32 { x, stride }, Path::Neon) => unsafe {
                 neon::tile_widened(mr, &x[r0 * stride..], *stride, w.k, (wp, layout), tile)
             },
+            // SAFETY: `Path::choose` took BFMMLA for a CPU with FEAT_BF16; blocks start at a
+            // multiple of MAX_ROWS (even), so row r0 begins pair r0 / 2, at r0 · steps.
+            #[cfg(target_arch = "aarch64")]
+            (Activations::Bf16RowPairs(pairs), Path::Bfmmla) => unsafe {
+                debug_assert!(r0.is_multiple_of(2));
+                neon::tile_bf16_mmla(mr, &pairs[r0 * w.steps..], w.steps, (wp, layout), tile)
+            },
             (Activations::F32 { x, stride }, _) => {
                 reference::tile(mr, &x[r0 * stride..], *stride, w, (wp, layout), tile)
             }
-            (Activations::Bf16 { .. }, _) => {
-                unreachable!("only the AVX-512 kernel reads bf16 pairs")
+            (Activations::Bf16 { .. } | Activations::Bf16RowPairs(_), _) => {
+                unreachable!("bf16 pairs meet the kernel they were prepared for")
             }
         }
     }

@@ -1,7 +1,8 @@
 //! aarch64 tile kernels: Advanced SIMD (every aarch64 CPU) for f32 products on bf16 weights,
-//! `SDOT` (FEAT_DotProd: Graviton 2+, Apple M1+) for int8. Both walk the 64-column panel eight
-//! columns (two 128-bit registers) at a time for up to 6 rows: 12 accumulators, so with the
-//! operands nothing spills out of the 32 registers.
+//! `SDOT` (FEAT_DotProd: Graviton 2+, Apple M1+) and `SMMLA` (FEAT_I8MM) for int8, `BFMMLA`
+//! (FEAT_BF16: Graviton 3+, Apple M2+) for bf16. All walk the 64-column panel eight columns
+//! (two 128-bit registers) at a time for up to 6 rows: 12 accumulators, so with the operands
+//! nothing spills out of the 32 registers.
 //!
 //! - f32: bf16 weights (the checkpoint's values) widened in registers: the low bf16 of a pair
 //!   shifted up 16 bits (`SHL`), the high one masked (`AND`), which is exact; then one fused
@@ -374,6 +375,136 @@ unsafe fn mmla_rows<const PAIRS: usize>(
                     let sum = vcvtq_f32_s32(vreinterpretq_s32_s64(s));
                     let scaled = vmulq_f32(vmulq_f32(sum, row_scale), cs);
                     vst1q_f32(out[m].as_mut_ptr().add(8 * g + 4 * j), scaled);
+                }
+            }
+        }
+    }
+}
+
+/// `acc += x · wᵀ` on 2 × 4 bf16 matrices (`BFMMLA`): lane `2i + j` of `acc` gains row `i` of
+/// `x` (four bf16) dotted with row `j` of `w`, summed in f32 (the products are exact; the
+/// sums rounded as the CPU's FPCR.EBF says: round-to-odd without FEAT_EBF16).
+///
+/// # Safety
+/// FEAT_BF16 available.
+#[inline]
+#[target_feature(enable = "neon,bf16")]
+unsafe fn bfmmla(acc: float32x4_t, x: uint32x4_t, w: uint32x4_t) -> float32x4_t {
+    let mut acc = acc;
+    // SAFETY (of the asm): one register-only instruction of the feature enabled above.
+    asm!(
+        "bfmmla {acc:v}.4s, {x:v}.8h, {w:v}.8h",
+        acc = inout(vreg) acc,
+        x = in(vreg) x,
+        w = in(vreg) w,
+        options(pure, nomem, nostack, preserves_flags),
+    );
+    acc
+}
+
+/// bf16 tile with `BFMMLA` (FEAT_BF16): `out[m][c] = Σ_i x(m, i) · w(i, c)` on bf16 activations
+/// and weights, from 2 × 2 blocks of (rows × columns) over two steps (4 inputs) per
+/// instruction: 16 products where `FMLA` makes 4. `x` holds the rows interleaved in pairs
+/// ([`super::activations::interleave_row_pairs`]) from this tile's first pair, `steps` steps
+/// a row; the weights of two steps are zipped into column pairs in registers, as for
+/// [`tile_int8_mmla`]. Its sums are in another order than the reference's and rounded by the
+/// instruction, so it is held to the reference within f32 rounding of the sums.
+///
+/// # Safety
+/// FEAT_BF16 available; `x` holds `mr.div_ceil(2)` row pairs of `steps` steps; `w` one panel
+/// of `steps` steps in `layout` (both checked).
+#[target_feature(enable = "neon,bf16")]
+pub unsafe fn tile_bf16_mmla(
+    mr: usize,
+    x: &[u32],
+    steps: usize,
+    w: (&[u32], PanelLayout),
+    out: &mut Tile,
+) {
+    match mr.div_ceil(2) {
+        1 => bf16_mmla_rows::<1>(mr, x, steps, w, out),
+        2 => bf16_mmla_rows::<2>(mr, x, steps, w, out),
+        _ => bf16_mmla_rows::<3>(mr, x, steps, w, out),
+    }
+}
+
+/// [`tile_bf16_mmla`] for `PAIRS` pairs of rows (`mr` rows: the last pair may lack one).
+#[inline]
+#[target_feature(enable = "neon,bf16")]
+unsafe fn bf16_mmla_rows<const PAIRS: usize>(
+    mr: usize,
+    x: &[u32],
+    steps: usize,
+    (w, layout): (&[u32], PanelLayout),
+    out: &mut Tile,
+) {
+    // bf16 steps come in whole AMX tile steps (16): no odd step pair at the end.
+    assert!(
+        steps.is_multiple_of(TILE_STEPS),
+        "bf16 panel of {steps} steps"
+    );
+    assert!(mr.div_ceil(2) == PAIRS && mr <= 6);
+    assert!(x.len() >= PAIRS * 2 * steps);
+    assert!(steps == 0 || w.len() > layout.at(steps - 1, PANEL - 1));
+    let (x, w) = (x.as_ptr(), w.as_ptr());
+    let spacing = step_spacing(layout);
+    for g in 0..PANEL / 8 {
+        let offset = layout.group(g / 2) + 8 * (g % 2);
+        // acc[p][q]: rows 2p, 2p+1 × columns 8g + 2q, 8g + 2q + 1; three pairs always, of
+        // which the first PAIRS are used (see `mmla_rows`).
+        let mut acc = [[vdupq_n_f32(0.0); 4]; 3];
+        for block in (0..steps).step_by(TILE_STEPS) {
+            let mut wp = w.add(layout.step(block) + offset);
+            for t in block / 2..(block + TILE_STEPS) / 2 {
+                let even = [vld1q_u32(wp), vld1q_u32(wp.add(4))];
+                let odd = [vld1q_u32(wp.add(spacing)), vld1q_u32(wp.add(spacing + 4))];
+                wp = wp.add(2 * spacing);
+                // Column pair (c, c+1) over both steps: inputs 4t .. 4t + 4 of c, then of c+1.
+                let cols = [
+                    vzip1q_u32(even[0], odd[0]),
+                    vzip2q_u32(even[0], odd[0]),
+                    vzip1q_u32(even[1], odd[1]),
+                    vzip2q_u32(even[1], odd[1]),
+                ];
+                let pair = |acc_p: &mut [float32x4_t; 4], p: usize| {
+                    let xv = vld1q_u32(x.add(p * 2 * steps + 4 * t));
+                    acc_p[0] = bfmmla(acc_p[0], xv, cols[0]);
+                    acc_p[1] = bfmmla(acc_p[1], xv, cols[1]);
+                    acc_p[2] = bfmmla(acc_p[2], xv, cols[2]);
+                    acc_p[3] = bfmmla(acc_p[3], xv, cols[3]);
+                };
+                let [acc0, acc1, acc2] = &mut acc;
+                pair(acc0, 0);
+                if PAIRS > 1 {
+                    pair(acc1, 1);
+                }
+                if PAIRS > 2 {
+                    pair(acc2, 2);
+                }
+            }
+        }
+        for (p, acc_p) in acc.iter().enumerate().take(PAIRS) {
+            // Row 2p's columns 8g..8g+4 are the low halves of acc_p[0] and acc_p[1], row
+            // 2p+1's the high halves; the same for 8g+4..8g+8 in acc_p[2], acc_p[3].
+            let as64 = |v: float32x4_t| vreinterpretq_u64_f32(v);
+            let rows = [
+                [
+                    vzip1q_u64(as64(acc_p[0]), as64(acc_p[1])),
+                    vzip1q_u64(as64(acc_p[2]), as64(acc_p[3])),
+                ],
+                [
+                    vzip2q_u64(as64(acc_p[0]), as64(acc_p[1])),
+                    vzip2q_u64(as64(acc_p[2]), as64(acc_p[3])),
+                ],
+            ];
+            for (i, sums) in rows.iter().enumerate() {
+                let m = 2 * p + i;
+                if m >= mr {
+                    break;
+                }
+                for (j, &s) in sums.iter().enumerate() {
+                    let at = out[m].as_mut_ptr().add(8 * g + 4 * j);
+                    vst1q_f32(at, vreinterpretq_f32_u64(s));
                 }
             }
         }

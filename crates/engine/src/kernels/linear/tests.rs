@@ -4,7 +4,7 @@
 
 use half::bf16;
 
-use super::activations::{bf16_part, split_row};
+use super::activations::{bf16_part, interleave_row_pairs, split_row};
 use super::*;
 use crate::kernels::cpu::{record_variant, Isa};
 
@@ -121,19 +121,24 @@ fn kernels_match_the_reference_kernel() {
 fn each_variant_takes_its_own_kernel() {
     for (isa, cpu) in variants("linear::each_variant_takes_its_own_kernel") {
         let path = |ty| Path::choose(&PackedMatrix::empty(ty, cpu), 8);
-        let (f32_on_bf16, int8) = match isa {
-            Isa::Scalar => (Path::Reference, Path::Reference),
-            Isa::Avx2 => (Path::Avx2, Path::Avx2),
-            Isa::AvxVnni => (Path::Avx2, Path::AvxVnni { vex: cpu.avx_vnni }),
-            Isa::Neon => (Path::Neon, Path::Reference),
-            Isa::Dotprod => (Path::Neon, Path::Dotprod),
-            Isa::I8mm | Isa::Bf16 => (Path::Neon, Path::I8mm),
+        let (f32_on_bf16, bf16, int8) = match isa {
+            Isa::Scalar => (Path::Reference, Path::Reference, Path::Reference),
+            Isa::Avx2 => (Path::Avx2, Path::Avx2, Path::Avx2),
+            Isa::AvxVnni => (Path::Avx2, Path::Avx2, Path::AvxVnni { vex: cpu.avx_vnni }),
+            Isa::Neon => (Path::Neon, Path::Neon, Path::Reference),
+            Isa::Dotprod => (Path::Neon, Path::Neon, Path::Dotprod),
+            Isa::I8mm => (Path::Neon, Path::Neon, Path::I8mm),
+            Isa::Bf16 => (Path::Neon, Path::Bfmmla, Path::I8mm),
             // The AVX-512 and AMX levels choose by rows and tiles (tested with their kernels).
             Isa::Avx512 | Isa::Avx512Bf16 | Isa::Amx => continue,
         };
         assert_eq!(
-            (path(PackedType::Bf16x3), path(PackedType::Int8)),
-            (f32_on_bf16, int8),
+            (
+                path(PackedType::Bf16x3),
+                path(PackedType::Bf16),
+                path(PackedType::Int8)
+            ),
+            (f32_on_bf16, bf16, int8),
             "{isa}"
         );
     }
@@ -723,6 +728,21 @@ fn transposed_packing_reads_columns() {
             }
         }
     }
+}
+
+/// `BFMMLA`'s operand: two rows × two steps a register, an odd last row paired with zeros.
+#[test]
+fn row_pairs_interleave_two_steps_of_two_rows() {
+    // Row r, step s holds 100·r + s.
+    let (rows, steps) = (3, 4);
+    let pairs: Vec<u32> = (0..rows * steps)
+        .map(|i| (100 * (i / steps) + i % steps) as u32)
+        .collect();
+    let want = [
+        0, 1, 100, 101, 2, 3, 102, 103, // rows 0 and 1
+        200, 201, 0, 0, 202, 203, 0, 0, // row 2 and zeros
+    ];
+    assert_eq!(interleave_row_pairs(&pairs, rows, steps), want);
 }
 
 #[test]
