@@ -5,7 +5,8 @@
 #   - the cpu_features example, checked against what the model must switch on and off
 #     (cortex-a53: no dotprod/i8mm/bf16; neoverse-n1: dotprod only; max: all three);
 #   - the engine's unit tests (kernels against their references, tokenizer, config, ...), the
-#     NEON f32 and SDOT int8 kernels held to the reference's bits;
+#     NEON f32 and SDOT int8 kernels held to the reference's bits, the BFMMLA kernel and the
+#     NEON attention kernel to the reference within f32 rounding;
 #   - the f32 golden test (all 16 official cases of the small fixture) and the batching tests but
 #     the long late-chunking one (windows of 8194 tokens: minutes of emulated attention);
 #   - on models with dotprod, the int8 golden test (cosine >= 0.999 on the SDOT kernel); on

@@ -93,10 +93,12 @@ pub enum AttentionKernel {
     /// Plain loops, online softmax (any CPU).
     Reference,
     /// Key tiles multiplied by the `gemm` crate (Accelerate on macOS), online softmax in f32
-    /// (aarch64 until it has its own kernel; x86 CPUs without AVX2).
+    /// (macOS, for Accelerate's matrix unit; x86 CPUs without AVX2).
     Gemm,
     /// AVX2 + FMA: tiled online softmax in registers, f32.
     Avx2,
+    /// aarch64 NEON: the AVX2 kernel's loop in 128-bit registers, f32.
+    Neon,
     /// AVX-512: K and V packed once per head for the packed product kernels; `bf16` rounds Q, K,
     /// P and V for sequences over 512 tokens (shorter ones are as fast in f32).
     Avx512 {
@@ -127,6 +129,7 @@ impl fmt::Display for AttentionKernel {
             AttentionKernel::Reference => write!(f, "reference loops (f32)"),
             AttentionKernel::Gemm => write!(f, "{} tiles (f32)", super::matmul::F32_GEMM),
             AttentionKernel::Avx2 => write!(f, "avx2 (f32)"),
+            AttentionKernel::Neon => write!(f, "neon (f32)"),
             AttentionKernel::Avx512 { bf16 } => write!(f, "avx512 ({})", precision(bf16)),
             AttentionKernel::Amx { bf16 } => write!(f, "amx ({})", precision(bf16)),
         }
@@ -210,6 +213,9 @@ impl KernelPlan {
             }
         } else if cpu.avx2 {
             AttentionKernel::Avx2
+        } else if cpu.neon && !cpu.accelerate {
+            // On a Mac the key tiles go to Accelerate (the matrix unit), as the f32 products do.
+            AttentionKernel::Neon
         } else if cpu.level() == Isa::Scalar {
             AttentionKernel::Reference
         } else {
@@ -217,7 +223,7 @@ impl KernelPlan {
         };
         if wants_bf16 && !attention.bf16() {
             let why = if cpu.neon && cpu.bf16 {
-                // Attention on aarch64 is the gemm crate's f32 tiles (no kernel of ours yet).
+                // The aarch64 attention kernels are f32 (a BFMMLA one is not written yet).
                 "no bf16 attention kernel of ours for aarch64 yet"
             } else {
                 NO_BF16_DOT
@@ -367,15 +373,15 @@ mod tests {
             (zen4.capped(Isa::AvxVnni), P::Int8, L::AvxVnni(T::Int8), A::Avx2, 1),
             (Cpu::SCALAR, P::F32, L::Reference(T::Bf16x3), A::Reference, 0),
             (Cpu::SCALAR, P::Int8, L::Reference(T::Int8), A::Reference, 1),
-            (neon, P::F32, L::Neon(T::Bf16x3), A::Gemm, 0),
-            (neon, P::Bf16, L::Neon(T::Bf16x3), A::Gemm, 2),
-            (neon, P::Int8, L::Neon(T::Bf16x3), A::Gemm, 2),
-            (graviton2, P::F32, L::Neon(T::Bf16x3), A::Gemm, 0),
-            (graviton2, P::Bf16, L::Neon(T::Bf16x3), A::Gemm, 2),
-            (graviton2, P::Int8, L::Dotprod(T::Int8), A::Gemm, 1),
-            (graviton3, P::F32, L::Neon(T::Bf16x3), A::Gemm, 0),
-            (graviton3, P::Bf16, L::Bfmmla(T::Bf16), A::Gemm, 1),
-            (graviton3, P::Int8, L::I8mm(T::Int8), A::Gemm, 1),
+            (neon, P::F32, L::Neon(T::Bf16x3), A::Neon, 0),
+            (neon, P::Bf16, L::Neon(T::Bf16x3), A::Neon, 2),
+            (neon, P::Int8, L::Neon(T::Bf16x3), A::Neon, 2),
+            (graviton2, P::F32, L::Neon(T::Bf16x3), A::Neon, 0),
+            (graviton2, P::Bf16, L::Neon(T::Bf16x3), A::Neon, 2),
+            (graviton2, P::Int8, L::Dotprod(T::Int8), A::Neon, 1),
+            (graviton3, P::F32, L::Neon(T::Bf16x3), A::Neon, 0),
+            (graviton3, P::Bf16, L::Bfmmla(T::Bf16), A::Neon, 1),
+            (graviton3, P::Int8, L::I8mm(T::Int8), A::Neon, 1),
             // f32 on Accelerate; bf16 on BFMMLA.
             (apple_m2, P::F32, L::Gemm, A::Gemm, 0),
             (apple_m2, P::Bf16, L::Bfmmla(T::Bf16), A::Gemm, 1),

@@ -18,7 +18,7 @@ use std::arch::x86_64::*;
 use rayon::prelude::*;
 
 use super::portable;
-use super::{write_rows, SequenceRange, Shape, SharedMut};
+use super::{pack_keys_and_values, write_rows, SequenceRange, Shape, SharedMut};
 use crate::kernels::cpu::Cpu;
 
 /// Queries per block: 6 × 2 score registers, or 6 × 2 output registers, in flight.
@@ -75,21 +75,15 @@ struct Head {
 impl Head {
     /// Packs this head's K transposed and its V contiguous.
     fn load(&mut self, qkv: &[f32], seq: SequenceRange, head: usize, shape: Shape) {
-        let Shape { d, hidden, .. } = shape;
-        let stride = 3 * hidden;
-        let padded = seq.len.div_ceil(KEYS) * KEYS;
-        self.keys.clear();
-        self.keys.resize(padded * d, 0.0);
-        self.values.clear();
-        self.values.resize(padded * d, 0.0);
-        for t in 0..seq.len {
-            let row = &qkv[(seq.start + t) * stride + hidden + head * d..];
-            let block = &mut self.keys[(t / 8) * d * 8..][..d * 8];
-            for (c, &v) in row[..d].iter().enumerate() {
-                block[c * 8 + t % 8] = v;
-            }
-            self.values[t * d..][..d].copy_from_slice(&row[hidden..][..d]);
-        }
+        let d = shape.d;
+        pack_keys_and_values(
+            qkv,
+            seq,
+            head,
+            shape,
+            KEYS,
+            (&mut self.keys, &mut self.values),
+        );
         self.out.resize(TILE_QUERIES * d, 0.0);
         self.probabilities.resize(QUERIES * KEYS, 0.0);
     }

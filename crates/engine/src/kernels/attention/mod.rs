@@ -6,7 +6,7 @@
 //! is one score tile plus a `queries × d` accumulator, linear in the length.
 //!
 //! One kernel per instruction set, chosen at load ([`AttentionKernel`]): [`portable`] (plain
-//! loops or the `gemm` crate's tiles), `avx2` (the whole tile in registers), `avx512` (K and V
+//! loops or the `gemm` crate's tiles), `avx2` and `neon` (the whole tile in registers), `avx512` (K and V
 //! packed once per head for the packed product kernels) and `amx` (fused, for heads of 64).
 //! The precision of a sequence depends on that sequence alone, never on its batch.
 
@@ -19,6 +19,8 @@ pub mod amx;
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+#[cfg(target_arch = "aarch64")]
+mod neon;
 mod portable;
 
 /// Queries per score tile of the tiled kernels.
@@ -74,6 +76,8 @@ pub fn attention(
         }
         #[cfg(target_arch = "x86_64")]
         AttentionKernel::Avx2 => avx2::attention(qkv, ctx, &tasks, shape, cpu),
+        #[cfg(target_arch = "aarch64")]
+        AttentionKernel::Neon => neon::attention(qkv, ctx, &tasks, shape, cpu),
         AttentionKernel::Reference => portable::attention(qkv, ctx, &tasks, shape, false, cpu),
         _ => portable::attention(qkv, ctx, &tasks, shape, true, cpu),
     }
@@ -85,6 +89,41 @@ struct Shape {
     d: usize,
     hidden: usize,
     scale: f32,
+}
+
+/// Packs one head of one sequence for the register kernels (AVX2, NEON): K transposed in
+/// blocks of 8 keys (`keys[block][c][8]`, 8 keys side by side per dimension, as ggml-cpu's
+/// flash attention packs K per tile) and V row after row (`values[key][c]`), both zero past the
+/// last key up to a multiple of `pad_keys`. In `qkv` a head's rows are 12 KiB apart: a page,
+/// and a TLB entry, per key; packed, both are contiguous.
+#[cfg_attr(
+    not(any(target_arch = "x86_64", target_arch = "aarch64")),
+    allow(dead_code)
+)]
+fn pack_keys_and_values(
+    qkv: &[f32],
+    seq: SequenceRange,
+    head: usize,
+    shape: Shape,
+    pad_keys: usize,
+    (keys, values): (&mut Vec<f32>, &mut Vec<f32>),
+) {
+    let Shape { d, hidden, .. } = shape;
+    assert!(pad_keys.is_multiple_of(8));
+    let stride = 3 * hidden;
+    let padded = seq.len.div_ceil(pad_keys) * pad_keys;
+    keys.clear();
+    keys.resize(padded * d, 0.0);
+    values.clear();
+    values.resize(padded * d, 0.0);
+    for t in 0..seq.len {
+        let row = &qkv[(seq.start + t) * stride + hidden + head * d..];
+        let block = &mut keys[(t / 8) * d * 8..][..d * 8];
+        for (c, &v) in row[..d].iter().enumerate() {
+            block[c * 8 + t % 8] = v;
+        }
+        values[t * d..][..d].copy_from_slice(&row[hidden..][..d]);
+    }
 }
 
 /// Copies a `rows × d` block into `ctx` at row `first_row`, columns of `head`.
