@@ -4,9 +4,9 @@
 //! transposed in blocks of 8 keys, V row after row). `S = Q·Kᵀ` for 6 queries × 8 keys is 12
 //! accumulator registers; each query's dimensions are loaded four at a time and taken by lane
 //! (`FMLA` by element), so a step of four dimensions is 6 loads of Q, 8 of K and 48 `FMLA`s.
-//! The 8 scores of a query go through the online softmax in registers (the same `exp` as the
-//! scalar code, lane by lane), and `O += P·V` keeps 16 dimensions of the 6 queries in 24
-//! registers at a time. Nothing the size of `n × n` is stored.
+//! The scores of a tile of 32 keys (four such blocks, kept in L1) go through one online-softmax
+//! step per query (the same `exp` as the scalar code, lane by lane), and `O += P·V` keeps 16
+//! dimensions of the 6 queries in 24 registers at a time. Nothing the size of `n × n` is stored.
 //!
 //! Queries are taken [`TILE_QUERIES`] at a time over [`TILE_KEYS`] keys at a time, so that the
 //! tile of K and V (16 KiB) stays in L1 while every block of 6 queries passes over it. Each
@@ -26,8 +26,10 @@ const QUERIES: usize = 6;
 const KEYS: usize = 8;
 /// Queries per tile: blocks of [`QUERIES`] that share each tile of keys while it is in L1.
 const TILE_QUERIES: usize = 4 * QUERIES;
-/// Keys per tile: 32 keys of 64 dimensions of K and of V, 16 KiB.
+/// Keys per tile: 32 keys of 64 dimensions of K and of V, 16 KiB; also the keys of one online
+/// softmax step (eight registers of scores per query).
 const TILE_KEYS: usize = 4 * KEYS;
+const _: () = assert!(TILE_KEYS == 8 * 4);
 
 /// Every (sequence, head) of `tasks`. Heads whose size is not a multiple of 8 take the
 /// portable kernel (the model's heads are 64).
@@ -67,7 +69,7 @@ struct Head {
     /// The running maximum and sum of each query of the tile.
     max: [f32; TILE_QUERIES],
     sum: [f32; TILE_QUERIES],
-    /// `QUERIES × KEYS` probabilities of the current key block.
+    /// `QUERIES × TILE_KEYS` scores, then probabilities, of the current tile of keys.
     probabilities: Vec<f32>,
 }
 
@@ -83,7 +85,7 @@ impl Head {
             (&mut self.keys, &mut self.values),
         );
         self.out.resize(TILE_QUERIES * shape.d, 0.0);
-        self.probabilities.resize(QUERIES * KEYS, 0.0);
+        self.probabilities.resize(QUERIES * TILE_KEYS, 0.0);
     }
 
     /// Attention of queries `q0 .. q0 + queries` (at most [`TILE_QUERIES`]) over every key.
@@ -114,12 +116,21 @@ impl Head {
             let tile_end = seq.len.min(tile + TILE_KEYS);
             for b in (0..queries).step_by(QUERIES) {
                 let q: [&[f32]; QUERIES] = std::array::from_fn(|i| q_row(b + i));
-                for k0 in (tile..tile_end).step_by(KEYS) {
-                    let live = KEYS.min(seq.len - k0);
-                    let scores = self.scores(&q, k0, d, scale, live);
-                    self.softmax(scores, b, d);
-                    self.accumulate(k0, live, b, d);
+                for (block, k0) in (tile..tile + TILE_KEYS).step_by(KEYS).enumerate() {
+                    let scores = if k0 < tile_end {
+                        self.scores(&q, k0, d, scale, KEYS.min(seq.len - k0))
+                    } else {
+                        [[vdupq_n_f32(f32::NEG_INFINITY); 2]; QUERIES]
+                    };
+                    for (i, row) in scores.iter().enumerate() {
+                        let at = i * TILE_KEYS + block * KEYS;
+                        let dst = self.probabilities[at..].as_mut_ptr();
+                        vst1q_f32(dst, row[0]);
+                        vst1q_f32(dst.add(4), row[1]);
+                    }
                 }
+                self.softmax(b, d);
+                self.accumulate(tile, tile_end - tile, b, d);
             }
         }
         for i in 0..queries {
@@ -128,26 +139,48 @@ impl Head {
         &self.out[..queries * d]
     }
 
-    /// The online softmax step of queries `b .. b + QUERIES` of the tile for one key block:
-    /// their probabilities into `self.probabilities`, their maxima, sums and outputs updated.
+    /// The online softmax step of queries `b .. b + QUERIES` of the tile for its tile of keys:
+    /// their scores in `self.probabilities` become probabilities, their maxima, sums and
+    /// outputs are updated; one maximum, sum and rescale per query and tile, and the six
+    /// queries' corrections in two vector `exp`s (as the AVX2 kernel does).
     #[inline]
     #[target_feature(enable = "neon")]
-    unsafe fn softmax(&mut self, scores: [[float32x4_t; 2]; QUERIES], b: usize, d: usize) {
-        for (i, row) in scores.iter().enumerate() {
-            let (max, sum) = (&mut self.max[b + i], &mut self.sum[b + i]);
-            let new_max = max.max(vmaxvq_f32(vmaxq_f32(row[0], row[1])));
-            let m = vdupq_n_f32(new_max);
-            let p = [exp(vsubq_f32(row[0], m)), exp(vsubq_f32(row[1], m))];
-            // Through the same cut-off as the probabilities (see `softmax::exp`).
-            let correction = crate::kernels::softmax::exp(*max - new_max);
-            *sum = *sum * correction + vaddvq_f32(vaddq_f32(p[0], p[1]));
-            *max = new_max;
+    unsafe fn softmax(&mut self, b: usize, d: usize) {
+        assert!(self.probabilities.len() >= QUERIES * TILE_KEYS);
+        let probabilities = self.probabilities.as_mut_ptr();
+        // A query's 32 scores (and then probabilities) in eight registers.
+        let row = |i: usize| {
+            std::array::from_fn::<_, 8, _>(|r| vld1q_f32(probabilities.add(i * TILE_KEYS + 4 * r)))
+        };
+        let mut old = [0f32; 8];
+        let mut new = [0f32; 8];
+        for i in 0..QUERIES {
+            let tile_max = vmaxvq_f32(row(i).into_iter().reduce(|a, b| vmaxq_f32(a, b)).unwrap());
+            old[i] = self.max[b + i];
+            new[i] = old[i].max(tile_max);
+        }
+        // exp(old − new) of each query, as the scalar `softmax::exp` gives it (same bits).
+        let mut corrections = [0f32; 8];
+        for h in [0, 4] {
+            let x = vsubq_f32(
+                vld1q_f32(old.as_ptr().add(h)),
+                vld1q_f32(new.as_ptr().add(h)),
+            );
+            vst1q_f32(corrections.as_mut_ptr().add(h), exp(x));
+        }
+        for (i, &correction) in corrections.iter().enumerate().take(QUERIES) {
+            let m = vdupq_n_f32(new[i]);
+            let p = row(i).map(|r| exp(vsubq_f32(r, m)));
+            let total = p.into_iter().reduce(|a, b| vaddq_f32(a, b)).unwrap();
+            let sum = &mut self.sum[b + i];
+            *sum = *sum * correction + vaddvq_f32(total);
+            self.max[b + i] = new[i];
             if correction != 1.0 {
                 scale_row(&mut self.out[(b + i) * d..][..d], correction);
             }
-            let dst = self.probabilities[i * KEYS..].as_mut_ptr();
-            vst1q_f32(dst, p[0]);
-            vst1q_f32(dst.add(4), p[1]);
+            for (r, &p_r) in p.iter().enumerate() {
+                vst1q_f32(probabilities.add(i * TILE_KEYS + 4 * r), p_r);
+            }
         }
     }
 
@@ -195,7 +228,8 @@ impl Head {
         })
     }
 
-    /// `out += P · V` for queries `b .. b + QUERIES` of the tile and the `live` keys from `k0`.
+    /// `out += P · V` for queries `b .. b + QUERIES` of the tile and the `live` keys from `k0`
+    /// (at most a tile's).
     #[inline]
     #[target_feature(enable = "neon")]
     unsafe fn accumulate(&mut self, k0: usize, live: usize, b: usize, d: usize) {
@@ -235,7 +269,7 @@ unsafe fn pv_columns<const R: usize>(
     for j in 0..live {
         let v_j: [float32x4_t; R] = std::array::from_fn(|r| vld1q_f32(v.add(j * d + c0 + 4 * r)));
         for (i, acc_i) in acc.iter_mut().enumerate() {
-            let p_ij = *p.add(i * KEYS + j);
+            let p_ij = *p.add(i * TILE_KEYS + j);
             for r in 0..R {
                 acc_i[r] = vfmaq_n_f32(acc_i[r], v_j[r], p_ij);
             }
