@@ -810,7 +810,8 @@ def drive(args) -> int:
     # An engine's figures: its median round (by tokens/s), with every round's tokens/s.
     for key, reps in rounds.items():
         median_rep = sorted(reps, key=lambda r: r["tokens_per_s"])[(len(reps) - 1) // 2]
-        results[key] = dict(median_rep, rounds_tokens_per_s=[r["tokens_per_s"] for r in reps])
+        results[key] = dict(median_rep, rounds_tokens_per_s=[r["tokens_per_s"] for r in reps],
+                            rounds_peak_rss_mb=[r.get("peak_rss_mb") for r in reps])
 
     if tmp_onnx:
         shutil.rmtree(tmp_onnx, ignore_errors=True)
