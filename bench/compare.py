@@ -807,7 +807,7 @@ def drive(args) -> int:
                     r = rounds[(e, sname)][-1]
                     log(f"[done] {e} @ {sname}: {r['tokens_per_s']:.1f} tok/s, median {r['median_s']:.3f} s, "
                         f"peak RSS {r['peak_rss_mb']:.0f} MB ({time.perf_counter() - t0:.0f} s wall)")
-    # An engine's figures: its median round (by tokens/s), with every round's tokens/s.
+    # An engine's figures: its median round (by tokens/s), with every round's tokens/s and peak RSS.
     for key, reps in rounds.items():
         median_rep = sorted(reps, key=lambda r: r["tokens_per_s"])[(len(reps) - 1) // 2]
         results[key] = dict(median_rep, rounds_tokens_per_s=[r["tokens_per_s"] for r in reps],
