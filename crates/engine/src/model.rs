@@ -17,7 +17,7 @@ use crate::error::Result;
 use crate::kernels::linear::{self, LowRank, LowRankInputs, PackedMatrix, PackedType};
 use crate::kernels::{self, Cpu, KernelPlan, MatmulInit, RotaryTable, SequenceRange};
 use crate::precision::Precision;
-use crate::weights::{MappedTable, Weights};
+use crate::weights::{FileTable, Weights};
 
 /// One sequence of a batch as the encoder sees it.
 #[derive(Debug, Clone, Copy)]
@@ -282,10 +282,10 @@ impl Norm {
 
 /// Word and token-type embeddings (each with its LoRA), then the embedding LayerNorm.
 struct Embeddings {
-    /// `vocab × hidden`, left in the memory mapping.
-    words: MappedTable,
+    /// `vocab × hidden`, left in the file.
+    words: FileTable,
     /// `adapters·vocab × rank`: the embedding LoRA's `A`, stored `[vocab, r]` per adapter.
-    words_lora_a: MappedTable,
+    words_lora_a: FileTable,
     /// `adapters × rank × hidden`.
     words_lora_b: Vec<f32>,
     /// Token-type row 0 with each adapter's delta folded in; index 0 is the base row,

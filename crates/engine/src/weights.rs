@@ -3,9 +3,10 @@
 //! The file is mapped once. Every tensor name and shape is checked against what `config.json`
 //! implies before anything is converted, so a wrong file fails with one precise message rather
 //! than half-way through loading. Large tables (the 250002-row word embeddings and their LoRA `A`)
-//! stay in the mapping and are read row by row; everything else is converted to f32 once.
+//! stay in the file and are read row by row; everything else is converted to f32 once.
 
 use std::collections::BTreeMap;
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -59,6 +60,7 @@ struct TensorEntry {
 /// A memory-mapped, validated weights file.
 pub struct Weights {
     path: PathBuf,
+    file: Arc<File>,
     mmap: Arc<Mmap>,
     tensors: BTreeMap<String, TensorEntry>,
 }
@@ -136,6 +138,7 @@ impl Weights {
         let tensors = index_tensors(path, &mmap)?;
         let weights = Weights {
             path: path.to_path_buf(),
+            file: Arc::new(file),
             mmap: Arc::new(mmap),
             tensors,
         };
@@ -237,7 +240,7 @@ impl Weights {
 
     /// Drops the whole pages inside `start..end` from the resident set. They stay in the page
     /// cache, and a later read faults them back in: only pages wholly inside the range go, so a
-    /// neighbouring tensor (the memory-mapped word table) never loses data, only residency.
+    /// neighbouring tensor never loses data, only residency.
     fn release(&self, start: usize, end: usize) {
         #[cfg(unix)]
         {
@@ -262,29 +265,22 @@ impl Weights {
         let _ = (start, end);
     }
 
-    /// A 2-D view (the trailing dimension is the row width) that stays in the mapping.
+    /// A 2-D view (the trailing dimension is the row width) whose rows are read from the file.
     ///
-    /// Its rows are read in token order, which is random: the range is advised `MADV_RANDOM`, so
-    /// that a row's page fault reads that page alone. With the default read-ahead each of the
-    /// 1,024 rows of a batch of 8 × 128 tokens brought in ~128 KiB of its neighbours, ~130 MB of
-    /// the 512 MB word table resident for rows worth 2 MB.
-    pub fn table(&self, name: &str) -> Result<MappedTable> {
+    /// Rows are read with positioned reads, not through the mapping: a batch reads rows in token
+    /// order, which is random, and a page fault maps a whole page-cache folio. A freshly written
+    /// or downloaded file sits in the page cache in folios of up to 2 MB (ext4, kernel 6.18), so
+    /// the 1,024 rows of a batch of 8 × 128 tokens mapped the whole 512 MB word table into the
+    /// resident set; read ahead on an older file, ~130 MB. A read copies the row alone.
+    pub fn table(&self, name: &str) -> Result<FileTable> {
         let entry = self.entry(name)?;
-        #[cfg(unix)]
-        {
-            const PAGE: usize = 4096;
-            let base = self.mmap.as_ptr() as usize;
-            let first = (base + entry.start) / PAGE * PAGE - base;
-            // Advice only: a failure changes speed, never results.
-            let _ = self
-                .mmap
-                .advise_range(memmap2::Advice::Random, first, entry.end - first);
-        }
         let cols = *entry.shape.last().unwrap_or(&1);
         let rows = entry.shape.iter().rev().skip(1).product::<usize>();
-        Ok(MappedTable {
-            mmap: Arc::clone(&self.mmap),
-            start: entry.start,
+        Ok(FileTable {
+            path: self.path.clone(),
+            file: Arc::clone(&self.file),
+            // The mapping covers the whole file, so a mapping offset is a file offset.
+            start: entry.start as u64,
             rows,
             cols,
             dtype: entry.dtype,
@@ -373,20 +369,22 @@ fn convert_into(bytes: &[u8], dtype: StoredDtype, dst: &mut [f32]) {
     }
 }
 
-/// A table that stays in the memory mapping; rows are converted to f32 when read.
+/// A table that stays in the file; rows are read and converted to f32 when asked for.
 ///
 /// Used for the word embeddings (250002 × 1024): a batch touches a few hundred rows, so copying
 /// the whole 1 GB table to f32 would only cost memory.
 #[derive(Clone)]
-pub struct MappedTable {
-    mmap: Arc<Mmap>,
-    start: usize,
+pub struct FileTable {
+    path: PathBuf,
+    file: Arc<File>,
+    /// Byte offset of row 0 in the file.
+    start: u64,
     rows: usize,
     cols: usize,
     dtype: StoredDtype,
 }
 
-impl MappedTable {
+impl FileTable {
     /// Number of rows.
     pub fn rows(&self) -> usize {
         self.rows
@@ -398,10 +396,41 @@ impl MappedTable {
     }
 
     /// Writes row `row` into `out` (length `cols`) as f32.
+    ///
+    /// The file was checked at load, so a failed read means it was truncated or replaced while
+    /// the model was loaded; that panics with the file's name (through a mapping, as every
+    /// safetensors loader reads, it would have been a `SIGBUS`).
     pub fn read_row(&self, row: usize, out: &mut [f32]) {
         assert!(row < self.rows && out.len() == self.cols);
         let size = self.dtype.size();
-        let begin = self.start + row * self.cols * size;
-        convert_into(&self.mmap[begin..begin + self.cols * size], self.dtype, out);
+        let mut bytes = vec![0u8; self.cols * size];
+        let offset = self.start + (row * self.cols * size) as u64;
+        if let Err(e) = read_exact_at(&self.file, &mut bytes, offset) {
+            panic!(
+                "cannot read row {row} of a table in {}: {e} (was the file changed while loaded?)",
+                self.path.display()
+            );
+        }
+        convert_into(&bytes, self.dtype, out);
     }
+}
+
+#[cfg(unix)]
+fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+    std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
+}
+
+#[cfg(windows)]
+fn read_exact_at(file: &File, mut buf: &mut [u8], mut offset: u64) -> std::io::Result<()> {
+    use std::os::windows::fs::FileExt;
+    while !buf.is_empty() {
+        match file.seek_read(buf, offset)? {
+            0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            n => {
+                buf = &mut buf[n..];
+                offset += n as u64;
+            }
+        }
+    }
+    Ok(())
 }

@@ -233,3 +233,60 @@ fn unknown_config_fields_are_ignored() {
     std::fs::write(tmp.path().join("config.json"), config.to_string()).unwrap();
     Model::load(tmp.path()).unwrap();
 }
+
+/// The word table is read row by row from the file, not through the mapping: every row equals
+/// the tensor's conversion, and reading them all leaves none of the file resident in this
+/// process (through the mapping, a freshly written file's page-cache folios of up to 2 MB were
+/// mapped whole, the whole 512 MB table of the real checkpoint for one batch).
+#[test]
+fn word_table_rows_come_from_the_file_and_stay_out_of_the_resident_set() {
+    use jina_engine::weights::Weights;
+    use jina_engine::Config;
+    // A file of its own, written just now, so that no other test maps it.
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("model.safetensors");
+    std::fs::copy(small_fixture_dir().join("model.safetensors"), &path).unwrap();
+    let config = Config::from_file(&small_fixture_dir().join("config.json")).unwrap();
+    let weights = Weights::open(&path, &config).unwrap();
+    let name = "roberta.embeddings.word_embeddings.parametrizations.weight.original";
+    let table = weights.table(name).unwrap();
+    assert_eq!(
+        (table.rows(), table.cols()),
+        (config.vocab_size, config.hidden_size)
+    );
+    let resident_before = resident_kib_of(&path);
+    let mut rows = vec![0f32; table.rows() * table.cols()];
+    for (i, row) in rows.chunks_mut(table.cols()).enumerate() {
+        table.read_row(i, row);
+    }
+    let resident_after = resident_kib_of(&path);
+    assert_eq!(
+        rows,
+        weights.f32(name).unwrap(),
+        "rows differ from the tensor"
+    );
+    if let (Some(before), Some(after)) = (resident_before, resident_after) {
+        let table_kib = table.rows() * table.cols() * 2 / 1024;
+        assert!(
+            after <= before + 64,
+            "reading the {table_kib} KiB table made {before} -> {after} KiB of the file resident"
+        );
+    }
+}
+
+/// Resident KiB of this process's mappings of `path` (Linux `smaps`; `None` elsewhere).
+fn resident_kib_of(path: &Path) -> Option<usize> {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").ok()?;
+    let path = path.to_str()?;
+    let mut total = 0;
+    let mut inside = false;
+    for line in smaps.lines() {
+        let first = line.split_whitespace().next().unwrap_or("");
+        if first.contains('-') && !first.ends_with(':') {
+            inside = line.ends_with(path);
+        } else if inside && first == "Rss:" {
+            total += line.split_whitespace().nth(1)?.parse::<usize>().ok()?;
+        }
+    }
+    Some(total)
+}
