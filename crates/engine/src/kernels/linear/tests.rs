@@ -4,7 +4,7 @@
 
 use half::bf16;
 
-use super::activations::{bf16_part, interleave_row_pairs, split_row};
+use super::activations::{bf16_part, interleave_row_pairs, quantize_row, split_row};
 use super::*;
 use crate::kernels::cpu::{record_variant, Isa};
 
