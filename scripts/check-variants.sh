@@ -31,7 +31,7 @@ case "$(uname -m)" in
         fi ;;
 esac
 # The tests whose every variant must run: golden outputs, batch invariance, mixed tasks, kernel
-# parity (linear and attention) against the references.
+# parity (linear and attention) against the references, custom adapters against the built-in.
 required=(
     golden::every_golden_case_matches_the_official_outputs
     golden::bf16_path_keeps_cosine_above_0_999
@@ -43,6 +43,10 @@ required=(
     linear::products_match_an_f64_product_on_awkward_shapes
     linear::int8_kernels_give_the_quantised_products_bits
     reference::tiled_attention_matches_reference
+    adapters::custom_copy_f32
+    adapters::custom_copy_bf16
+    adapters::custom_copy_int8
+    adapters::mixed_batch
 )
 missing=0
 for test in "${required[@]}"; do

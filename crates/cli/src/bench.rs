@@ -101,7 +101,7 @@ pub fn run(args: BenchArgs, profile: Option<crate::logging::SpanTimes>) -> anyho
             );
         }
         let sequences: Vec<Sequence> = (0..batch)
-            .map(|b| synthetic_sequence(b as u64, tokens, vocab, adapter))
+            .map(|b| synthetic_sequence(b as u64, tokens, vocab, adapter.clone()))
             .collect();
         let refs: Vec<&Sequence> = sequences.iter().collect();
         let warm = model.run(&refs);
@@ -211,7 +211,12 @@ fn parse_shape(s: &str) -> anyhow::Result<(usize, usize)> {
 }
 
 /// `<s>`, `tokens − 2` pseudo-random ordinary ids, `</s>`, pooled whole.
-fn synthetic_sequence(seed: u64, tokens: usize, vocab: u64, adapter: Option<usize>) -> Sequence {
+fn synthetic_sequence(
+    seed: u64,
+    tokens: usize,
+    vocab: u64,
+    adapter: Option<jina_engine::TaskAdapter>,
+) -> Sequence {
     let mut ids = vec![0u32];
     let mut z = jina_engine::fixture::mix64(seed + 1);
     for _ in 0..tokens - 2 {

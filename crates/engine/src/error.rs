@@ -131,6 +131,22 @@ pub enum Error {
     /// The request holds no input.
     #[error("input must hold at least one text")]
     EmptyInput,
+    /// A custom adapter's name cannot be used (taken, built-in, or malformed).
+    #[error("adapter name {name:?} cannot be used: {reason}")]
+    AdapterName {
+        /// The name asked for.
+        name: String,
+        /// Why not.
+        reason: String,
+    },
+    /// An adapter folder is missing a file, is malformed, or does not fit this model.
+    #[error("adapter {path}: {message}")]
+    Adapter {
+        /// The folder (or the file in it).
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
     /// Any other invalid request value.
     #[error("{0}")]
     InvalidRequest(String),
@@ -146,6 +162,8 @@ impl Error {
                 | Error::LateChunkingTooLong { .. }
                 | Error::Dimensions { .. }
                 | Error::EmptyInput
+                | Error::AdapterName { .. }
+                | Error::Adapter { .. }
                 | Error::InvalidRequest(_)
         )
     }

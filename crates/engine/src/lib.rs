@@ -40,10 +40,13 @@ assert_eq!(result.embeddings[0].len(), 256);
 */
 #![deny(missing_docs)]
 
+pub mod adapters;
 pub mod batch;
 pub mod config;
 pub mod error;
 pub mod fixture;
+#[cfg(feature = "gpu")]
+pub mod gpu;
 pub mod hub;
 pub mod kernels;
 pub mod model;
@@ -54,10 +57,13 @@ pub mod tokenize;
 pub mod tokenizer_config;
 pub mod weights;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 
 use rayon::prelude::*;
 
+pub use adapters::{AdapterWeights, CustomAdapter, TaskAdapter};
 pub use config::Config;
 pub use error::{Error, Result};
 pub use kernels::{Cpu, Isa, KernelPlan};
@@ -150,8 +156,12 @@ pub struct Model {
     encoder: Encoder,
     weights_dtype: weights::StoredDtype,
     parameter_count: usize,
-    default_task: Option<usize>,
+    default_task: Option<TaskAdapter>,
     max_batch_tokens: usize,
+    /// Tasks served beside the checkpoint's own, by name; requests hold an `Arc` of theirs, so
+    /// adding or removing one never disturbs a request in flight.
+    custom: RwLock<BTreeMap<String, Arc<CustomAdapter>>>,
+    weights_sha256: std::sync::OnceLock<String>,
 }
 
 impl Model {
@@ -190,7 +200,8 @@ impl Model {
         let default_task = config
             .lora_adaptations
             .iter()
-            .position(|t| t == DEFAULT_TASK);
+            .position(|t| t == DEFAULT_TASK)
+            .map(TaskAdapter::Builtin);
         Ok(Model {
             dir: dir.to_path_buf(),
             weights_dtype: weights.dtype(),
@@ -200,6 +211,8 @@ impl Model {
             encoder,
             default_task,
             max_batch_tokens: DEFAULT_MAX_BATCH_TOKENS,
+            custom: RwLock::new(BTreeMap::new()),
+            weights_sha256: std::sync::OnceLock::new(),
         })
     }
 
@@ -252,9 +265,129 @@ impl Model {
             .min(self.tokenizer.model_max_length().unwrap_or(usize::MAX))
     }
 
-    /// Task names, in adapter order.
+    /// The checkpoint's own task names, in adapter order.
     pub fn tasks(&self) -> &[String] {
         &self.config.lora_adaptations
+    }
+
+    /// Every task the model serves now: the checkpoint's, then the custom ones by name.
+    pub fn task_names(&self) -> Vec<String> {
+        let mut names = self.config.lora_adaptations.clone();
+        names.extend(self.custom_read().keys().cloned());
+        names
+    }
+
+    /// The custom adapters served now, by name.
+    pub fn custom_adapters(&self) -> Vec<Arc<CustomAdapter>> {
+        self.custom_read().values().cloned().collect()
+    }
+
+    fn custom_read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<CustomAdapter>>> {
+        // A panic while the lock was held cannot leave the map half-written (inserts and
+        // removals are single calls), so a poisoned lock is still a valid map.
+        self.custom.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Serves `weights` as task `name` with instruction `prefix`: checked against this model's
+    /// shapes, refused if the name is taken (a built-in task, [`NO_TASK`] or a loaded one).
+    pub fn add_adapter(
+        &self,
+        name: &str,
+        prefix: &str,
+        weights: AdapterWeights,
+        metadata: serde_json::Value,
+    ) -> Result<Arc<CustomAdapter>> {
+        adapters::check_task_name(name)?;
+        weights.check_shapes(&self.config)?;
+        let adapter = Arc::new(CustomAdapter::new(
+            name,
+            prefix,
+            weights,
+            self.encoder.token_type_base(),
+            metadata,
+        ));
+        let mut custom = self.custom.write().unwrap_or_else(|e| e.into_inner());
+        if name == NO_TASK || self.config.lora_adaptations.iter().any(|t| t == name) {
+            return Err(Error::AdapterName {
+                name: name.to_string(),
+                reason: "it is a built-in task".into(),
+            });
+        }
+        if custom.contains_key(name) {
+            return Err(Error::AdapterName {
+                name: name.to_string(),
+                reason: "an adapter of that name is already loaded (unload it first)".into(),
+            });
+        }
+        custom.insert(name.to_string(), Arc::clone(&adapter));
+        Ok(adapter)
+    }
+
+    /// Loads the adapter folder `dir` (see [`adapters::folder`]) and serves it as task `name`,
+    /// or under the name its metadata gives. Refused with the reason when the folder is
+    /// incomplete, was trained on another base model or does not fit this model's shapes.
+    pub fn load_adapter(&self, dir: &Path, name: Option<&str>) -> Result<Arc<CustomAdapter>> {
+        let folder = adapters::folder::load(dir, &self.config)?;
+        let meta = folder.metadata.as_ref();
+        if let Some(expected) = meta.and_then(|m| m.base_model.sha256.as_deref()) {
+            let ours = self.weights_sha256()?;
+            if expected != ours {
+                return Err(Error::Adapter {
+                    path: dir.join(adapters::folder::METADATA),
+                    message: format!(
+                        "trained on another base model: model.safetensors sha256 {expected}                          there, {ours} here"
+                    ),
+                });
+            }
+        }
+        let name = match (name, meta) {
+            (Some(name), _) => name.to_string(),
+            (None, Some(m)) => m.name.clone(),
+            (None, None) => {
+                return Err(Error::Adapter {
+                    path: dir.to_path_buf(),
+                    message: format!(
+                        "no {} names the task: give it a name (NAME=DIR)",
+                        adapters::folder::METADATA
+                    ),
+                })
+            }
+        };
+        let prefix = meta.map_or("", |m| m.prefix.as_str()).to_string();
+        let metadata = serde_json::to_value(meta).unwrap_or(serde_json::Value::Null);
+        self.add_adapter(&name, &prefix, folder.weights, metadata)
+    }
+
+    /// sha256 of `model.safetensors` (lowercase hex): from the Hugging Face cache's blob name
+    /// when the file is a cached blob, else hashed once (about a second for the real weights).
+    pub fn weights_sha256(&self) -> Result<String> {
+        if let Some(hash) = self.weights_sha256.get() {
+            return Ok(hash.clone());
+        }
+        let path = self.dir.join("model.safetensors");
+        let hash = match hub::expected_sha256(&path) {
+            Some(hash) => hash,
+            None => hub::sha256_file(&path).map_err(|source| Error::Io {
+                path: path.clone(),
+                source,
+            })?,
+        };
+        Ok(self.weights_sha256.get_or_init(|| hash).clone())
+    }
+
+    /// Stops serving the custom task `name`; requests already planned with it finish with it.
+    pub fn remove_adapter(&self, name: &str) -> Result<Arc<CustomAdapter>> {
+        if name == NO_TASK || self.config.lora_adaptations.iter().any(|t| t == name) {
+            return Err(Error::AdapterName {
+                name: name.to_string(),
+                reason: "built-in tasks cannot be unloaded".into(),
+            });
+        }
+        let mut custom = self.custom.write().unwrap_or_else(|e| e.into_inner());
+        custom.remove(name).ok_or_else(|| Error::UnknownTask {
+            task: name.to_string(),
+            accepted: custom.keys().cloned().collect::<Vec<_>>().join(", "),
+        })
     }
 
     /// Sets the task used when a request names none; [`NO_TASK`] selects the base weights.
@@ -264,9 +397,17 @@ impl Model {
     }
 
     /// Name of the default task ([`NO_TASK`] for the base weights).
-    pub fn default_task(&self) -> &str {
-        self.default_task
-            .map_or(NO_TASK, |i| &self.config.lora_adaptations[i])
+    pub fn default_task(&self) -> String {
+        self.task_name(self.default_task.as_ref())
+    }
+
+    /// The name of an adapter ([`NO_TASK`] for none).
+    pub fn task_name(&self, adapter: Option<&TaskAdapter>) -> String {
+        match adapter {
+            None => NO_TASK.to_string(),
+            Some(TaskAdapter::Builtin(i)) => self.config.lora_adaptations[*i].clone(),
+            Some(TaskAdapter::Custom(c)) => c.name().to_string(),
+        }
     }
 
     /// Sets the token budget of one forward pass in [`Model::embed`].
@@ -274,29 +415,34 @@ impl Model {
         self.max_batch_tokens = tokens.max(1);
     }
 
-    /// The adapter index of a task name (`None` for [`NO_TASK`]).
-    pub fn adapter_of(&self, task: &str) -> Result<Option<usize>> {
+    /// The adapter of a task name (`None` for [`NO_TASK`]): a built-in task or a custom one.
+    pub fn adapter_of(&self, task: &str) -> Result<Option<TaskAdapter>> {
         if task == NO_TASK {
             return Ok(None);
         }
-        match self.config.lora_adaptations.iter().position(|t| t == task) {
-            Some(i) => Ok(Some(i)),
-            None => Err(Error::UnknownTask {
-                task: task.to_string(),
-                accepted: self.config.lora_adaptations.join(", ") + ", " + NO_TASK,
-            }),
+        if let Some(i) = self.config.lora_adaptations.iter().position(|t| t == task) {
+            return Ok(Some(TaskAdapter::Builtin(i)));
         }
+        if let Some(c) = self.custom_read().get(task) {
+            return Ok(Some(TaskAdapter::Custom(Arc::clone(c))));
+        }
+        Err(Error::UnknownTask {
+            task: task.to_string(),
+            accepted: self.task_names().join(", ") + ", " + NO_TASK,
+        })
     }
 
     /// The instruction prefix of an adapter ("" for none).
-    pub fn prefix_of(&self, adapter: Option<usize>) -> &str {
-        adapter
-            .and_then(|i| {
-                self.config
-                    .task_instructions
-                    .get(&self.config.lora_adaptations[i])
-            })
-            .map_or("", |s| s.as_str())
+    pub fn prefix_of<'a>(&'a self, adapter: Option<&'a TaskAdapter>) -> &'a str {
+        match adapter {
+            None => "",
+            Some(TaskAdapter::Builtin(i)) => self
+                .config
+                .task_instructions
+                .get(&self.config.lora_adaptations[*i])
+                .map_or("", |s| s.as_str()),
+            Some(TaskAdapter::Custom(c)) => c.prefix(),
+        }
     }
 
     /// Checks `dimensions` against the hidden size.
@@ -315,11 +461,12 @@ impl Model {
         self.check_dimensions(request.dimensions)?;
         let adapter = match &request.task {
             Some(task) => self.adapter_of(task)?,
-            None => self.default_task,
+            None => self.default_task.clone(),
         };
+        let prefix = self.prefix_of(adapter.as_ref()).to_string();
         let params = PlanParams {
             adapter,
-            prefix: self.prefix_of(adapter),
+            prefix: &prefix,
             max_tokens: self.max_tokens().min(self.encoder.max_positions()),
             truncate: request.truncate,
             late_chunking: request.late_chunking,
@@ -336,7 +483,7 @@ impl Model {
             .iter()
             .map(|s| EncoderInput {
                 ids: &s.ids,
-                adapter: s.adapter,
+                adapter: s.adapter.as_ref(),
             })
             .collect();
         let states = self.encoder.forward(&inputs);

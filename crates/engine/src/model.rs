@@ -12,6 +12,7 @@
 use rayon::prelude::*;
 use tracing::trace_span;
 
+use crate::adapters::{add_scaled_row, LinearSite, TaskAdapter};
 use crate::config::Config;
 use crate::error::Result;
 use crate::kernels::linear::{self, LowRank, LowRankInputs, PackedMatrix, PackedType};
@@ -24,19 +25,31 @@ use crate::weights::{FileTable, Weights};
 pub struct EncoderInput<'a> {
     /// Token ids, `<s>` and `</s>` included where the sequence has them.
     pub ids: &'a [u32],
-    /// Task adapter index, or `None` for the base weights.
-    pub adapter: Option<usize>,
+    /// Task adapter (built-in or custom), or `None` for the base weights.
+    pub adapter: Option<&'a TaskAdapter>,
 }
 
 /// Contiguous rows of a batch that share one adapter.
 #[derive(Debug, Clone, Copy)]
-struct Segment {
+struct Segment<'a> {
     start: usize,
     len: usize,
-    adapter: Option<usize>,
+    adapter: Option<&'a TaskAdapter>,
 }
 
-/// A linear layer `y = x·Wᵀ + b` with one rank-r LoRA adapter per task.
+/// One run's LoRA tensors in a linear layer: `A` (`[rank × n_in]`), `B` (`[n_out × rank]`),
+/// `Bᵀ` (`[rank × n_out]`, empty where the packed weights carry the built-in `B`), the
+/// scaling, and the built-in task's slot in the packed weights (`None` for a custom adapter).
+struct LoraParts<'a> {
+    a: &'a [f32],
+    b: &'a [f32],
+    b_t: &'a [f32],
+    scaling: f32,
+    builtin: Option<usize>,
+}
+
+/// A linear layer `y = x·Wᵀ + b` with one rank-r LoRA adapter per task (the checkpoint's, and
+/// any custom ones the batch's sequences carry, which hold their own tensors).
 ///
 /// The official code adds `s·B[t]·A[t]` to `W` before the product; here the adapter is applied as
 /// the side product `s·(x·A[t]ᵀ)·B[t]ᵀ`, which is the same up to rounding, costs `2r/in` of the
@@ -63,6 +76,8 @@ struct Linear {
     n_out: usize,
     rank: usize,
     scaling: f32,
+    /// `layer * 4 + site`: where a custom adapter keeps this layer's tensors.
+    index: usize,
     cpu: Cpu,
 }
 
@@ -75,7 +90,13 @@ enum LinearWeight {
 }
 
 impl Linear {
-    fn load(w: &Weights, prefix: &str, config: &Config, plan: &KernelPlan) -> Result<Self> {
+    fn load(
+        w: &Weights,
+        (layer, site): (usize, LinearSite),
+        config: &Config,
+        plan: &KernelPlan,
+    ) -> Result<Self> {
+        let prefix = format!("roberta.encoder.layers.{layer}.{}", site.module());
         let base = format!("{prefix}.parametrizations.weight");
         let weight = w.f32(&format!("{base}.original"))?;
         let bias = w.f32(&format!("{prefix}.bias"))?;
@@ -119,8 +140,36 @@ impl Linear {
             lora_slots,
             rank,
             scaling: config.lora_scaling(),
+            index: layer * LinearSite::ALL.len() + site as usize,
             cpu,
         })
+    }
+
+    /// The LoRA tensors of `adapter` for this layer.
+    fn lora<'a>(&'a self, adapter: &'a TaskAdapter) -> LoraParts<'a> {
+        match adapter {
+            TaskAdapter::Builtin(t) => {
+                let size = self.rank * self.n_out;
+                let a_size = self.rank * self.n_in;
+                LoraParts {
+                    a: &self.lora_a[t * a_size..(t + 1) * a_size],
+                    b: &self.lora_b[t * size..(t + 1) * size],
+                    b_t: self.lora_b_t.get(t * size..(t + 1) * size).unwrap_or(&[]),
+                    scaling: self.scaling,
+                    builtin: Some(*t),
+                }
+            }
+            TaskAdapter::Custom(c) => {
+                let (a, b, b_t) = c.linear_parts(self.index);
+                LoraParts {
+                    a,
+                    b,
+                    b_t,
+                    scaling: c.weights().scaling,
+                    builtin: None,
+                }
+            }
+        }
     }
 
     /// `out = x·Wᵀ + b (+ LoRA per segment)`, then GELU when `gelu`; `x` is `tokens × n_in`, `out`
@@ -137,9 +186,8 @@ impl Linear {
                     x, self.n_in, tokens, self.n_in, w, self.n_out, out, init, true,
                 );
                 for seg in &runs {
-                    let Some(task) = seg.adapter else { continue };
-                    let b = &self.lora_b
-                        [task * self.n_out * self.rank..(task + 1) * self.n_out * self.rank];
+                    let Some(adapter) = seg.adapter else { continue };
+                    let b = self.lora(adapter).b;
                     let low = &low[seg.start * self.rank..(seg.start + seg.len) * self.rank];
                     let dst = &mut out[seg.start * self.n_out..(seg.start + seg.len) * self.n_out];
                     kernels::matmul_transposed(
@@ -159,9 +207,18 @@ impl Linear {
                 }
             }
             LinearWeight::Packed(w) if self.lora_slots > 0 => {
+                // Built-in tasks read their B from the packed extra columns; a custom adapter's
+                // rows have no slot there and take the epilogue's low-rank term instead.
                 let mut slot = vec![None; tokens];
+                let mut up = vec![None; tokens];
                 for seg in &runs {
-                    slot[seg.start..seg.start + seg.len].fill(seg.adapter);
+                    let Some(adapter) = seg.adapter else { continue };
+                    let parts = self.lora(adapter);
+                    let rows = seg.start..seg.start + seg.len;
+                    match parts.builtin {
+                        Some(task) => slot[rows].fill(Some(task)),
+                        None => up[rows].fill(Some(parts.b_t)),
+                    }
                 }
                 let inputs = LowRankInputs {
                     low: &low,
@@ -169,10 +226,12 @@ impl Linear {
                     slot: &slot,
                     slots: self.lora_slots,
                 };
-                let epilogue = linear::Epilogue {
-                    low_rank: None,
-                    gelu,
-                };
+                let low_rank = up.iter().any(Option::is_some).then_some(LowRank {
+                    low: &low,
+                    rank: self.rank,
+                    up: &up,
+                });
+                let epilogue = linear::Epilogue { low_rank, gelu };
                 linear::matmul_extended(
                     x,
                     self.n_in,
@@ -189,12 +248,10 @@ impl Linear {
             LinearWeight::Packed(w) => {
                 // The LoRA up-projection and GELU are applied to each output block as it is
                 // stored: no extra passes over the output.
-                let task_size = self.rank * self.n_out;
                 let mut up = vec![None; tokens];
                 for seg in &runs {
-                    if let Some(task) = seg.adapter {
-                        let b_t = &self.lora_b_t[task * task_size..(task + 1) * task_size];
-                        up[seg.start..seg.start + seg.len].fill(Some(b_t));
+                    if let Some(adapter) = seg.adapter {
+                        up[seg.start..seg.start + seg.len].fill(Some(self.lora(adapter).b_t));
                     }
                 }
                 let low_rank = LowRank {
@@ -218,12 +275,12 @@ impl Linear {
     fn lora_down(&self, x: &[f32], runs: &[Segment], tokens: usize) -> Vec<f32> {
         let mut low = vec![0f32; tokens * self.rank];
         for seg in runs {
-            let Some(task) = seg.adapter else { continue };
+            let Some(adapter) = seg.adapter else { continue };
+            let parts = self.lora(adapter);
             let xs = &x[seg.start * self.n_in..(seg.start + seg.len) * self.n_in];
-            let a = &self.lora_a[task * self.rank * self.n_in..(task + 1) * self.rank * self.n_in];
             let dst = &mut low[seg.start * self.rank..(seg.start + seg.len) * self.rank];
-            kernels::matmul_thin(xs, seg.len, self.n_in, a, self.rank, dst, self.cpu);
-            dst.iter_mut().for_each(|v| *v *= self.scaling);
+            kernels::matmul_thin(xs, seg.len, self.n_in, parts.a, self.rank, dst, self.cpu);
+            dst.iter_mut().for_each(|v| *v *= parts.scaling);
         }
         low
     }
@@ -239,7 +296,7 @@ impl Linear {
 
 /// Neighbouring segments with the same adapter, joined: one LoRA product per run of sequences
 /// instead of one per sequence (a batch of one task is a single run).
-fn merge_adapter_runs(segments: &[Segment]) -> Vec<Segment> {
+fn merge_adapter_runs<'a>(segments: &[Segment<'a>]) -> Vec<Segment<'a>> {
     let mut runs: Vec<Segment> = Vec::with_capacity(segments.len());
     for seg in segments {
         match runs.last_mut() {
@@ -312,7 +369,9 @@ impl Embeddings {
             // Row 0 of E + s·(A[t]·B[t]), as the reference materialises it.
             let a_row = &tt_a[t * rows * r..t * rows * r + r];
             let b = &tt_b[t * r * h..(t + 1) * r * h];
-            token_type.push(lora_row(&tt_base[..h], a_row, b, scaling));
+            let mut row = tt_base[..h].to_vec();
+            add_scaled_row(&mut row, a_row, b, scaling);
+            token_type.push(row);
         }
         let word = "roberta.embeddings.word_embeddings.parametrizations.weight";
         Ok(Embeddings {
@@ -341,37 +400,27 @@ impl Embeddings {
             .zip(jobs.par_iter())
             .for_each(|(row, &(id, adapter))| {
                 self.words.read_row(id, row);
-                if let Some(t) = adapter {
-                    let mut a = vec![0f32; self.rank];
-                    self.words_lora_a.read_row(t * vocab + id, &mut a);
-                    let b = &self.words_lora_b[t * self.rank * h..(t + 1) * self.rank * h];
-                    add_lora_row(row, &a, b, self.scaling);
-                }
-                let tt = &self.token_type[adapter.map_or(0, |t| t + 1)];
+                let tt = match adapter {
+                    None => &self.token_type[0],
+                    Some(TaskAdapter::Builtin(t)) => {
+                        let mut a = vec![0f32; self.rank];
+                        self.words_lora_a.read_row(t * vocab + id, &mut a);
+                        let b = &self.words_lora_b[t * self.rank * h..(t + 1) * self.rank * h];
+                        add_scaled_row(row, &a, b, self.scaling);
+                        &self.token_type[t + 1]
+                    }
+                    Some(TaskAdapter::Custom(c)) => {
+                        let w = c.weights();
+                        let a = &w.word_a[id * w.rank..(id + 1) * w.rank];
+                        add_scaled_row(row, a, &w.word_b, w.scaling);
+                        c.token_type_row()
+                    }
+                };
                 for (v, t) in row.iter_mut().zip(tt) {
                     *v += t;
                 }
             });
         self.norm.forward(out, h, cpu);
-    }
-}
-
-/// `base + s·(a·B)` for one row: `a` is `[r]`, `B` is `[r, width]`.
-fn lora_row(base: &[f32], a: &[f32], b: &[f32], scaling: f32) -> Vec<f32> {
-    let mut row = base.to_vec();
-    add_lora_row(&mut row, a, b, scaling);
-    row
-}
-
-/// `row += s·(a·B)` in place, with the sum over the rank taken first, as the reference does.
-fn add_lora_row(row: &mut [f32], a: &[f32], b: &[f32], scaling: f32) {
-    let width = row.len();
-    for (j, v) in row.iter_mut().enumerate() {
-        let mut dot = 0f32;
-        for (k, &ak) in a.iter().enumerate() {
-            dot += ak * b[k * width + j];
-        }
-        *v += dot * scaling;
     }
 }
 
@@ -385,10 +434,10 @@ struct Attention {
 }
 
 impl Attention {
-    fn load(w: &Weights, prefix: &str, config: &Config, plan: &KernelPlan) -> Result<Self> {
+    fn load(w: &Weights, layer: usize, config: &Config, plan: &KernelPlan) -> Result<Self> {
         Ok(Attention {
-            wqkv: Linear::load(w, &format!("{prefix}.Wqkv"), config, plan)?,
-            out_proj: Linear::load(w, &format!("{prefix}.out_proj"), config, plan)?,
+            wqkv: Linear::load(w, (layer, LinearSite::Qkv), config, plan)?,
+            out_proj: Linear::load(w, (layer, LinearSite::OutProj), config, plan)?,
             heads: config.num_attention_heads,
             head_dim: config.head_dim(),
         })
@@ -445,10 +494,10 @@ struct Mlp {
 }
 
 impl Mlp {
-    fn load(w: &Weights, prefix: &str, config: &Config, plan: &KernelPlan) -> Result<Self> {
+    fn load(w: &Weights, layer: usize, config: &Config, plan: &KernelPlan) -> Result<Self> {
         Ok(Mlp {
-            fc1: Linear::load(w, &format!("{prefix}.fc1"), config, plan)?,
-            fc2: Linear::load(w, &format!("{prefix}.fc2"), config, plan)?,
+            fc1: Linear::load(w, (layer, LinearSite::Fc1), config, plan)?,
+            fc2: Linear::load(w, (layer, LinearSite::Fc2), config, plan)?,
         })
     }
 
@@ -477,9 +526,9 @@ impl Block {
     fn load(w: &Weights, layer: usize, config: &Config, plan: &KernelPlan) -> Result<Self> {
         let p = format!("roberta.encoder.layers.{layer}");
         Ok(Block {
-            attention: Attention::load(w, &format!("{p}.mixer"), config, plan)?,
+            attention: Attention::load(w, layer, config, plan)?,
             norm1: Norm::load(w, &format!("{p}.norm1"), config)?,
-            mlp: Mlp::load(w, &format!("{p}.mlp"), config, plan)?,
+            mlp: Mlp::load(w, layer, config, plan)?,
             norm2: Norm::load(w, &format!("{p}.norm2"), config)?,
         })
     }
@@ -510,7 +559,7 @@ impl Block {
 
 /// What every layer of one forward pass shares: the sequences' places, the rotary table, the plan.
 struct Batch<'a> {
-    segments: Vec<Segment>,
+    segments: Vec<Segment<'a>>,
     ranges: Vec<SequenceRange>,
     tokens: usize,
     rotary: &'a RotaryTable,
@@ -575,6 +624,11 @@ impl Encoder {
     /// Width of a token vector.
     pub fn hidden_size(&self) -> usize {
         self.hidden
+    }
+
+    /// Row 0 of the base token-type table (a custom adapter folds its delta into a copy).
+    pub fn token_type_base(&self) -> &[f32] {
+        &self.embeddings.token_type[0]
     }
 
     /// Longest sequence the rotary table covers.

@@ -9,6 +9,7 @@
 use std::ops::Range;
 use std::path::Path;
 
+use crate::adapters::TaskAdapter;
 use crate::error::{Error, Result};
 use crate::tokenizer_config::{self, TokenizerConfig};
 
@@ -133,8 +134,8 @@ pub struct Span {
 pub struct Sequence {
     /// Token ids.
     pub ids: Vec<u32>,
-    /// Adapter index, or `None` for the base weights.
-    pub adapter: Option<usize>,
+    /// Task adapter, or `None` for the base weights.
+    pub adapter: Option<TaskAdapter>,
     /// What to pool.
     pub spans: Vec<Span>,
 }
@@ -153,8 +154,8 @@ pub struct Plan {
 
 /// What tokenisation needs to know about the model and the request.
 pub struct PlanParams<'a> {
-    /// Adapter index, or `None`.
-    pub adapter: Option<usize>,
+    /// Task adapter, or `None`.
+    pub adapter: Option<TaskAdapter>,
     /// Instruction prefix of the task (empty for none).
     pub prefix: &'a str,
     /// Longest sequence, specials included (8194).
@@ -201,7 +202,7 @@ fn plan_separate(tokenizer: &TextTokenizer, inputs: &[String], p: &PlanParams) -
         let len = ids.len();
         sequences.push(Sequence {
             ids,
-            adapter: p.adapter,
+            adapter: p.adapter.clone(),
             spans: vec![Span {
                 output: index,
                 range: 0..len,
@@ -246,7 +247,7 @@ fn plan_late(
     if total_tokens <= p.max_tokens {
         let sequence = Sequence {
             ids,
-            adapter: p.adapter,
+            adapter: p.adapter.clone(),
             spans,
         };
         return Ok(Plan {
@@ -261,7 +262,7 @@ fn plan_late(
             limit: p.max_tokens,
         });
     };
-    let sequences = windows(&ids, &spans, p.adapter, p.max_tokens, overlap)?;
+    let sequences = windows(&ids, &spans, &p.adapter, p.max_tokens, overlap)?;
     Ok(Plan {
         sequences,
         outputs: inputs.len(),
@@ -276,7 +277,7 @@ fn plan_late(
 fn windows(
     ids: &[u32],
     spans: &[Span],
-    adapter: Option<usize>,
+    adapter: &Option<TaskAdapter>,
     window: usize,
     overlap: usize,
 ) -> Result<Vec<Sequence>> {
@@ -311,7 +312,7 @@ fn windows(
             .collect();
         out.push(Sequence {
             ids: ids[start..end].to_vec(),
-            adapter,
+            adapter: adapter.clone(),
             spans: window_spans,
         });
         if last {
@@ -342,7 +343,7 @@ mod tests {
                 range: 700..2500,
             },
         ];
-        let seqs = windows(&ids, &spans, Some(1), 1000, 200).unwrap();
+        let seqs = windows(&ids, &spans, &Some(TaskAdapter::Builtin(1)), 1000, 200).unwrap();
         assert_eq!(seqs.len(), 3); // starts 0, 800, 1600
         let mut covered = vec![0u32; 2500];
         for (w, seq) in seqs.iter().enumerate() {
@@ -364,7 +365,7 @@ mod tests {
 
     #[test]
     fn overlap_is_bounded() {
-        let err = windows(&[0; 10], &[], None, 8, 5).unwrap_err();
+        let err = windows(&[0; 10], &[], &None, 8, 5).unwrap_err();
         assert!(err.to_string().contains("late_chunking_overlap 5"));
     }
 }

@@ -321,7 +321,7 @@ impl Model {
         let model = &self.model;
         let task = task.unwrap_or_else(|| model.default_task().to_string());
         let adapter = model.adapter_of(&task).map_err(engine_error)?;
-        let prefix = model.prefix_of(adapter);
+        let prefix = model.prefix_of(adapter.as_ref());
         let tokenized = py
             .detach(|| {
                 guarded(|| {

@@ -516,7 +516,7 @@ pub(crate) async fn run_embeddings(
     let task = request
         .task
         .unwrap_or_else(|| runner.info().default_task.clone());
-    runner.adapter_of(&task)?;
+    runner.task_prefix(&task)?;
     info.task = Some(task.clone());
     let hidden = runner.info().hidden_size;
     let dimensions = match request.dimensions {
@@ -640,10 +640,9 @@ async fn tokenize_inner(
     let task = request
         .task
         .unwrap_or_else(|| runner.info().default_task.clone());
-    let adapter = runner.adapter_of(&task)?;
+    let prefix = runner.task_prefix(&task)?;
     info.task = Some(task.clone());
     let response = blocking(move || {
-        let prefix = runner.prefix_of(adapter);
         let mut data = Vec::with_capacity(texts.len());
         for (index, text) in texts.iter().enumerate() {
             let tokenized = runner.tokenize(&format!("{prefix}{text}"))?;
@@ -691,6 +690,7 @@ pub async fn models(State(state): State<Arc<AppState>>, headers: HeaderMap) -> R
         }
     };
     let model = engine.runner.info();
+    let tasks = engine.runner.tasks_and_none();
     Json(ModelList {
         object: "list".into(),
         data: vec![ModelCard {
@@ -701,7 +701,7 @@ pub async fn models(State(state): State<Arc<AppState>>, headers: HeaderMap) -> R
             dimensions: model.hidden_size,
             matryoshka_dimensions: model.matryoshka_dimensions.clone(),
             max_tokens: model.max_tokens,
-            tasks: model.tasks_and_none(),
+            tasks,
             default_task: model.default_task.clone(),
             precision: model.precision.clone(),
             requested_precision: model.requested_precision.clone(),
@@ -770,7 +770,7 @@ pub async fn openapi(State(state): State<Arc<AppState>>) -> Response {
             let model = engine.runner.info();
             crate::openapi::Served {
                 keys: !state.keys.is_empty(),
-                tasks: model.tasks_and_none(),
+                tasks: engine.runner.tasks_and_none(),
                 hidden_size: model.hidden_size,
                 max_tokens: model.max_tokens,
                 max_inputs: state.config.limits.max_inputs_per_request,

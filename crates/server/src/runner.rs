@@ -13,6 +13,8 @@
 //! batch of sequences, the token ids of a text for `/tokenize`, and the facts of `/v1/models`
 //! ([`ModelInfo`]).
 
+use std::path::Path;
+
 use jina_engine::pooling::SpanSum;
 use jina_engine::{EmbedRequest, Model, Plan, Sequence};
 
@@ -23,7 +25,8 @@ pub struct ModelInfo {
     pub hidden_size: usize,
     /// Longest sequence, specials included.
     pub max_tokens: usize,
-    /// Task names in adapter order (`none` not included).
+    /// The checkpoint's task names in adapter order (`none` and custom tasks not included:
+    /// [`BatchRunner::tasks`] has the live list).
     pub tasks: Vec<String>,
     /// Task of requests that name none (`none` for the base weights).
     pub default_task: String,
@@ -61,12 +64,31 @@ impl ModelInfo {
             fallbacks: plan.fallbacks.clone(),
         }
     }
+}
 
-    /// The accepted task names, `none` included.
-    pub fn tasks_and_none(&self) -> Vec<String> {
-        let mut tasks = self.tasks.clone();
-        tasks.push(jina_engine::NO_TASK.to_string());
-        tasks
+/// A custom task the server serves, as `/v1/adapters` lists it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
+pub struct AdapterInfo {
+    /// The task name requests use.
+    pub name: String,
+    /// The instruction prefix put before every input ("" for none).
+    pub prefix: String,
+    /// Trainable values of the adapter.
+    pub parameters: usize,
+    /// What the adapter folder says about itself (`jina_adapter.json`), or null.
+    #[schema(value_type = Object)]
+    pub metadata: serde_json::Value,
+}
+
+impl AdapterInfo {
+    /// The listing of one engine adapter.
+    pub fn of(adapter: &jina_engine::CustomAdapter) -> AdapterInfo {
+        AdapterInfo {
+            name: adapter.name().to_string(),
+            prefix: adapter.prefix().to_string(),
+            parameters: adapter.weights().parameter_count(),
+            metadata: adapter.metadata().clone(),
+        }
     }
 }
 
@@ -96,12 +118,32 @@ pub trait BatchRunner: Send + Sync + 'static {
     /// One forward pass: the span sums of every sequence of `batch`, in order.
     fn run(&self, batch: &[&Sequence]) -> Result<Vec<Vec<SpanSum>>, String>;
 
-    /// The adapter index of a task name (`None` for `none`), or the engine's error naming the
+    /// The instruction prefix of a task (empty for none), or the engine's error naming the
     /// accepted tasks.
-    fn adapter_of(&self, task: &str) -> Result<Option<usize>, jina_engine::Error>;
+    fn task_prefix(&self, task: &str) -> Result<String, jina_engine::Error>;
 
-    /// The instruction prefix of an adapter (empty for none).
-    fn prefix_of(&self, adapter: Option<usize>) -> String;
+    /// Every task served now: the checkpoint's, then the custom ones (`none` not included).
+    fn tasks(&self) -> Vec<String>;
+
+    /// The custom tasks served now.
+    fn adapters(&self) -> Vec<AdapterInfo>;
+
+    /// Loads the adapter folder `dir` as task `name` (or the name its metadata gives).
+    fn load_adapter(
+        &self,
+        dir: &Path,
+        name: Option<&str>,
+    ) -> Result<AdapterInfo, jina_engine::Error>;
+
+    /// Stops serving custom task `name`; requests in flight with it finish with it.
+    fn unload_adapter(&self, name: &str) -> Result<AdapterInfo, jina_engine::Error>;
+
+    /// The accepted task names, `none` included.
+    fn tasks_and_none(&self) -> Vec<String> {
+        let mut tasks = self.tasks();
+        tasks.push(jina_engine::NO_TASK.to_string());
+        tasks
+    }
 
     /// The ids and pieces of `text` (prefix already in it) with `<s>` and `</s>`.
     fn tokenize(&self, text: &str) -> Result<Tokenized, jina_engine::Error>;
@@ -141,12 +183,33 @@ impl BatchRunner for EngineRunner {
         Ok(self.model.run(batch))
     }
 
-    fn adapter_of(&self, task: &str) -> Result<Option<usize>, jina_engine::Error> {
-        self.model.adapter_of(task)
+    fn task_prefix(&self, task: &str) -> Result<String, jina_engine::Error> {
+        let adapter = self.model.adapter_of(task)?;
+        Ok(self.model.prefix_of(adapter.as_ref()).to_string())
     }
 
-    fn prefix_of(&self, adapter: Option<usize>) -> String {
-        self.model.prefix_of(adapter).to_string()
+    fn tasks(&self) -> Vec<String> {
+        self.model.task_names()
+    }
+
+    fn adapters(&self) -> Vec<AdapterInfo> {
+        self.model
+            .custom_adapters()
+            .iter()
+            .map(|a| AdapterInfo::of(a))
+            .collect()
+    }
+
+    fn load_adapter(
+        &self,
+        dir: &Path,
+        name: Option<&str>,
+    ) -> Result<AdapterInfo, jina_engine::Error> {
+        Ok(AdapterInfo::of(&*self.model.load_adapter(dir, name)?))
+    }
+
+    fn unload_adapter(&self, name: &str) -> Result<AdapterInfo, jina_engine::Error> {
+        Ok(AdapterInfo::of(&*self.model.remove_adapter(name)?))
     }
 
     fn tokenize(&self, text: &str) -> Result<Tokenized, jina_engine::Error> {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use jina_engine::pooling::SpanSum;
 use jina_engine::{EmbedRequest, Plan, Sequence};
-use jina_server::runner::{EngineRunner, Tokenized};
+use jina_server::runner::{AdapterInfo, EngineRunner, Tokenized};
 use jina_server::{BatchRunner, ModelInfo};
 
 /// How a poisoned batch fails.
@@ -140,12 +140,28 @@ impl BatchRunner for FakeRunner {
             .collect())
     }
 
-    fn adapter_of(&self, task: &str) -> Result<Option<usize>, jina_engine::Error> {
-        self.real.adapter_of(task)
+    fn task_prefix(&self, task: &str) -> Result<String, jina_engine::Error> {
+        self.real.task_prefix(task)
     }
 
-    fn prefix_of(&self, adapter: Option<usize>) -> String {
-        self.real.prefix_of(adapter)
+    fn tasks(&self) -> Vec<String> {
+        self.real.tasks()
+    }
+
+    fn adapters(&self) -> Vec<AdapterInfo> {
+        self.real.adapters()
+    }
+
+    fn load_adapter(
+        &self,
+        dir: &std::path::Path,
+        name: Option<&str>,
+    ) -> Result<AdapterInfo, jina_engine::Error> {
+        self.real.load_adapter(dir, name)
+    }
+
+    fn unload_adapter(&self, name: &str) -> Result<AdapterInfo, jina_engine::Error> {
+        self.real.unload_adapter(name)
     }
 
     fn tokenize(&self, text: &str) -> Result<Tokenized, jina_engine::Error> {

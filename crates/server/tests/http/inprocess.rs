@@ -22,8 +22,7 @@ fn fake_server(limits: ServerLimits) -> (TestServer, Arc<FakeRunner>) {
 /// The ids the fake pools for one text with the default task (text-matching).
 fn ids_of(fake: &FakeRunner, text: &str) -> Vec<u32> {
     use jina_server::BatchRunner as _;
-    let adapter = fake.adapter_of("text-matching").expect("task");
-    let prefix = fake.prefix_of(adapter);
+    let prefix = fake.task_prefix("text-matching").expect("task");
     fake.tokenize(&format!("{prefix}{text}")).expect("ids").ids
 }
 
