@@ -35,9 +35,13 @@ pub struct EmbedArgs {
     #[arg(long, env = "JINA_MODEL", default_value = jina_engine::hub::DEFAULT_MODEL)]
     model: String,
     /// Task adapter: retrieval.query, retrieval.passage, separation, classification,
-    /// text-matching, or none for the base weights.
+    /// text-matching, none for the base weights, or the name of an --adapter.
     #[arg(long, default_value = jina_engine::DEFAULT_TASK)]
     task: String,
+    /// Serve a custom adapter folder (from `jina-embed train`, or a PEFT folder) as a task:
+    /// NAME=DIR, or DIR to use the name in its jina_adapter.json. Repeatable.
+    #[arg(long = "adapter", value_name = "NAME=DIR")]
+    adapters: Vec<jina_engine::AdapterSpec>,
     /// Keep the first N dimensions (Matryoshka), then normalise.
     #[arg(long)]
     dimensions: Option<usize>,
@@ -156,6 +160,11 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<()> {
     )?;
     model.set_max_batch_tokens(args.max_batch_tokens);
     model.check_dimensions(args.dimensions)?;
+    for spec in &args.adapters {
+        model
+            .load_adapter(&spec.dir, spec.name.as_deref())
+            .with_context(|| format!("--adapter {}", spec.dir.display()))?;
+    }
     model.adapter_of(&args.task)?;
     let fields = Fields {
         text: args.text_field.clone(),

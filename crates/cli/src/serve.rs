@@ -49,6 +49,12 @@ pub struct ServeArgs {
     #[arg(long, env = "JINA_DEFAULT_TASK", default_value = jina_engine::DEFAULT_TASK)]
     pub default_task: String,
 
+    /// Serve a custom adapter folder (from `jina-embed train`, or a PEFT folder) as a task
+    /// beside the built-in ones: NAME=DIR, or DIR to use the name in its jina_adapter.json.
+    /// Repeatable. More can be loaded at run time with POST /v1/adapters.
+    #[arg(long = "adapter", value_name = "NAME=DIR")]
+    pub adapters: Vec<jina_engine::AdapterSpec>,
+
     /// An API key clients must send as `Authorization: Bearer KEY` (repeatable; the variable
     /// holds a comma-separated list). Without any key every route is open. Prefer the variable
     /// or --api-key-file: command lines are visible to other users of the machine.
@@ -182,6 +188,7 @@ impl ServeArgs {
         Ok(ServerConfig {
             model_dir: self.model.clone(),
             default_task: self.default_task.clone(),
+            adapters: self.adapters.clone(),
             served_model_name: self.served_model_name.clone(),
             api_keys: ApiKeys::new(keys),
             limits,

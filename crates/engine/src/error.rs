@@ -131,12 +131,20 @@ pub enum Error {
     /// The request holds no input.
     #[error("input must hold at least one text")]
     EmptyInput,
-    /// A custom adapter's name cannot be used (taken, built-in, or malformed).
+    /// A custom adapter's name is malformed.
     #[error("adapter name {name:?} cannot be used: {reason}")]
     AdapterName {
         /// The name asked for.
         name: String,
         /// Why not.
+        reason: String,
+    },
+    /// A custom adapter's name is taken: a built-in task, `none`, or a loaded adapter.
+    #[error("adapter name {name:?} is taken: {reason}")]
+    AdapterConflict {
+        /// The name asked for.
+        name: String,
+        /// By what.
         reason: String,
     },
     /// An adapter folder is missing a file, is malformed, or does not fit this model.
@@ -163,6 +171,7 @@ impl Error {
                 | Error::Dimensions { .. }
                 | Error::EmptyInput
                 | Error::AdapterName { .. }
+                | Error::AdapterConflict { .. }
                 | Error::Adapter { .. }
                 | Error::InvalidRequest(_)
         )

@@ -63,7 +63,7 @@ use std::sync::{Arc, RwLock};
 
 use rayon::prelude::*;
 
-pub use adapters::{AdapterWeights, CustomAdapter, TaskAdapter};
+pub use adapters::{AdapterSpec, AdapterWeights, CustomAdapter, TaskAdapter};
 pub use config::Config;
 pub use error::{Error, Result};
 pub use kernels::{Cpu, Isa, KernelPlan};
@@ -308,13 +308,13 @@ impl Model {
         ));
         let mut custom = self.custom.write().unwrap_or_else(|e| e.into_inner());
         if name == NO_TASK || self.config.lora_adaptations.iter().any(|t| t == name) {
-            return Err(Error::AdapterName {
+            return Err(Error::AdapterConflict {
                 name: name.to_string(),
                 reason: "it is a built-in task".into(),
             });
         }
         if custom.contains_key(name) {
-            return Err(Error::AdapterName {
+            return Err(Error::AdapterConflict {
                 name: name.to_string(),
                 reason: "an adapter of that name is already loaded (unload it first)".into(),
             });
@@ -378,7 +378,7 @@ impl Model {
     /// Stops serving the custom task `name`; requests already planned with it finish with it.
     pub fn remove_adapter(&self, name: &str) -> Result<Arc<CustomAdapter>> {
         if name == NO_TASK || self.config.lora_adaptations.iter().any(|t| t == name) {
-            return Err(Error::AdapterName {
+            return Err(Error::AdapterConflict {
                 name: name.to_string(),
                 reason: "built-in tasks cannot be unloaded".into(),
             });

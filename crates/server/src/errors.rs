@@ -167,6 +167,9 @@ pub enum ApiError {
     /// The server stopped taking work.
     #[error("the server is shutting down")]
     ShuttingDown,
+    /// The addressed resource does not exist (an adapter to unload).
+    #[error("{0}")]
+    NotFound(String),
     /// A bug or a failed worker; the details are logged, never sent.
     #[error("internal server error")]
     Internal(String),
@@ -230,11 +233,15 @@ impl ApiError {
                 E::UnknownTask { .. }
                 | E::Dimensions { .. }
                 | E::EmptyInput
+                | E::Adapter { .. }
                 | E::InvalidRequest(_) => StatusCode::UNPROCESSABLE_ENTITY,
+                E::AdapterName { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+                E::AdapterConflict { .. } => StatusCode::CONFLICT,
                 _ => StatusCode::INTERNAL_SERVER_ERROR,
             },
             ApiError::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::NotReady { .. } | ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -251,6 +258,8 @@ impl ApiError {
                 E::LateChunkingTooLong { .. } | E::EmptyInput => Some("input".into()),
                 E::UnknownTask { .. } => Some("task".into()),
                 E::Dimensions { .. } => Some("dimensions".into()),
+                E::AdapterName { .. } | E::AdapterConflict { .. } => Some("name".into()),
+                E::Adapter { .. } => Some("path".into()),
                 _ => None,
             },
             _ => None,
@@ -276,11 +285,15 @@ impl ApiError {
                 E::Dimensions { .. } => "invalid_dimensions",
                 E::EmptyInput => "empty_input",
                 E::InvalidRequest(_) => "invalid_request",
+                E::AdapterName { .. } => "invalid_adapter_name",
+                E::AdapterConflict { .. } => "adapter_name_taken",
+                E::Adapter { .. } => "invalid_adapter",
                 _ => "internal_error",
             },
             ApiError::Overloaded { .. } => "rate_limit_exceeded",
             ApiError::NotReady { .. } => "model_loading",
             ApiError::ShuttingDown => "shutting_down",
+            ApiError::NotFound(_) => "not_found",
             ApiError::Internal(_) => "internal_error",
         }
     }

@@ -75,6 +75,7 @@ then, stops the scheduler and returns.
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+pub mod adapters;
 pub mod api;
 pub mod auth;
 pub mod cors;
@@ -132,6 +133,8 @@ pub struct ServerConfig {
     pub max_isa: Option<jina_engine::Isa>,
     /// Origins allowed by CORS (empty: CORS off).
     pub cors_allow_origins: cors::CorsOrigins,
+    /// Custom adapter folders served from the start (`--adapter`).
+    pub adapters: Vec<jina_engine::AdapterSpec>,
 }
 
 impl ServerConfig {
@@ -147,6 +150,7 @@ impl ServerConfig {
             precision: Precision::F32,
             max_isa: None,
             cors_allow_origins: cors::CorsOrigins::default(),
+            adapters: Vec::new(),
         }
     }
 }
@@ -296,6 +300,12 @@ pub fn load_engine(config: &ServerConfig) -> anyhow::Result<Arc<dyn BatchRunner>
     };
     let mut model = Model::load_with(&config.model_dir, options)
         .with_context(|| format!("cannot load the model from {}", config.model_dir.display()))?;
+    for spec in &config.adapters {
+        let adapter = model
+            .load_adapter(&spec.dir, spec.name.as_deref())
+            .with_context(|| format!("cannot load --adapter {}", spec.dir.display()))?;
+        info!(task = adapter.name(), dir = %spec.dir.display(), "adapter loaded");
+    }
     model
         .set_default_task(&config.default_task)
         .context("invalid --default-task")?;

@@ -20,7 +20,7 @@ use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Extension, Json, Router};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use jina_engine::pooling::{self, Finish};
@@ -46,6 +46,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/models", get(models))
         .route("/openapi.json", get(openapi))
         .route("/invocations", post(crate::sagemaker::invocations))
+        .route(
+            "/v1/adapters",
+            get(crate::adapters::list).post(crate::adapters::load),
+        )
+        .route("/v1/adapters/{name}", delete(crate::adapters::unload))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_key,
@@ -806,7 +811,7 @@ impl utoipa::Modify for BearerAuth {
         title = "jina-embeddings-rs",
         description = "Jina- and OpenAI-compatible embeddings for jina-embeddings-v3. `POST /embeddings` is the same as `/v1/embeddings`, `GET /models` the same as `/v1/models`. Errors are `{\"detail\": …}` (Jina dialect) or `{\"error\": {\"message\", \"type\", \"param\", \"code\"}}` (OpenAI dialect: the body has `encoding_format`, or the request has the `X-Stainless-Lang` header of the OpenAI SDKs)."
     ),
-    paths(embeddings, tokenize, models, health, metrics, openapi, crate::sagemaker::ping, crate::sagemaker::invocations),
+    paths(embeddings, tokenize, models, health, metrics, openapi, crate::sagemaker::ping, crate::sagemaker::invocations, crate::adapters::list, crate::adapters::load, crate::adapters::unload),
     components(schemas(ErrorBody, crate::errors::JinaErrorBody, crate::errors::OpenAiErrorBody, crate::errors::OpenAiError)),
     modifiers(&BearerAuth)
 )]

@@ -398,3 +398,35 @@ pub fn check_task_name(name: &str) -> Result<()> {
         None => Ok(()),
     }
 }
+
+/// `NAME=DIR` or `DIR` (the name from the folder's metadata): how the command line and the
+/// Python package name an adapter folder to serve.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdapterSpec {
+    /// The task name, or `None` for the one in the folder's `jina_adapter.json`.
+    pub name: Option<String>,
+    /// The adapter folder.
+    pub dir: std::path::PathBuf,
+}
+
+impl std::str::FromStr for AdapterSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.split_once('=') {
+            Some((name, dir)) if !dir.is_empty() => {
+                check_task_name(name).map_err(|e| e.to_string())?;
+                Ok(AdapterSpec {
+                    name: Some(name.to_string()),
+                    dir: dir.into(),
+                })
+            }
+            Some(_) => Err(format!("{s:?}: expected NAME=DIR with a folder after '='")),
+            None if s.is_empty() => Err("expected NAME=DIR or DIR, got nothing".into()),
+            None => Ok(AdapterSpec {
+                name: None,
+                dir: s.into(),
+            }),
+        }
+    }
+}

@@ -4,6 +4,7 @@
 //! disconnects, slow bodies, raw bytes, the Python clients), run real servers on 127.0.0.1
 //! port 0. One test binary, split by topic.
 
+mod adapters;
 mod batching;
 mod common;
 mod errors;
