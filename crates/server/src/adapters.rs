@@ -24,6 +24,9 @@ use crate::AppState;
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct LoadAdapterRequest {
     /// The adapter folder on the server's machine (`jina-embed train --out`, or a PEFT folder).
+    /// Required; kept optional here so that a request without it gets our message naming the
+    /// field rather than the JSON parser's.
+    #[schema(required = true, nullable = false)]
     pub path: Option<String>,
     /// The task name; default: the name in the folder's `jina_adapter.json`.
     pub name: Option<String>,
