@@ -31,7 +31,8 @@ case "$(uname -m)" in
         fi ;;
 esac
 # The tests whose every variant must run: golden outputs, batch invariance, mixed tasks, kernel
-# parity (linear and attention) against the references, custom adapters against the built-in.
+# parity (linear and attention) against the references, custom adapters against the built-in,
+# training gradients against PyTorch autograd.
 required=(
     golden::every_golden_case_matches_the_official_outputs
     golden::bf16_path_keeps_cosine_above_0_999
@@ -47,6 +48,7 @@ required=(
     adapters::custom_copy_bf16
     adapters::custom_copy_int8
     adapters::mixed_batch
+    training::gradients_match_pytorch_autograd
 )
 missing=0
 for test in "${required[@]}"; do

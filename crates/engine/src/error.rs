@@ -155,6 +155,19 @@ pub enum Error {
         /// What is wrong.
         message: String,
     },
+    /// A row of a training or evaluation file is unusable.
+    #[error("{path}:{line}: {message}")]
+    TrainingData {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line (JSONL) or record (CSV, TSV) number; 0 for the whole file.
+        line: usize,
+        /// What is wrong, naming the field.
+        message: String,
+    },
+    /// Training options that cannot work together or with the data.
+    #[error("{0}")]
+    Training(String),
     /// Any other invalid request value.
     #[error("{0}")]
     InvalidRequest(String),
@@ -173,6 +186,8 @@ impl Error {
                 | Error::AdapterName { .. }
                 | Error::AdapterConflict { .. }
                 | Error::Adapter { .. }
+                | Error::TrainingData { .. }
+                | Error::Training(_)
                 | Error::InvalidRequest(_)
         )
     }

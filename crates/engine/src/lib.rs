@@ -55,6 +55,7 @@ pub mod pooling;
 pub mod precision;
 pub mod tokenize;
 pub mod tokenizer_config;
+pub mod train;
 pub mod weights;
 
 use std::collections::BTreeMap;

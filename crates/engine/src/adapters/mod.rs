@@ -173,6 +173,46 @@ impl AdapterWeights {
             + self.token_type_b.len()
     }
 
+    /// Every tensor in one fixed order (each linear's A then B, by index; the word table's A
+    /// and B; the token type's A and B): what an optimizer walks.
+    pub fn tensors(&self) -> Vec<&[f32]> {
+        let mut out: Vec<&[f32]> = Vec::with_capacity(self.linears.len() * 2 + 4);
+        for l in &self.linears {
+            out.push(&l.a);
+            out.push(&l.b);
+        }
+        out.extend([
+            &self.word_a[..],
+            &self.word_b[..],
+            &self.token_type_a[..],
+            &self.token_type_b[..],
+        ]);
+        out
+    }
+
+    /// [`AdapterWeights::tensors`], writable.
+    pub fn tensors_mut(&mut self) -> Vec<&mut [f32]> {
+        let mut out: Vec<&mut [f32]> = Vec::with_capacity(self.linears.len() * 2 + 4);
+        for l in &mut self.linears {
+            out.push(&mut l.a);
+            out.push(&mut l.b);
+        }
+        out.extend([
+            &mut self.word_a[..],
+            &mut self.word_b[..],
+            &mut self.token_type_a[..],
+            &mut self.token_type_b[..],
+        ]);
+        out
+    }
+
+    /// Sets every value to zero (a gradient accumulator between steps).
+    pub fn fill_zero(&mut self) {
+        for t in self.tensors_mut() {
+            t.fill(0.0);
+        }
+    }
+
     /// Checks every shape against `config`: an adapter for another model is refused here,
     /// with the first tensor that disagrees.
     pub fn check_shapes(&self, config: &Config) -> Result<()> {
