@@ -46,7 +46,7 @@ fuzz_target!(|data: &[u8]| {
     let max_tokens = if *limit == 255 { 8194 } else { 2 + *limit as usize };
     let inputs: Vec<String> = rest.split(|&b| b == 0).take(64).map(|s| String::from_utf8_lossy(s).into_owned()).collect();
     let params = PlanParams {
-        adapter: (mode & 8 != 0).then_some(1),
+        adapter: (mode & 8 != 0).then_some(jina_engine::TaskAdapter::Builtin(1)),
         prefix,
         max_tokens,
         truncate,

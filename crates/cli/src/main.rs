@@ -4,13 +4,16 @@
 mod bench;
 mod download;
 mod embed;
+mod eval;
 mod fixture;
 #[cfg(feature = "download")]
 mod hub_download;
 mod info;
 mod logging;
+mod pairs;
 mod resolve;
 mod serve;
+mod train;
 
 use clap::{Parser, Subcommand};
 
@@ -65,6 +68,16 @@ enum Command {
     ///
     /// Example: jina-embed bench --model /tmp/jina-full --shape 8x128,1x8192 --precision bf16
     Bench(bench::BenchArgs),
+    /// Train a new task adapter on your (query, positive, negatives) pairs, on this CPU; serve
+    /// it with `serve --adapter NAME=OUT`.
+    ///
+    /// Example: jina-embed train --model /tmp/jina-small --data pairs.jsonl --from retrieval.query --name legal.query --out adapters/legal.query --eval held-out.jsonl
+    Train(train::TrainArgs),
+    /// Compare tasks on a pairs file: recall@1/@10, MRR@10, nDCG@10 (a custom task is shown
+    /// beside every built-in one).
+    ///
+    /// Example: jina-embed eval --model /tmp/jina-small --data held-out.jsonl --adapter adapters/legal.query --task legal.query
+    Eval(eval::EvalArgs),
     /// Serve the Jina- and OpenAI-compatible embeddings API (POST /v1/embeddings).
     ///
     /// Example: jina-embed serve --model /tmp/jina-small --port 8080 --api-key "$KEY"
@@ -105,6 +118,8 @@ fn main() {
             Ok(())
         }
         Command::Bench(args) => bench::run(args, times),
+        Command::Train(args) => train::run(args),
+        Command::Eval(args) => eval::run(args),
         Command::Serve(args) => serve(args),
     };
     if let Err(err) = result {

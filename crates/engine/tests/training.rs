@@ -318,3 +318,77 @@ fn tensor_names(adapter: &AdapterWeights) -> Vec<String> {
     );
     names
 }
+
+fn resume_pairs() -> Vec<jina_engine::train::Pair> {
+    (0..10)
+        .map(|i| jina_engine::train::Pair {
+            query: format!("question number {i} about topic {}", i * 7 % 5),
+            positive: format!("the answer to question {i} is {}", i * 13),
+            negatives: if i % 3 == 0 {
+                vec![format!("an unrelated text {i}")]
+            } else {
+                vec![]
+            },
+        })
+        .collect()
+}
+
+/// A run stopped after a checkpoint and resumed from it ends with exactly the adapter of a run
+/// that never stopped; a checkpoint of other options is refused.
+#[test]
+fn a_resumed_run_equals_an_uninterrupted_one() {
+    use jina_engine::train::{TrainOptions, Trainer};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let model = TrainModel::load(small_fixture_dir()).unwrap();
+    let tokenizer = jina_engine::tokenize::TextTokenizer::from_dir(small_fixture_dir()).unwrap();
+    let pairs = resume_pairs();
+    let mut options = TrainOptions::new("resume.test", None);
+    options.epochs = 2;
+    options.batch = 4;
+    options.optimizer.lr = 1e-2;
+    let never = AtomicBool::new(false);
+    let mut whole =
+        Trainer::new(&model, &tokenizer, options.clone(), &pairs, Some(&pairs)).unwrap();
+    let report = whole.run(&never, &mut |_| {}, &mut |_| Ok(())).unwrap();
+    assert_eq!((report.steps, report.total_steps), (6, 6));
+    assert_eq!(report.eval.len(), 3, "before training and after each epoch");
+    assert!(report.epoch_losses.iter().all(|l| l.is_finite()));
+
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("training-resume-checkpoint");
+    let _ = std::fs::remove_dir_all(&dir);
+    let stop = AtomicBool::new(false);
+    let mut first =
+        Trainer::new(&model, &tokenizer, options.clone(), &pairs, Some(&pairs)).unwrap();
+    let stopped = first
+        .run(&stop, &mut |_| {}, &mut |t| {
+            t.save_checkpoint(&dir)?;
+            if t.step() == 4 {
+                stop.store(true, Ordering::Relaxed);
+            }
+            Ok(())
+        })
+        .unwrap();
+    assert!(stopped.stopped && stopped.steps == 4, "{stopped:?}");
+    let mut second =
+        Trainer::new(&model, &tokenizer, options.clone(), &pairs, Some(&pairs)).unwrap();
+    second.load_checkpoint(&dir).unwrap();
+    let resumed = second.run(&never, &mut |_| {}, &mut |_| Ok(())).unwrap();
+    assert_eq!(resumed.steps, 6);
+    assert_eq!(
+        second.adapter, whole.adapter,
+        "the resumed run ends where the whole one does"
+    );
+    assert_eq!(second.optimizer, whole.optimizer);
+    assert_eq!(resumed.eval, report.eval);
+    assert_ne!(
+        whole.adapter,
+        AdapterWeights::lora_init(model.config(), 0),
+        "training moved it"
+    );
+
+    let mut other = options.clone();
+    other.optimizer.lr = 2e-2;
+    let mut mismatched = Trainer::new(&model, &tokenizer, other, &pairs, None).unwrap();
+    let err = mismatched.load_checkpoint(&dir).unwrap_err().to_string();
+    assert!(err.contains("other options or data"), "{err}");
+}

@@ -156,6 +156,34 @@ impl AdapterWeights {
         }
     }
 
+    /// A fresh adapter as PEFT initialises LoRA, so that training can start from nothing: each
+    /// linear's A uniform in `±1/√n_in` (PEFT's Kaiming-uniform with `a = √5`) and B zero; the
+    /// embeddings' A zero and B standard normal. Its product is zero: it starts as the base
+    /// model. Seeded (splitmix64), so a run is reproducible.
+    pub fn lora_init(config: &Config, seed: u64) -> Self {
+        let mut w = AdapterWeights::zeros(config);
+        let mut state = seed ^ 0x5851_F42D_4C95_7F2D;
+        let mut uniform = move || {
+            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
+        };
+        for (i, l) in w.linears.iter_mut().enumerate() {
+            let n_in = LinearSite::ALL[i % LinearSite::ALL.len()].shape(config).0;
+            let bound = 1.0 / (n_in as f64).sqrt();
+            l.a.iter_mut()
+                .for_each(|v| *v = ((uniform() * 2.0 - 1.0) * bound) as f32);
+        }
+        for b in w.word_b.iter_mut().chain(w.token_type_b.iter_mut()) {
+            // Box-Muller.
+            let (u1, u2) = (uniform().max(1e-300), uniform());
+            *b = ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32;
+        }
+        w
+    }
+
     /// The pair of one linear layer.
     pub fn linear(&self, layer: usize, site: LinearSite) -> &LoraLinear {
         &self.linears[layer * LinearSite::ALL.len() + site as usize]

@@ -96,12 +96,7 @@ impl InfoNce {
     }
 
     /// `L_d`, adding its gradient to the full-width gradients.
-    fn at_width(
-        &self,
-        d: usize,
-        (q, p, n): Sets,
-        (dq, dp, dn): SetsMut,
-    ) -> f64 {
+    fn at_width(&self, d: usize, (q, p, n): Sets, (dq, dp, dn): SetsMut) -> f64 {
         let unit = |v: &[Vec<f64>]| -> Vec<Unit> { v.iter().map(|x| Unit::new(&x[..d])).collect() };
         let (uq, up, un) = (unit(q), unit(p), unit(n));
         let candidates: Vec<&Unit> = up.iter().chain(&un).collect();

@@ -45,7 +45,8 @@ pub enum Side {
 pub struct TrainOptions {
     /// The new task's name.
     pub name: String,
-    /// The built-in task it starts from; `None`: from zero (LoRA B and A zero: the base model).
+    /// The built-in task it starts from; `None`: a fresh LoRA ([`AdapterWeights::lora_init`]:
+    /// its product zero, so it starts as the base model).
     pub from: Option<String>,
     /// Its instruction prefix; `None`: the `from` task's.
     pub prefix: Option<String>,
@@ -350,7 +351,7 @@ impl<'m> Trainer<'m> {
         let config = model.config();
         let adapter = match &options.from {
             Some(task) => model.builtin_adapter(model.task_index(task)?)?,
-            None => AdapterWeights::zeros(config),
+            None => AdapterWeights::lora_init(config, options.seed),
         };
         let instruction = |task: &str| {
             config
