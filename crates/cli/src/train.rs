@@ -3,14 +3,14 @@
 //! (`--resume` goes on from it), and writes the adapter folder that `serve --adapter`,
 //! `embed --adapter` and the Python package load.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use jina_engine::tokenize::TextTokenizer;
-use jina_engine::train::trainer::Side;
+use jina_engine::train::trainer::{self, Side};
 use jina_engine::train::{InfoNce, Progress, TrainModel, TrainOptions, Trainer};
 
 use crate::pairs;
@@ -104,8 +104,7 @@ static STOP: AtomicBool = AtomicBool::new(false);
 
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     crate::init_threads(args.threads)?;
-    let checkpoint = args.out.join("checkpoint");
-    check_out(&args.out, &checkpoint, args.resume)?;
+    trainer::check_out_dir(&args.out, args.resume)?;
     let dir = crate::resolve::resolve(&args.model)?.dir;
     let cpu = jina_engine::Cpu::host_checked()?;
     let cpu = args.max_isa.map_or(cpu, |isa| cpu.capped(isa));
@@ -129,14 +128,6 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         model.plan().summary(),
     );
     let mut trainer = Trainer::new(&model, &tokenizer, options, &pairs, eval.as_deref())?;
-    if args.resume {
-        trainer.load_checkpoint(&checkpoint)?;
-        eprintln!(
-            "resumed at step {} of {}",
-            trainer.step(),
-            trainer.total_steps()
-        );
-    }
     let _ = ctrlc::set_handler(|| {
         if STOP.swap(true, Ordering::SeqCst) {
             std::process::exit(130);
@@ -144,7 +135,12 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     });
     let bar = progress_bar(!args.quiet, trainer.total_steps());
     let mut on_progress = |p: &Progress| match p {
-        Progress::Started { step, .. } => bar.set_position(*step),
+        Progress::Started { step, .. } => {
+            if *step > 0 {
+                bar.println(format!("resumed at step {step}"));
+            }
+            bar.set_position(*step)
+        }
         Progress::Step {
             step,
             loss,
@@ -166,21 +162,17 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             bar.println(format!("eval {when}: {}", metrics.summary()));
         }
     };
-    let mut save = |t: &Trainer| -> jina_engine::Result<()> { t.save_checkpoint(&checkpoint) };
-    let report = trainer.run(&STOP, &mut on_progress, &mut save)?;
+    let report = trainer.run_in(&args.out, args.resume, &STOP, &mut on_progress)?;
     bar.finish_and_clear();
     if report.stopped {
         eprintln!(
             "stopped at step {} of {}: the checkpoint is in {}; go on with --resume",
             report.steps,
             report.total_steps,
-            checkpoint.display()
+            trainer::checkpoint_dir(&args.out).display()
         );
         std::process::exit(130);
     }
-    trainer.save_adapter(&args.out, &report)?;
-    std::fs::remove_dir_all(&checkpoint)
-        .with_context(|| format!("removing the checkpoint {}", checkpoint.display()))?;
     eprintln!(
         "trained {} in {:.1} s ({:.1} pairs/s); epoch losses {:?}; adapter written to {}",
         args.name,
@@ -223,35 +215,6 @@ fn options(args: &TrainArgs) -> TrainOptions {
     };
     o.chunk_tokens = args.chunk_tokens;
     o
-}
-
-/// Refuses to overwrite a finished adapter, or to start afresh over an unfinished run.
-fn check_out(out: &Path, checkpoint: &Path, resume: bool) -> anyhow::Result<()> {
-    let finished =
-        out.join(jina_engine::adapters::folder::METADATA).exists() && !checkpoint.exists();
-    if finished {
-        bail!(
-            "--out {} already holds a trained adapter: choose another folder or delete it",
-            out.display()
-        );
-    }
-    if resume
-        && !checkpoint
-            .join(jina_engine::train::trainer::STATE_FILE)
-            .exists()
-    {
-        bail!(
-            "--resume: {} holds no checkpoint to resume from",
-            checkpoint.display()
-        );
-    }
-    if !resume && checkpoint.exists() {
-        bail!(
-            "--out {} holds an unfinished run's checkpoint: pass --resume to go on, or delete it",
-            out.display()
-        );
-    }
-    Ok(())
 }
 
 fn progress_bar(visible: bool, total: u64) -> ProgressBar {

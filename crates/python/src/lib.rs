@@ -350,6 +350,34 @@ impl Model {
         Ok(out)
     }
 
+    /// Serves the adapter folder `folder` (from `jina-embed train`, or a PEFT folder) as a task
+    /// beside the built-in ones, under `name` or the name its metadata gives; returns the name.
+    #[pyo3(signature = (folder, name = None))]
+    fn load_adapter(&self, py: Python<'_>, folder: &str, name: Option<String>) -> PyResult<String> {
+        let dir = std::path::PathBuf::from(folder);
+        let loaded = py.detach(|| guarded(|| self.model.load_adapter(&dir, name.as_deref())))?;
+        Ok(loaded.map_err(engine_error)?.name().to_string())
+    }
+
+    /// Stops serving the custom task `name` (encodes already running finish with it).
+    fn unload_adapter(&self, name: &str) -> PyResult<()> {
+        self.model.remove_adapter(name).map_err(engine_error)?;
+        Ok(())
+    }
+
+    /// The custom tasks: `[{"name", "prefix", "metadata"}]`.
+    fn adapters<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let list = PyList::empty(py);
+        for adapter in self.model.custom_adapters() {
+            let item = PyDict::new(py);
+            item.set_item("name", adapter.name())?;
+            item.set_item("prefix", adapter.prefix())?;
+            item.set_item("metadata", adapter.metadata().to_string())?;
+            list.append(item)?;
+        }
+        Ok(list)
+    }
+
     /// What was loaded: the resolved precision (after any fallback on this CPU), sizes, tasks
     /// and limits.
     fn info<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
@@ -373,7 +401,7 @@ impl Model {
             "matryoshka_dimensions",
             config.matryoshka_dimensions.clone(),
         )?;
-        info.set_item("tasks", model.tasks().to_vec())?;
+        info.set_item("tasks", model.task_names())?;
         info.set_item("default_task", model.default_task())?;
         info.set_item("max_tokens", model.max_tokens())?;
         info.set_item("threads", self.pool.current_num_threads())?;
@@ -460,11 +488,162 @@ impl Rows {
     }
 }
 
+/// Training pairs: a file path (JSONL, CSV, TSV), or a list of `(query, positive, negatives)`.
+fn pairs_of(data: &Bound<'_, PyAny>) -> PyResult<Vec<jina_engine::train::Pair>> {
+    if let Ok(path) = data.extract::<String>() {
+        return jina_engine::train::read_pairs(std::path::Path::new(&path)).map_err(engine_error);
+    }
+    let mut pairs = Vec::new();
+    for (index, item) in data.try_iter()?.enumerate() {
+        let (query, positive, negatives): (String, String, Vec<String>) =
+            item?.extract().map_err(|_| {
+                PyTypeError::new_err(format!(
+                    "data[{index}] must be (query: str, positive: str, negatives: list[str])"
+                ))
+            })?;
+        pairs.push(jina_engine::train::Pair {
+            query,
+            positive,
+            negatives,
+        });
+    }
+    if pairs.is_empty() {
+        return Err(PyValueError::new_err("data holds no pairs"));
+    }
+    Ok(pairs)
+}
+
+/// Trains a new task adapter into `out` (the options of `jina-embed train`) and returns the
+/// report as JSON. `progress(step, total, loss)` is called after every step; Ctrl-C stops
+/// after the current step, keeping the checkpoint (`resume=True` goes on).
+#[pyfunction]
+#[pyo3(signature = (folder, data, name, out, from_task, eval = None, epochs = 1, lr = 5e-4, batch = 32,
+                    max_tokens = 256, seed = 0, threads = None, resume = false, prefix = None,
+                    joint = None, passage_task = None, symmetric = false, matryoshka = None,
+                    scale = 20.0, warmup = 0.1, weight_decay = 0.01, max_grad_norm = 1.0,
+                    chunk_tokens = 2048, progress = None))]
+#[allow(clippy::too_many_arguments)]
+fn train(
+    py: Python<'_>,
+    folder: &str,
+    data: &Bound<'_, PyAny>,
+    name: &str,
+    out: &str,
+    from_task: Option<String>,
+    eval: Option<&Bound<'_, PyAny>>,
+    epochs: usize,
+    lr: f32,
+    batch: usize,
+    max_tokens: usize,
+    seed: u64,
+    threads: Option<usize>,
+    resume: bool,
+    prefix: Option<String>,
+    joint: Option<bool>,
+    passage_task: Option<String>,
+    symmetric: bool,
+    matryoshka: Option<Vec<usize>>,
+    scale: f32,
+    warmup: f32,
+    weight_decay: f32,
+    max_grad_norm: f32,
+    chunk_tokens: usize,
+    progress: Option<Bound<'_, PyAny>>,
+) -> PyResult<String> {
+    use jina_engine::train::trainer::{check_out_dir, Side};
+    use jina_engine::train::{InfoNce, Progress, TrainModel, TrainOptions, Trainer};
+    let pairs = pairs_of(data)?;
+    let eval = eval.map(pairs_of).transpose()?;
+    let out = std::path::PathBuf::from(out);
+    check_out_dir(&out, resume).map_err(engine_error)?;
+    let from = from_task.filter(|t| t != jina_engine::NO_TASK);
+    let mut o = TrainOptions::new(name, from.as_deref());
+    match (joint, passage_task) {
+        (Some(true), Some(_)) => {
+            return Err(PyValueError::new_err(
+                "joint=True and passage_task cannot be used together",
+            ))
+        }
+        (Some(true), None) => o.side = Side::Joint,
+        (_, Some(task)) => o.side = Side::Query { passage_task: task },
+        (Some(false), None) => {
+            o.side = Side::Query {
+                passage_task: "retrieval.passage".into(),
+            }
+        }
+        (None, None) => {}
+    }
+    o.prefix = prefix;
+    o.epochs = epochs;
+    o.batch = batch;
+    o.max_tokens = max_tokens;
+    o.seed = seed;
+    o.optimizer.lr = lr;
+    o.optimizer.weight_decay = weight_decay;
+    o.warmup_ratio = warmup;
+    o.max_grad_norm = (max_grad_norm > 0.0).then_some(max_grad_norm);
+    o.loss = InfoNce {
+        scale,
+        symmetric,
+        dims: matryoshka.unwrap_or_default(),
+    };
+    o.chunk_tokens = chunk_tokens;
+    let mut builder = rayon::ThreadPoolBuilder::new().thread_name(|i| format!("jina-train-{i}"));
+    if let Some(n) = threads {
+        builder = builder.num_threads(n);
+    }
+    let pool = builder
+        .build()
+        .map_err(|e| PyRuntimeError::new_err(format!("cannot start {threads:?} threads: {e}")))?;
+    let dir = std::path::PathBuf::from(folder);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let mut callback_error: Option<PyErr> = None;
+    let progress: Option<Py<PyAny>> = progress.map(Bound::unbind);
+    let result = py.detach(|| {
+        guarded(|| {
+            pool.install(|| -> jina_engine::Result<_> {
+                let model = TrainModel::load(&dir)?;
+                let tokenizer = jina_engine::tokenize::TextTokenizer::from_dir(&dir)?;
+                let mut trainer = Trainer::new(&model, &tokenizer, o, &pairs, eval.as_deref())?;
+                let mut on_progress = |p: &Progress| {
+                    let Progress::Step {
+                        step,
+                        total_steps,
+                        loss,
+                        ..
+                    } = p
+                    else {
+                        return;
+                    };
+                    Python::attach(|py| {
+                        // Ctrl-C (and any pending signal handler's exception) stops the run.
+                        let outcome = py.check_signals().and_then(|()| match &progress {
+                            Some(f) => f.bind(py).call1((*step, *total_steps, *loss)).map(drop),
+                            None => Ok(()),
+                        });
+                        if let Err(e) = outcome {
+                            callback_error.get_or_insert(e);
+                            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    });
+                };
+                trainer.run_in(&out, resume, &stop, &mut on_progress)
+            })
+        })
+    })?;
+    let report = result.map_err(engine_error)?;
+    if let Some(e) = callback_error {
+        return Err(e);
+    }
+    serde_json::to_string(&report).map_err(|e| PyRuntimeError::new_err(e.to_string()))
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Model>()?;
     m.add_function(wrap_pyfunction!(resolve, m)?)?;
     m.add_function(wrap_pyfunction!(write_fixture, m)?)?;
+    m.add_function(wrap_pyfunction!(train, m)?)?;
     m.add(
         "ModelNotCachedError",
         m.py().get_type::<ModelNotCachedError>(),

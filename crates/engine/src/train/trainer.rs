@@ -722,6 +722,65 @@ impl<'m> Trainer<'m> {
     }
 }
 
+/// Where a run keeps its checkpoint inside its output folder.
+pub fn checkpoint_dir(out: &Path) -> PathBuf {
+    out.join("checkpoint")
+}
+
+/// Refuses to overwrite a finished adapter, to start afresh over an unfinished run, or to
+/// resume without a checkpoint: checked before any work.
+pub fn check_out_dir(out: &Path, resume: bool) -> Result<()> {
+    let checkpoint = checkpoint_dir(out);
+    let fail = |m: String| Err(Error::Training(m));
+    if out.join(folder::METADATA).exists() && !checkpoint.exists() {
+        return fail(format!(
+            "--out {} already holds a trained adapter: choose another folder or delete it",
+            out.display()
+        ));
+    }
+    if resume && !checkpoint.join(STATE_FILE).exists() {
+        return fail(format!(
+            "--resume: {} holds no checkpoint to resume from",
+            checkpoint.display()
+        ));
+    }
+    if !resume && checkpoint.exists() {
+        return fail(format!(
+            "--out {} holds an unfinished run's checkpoint: pass --resume to go on, or delete it",
+            out.display()
+        ));
+    }
+    Ok(())
+}
+
+impl Trainer<'_> {
+    /// The whole run into `out`: resumes from its checkpoint when asked, checkpoints after every
+    /// step, and once finished writes the adapter folder and removes the checkpoint. When
+    /// stopped, the checkpoint stays (the report says `stopped`).
+    pub fn run_in(
+        &mut self,
+        out: &Path,
+        resume: bool,
+        stop: &AtomicBool,
+        progress: &mut dyn FnMut(&Progress),
+    ) -> Result<TrainReport> {
+        check_out_dir(out, resume)?;
+        let checkpoint = checkpoint_dir(out);
+        if resume {
+            self.load_checkpoint(&checkpoint)?;
+        }
+        let report = self.run(stop, progress, &mut |t| t.save_checkpoint(&checkpoint))?;
+        if !report.stopped {
+            self.save_adapter(out, &report)?;
+            std::fs::remove_dir_all(&checkpoint).map_err(|source| Error::Io {
+                path: checkpoint.clone(),
+                source,
+            })?;
+        }
+        Ok(report)
+    }
+}
+
 /// The optimizer's moments in a checkpoint folder.
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 /// The step and the run's fingerprint in a checkpoint folder.

@@ -13,6 +13,7 @@ each worker loads it once.
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from typing import Any, Dict, List, Optional, Sequence, Union
@@ -24,6 +25,7 @@ from ._native import DEFAULT_MODEL, DEFAULT_TASK, NO_TASK, ModelNotCachedError
 
 __all__ = [
     "Model",
+    "train",
     "ModelNotCachedError",
     "write_fixture",
     "DEFAULT_MODEL",
@@ -106,6 +108,10 @@ class Model:
         threads: compute threads of this model (default: one per core). Each model has its own.
         offline: never download (default: ``JINA_OFFLINE`` or ``HF_HUB_OFFLINE`` set).
         max_batch_tokens: token budget of one forward pass.
+        adapters: custom tasks to serve beside the built-in five, ``{name: folder}`` (folders
+            from ``jina-embed train`` or ``train()``, or PEFT folders); ``encode(task=name)``
+            then uses them, mixed with built-in tasks in one batch. More can be added with
+            ``load_adapter``.
 
     Raises:
         FileNotFoundError: the folder or one of its files is missing, or the hub id is not
@@ -121,19 +127,51 @@ class Model:
         threads: Optional[int] = None,
         offline: Optional[bool] = None,
         max_batch_tokens: int = 16384,
+        adapters: Optional[Dict[str, Union[str, os.PathLike]]] = None,
     ) -> None:
         spec = os.fspath(model)
         # A folder is kept absolute so that an unpickled copy finds it from any working directory.
         if os.path.isdir(spec):
             spec = os.path.abspath(spec)
         self._spec = spec
-        self._options = dict(
+        self._base_options = dict(
             precision=precision, threads=threads, offline=offline, max_batch_tokens=max_batch_tokens
         )
         folder = _resolve(spec, offline)
         self._native = _native.Model(
             folder, precision=precision, threads=threads, max_batch_tokens=max_batch_tokens
         )
+        self._adapters: Dict[str, str] = {}
+        for name, path in (adapters or {}).items():
+            self.load_adapter(path, name=name)
+
+    @property
+    def _options(self) -> Dict[str, Any]:
+        # What an unpickled copy is built with: the custom tasks travel as folders.
+        return dict(self._base_options, adapters=dict(self._adapters))
+
+    def load_adapter(self, folder: Union[str, os.PathLike], name: Optional[str] = None) -> str:
+        """Serves an adapter folder as the task ``name`` (default: the name in its
+        ``jina_adapter.json``); returns the name. Raises ``ValueError`` for a folder that is
+        malformed, for another base model, or a name that is taken."""
+        path = os.path.abspath(os.fspath(folder))
+        loaded = self._native.load_adapter(path, name=name)
+        self._adapters[loaded] = path
+        return loaded
+
+    def unload_adapter(self, name: str) -> None:
+        """Stops serving the custom task ``name``."""
+        self._native.unload_adapter(name)
+        self._adapters.pop(name, None)
+
+    def adapters(self) -> List[Dict[str, Any]]:
+        """The custom tasks served: ``name``, ``prefix``, ``path`` and ``metadata`` (the
+        folder's ``jina_adapter.json``)."""
+        out = []
+        for a in self._native.adapters():
+            out.append(dict(name=a["name"], prefix=a["prefix"], path=self._adapters.get(a["name"]),
+                            metadata=json.loads(a["metadata"])))
+        return out
 
     # Pickling by reference: the path and options travel, the weights do not.
     def __reduce__(self):
@@ -172,7 +210,8 @@ class Model:
         Args:
             texts: a list of str, a 1-D numpy array of str, or a pyarrow string array.
             task: ``retrieval.query``, ``retrieval.passage``, ``separation``,
-                ``classification`` or ``text-matching``; ``None`` is the model's default task
+                ``classification``, ``text-matching`` or a custom task (``adapters=``,
+                ``load_adapter``); ``None`` is the model's default task
                 (text-matching); ``"none"`` the base weights without adapter or prefix.
             dimensions: keep the first N dimensions (Matryoshka), then normalise.
             normalize: L2-normalise (default).
@@ -222,6 +261,94 @@ class Model:
         default task): ``<s>``, the task's instruction prefix, the text, ``</s>``. One dict per
         text with ``ids`` (list of int) and ``tokens`` (list of str)."""
         return self._native.tokenize(_as_list(texts), task=task)
+
+
+def _pairs(data: Any) -> Any:
+    """A path (JSONL, CSV, TSV: read by the engine; Parquet: read here with pyarrow), or rows:
+    dicts with ``query``/``anchor``, ``positive`` and optional ``negatives``/``negative``, or
+    ``(query, positive[, negatives])`` tuples."""
+    if isinstance(data, (str, os.PathLike)):
+        path = os.fspath(data)
+        if not path.lower().endswith((".parquet", ".pq")):
+            return path
+        import pyarrow.parquet as pq
+
+        data = pq.read_table(path).to_pylist()
+    rows = []
+    for i, row in enumerate(data):
+        if isinstance(row, dict):
+            query = row.get("query", row.get("anchor"))
+            negatives = row.get("negatives", row.get("negative")) or []
+            if isinstance(negatives, str):
+                negatives = [negatives]
+            positive = row.get("positive")
+        else:
+            query, positive, *rest = row
+            negatives = list(rest[0]) if rest else []
+        if not isinstance(query, str) or not isinstance(positive, str):
+            raise TypeError(f"data[{i}] needs str `query` (or `anchor`) and `positive`, got {row!r}")
+        rows.append((query, positive, list(negatives)))
+    return rows
+
+
+def train(
+    data: Any,
+    *,
+    name: str,
+    out: Union[str, os.PathLike],
+    model: Union[str, os.PathLike] = DEFAULT_MODEL,
+    from_task: Optional[str] = "retrieval.query",
+    eval: Any = None,
+    epochs: int = 1,
+    lr: float = 5e-4,
+    batch: int = 32,
+    max_tokens: int = 256,
+    seed: int = 0,
+    threads: Optional[int] = None,
+    resume: bool = False,
+    prefix: Optional[str] = None,
+    joint: Optional[bool] = None,
+    passage_task: Optional[str] = None,
+    symmetric: bool = False,
+    matryoshka: Optional[List[int]] = None,
+    scale: float = 20.0,
+    warmup: float = 0.1,
+    weight_decay: float = 0.01,
+    max_grad_norm: float = 1.0,
+    chunk_tokens: int = 2048,
+    offline: Optional[bool] = None,
+    progress: bool = False,
+) -> Dict[str, Any]:
+    """Trains a new task adapter on (query, positive, negatives) pairs on this CPU, as
+    ``jina-embed train`` does (same options, same folder), and returns
+    ``{"path": out, "report": {...}}`` with the loss per epoch and the evaluation figures
+    (recall@1/@10, MRR@10, nDCG@10 on ``eval`` before training and after each epoch).
+
+    ``data`` and ``eval``: a JSONL, CSV, TSV or Parquet path, or a list of dicts or tuples.
+    Query-side by default from ``retrieval.query`` (passages stay under the frozen
+    ``retrieval.passage``, so an existing passage index stays valid); ``joint=True`` trains
+    both sides. Ctrl-C stops after the current step; ``resume=True`` goes on from the
+    checkpoint. Serve the result with ``Model(..., adapters={name: out})``.
+    """
+    folder = _resolve(os.fspath(model), offline)
+    out = os.path.abspath(os.fspath(out))
+    import sys
+
+    def on_step(step: int, total: int, loss: float) -> None:
+        if progress:
+            sys.stderr.write(f"\rtraining {name}: step {step}/{total}, loss {loss:.4f}")
+            sys.stderr.flush()
+
+    report = _native.train(
+        folder, _pairs(data), name, out, from_task, eval=None if eval is None else _pairs(eval),
+        epochs=epochs, lr=lr, batch=batch, max_tokens=max_tokens, seed=seed, threads=threads,
+        resume=resume, prefix=prefix, joint=joint, passage_task=passage_task, symmetric=symmetric,
+        matryoshka=matryoshka, scale=scale, warmup=warmup, weight_decay=weight_decay,
+        max_grad_norm=max_grad_norm, chunk_tokens=chunk_tokens, progress=on_step,
+    )
+    if progress:
+        sys.stderr.write("\n")
+    return {"path": out, "report": json.loads(report)}
 
 
 def _restore(spec: str, options: Dict[str, Any]) -> Model:

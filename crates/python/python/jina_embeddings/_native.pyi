@@ -1,6 +1,6 @@
 """Type stubs of the Rust extension module (crates/python/src/lib.rs)."""
 
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 import numpy as np
 
@@ -42,3 +42,35 @@ class Model:
     ) -> np.ndarray: ...
     def tokenize(self, texts: Iterable[str], task: Optional[str] = None) -> List[Dict[str, list]]: ...
     def info(self) -> Dict[str, Any]: ...
+    def load_adapter(self, folder: str, name: Optional[str] = None) -> str: ...
+    def unload_adapter(self, name: str) -> None: ...
+    def adapters(self) -> List[Dict[str, str]]:
+        """``[{"name", "prefix", "metadata"}]``, ``metadata`` as JSON text."""
+
+def train(
+    folder: str,
+    data: Union[str, List[Tuple[str, str, List[str]]]],
+    name: str,
+    out: str,
+    from_task: Optional[str],
+    eval: Optional[Union[str, List[Tuple[str, str, List[str]]]]] = None,
+    epochs: int = 1,
+    lr: float = 5e-4,
+    batch: int = 32,
+    max_tokens: int = 256,
+    seed: int = 0,
+    threads: Optional[int] = None,
+    resume: bool = False,
+    prefix: Optional[str] = None,
+    joint: Optional[bool] = None,
+    passage_task: Optional[str] = None,
+    symmetric: bool = False,
+    matryoshka: Optional[List[int]] = None,
+    scale: float = 20.0,
+    warmup: float = 0.1,
+    weight_decay: float = 0.01,
+    max_grad_norm: float = 1.0,
+    chunk_tokens: int = 2048,
+    progress: Optional[Callable[[int, int, float], Any]] = None,
+) -> str:
+    """Trains an adapter into ``out``; returns the report as JSON text."""
