@@ -88,8 +88,9 @@ pub struct TrainArgs {
     /// Clip the gradients' global norm to this (0: no clipping).
     #[arg(long, default_value_t = 1.0)]
     max_grad_norm: f32,
-    /// Tokens differentiated at once: bounds memory, whatever --batch (GradCache).
-    #[arg(long, default_value_t = 2048)]
+    /// Tokens differentiated at once: bounds memory, whatever --batch (0: as many as 768 MiB of
+    /// kept activations hold; about 520 on the full model).
+    #[arg(long, default_value_t = 0)]
     chunk_tokens: usize,
     /// Highest instruction-set level the kernels may use (as for `embed`).
     #[arg(long, value_name = "ISA", value_parser = crate::parse_isa)]

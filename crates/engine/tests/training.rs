@@ -175,40 +175,45 @@ fn gradients_match_pytorch_autograd() {
     let reference = reference();
     for isa in Cpu::detected().test_variants() {
         record_variant("training::gradients_match_pytorch_autograd", isa);
-        let model =
+        let mut model =
             TrainModel::load_with(small_fixture_dir(), Cpu::detected().capped(isa)).unwrap();
-        for case in &reference.cases {
-            // One chunk for the whole batch, and one sequence per chunk.
-            for chunk in [4096, 1] {
-                let (loss, pooled, grads, adapter) =
-                    our_gradients(&model, case, reference.scale, chunk);
-                let want = as_adapter(&case.grads, &adapter, None);
-                let what = format!("{isa:?} {} chunk {chunk}", case.name);
-                assert!(
-                    (loss - case.loss).abs() <= 1e-5 * case.loss.abs(),
-                    "{what}: loss {loss} vs {}",
-                    case.loss
-                );
-                for (ours, theirs) in pooled.iter().zip(&case.query_embeddings) {
-                    let d = normalized(ours)
-                        .iter()
-                        .zip(theirs)
-                        .map(|(a, b)| (a - b).abs())
-                        .fold(0.0, f32::max);
-                    assert!(d <= 2e-5, "{what}: query vector differs by {d}");
-                }
-                let names = tensor_names(&adapter);
-                let mut worst = 0f64;
-                for ((ours, theirs), name) in grads.tensors().iter().zip(want.tensors()).zip(&names)
-                {
-                    let err = relative(ours, theirs);
+        // Activations kept from the forward, and recomputed block by block.
+        for budget in [usize::MAX, 0] {
+            model.set_tape_budget(budget);
+            for case in &reference.cases {
+                // One chunk for the whole batch, and one sequence per chunk.
+                for chunk in [4096, 1] {
+                    let (loss, pooled, grads, adapter) =
+                        our_gradients(&model, case, reference.scale, chunk);
+                    let want = as_adapter(&case.grads, &adapter, None);
+                    let what = format!("{isa:?} {} chunk {chunk} tape budget {budget}", case.name);
                     assert!(
-                        err <= 1e-4,
-                        "{what}: gradient of {name}: relative error {err:.3e}"
+                        (loss - case.loss).abs() <= 1e-5 * case.loss.abs(),
+                        "{what}: loss {loss} vs {}",
+                        case.loss
                     );
-                    worst = worst.max(err);
+                    for (ours, theirs) in pooled.iter().zip(&case.query_embeddings) {
+                        let d = normalized(ours)
+                            .iter()
+                            .zip(theirs)
+                            .map(|(a, b)| (a - b).abs())
+                            .fold(0.0, f32::max);
+                        assert!(d <= 2e-5, "{what}: query vector differs by {d}");
+                    }
+                    let names = tensor_names(&adapter);
+                    let mut worst = 0f64;
+                    for ((ours, theirs), name) in
+                        grads.tensors().iter().zip(want.tensors()).zip(&names)
+                    {
+                        let err = relative(ours, theirs);
+                        assert!(
+                            err <= 1e-4,
+                            "{what}: gradient of {name}: relative error {err:.3e}"
+                        );
+                        worst = worst.max(err);
+                    }
+                    eprintln!("{what}: loss {loss:.9} (PyTorch {:.9}), worst gradient relative error {worst:.2e}", case.loss);
                 }
-                eprintln!("{what}: loss {loss:.9} (PyTorch {:.9}), worst gradient relative error {worst:.2e}", case.loss);
             }
         }
     }

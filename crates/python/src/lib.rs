@@ -521,7 +521,7 @@ fn pairs_of(data: &Bound<'_, PyAny>) -> PyResult<Vec<jina_engine::train::Pair>> 
                     max_tokens = 256, seed = 0, threads = None, resume = false, prefix = None,
                     joint = None, passage_task = None, symmetric = false, matryoshka = None,
                     scale = 20.0, warmup = 0.1, weight_decay = 0.01, max_grad_norm = 1.0,
-                    chunk_tokens = 2048, progress = None))]
+                    chunk_tokens = 0, progress = None))]
 #[allow(clippy::too_many_arguments)]
 fn train(
     py: Python<'_>,

@@ -15,6 +15,13 @@ use crate::weights::Weights;
 use super::base::Base;
 use super::layers::{mean_pool, mean_pool_backward, Pass};
 
+/// The activations a backward keeps from its forward, at most (beyond, it recomputes them per
+/// block): with the full model's 60 KiB per token per layer, about 520 tokens.
+pub const TAPE_BUDGET_BYTES: usize = 768 << 20;
+
+/// `dL/d(pooled)` from the pooled vectors of a chunk, one per sequence.
+pub type LossGradient<'a> = dyn FnMut(&[Vec<f32>]) -> Vec<Vec<f32>> + 'a;
+
 /// Which adapter one sequence of a batch runs under.
 #[derive(Debug, Clone, Copy)]
 pub enum SeqAdapter<'a> {
@@ -46,6 +53,7 @@ pub struct TrainInput<'a> {
 /// instruction set's path.
 pub struct TrainModel {
     dir: std::path::PathBuf,
+    tape_budget: usize,
     config: Config,
     weights: Weights,
     base: Base,
@@ -77,6 +85,7 @@ impl TrainModel {
         );
         Ok(TrainModel {
             dir: dir.to_path_buf(),
+            tape_budget: TAPE_BUDGET_BYTES,
             config,
             weights,
             base,
@@ -170,11 +179,6 @@ impl TrainModel {
     /// [`super::loss::InfoNce`]) through sequences that all run under `adapter`, and adds the
     /// gradient of every tensor of `adapter` to `grads` (an [`AdapterWeights`] of the same
     /// shapes, e.g. [`AdapterWeights::zeros`]). Returns the pooled embeddings as recomputed.
-    ///
-    /// The forward is run again here, keeping each block's input only; each block's
-    /// activations are recomputed when the block is differentiated (so memory is one hidden
-    /// vector per token per layer plus one block's activations), and attention holds
-    /// `64 × length` scores per head at a time.
     pub fn backward(
         &self,
         adapter: &AdapterWeights,
@@ -183,6 +187,29 @@ impl TrainModel {
         grads: &mut AdapterWeights,
     ) -> Vec<Vec<f32>> {
         assert_eq!(sequences.len(), d_pooled.len(), "one gradient per sequence");
+        let mut pooled = Vec::new();
+        self.backward_with(adapter, sequences, grads, &mut |p| {
+            pooled = p.to_vec();
+            d_pooled.to_vec()
+        });
+        pooled
+    }
+
+    /// The forward of `sequences` under `adapter`, then `loss_gradient(pooled)` (its
+    /// `dL/d(pooled)`, one per sequence), then the backward into `grads`.
+    ///
+    /// Each block's activations are kept from the forward when all the blocks' fit in the tape
+    /// budget ([`TrainModel::set_tape_budget`]) (the backward then costs one product per linear); otherwise only
+    /// each block's input is kept and its activations are recomputed when it is differentiated
+    /// (one hidden vector per token per layer plus one block's activations). Attention holds
+    /// `64 × length` scores per head at a time either way.
+    pub fn backward_with(
+        &self,
+        adapter: &AdapterWeights,
+        sequences: &[&[u32]],
+        grads: &mut AdapterWeights,
+        loss_gradient: &mut LossGradient,
+    ) {
         self.check_adapter(adapter);
         self.check_adapter(grads);
         let seqs: Vec<(&[u32], Option<&AdapterWeights>)> =
@@ -190,26 +217,49 @@ impl TrainModel {
         let pass = self.pass(&seqs);
         let ids: Vec<u32> = sequences.iter().flat_map(|s| s.iter().copied()).collect();
         let _span = trace_span!("train_backward", tokens = pass.tokens).entered();
+        let keep = pass.tokens * self.tape_bytes_per_token() <= self.tape_budget;
         let embeddings = self.base.embeddings.forward(&ids, &pass);
         let mut inputs = vec![embeddings.out];
+        let mut tapes = Vec::new();
         for block in &self.base.blocks {
-            let out = block
-                .forward(inputs.last().expect("one input per block"), &pass)
-                .out;
-            inputs.push(out);
+            let tape = block.forward(inputs.last().expect("one input per block"), &pass);
+            if keep {
+                let (out, tape) = tape.into_kept();
+                inputs.push(out);
+                tapes.push(tape);
+            } else {
+                inputs.push(tape.out);
+            }
         }
         let last = inputs.pop().expect("the last block's output");
         let pooled = mean_pool(&last, &pass);
         drop(last);
-        let mut d = mean_pool_backward(d_pooled, &pass);
-        for (block, x) in self.base.blocks.iter().zip(&inputs).rev() {
-            let tape = block.forward(x, &pass);
+        let d_pooled = loss_gradient(&pooled);
+        assert_eq!(d_pooled.len(), sequences.len(), "one gradient per sequence");
+        let mut d = mean_pool_backward(&d_pooled, &pass);
+        for (i, (block, x)) in self.base.blocks.iter().zip(&inputs).enumerate().rev() {
+            let tape = match tapes.pop() {
+                Some(kept) => kept,
+                None => block.forward(x, &pass).into_kept().1,
+            };
+            debug_assert!(!keep || tapes.len() == i);
             d = block.backward(x, &tape, &d, &pass, adapter, grads);
         }
         self.base
             .embeddings
             .backward(&ids, &embeddings.sum, &d, adapter, grads);
-        pooled
+    }
+
+    /// Sets the most activation bytes a backward keeps from its forward (default
+    /// [`TAPE_BUDGET_BYTES`]); 0 recomputes every block's.
+    pub fn set_tape_budget(&mut self, bytes: usize) {
+        self.tape_budget = bytes;
+    }
+
+    /// Bytes of one token's kept activations over all blocks (`BlockTape` less its output).
+    pub fn tape_bytes_per_token(&self) -> usize {
+        let (h, i) = (self.config.hidden_size, self.config.intermediate_size);
+        self.config.num_hidden_layers * (7 * h + 2 * i) * std::mem::size_of::<f32>()
     }
 
     fn pass<'a>(&'a self, seqs: &[(&[u32], Option<&'a AdapterWeights>)]) -> Pass<'a> {

@@ -366,6 +366,14 @@ pub(crate) struct BlockTape {
     pub out: Vec<f32>,
 }
 
+impl BlockTape {
+    /// Splits off the block's output (the next block's input), keeping what the backward reads.
+    pub fn into_kept(mut self) -> (Vec<f32>, BlockTape) {
+        let out = std::mem::take(&mut self.out);
+        (out, self)
+    }
+}
+
 impl Block {
     /// `h1 = LN1(out_proj(attention(x)) + x)`, `out = LN2(fc2(GELU(fc1(h1))) + h1)`, keeping
     /// every intermediate.

@@ -95,6 +95,57 @@ impl InfoNce {
         }
     }
 
+    /// The part of the (forward, non-symmetric) loss that rows `targets` of a batch of `batch`
+    /// queries contribute, with their gradients: each query's term depends on itself and the
+    /// batch's candidates only, so a chunk of queries is differentiated without the others'
+    /// vectors (query-side training needs no GradCache pass). Summed over the chunks of a
+    /// batch, equal to [`InfoNce::compute`].
+    pub fn query_rows(
+        &self,
+        queries: &[Vec<f32>],
+        targets: &[usize],
+        batch: usize,
+        positives: &[Vec<f32>],
+        negatives: &[Vec<f32>],
+    ) -> (f64, Vec<Vec<f32>>) {
+        assert!(
+            !self.symmetric,
+            "the symmetric loss couples every query of the batch"
+        );
+        assert_eq!(queries.len(), targets.len(), "one target per query");
+        let width = queries.first().map_or(0, Vec::len);
+        let widen = |v: &[Vec<f32>]| -> Vec<Vec<f64>> {
+            v.iter()
+                .map(|x| x.iter().map(|&a| a as f64).collect())
+                .collect()
+        };
+        let (q, c) = (widen(queries), widen(&[positives, negatives].concat()));
+        let mut dq = vec![vec![0f64; width]; q.len()];
+        let dims = if self.dims.is_empty() {
+            vec![width]
+        } else {
+            self.dims.clone()
+        };
+        let mut loss = 0.0;
+        for &d in &dims {
+            let uq: Vec<Unit> = q.iter().map(|x| Unit::new(&x[..d])).collect();
+            let uc: Vec<Unit> = c.iter().map(|x| Unit::new(&x[..d])).collect();
+            let (a, b): (Vec<&Unit>, Vec<&Unit>) = (uq.iter().collect(), uc.iter().collect());
+            let mut ga = vec![vec![0f64; d]; q.len()];
+            let mut gb = vec![vec![0f64; d]; c.len()];
+            let scale = self.scale as f64;
+            loss += cross_entropy_rows(scale, &a, &b, targets, batch, &mut ga, &mut gb, 1.0);
+            for (i, g) in ga.iter().enumerate() {
+                uq[i].backward(g, &mut dq[i][..d]);
+            }
+        }
+        let dq = dq
+            .into_iter()
+            .map(|x| x.into_iter().map(|a| a as f32).collect())
+            .collect();
+        (loss, dq)
+    }
+
     /// `L_d`, adding its gradient to the full-width gradients.
     fn at_width(&self, d: usize, (q, p, n): Sets, (dq, dp, dn): SetsMut) -> f64 {
         let unit = |v: &[Vec<f64>]| -> Vec<Unit> { v.iter().map(|x| Unit::new(&x[..d])).collect() };
@@ -143,16 +194,33 @@ fn cross_entropy(
     gb: &mut [Vec<f64>],
     weight: f64,
 ) -> f64 {
-    let rows = a.len() as f64;
+    let targets: Vec<usize> = (0..a.len()).collect();
+    cross_entropy_rows(scale, a, b, &targets, a.len(), ga, gb, weight)
+}
+
+/// Rows `a` of a cross-entropy over `rows` rows in all, row `i`'s target being `b[targets[i]]`:
+/// `sum_i CE_i / rows`, adding `weight ·` its gradient to `ga` and `gb`.
+#[allow(clippy::too_many_arguments)]
+fn cross_entropy_rows(
+    scale: f64,
+    a: &[&Unit],
+    b: &[&Unit],
+    targets: &[usize],
+    rows: usize,
+    ga: &mut [Vec<f64>],
+    gb: &mut [Vec<f64>],
+    weight: f64,
+) -> f64 {
+    let rows = rows as f64;
     let mut total = 0.0;
-    for (i, ai) in a.iter().enumerate() {
+    for ((i, ai), &target) in a.iter().enumerate().zip(targets) {
         let logits: Vec<f64> = b.iter().map(|bj| scale * dot(&ai.e, &bj.e)).collect();
         let max = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
         let sum: f64 = logits.iter().map(|s| (s - max).exp()).sum();
-        total += max + sum.ln() - logits[i];
+        total += max + sum.ln() - logits[target];
         for (j, (bj, s)) in b.iter().zip(&logits).enumerate() {
             let softmax = (s - max).exp() / sum;
-            let ds = weight * (softmax - if i == j { 1.0 } else { 0.0 }) / rows * scale;
+            let ds = weight * (softmax - if target == j { 1.0 } else { 0.0 }) / rows * scale;
             axpy(&mut ga[i], ds, &bj.e);
             axpy(&mut gb[j], ds, &ai.e);
         }
@@ -248,6 +316,23 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// Chunks of queries, each with its own rows, add up to the whole batch's loss and gradient.
+    #[test]
+    fn query_rows_add_up_to_the_batch() {
+        let (q, p, n) = (vectors(5, 8, 0.1), vectors(5, 8, 1.3), vectors(3, 8, 2.9));
+        let loss = InfoNce {
+            dims: vec![4, 8],
+            ..InfoNce::default()
+        };
+        let whole = loss.compute(&q, &p, &n);
+        let (a, da) = loss.query_rows(&q[..2], &[0, 1], 5, &p, &n);
+        let (b, db) = loss.query_rows(&q[2..], &[2, 3, 4], 5, &p, &n);
+        assert!((a + b - whole.loss).abs() < 1e-12);
+        for (x, y) in da.iter().chain(&db).zip(&whole.d_queries) {
+            assert!(x.iter().zip(y).all(|(u, v)| (u - v).abs() < 1e-7));
         }
     }
 

@@ -30,7 +30,7 @@ pub mod optim;
 pub mod trainer;
 
 pub use data::{read_pairs, Pair};
-pub use encoder::{SeqAdapter, TrainInput, TrainModel};
+pub use encoder::{SeqAdapter, TrainInput, TrainModel, TAPE_BUDGET_BYTES};
 pub use loss::{InfoNce, LossOutput};
 pub use metrics::RetrievalMetrics;
 pub use optim::{AdamW, AdamWConfig, Schedule};

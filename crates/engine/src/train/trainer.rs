@@ -68,7 +68,8 @@ pub struct TrainOptions {
     pub max_grad_norm: Option<f32>,
     /// The loss.
     pub loss: InfoNce,
-    /// Tokens differentiated at once: bounds memory whatever the batch (GradCache).
+    /// Tokens differentiated at once: bounds memory whatever the batch. 0: as many as the
+    /// activation budget keeps ([`Trainer::chunk_tokens`]).
     pub chunk_tokens: usize,
 }
 
@@ -95,7 +96,7 @@ impl TrainOptions {
             warmup_ratio: 0.1,
             max_grad_norm: Some(1.0),
             loss: InfoNce::default(),
-            chunk_tokens: 2048,
+            chunk_tokens: 0,
         }
     }
 }
@@ -173,9 +174,11 @@ pub enum Passages<'a> {
     },
 }
 
-/// The loss of one batch and the gradient of every tensor of `adapter`, by GradCache: the
-/// batch is embedded without gradients in chunks of at most `chunk_tokens` tokens, the loss's
-/// gradient taken per pooled vector, and each chunk back-propagated on its own.
+/// The loss of one batch and the gradient of every tensor of `adapter`, in chunks of at most
+/// `chunk_tokens` tokens. Query-side with the plain loss, each chunk of queries is run forward,
+/// given its rows of the loss and differentiated at once. Otherwise (trained passages, or the
+/// symmetric loss, which couples every query) by GradCache: the batch is embedded without
+/// gradients, the loss's gradient taken per pooled vector, and each chunk back-propagated.
 pub fn batch_gradients(
     model: &TrainModel,
     adapter: &AdapterWeights,
@@ -184,6 +187,37 @@ pub fn batch_gradients(
     passages: &Passages,
     chunk_tokens: usize,
 ) -> (LossOutput, AdapterWeights) {
+    let mut grads = AdapterWeights::zeros(model.config());
+    if let (
+        Passages::Frozen {
+            positives,
+            negatives,
+        },
+        false,
+    ) = (passages, loss.symmetric)
+    {
+        // Each query's term depends on itself and the frozen candidates only: one forward per
+        // chunk, its loss rows, its backward; no embedding pass beforehand.
+        let mut total = 0.0;
+        let mut d_queries = Vec::with_capacity(queries.len());
+        for range in chunks(queries, chunk_tokens) {
+            let targets: Vec<usize> = range.clone().collect();
+            model.backward_with(adapter, &queries[range], &mut grads, &mut |pooled| {
+                let (part, dq) =
+                    loss.query_rows(pooled, &targets, queries.len(), positives, negatives);
+                total += part;
+                d_queries.extend(dq.iter().cloned());
+                dq
+            });
+        }
+        let out = LossOutput {
+            loss: total,
+            d_queries,
+            d_positives: Vec::new(),
+            d_negatives: Vec::new(),
+        };
+        return (out, grads);
+    }
     let q = embed_chunked(model, adapter, SeqAdapter::Trainable, queries, chunk_tokens);
     let (p, n) = match passages {
         Passages::Frozen {
@@ -211,7 +245,6 @@ pub fn batch_gradients(
         ),
     };
     let out = loss.compute(&q, &p, &n);
-    let mut grads = AdapterWeights::zeros(model.config());
     backward_chunked(
         model,
         adapter,
@@ -331,6 +364,7 @@ pub struct Trainer<'m> {
     frozen_vectors: Vec<Vec<f32>>,
     eval: Option<(Tokenized, Vec<Vec<f32>>)>,
     fingerprint: String,
+    chunk_tokens: usize,
     step: u64,
     epoch_losses: Vec<f64>,
     eval_history: Vec<RetrievalMetrics>,
@@ -381,11 +415,17 @@ impl<'m> Trainer<'m> {
         let eval = eval
             .map(|pairs| ids.tokenize(pairs, &prefix, &passage_prefix))
             .transpose()?;
+        let chunk_tokens = match options.chunk_tokens {
+            // Chunks whose activations the backward keeps (the full model: about 520 tokens).
+            0 => (super::encoder::TAPE_BUDGET_BYTES / model.tape_bytes_per_token())
+                .clamp(options.max_tokens, 8192),
+            n => n,
+        };
         let embed_frozen = |passages: &[Vec<u32>]| -> Vec<Vec<f32>> {
             match &frozen {
                 Some(f) => {
                     let seqs: Vec<&[u32]> = passages.iter().map(|p| p.as_slice()).collect();
-                    embed_chunked(model, f, SeqAdapter::Trainable, &seqs, options.chunk_tokens)
+                    embed_chunked(model, f, SeqAdapter::Trainable, &seqs, chunk_tokens)
                 }
                 None => Vec::new(),
             }
@@ -407,6 +447,7 @@ impl<'m> Trainer<'m> {
             frozen_vectors,
             eval,
             fingerprint,
+            chunk_tokens,
             step: 0,
             epoch_losses: Vec::new(),
             eval_history: Vec::new(),
@@ -417,6 +458,11 @@ impl<'m> Trainer<'m> {
     /// The trained task's instruction prefix.
     pub fn prefix(&self) -> &str {
         &self.prefix
+    }
+
+    /// Tokens differentiated at once.
+    pub fn chunk_tokens(&self) -> usize {
+        self.chunk_tokens
     }
 
     /// The options the run was made with.
@@ -491,7 +537,7 @@ impl<'m> Trainer<'m> {
             &self.options.loss,
             &queries,
             &passages,
-            self.options.chunk_tokens,
+            self.chunk_tokens,
         );
         if let Some(max) = self.options.max_grad_norm {
             clip_grad_norm(&mut grads, max);
@@ -513,7 +559,7 @@ impl<'m> Trainer<'m> {
                 &self.adapter,
                 SeqAdapter::Trainable,
                 &refs,
-                self.options.chunk_tokens,
+                self.chunk_tokens,
             );
             pooled.into_iter().map(normalized).collect::<Vec<_>>()
         };
@@ -825,7 +871,7 @@ fn check_options(model: &TrainModel, o: &TrainOptions, pairs: usize) -> Result<(
     if let Some(&d) = o.loss.dims.iter().find(|&&d| d == 0 || d > width) {
         return fail(format!("--matryoshka width {d} is outside 1..={width}"));
     }
-    if o.chunk_tokens < o.max_tokens {
+    if o.chunk_tokens != 0 && o.chunk_tokens < o.max_tokens {
         return fail(format!(
             "chunk_tokens {} must hold one sequence of --max-tokens {}",
             o.chunk_tokens, o.max_tokens

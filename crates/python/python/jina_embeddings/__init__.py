@@ -315,7 +315,7 @@ def train(
     warmup: float = 0.1,
     weight_decay: float = 0.01,
     max_grad_norm: float = 1.0,
-    chunk_tokens: int = 2048,
+    chunk_tokens: int = 0,
     offline: Optional[bool] = None,
     progress: bool = False,
 ) -> Dict[str, Any]:

@@ -70,7 +70,7 @@ def train(
     warmup: float = 0.1,
     weight_decay: float = 0.01,
     max_grad_norm: float = 1.0,
-    chunk_tokens: int = 2048,
+    chunk_tokens: int = 0,
     progress: Optional[Callable[[int, int, float], Any]] = None,
 ) -> str:
     """Trains an adapter into ``out``; returns the report as JSON text."""
