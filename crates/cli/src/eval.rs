@@ -173,13 +173,13 @@ fn print(rows: &[Row], json: bool) -> anyhow::Result<()> {
         .filter(|r| !r.custom)
         .map(|r| r.metrics.ndcg_at_10)
         .fold(f64::NEG_INFINITY, f64::max);
+    let any_custom = rows.iter().any(|r| r.custom);
+    let mut marked = false;
     for r in rows {
         let m = &r.metrics;
-        let mark = if !r.custom && m.ndcg_at_10 == best_builtin && rows.iter().any(|r| r.custom) {
-            "  (best built-in)"
-        } else {
-            ""
-        };
+        let best = !marked && any_custom && !r.custom && m.ndcg_at_10 == best_builtin;
+        marked |= best;
+        let mark = if best { "  (best built-in)" } else { "" };
         println!(
             "{:<24} {:<20} {:>9.3} {:>10.3} {:>7.3} {:>8.3}{mark}",
             r.task, r.passage_task, m.recall_at_1, m.recall_at_10, m.mrr_at_10, m.ndcg_at_10
