@@ -309,15 +309,15 @@ fn merge_adapter_runs<'a>(segments: &[Segment<'a>]) -> Vec<Segment<'a>> {
     runs
 }
 
-/// LayerNorm weights.
-struct Norm {
-    weight: Vec<f32>,
-    bias: Vec<f32>,
-    eps: f32,
+/// LayerNorm weights (training's backward reads them too).
+pub(crate) struct Norm {
+    pub(crate) weight: Vec<f32>,
+    pub(crate) bias: Vec<f32>,
+    pub(crate) eps: f32,
 }
 
 impl Norm {
-    fn load(w: &Weights, prefix: &str, config: &Config) -> Result<Self> {
+    pub(crate) fn load(w: &Weights, prefix: &str, config: &Config) -> Result<Self> {
         Ok(Norm {
             weight: w.f32(&format!("{prefix}.weight"))?,
             bias: w.f32(&format!("{prefix}.bias"))?,
@@ -326,7 +326,7 @@ impl Norm {
     }
 
     /// `x = LayerNorm(x)`, rows of `width`.
-    fn forward(&self, x: &mut [f32], width: usize, cpu: Cpu) {
+    pub(crate) fn forward(&self, x: &mut [f32], width: usize, cpu: Cpu) {
         kernels::layer_norm_in_place(x, width, &self.weight, &self.bias, self.eps, cpu);
     }
 

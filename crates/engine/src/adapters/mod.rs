@@ -165,10 +165,7 @@ impl AdapterWeights {
         let mut state = seed ^ 0x5851_F42D_4C95_7F2D;
         let mut uniform = move || {
             state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
+            (crate::fixture::mix64(state) >> 11) as f64 / (1u64 << 53) as f64
         };
         for (i, l) in w.linears.iter_mut().enumerate() {
             let n_in = LinearSite::ALL[i % LinearSite::ALL.len()].shape(config).0;

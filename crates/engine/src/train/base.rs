@@ -9,6 +9,7 @@
 use crate::adapters::LinearSite;
 use crate::config::Config;
 use crate::error::Result;
+pub(crate) use crate::model::Norm;
 use crate::weights::{FileTable, Weights};
 
 /// A frozen linear layer `y = x·Wᵀ + b`.
@@ -35,23 +36,6 @@ impl Linear {
             w: weight,
             bias,
             index: layer * LinearSite::ALL.len() + site as usize,
-        })
-    }
-}
-
-/// LayerNorm weights.
-pub(crate) struct Norm {
-    pub weight: Vec<f32>,
-    pub bias: Vec<f32>,
-    pub eps: f32,
-}
-
-impl Norm {
-    fn load(w: &Weights, prefix: &str, config: &Config) -> Result<Self> {
-        Ok(Norm {
-            weight: w.f32(&format!("{prefix}.weight"))?,
-            bias: w.f32(&format!("{prefix}.bias"))?,
-            eps: config.layer_norm_eps as f32,
         })
     }
 }

@@ -195,13 +195,6 @@ impl Linear {
 }
 
 impl Norm {
-    /// `LayerNorm(z)` row by row, with the inference kernel (f64 statistics).
-    pub fn forward(&self, z: &[f32], width: usize, cpu: Cpu) -> Vec<f32> {
-        let mut y = z.to_vec();
-        kernels::layer_norm_in_place(&mut y, width, &self.weight, &self.bias, self.eps, cpu);
-        y
-    }
-
     /// `dL/dz` from `dL/dy` and the forward's input `z`, whose statistics are recomputed in f64
     /// as the forward computed them: `dz = (ĝ − mean(ĝ) − x̂·mean(ĝ·x̂)) / σ`, `ĝ = dy·w`.
     pub fn backward(&self, z: &[f32], dy: &[f32], width: usize) -> Vec<f32> {
@@ -223,6 +216,14 @@ impl Norm {
             });
         dz
     }
+}
+
+/// `LayerNorm(z)` row by row into a new buffer (the backward keeps `z`), with the inference
+/// kernel.
+fn layer_norm(norm: &Norm, z: &[f32], width: usize, cpu: Cpu) -> Vec<f32> {
+    let mut y = z.to_vec();
+    norm.forward(&mut y, width, cpu);
+    y
 }
 
 /// `du = dg · GELU'(u)` for the exact GELU: `GELU'(u) = Φ(u) + u·φ(u)`.
@@ -285,7 +286,7 @@ impl Embeddings {
                     }
                 });
         }
-        let out = self.norm.forward(&sum, h, pass.cpu());
+        let out = layer_norm(&self.norm, &sum, h, pass.cpu());
         EmbeddingsOut { sum, out }
     }
 
@@ -386,7 +387,7 @@ impl Block {
         let mut z1 = vec![0f32; t * h];
         self.out_proj.forward(&ctx, pass, &mut z1);
         add_into(&mut z1, x);
-        let h1 = self.norm1.forward(&z1, h, cpu);
+        let h1 = layer_norm(&self.norm1, &z1, h, cpu);
         let mut u = vec![0f32; t * self.fc1.n_out];
         self.fc1.forward(&h1, pass, &mut u);
         let mut g = u.clone();
@@ -394,7 +395,7 @@ impl Block {
         let mut z2 = vec![0f32; t * h];
         self.fc2.forward(&g, pass, &mut z2);
         add_into(&mut z2, &h1);
-        let out = self.norm2.forward(&z2, h, cpu);
+        let out = layer_norm(&self.norm2, &z2, h, cpu);
         BlockTape {
             qkv,
             ctx,

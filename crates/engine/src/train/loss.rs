@@ -60,11 +60,6 @@ impl InfoNce {
         assert_eq!(queries.len(), positives.len(), "one positive per query");
         assert!(!queries.is_empty(), "a batch has at least one pair");
         let width = queries[0].len();
-        let widen = |v: &[Vec<f32>]| -> Vec<Vec<f64>> {
-            v.iter()
-                .map(|x| x.iter().map(|&a| a as f64).collect())
-                .collect()
-        };
         let (q, p, n) = (widen(queries), widen(positives), widen(negatives));
         let mut dq = vec![vec![0f64; width]; q.len()];
         let mut dp = vec![vec![0f64; width]; p.len()];
@@ -82,11 +77,6 @@ impl InfoNce {
             );
             loss += self.at_width(d, (&q, &p, &n), (&mut dq, &mut dp, &mut dn));
         }
-        let narrow = |v: Vec<Vec<f64>>| -> Vec<Vec<f32>> {
-            v.into_iter()
-                .map(|x| x.into_iter().map(|a| a as f32).collect())
-                .collect()
-        };
         LossOutput {
             loss,
             d_queries: narrow(dq),
@@ -114,11 +104,6 @@ impl InfoNce {
         );
         assert_eq!(queries.len(), targets.len(), "one target per query");
         let width = queries.first().map_or(0, Vec::len);
-        let widen = |v: &[Vec<f32>]| -> Vec<Vec<f64>> {
-            v.iter()
-                .map(|x| x.iter().map(|&a| a as f64).collect())
-                .collect()
-        };
         let (q, c) = (widen(queries), widen(&[positives, negatives].concat()));
         let mut dq = vec![vec![0f64; width]; q.len()];
         let dims = if self.dims.is_empty() {
@@ -139,11 +124,7 @@ impl InfoNce {
                 uq[i].backward(g, &mut dq[i][..d]);
             }
         }
-        let dq = dq
-            .into_iter()
-            .map(|x| x.into_iter().map(|a| a as f32).collect())
-            .collect();
-        (loss, dq)
+        (loss, narrow(dq))
     }
 
     /// `L_d`, adding its gradient to the full-width gradients.
@@ -178,6 +159,18 @@ impl InfoNce {
         }
         loss
     }
+}
+
+fn widen(v: &[Vec<f32>]) -> Vec<Vec<f64>> {
+    v.iter()
+        .map(|x| x.iter().map(|&a| a as f64).collect())
+        .collect()
+}
+
+fn narrow(v: Vec<Vec<f64>>) -> Vec<Vec<f32>> {
+    v.into_iter()
+        .map(|x| x.into_iter().map(|a| a as f32).collect())
+        .collect()
 }
 
 /// Queries, positives and negatives, widened to f64.

@@ -551,7 +551,6 @@ impl<'m> Trainer<'m> {
     /// recall@1/@10, MRR@10 and nDCG@10 of the evaluation pairs under the adapter as it is now.
     pub fn evaluate(&self) -> Option<RetrievalMetrics> {
         let (set, frozen) = self.eval.as_ref()?;
-        let seqs = |v: &[Vec<u32>]| -> Vec<Vec<u32>> { v.to_vec() };
         let embed = |v: &[Vec<u32>]| {
             let refs: Vec<&[u32]> = v.iter().map(|s| s.as_slice()).collect();
             let pooled = embed_chunked(
@@ -563,7 +562,7 @@ impl<'m> Trainer<'m> {
             );
             pooled.into_iter().map(normalized).collect::<Vec<_>>()
         };
-        let queries = embed(&seqs(&set.queries));
+        let queries = embed(&set.queries);
         let corpus = if self.frozen.is_some() {
             frozen.iter().cloned().map(normalized).collect()
         } else {
@@ -934,10 +933,7 @@ fn shuffled(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
     let mut state = seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15);
     let mut next = || {
         state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        crate::fixture::mix64(state)
     };
     let mut order: Vec<usize> = (0..n).collect();
     for i in (1..n).rev() {
@@ -949,26 +945,18 @@ fn shuffled(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
 
 /// A digest of the options and the data, to refuse resuming a different run.
 fn fingerprint(options: &TrainOptions, pairs: &[Pair]) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut eat = |bytes: &[u8]| {
-        for &b in bytes {
-            h ^= b as u64;
-            h = h.wrapping_mul(0x100_0000_01b3);
-        }
-        h ^= 0xff;
-        h = h.wrapping_mul(0x100_0000_01b3);
-    };
-    eat(serde_json::to_string(options)
-        .unwrap_or_default()
-        .as_bytes());
-    for p in pairs {
-        eat(p.query.as_bytes());
-        eat(p.positive.as_bytes());
-        for n in &p.negatives {
-            eat(n.as_bytes());
-        }
-    }
-    format!("{h:016x}")
+    let rows: Vec<(&str, &str, &[String])> = pairs
+        .iter()
+        .map(|p| {
+            (
+                p.query.as_str(),
+                p.positive.as_str(),
+                p.negatives.as_slice(),
+            )
+        })
+        .collect();
+    let bytes = serde_json::to_vec(&(options, rows)).unwrap_or_default();
+    format!("{:016x}", crate::fixture::fnv1a64(&bytes))
 }
 
 fn normalized(mut v: Vec<f32>) -> Vec<f32> {
