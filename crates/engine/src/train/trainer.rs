@@ -410,6 +410,7 @@ impl<'m> Trainer<'m> {
             tokenizer,
             max_tokens: options.max_tokens,
             eos: config.eos_token_id,
+            bos: config.bos_token_id,
         };
         let data = ids.tokenize(pairs, &prefix, &passage_prefix)?;
         let eval = eval
@@ -884,47 +885,56 @@ struct Ids<'a> {
     tokenizer: &'a TextTokenizer,
     max_tokens: usize,
     eos: u32,
+    bos: u32,
 }
 
 impl Ids<'_> {
-    fn encode(&self, prefix: &str, text: &str) -> Result<Vec<u32>> {
-        let mut ids = self
-            .tokenizer
-            .encode_with_specials(&format!("{prefix}{text}"))?;
-        if ids.len() > self.max_tokens {
-            ids.truncate(self.max_tokens - 1);
-            ids.push(self.eos);
+    /// Each text's ids, by the inference path's own tokenisation (`tokenize::plan`, truncating).
+    fn encode(&self, prefix: &str, texts: Vec<String>) -> Result<Vec<Vec<u32>>> {
+        if texts.is_empty() {
+            return Ok(Vec::new());
         }
-        Ok(ids)
+        let params = crate::tokenize::PlanParams {
+            adapter: None,
+            prefix,
+            max_tokens: self.max_tokens,
+            truncate: true,
+            late_chunking: crate::tokenize::LateChunking::Off,
+            eos: self.eos,
+            bos: self.bos,
+        };
+        let plan = crate::tokenize::plan(self.tokenizer, &texts, &params)?;
+        // One sequence per text, in input order (`LateChunking::Off`).
+        Ok(plan.sequences.into_iter().map(|s| s.ids).collect())
     }
 
-    fn tokenize(&self, pairs: &[Pair], prefix: &str, passage_prefix: &str) -> Result<Tokenized> {
-        let mut index: HashMap<String, usize> = HashMap::new();
-        let mut t = Tokenized {
-            queries: Vec::with_capacity(pairs.len()),
-            passages: Vec::new(),
-            positive: Vec::with_capacity(pairs.len()),
-            negatives: Vec::with_capacity(pairs.len()),
-        };
-        let mut passage = |text: &str, passages: &mut Vec<Vec<u32>>| -> Result<usize> {
-            if let Some(&i) = index.get(text) {
-                return Ok(i);
-            }
-            passages.push(self.encode(passage_prefix, text)?);
-            index.insert(text.to_string(), passages.len() - 1);
-            Ok(passages.len() - 1)
-        };
+    fn tokenize<'p>(
+        &self,
+        pairs: &'p [Pair],
+        prefix: &str,
+        passage_prefix: &str,
+    ) -> Result<Tokenized> {
+        // Every distinct passage text once.
+        let mut index: HashMap<&'p str, usize> = HashMap::new();
+        let mut texts: Vec<String> = Vec::new();
+        let mut positive = Vec::with_capacity(pairs.len());
+        let mut negatives = Vec::with_capacity(pairs.len());
         for pair in pairs {
-            t.queries.push(self.encode(prefix, &pair.query)?);
-            t.positive.push(passage(&pair.positive, &mut t.passages)?);
-            let negatives = pair
-                .negatives
-                .iter()
-                .map(|n| passage(n, &mut t.passages))
-                .collect::<Result<_>>()?;
-            t.negatives.push(negatives);
+            let mut intern = |text: &'p str| -> usize {
+                *index.entry(text).or_insert_with(|| {
+                    texts.push(text.to_string());
+                    texts.len() - 1
+                })
+            };
+            positive.push(intern(&pair.positive));
+            negatives.push(pair.negatives.iter().map(|n| intern(n)).collect());
         }
-        Ok(t)
+        Ok(Tokenized {
+            queries: self.encode(prefix, pairs.iter().map(|p| p.query.clone()).collect())?,
+            passages: self.encode(passage_prefix, texts)?,
+            positive,
+            negatives,
+        })
     }
 }
 
