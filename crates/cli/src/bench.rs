@@ -1,5 +1,5 @@
 //! `jina-embed bench`: tokens per second of the forward pass on synthetic inputs of exact
-//! lengths, with peak RSS, and for a reduced precision its cosine to the f32 path.
+//! lengths, with peak RSS, and for a reduced precision or a GPU its cosine to the CPU's f32 path.
 //!
 //! Every figure names what ran: the precision the CPU resolved (`requested` says what was asked
 //! for), the instruction set and the kernels. Peak RSS is read after each shape's timing, before
@@ -42,6 +42,11 @@ pub struct BenchArgs {
     /// has; JINA_MAX_ISA caps it too): to measure a lower path on a bigger CPU.
     #[arg(long, value_name = "ISA", value_parser = crate::parse_isa)]
     max_isa: Option<jina_engine::Isa>,
+    /// Where the encoder runs: `cpu`, `gpu` (a GPU through wgpu, Vulkan, Metal or DX12; a
+    /// software adapter such as Mesa's lavapipe counts; needs a build with `--features gpu`)
+    /// or `auto` (a hardware GPU when there is one, else the CPU).
+    #[arg(long, env = "JINA_DEVICE", value_enum, default_value = "auto")]
+    device: jina_engine::DeviceChoice,
     /// Print the time spent in each operation of the forward pass (the engine's trace spans).
     #[arg(long)]
     pub profile: bool,
@@ -58,6 +63,13 @@ struct Report {
     requested_precision: &'static str,
     isa: &'static str,
     kernels: String,
+    /// `cpu`, or `gpu: ADAPTER (BACKEND, KIND, …)`.
+    device: String,
+    /// MiB of device memory on a GPU: weights, and the most one pass allocated.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    device_weights_mib: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    device_peak_batch_mib: Option<f64>,
     /// MB of linear-layer weights held (one copy, in the storage that runs).
     linear_weights_mb: f64,
     threads: usize,
@@ -79,12 +91,19 @@ pub fn run(args: BenchArgs, profile: Option<crate::logging::SpanTimes>) -> anyho
     let options = LoadOptions {
         precision: args.precision,
         max_isa: args.max_isa,
+        device: args.device,
     };
     let dir = crate::resolve::resolve(&args.model)?.dir;
     let model =
         Model::load_with(&dir, options).with_context(|| format!("loading {}", dir.display()))?;
     let plan = model.kernel_plan().clone();
     eprintln!("kernels: {}", plan.summary());
+    eprintln!("device: {}", model.device_plan().summary());
+    for reason in &model.device_plan().fallbacks {
+        eprintln!("device note: {reason}");
+    }
+    let device = model.device_plan().summary();
+    let on_gpu = model.device_plan().is_gpu();
     let adapter = model.adapter_of(&args.task)?;
     let vocab = model.config().vocab_size as u64;
     println!(
@@ -104,14 +123,14 @@ pub fn run(args: BenchArgs, profile: Option<crate::logging::SpanTimes>) -> anyho
             .map(|b| synthetic_sequence(b as u64, tokens, vocab, adapter.clone()))
             .collect();
         let refs: Vec<&Sequence> = sequences.iter().collect();
-        let warm = model.run(&refs);
+        let warm = model.run(&refs)?;
         if let Some(times) = &profile {
             times.take();
         }
         let mut times = Vec::with_capacity(args.iters);
         for _ in 0..args.iters.max(1) {
             let start = Instant::now();
-            std::hint::black_box(model.run(&refs));
+            std::hint::black_box(model.run(&refs)?);
             times.push(start.elapsed().as_secs_f64());
         }
         times.sort_by(f64::total_cmp);
@@ -127,6 +146,13 @@ pub fn run(args: BenchArgs, profile: Option<crate::logging::SpanTimes>) -> anyho
             requested_precision: plan.requested.name(),
             isa: plan.isa().name(),
             kernels: format!("linear {}; attention {}", plan.linear, plan.attention),
+            device: device.clone(),
+            device_weights_mib: model
+                .device_memory()
+                .map(|m| m.weight_bytes as f64 / (1 << 20) as f64),
+            device_peak_batch_mib: model
+                .device_memory()
+                .map(|m| m.peak_batch_bytes as f64 / (1 << 20) as f64),
             linear_weights_mb: model.linear_weight_bytes() as f64 / 1e6,
             threads: rayon::current_num_threads(),
             tokens_per_s: (batch * tokens) as f64 / median,
@@ -138,19 +164,21 @@ pub fn run(args: BenchArgs, profile: Option<crate::logging::SpanTimes>) -> anyho
         reports.push(report);
         runs.push((sequences, warm));
     }
-    // The cosine to f32, with the measured model gone: its reference never adds to the RSS above.
-    if args.precision != Precision::F32 {
+    // The cosine to the CPU's f32, with the measured model gone: its reference never adds to
+    // the RSS above.
+    if args.precision != Precision::F32 || on_gpu {
         drop(model);
         let reference = Model::load_with(
             &dir,
             LoadOptions {
                 precision: Precision::F32,
                 max_isa: args.max_isa,
+                device: jina_engine::DeviceChoice::Cpu,
             },
         )?;
         for (report, (sequences, warm)) in reports.iter_mut().zip(runs) {
             let refs: Vec<&Sequence> = sequences.iter().collect();
-            let exact = reference.run(&refs);
+            let exact = reference.run(&refs)?;
             report.cosine_to_f32_min = Some(min_cosine(&reference, &sequences, warm, exact));
         }
     }

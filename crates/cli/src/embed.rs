@@ -106,6 +106,11 @@ pub struct EmbedArgs {
     /// has; JINA_MAX_ISA caps it too).
     #[arg(long, value_name = "ISA", value_parser = crate::parse_isa)]
     max_isa: Option<jina_engine::Isa>,
+    /// Where the encoder runs: `cpu`, `gpu` (a GPU through wgpu, Vulkan, Metal or DX12; a
+    /// software adapter such as Mesa's lavapipe counts; needs a build with `--features gpu`)
+    /// or `auto` (a hardware GPU when there is one, else the CPU).
+    #[arg(long, env = "JINA_DEVICE", value_enum, default_value = "auto")]
+    device: jina_engine::DeviceChoice,
     /// Hide the progress bar.
     #[arg(long)]
     quiet: bool,
@@ -156,6 +161,7 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<()> {
         jina_engine::LoadOptions {
             precision: args.precision,
             max_isa: args.max_isa,
+            device: args.device,
         },
     )?;
     model.set_max_batch_tokens(args.max_batch_tokens);
@@ -300,7 +306,7 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<()> {
             break;
         }
         let plans = plan_batch(&model, &template, &units)?;
-        let vectors = run_plans(&model, &plans, finish, args.max_batch_tokens);
+        let vectors = run_plans(&model, &plans, finish, args.max_batch_tokens)?;
         let flat: Vec<&Row> = units.iter().flatten().collect();
         let mut out = Vec::with_capacity(flat.len());
         for (row, vector) in flat.iter().zip(&vectors) {
@@ -402,13 +408,13 @@ fn run_plans(
     plans: &[(&[Row], Plan)],
     finish: Finish,
     budget: usize,
-) -> Vec<Vec<f32>> {
+) -> jina_engine::Result<Vec<Vec<f32>>> {
     let seqs: Vec<&Sequence> = plans.iter().flat_map(|(_, p)| p.sequences.iter()).collect();
     let lengths: Vec<usize> = seqs.iter().map(|s| s.ids.len()).collect();
     let mut sums: Vec<Option<Vec<jina_engine::SpanSum>>> = (0..seqs.len()).map(|_| None).collect();
     for batch in jina_engine::batch::pack_by_tokens(&lengths, budget) {
         let chosen: Vec<&Sequence> = batch.iter().map(|&i| seqs[i]).collect();
-        for (i, result) in batch.iter().zip(model.run(&chosen)) {
+        for (i, result) in batch.iter().zip(model.run(&chosen)?) {
             sums[*i] = Some(result);
         }
     }
@@ -423,7 +429,7 @@ fn run_plans(
             finish,
         ));
     }
-    vectors
+    Ok(vectors)
 }
 
 fn progress_bar(visible: bool, total: Option<u64>) -> ProgressBar {

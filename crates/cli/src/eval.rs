@@ -65,6 +65,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         jina_engine::LoadOptions {
             precision: args.precision,
             max_isa: None,
+            device: jina_engine::DeviceChoice::Cpu,
         },
     )?;
     model.check_dimensions(args.dimensions)?;

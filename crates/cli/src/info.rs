@@ -26,6 +26,11 @@ pub struct InfoArgs {
     /// Show the kernels as capped to this instruction-set level (avx2, avx512, …).
     #[arg(long, value_name = "ISA", value_parser = crate::parse_isa)]
     max_isa: Option<jina_engine::Isa>,
+    /// Where the encoder runs: `cpu`, `gpu` (a GPU through wgpu, Vulkan, Metal or DX12; a
+    /// software adapter such as Mesa's lavapipe counts; needs a build with `--features gpu`)
+    /// or `auto` (a hardware GPU when there is one, else the CPU).
+    #[arg(long, env = "JINA_DEVICE", value_enum, default_value = "auto")]
+    device: jina_engine::DeviceChoice,
 }
 
 pub fn run(args: InfoArgs) -> anyhow::Result<()> {
@@ -93,6 +98,23 @@ pub fn run(args: InfoArgs) -> anyhow::Result<()> {
         })
     })
     .collect();
+    let device = jina_engine::device::plan_device(args.device)?;
+    let device = json!({
+        "kind": device.name(),
+        "requested": device.requested.name(),
+        "summary": device.summary(),
+        "gpu": device.gpu.as_ref().map(|g| json!({
+            "name": g.name,
+            "backend": g.backend,
+            "driver": g.driver,
+            "kind": g.kind.name(),
+            "max_storage_buffer_bytes": g.max_storage_buffer_bytes,
+            "max_buffer_bytes": g.max_buffer_bytes,
+            "shader_f16": g.shader_f16,
+        })),
+        "operations": device.operations.iter().map(|(op, how)| json!({"operation": op, "runs": how})).collect::<Vec<_>>(),
+        "fallbacks": device.fallbacks,
+    });
     let info = json!({
         "folder": dir.display().to_string(),
         "source": source,
@@ -111,6 +133,7 @@ pub fn run(args: InfoArgs) -> anyhow::Result<()> {
         "files": files,
         "cpu": {"isa": cpu.level().name(), "features": cpu.feature_names()},
         "precisions": precisions,
+        "device": device,
     });
     if args.json {
         println!("{}", serde_json::to_string_pretty(&info)?);
@@ -185,6 +208,25 @@ fn print_text(info: &serde_json::Value, dir: &Path) {
         for reason in p["fallbacks"].as_array().into_iter().flatten() {
             println!("        {}", reason.as_str().unwrap_or(""));
         }
+    }
+    println!(
+        "device         {} (--device {})",
+        info["device"]["summary"].as_str().unwrap_or(""),
+        info["device"]["requested"].as_str().unwrap_or("")
+    );
+    for op in info["device"]["operations"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        println!(
+            "  {:<12} {}",
+            op["operation"].as_str().unwrap_or(""),
+            op["runs"].as_str().unwrap_or("")
+        );
+    }
+    for reason in info["device"]["fallbacks"].as_array().into_iter().flatten() {
+        println!("        {}", reason.as_str().unwrap_or(""));
     }
     println!("files");
     for file in info["files"].as_array().into_iter().flatten() {

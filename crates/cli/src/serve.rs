@@ -106,6 +106,11 @@ pub struct ServeArgs {
     /// bigger CPU. Default: all the CPU has. The variable JINA_MAX_ISA caps it too.
     #[arg(long, value_name = "ISA", value_parser = crate::parse_isa)]
     pub max_isa: Option<jina_engine::Isa>,
+    /// Where the encoder runs: `cpu`, `gpu` (a GPU through wgpu, Vulkan, Metal or DX12; a
+    /// software adapter such as Mesa's lavapipe counts; needs a build with `--features gpu`)
+    /// or `auto` (a hardware GPU when there is one, else the CPU).
+    #[arg(long, env = "JINA_DEVICE", value_enum, default_value = "auto")]
+    pub device: jina_engine::DeviceChoice,
 
     /// Compute threads of the forward pass (default: one per core).
     #[arg(long, env = "JINA_THREADS")]
@@ -194,6 +199,7 @@ impl ServeArgs {
             limits,
             precision: self.precision,
             max_isa: self.max_isa,
+            device: self.device,
             cors_allow_origins: cors::CorsOrigins::new(&self.cors_allow_origins),
         })
     }

@@ -171,6 +171,9 @@ pub enum Error {
     /// Any other invalid request value.
     #[error("{0}")]
     InvalidRequest(String),
+    /// The device asked for is not there, or failed (lost, out of memory, a shader error).
+    #[error("device: {0}")]
+    Device(String),
 }
 
 impl Error {

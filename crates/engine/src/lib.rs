@@ -43,6 +43,7 @@ assert_eq!(result.embeddings[0].len(), 256);
 pub mod adapters;
 pub mod batch;
 pub mod config;
+pub mod device;
 pub mod error;
 pub mod fixture;
 #[cfg(feature = "gpu")]
@@ -66,6 +67,7 @@ use rayon::prelude::*;
 
 pub use adapters::{AdapterSpec, AdapterWeights, CustomAdapter, TaskAdapter};
 pub use config::Config;
+pub use device::{DeviceChoice, DeviceMemory, DevicePlan, GpuAdapterInfo, GpuKind};
 pub use error::{Error, Result};
 pub use kernels::{Cpu, Isa, KernelPlan};
 pub use output::{EmbeddingType, Encoded};
@@ -147,6 +149,8 @@ pub struct LoadOptions {
     /// The highest instruction-set level the kernels may use, on top of `JINA_MAX_ISA`: `None`
     /// lets them use all the CPU has. A lower level runs that level's kernels on a bigger CPU.
     pub max_isa: Option<Isa>,
+    /// Where the encoder's blocks run (what runs is [`Model::device_plan`]).
+    pub device: DeviceChoice,
 }
 
 /// A loaded model folder: config, tokenizer and encoder.
@@ -155,6 +159,7 @@ pub struct Model {
     config: Config,
     tokenizer: TextTokenizer,
     encoder: Encoder,
+    device: DevicePlan,
     weights_dtype: weights::StoredDtype,
     parameter_count: usize,
     default_task: Option<TaskAdapter>,
@@ -197,7 +202,12 @@ impl Model {
         for reason in &plan.fallbacks {
             tracing::warn!("precision {}: {reason}", options.precision.name());
         }
-        let encoder = Encoder::load(&weights, &config, plan)?;
+        let (device, gpu) = device::resolve(options.device)?;
+        tracing::info!(device = %device.summary(), requested = %options.device, "device resolved");
+        for reason in &device.fallbacks {
+            tracing::warn!("device {}: {reason}", options.device);
+        }
+        let encoder = Encoder::load(&weights, &config, plan, gpu)?;
         let default_task = config
             .lora_adaptations
             .iter()
@@ -210,6 +220,7 @@ impl Model {
             config,
             tokenizer,
             encoder,
+            device,
             default_task,
             max_batch_tokens: DEFAULT_MAX_BATCH_TOKENS,
             custom: RwLock::new(BTreeMap::new()),
@@ -243,9 +254,34 @@ impl Model {
         self.encoder.plan()
     }
 
-    /// Bytes the linear layers' weights hold in memory (one copy, in the storage that runs).
+    /// Bytes the linear layers' weights hold in host memory (one copy, in the storage that
+    /// runs; none when a GPU runs them).
     pub fn linear_weight_bytes(&self) -> usize {
         self.encoder.linear_weight_bytes()
+    }
+
+    /// Where the encoder runs: the CPU, or a GPU with its adapter, and why if not as asked.
+    pub fn device_plan(&self) -> &DevicePlan {
+        &self.device
+    }
+
+    /// Tokens one forward pass on the device holds at most (its storage-buffer limit); `None`
+    /// on the CPU. A scheduler keeps its batches within it; a larger batch still runs, as
+    /// several passes.
+    pub fn device_max_batch_tokens(&self) -> Option<usize> {
+        self.encoder.device_max_tokens()
+    }
+
+    /// Destroys the GPU device as a driver reset or an unplugged GPU would: every later forward
+    /// pass fails with [`Error::Device`] (nothing happens on the CPU). For tests of that path.
+    #[doc(hidden)]
+    pub fn destroy_device(&self) {
+        self.encoder.destroy_device();
+    }
+
+    /// Device memory the GPU blocks use (`None` on the CPU).
+    pub fn device_memory(&self) -> Option<DeviceMemory> {
+        self.encoder.device_memory()
     }
 
     /// Storage dtype of the checkpoint.
@@ -478,8 +514,9 @@ impl Model {
     }
 
     /// Runs one batch of sequences (from any plans, tasks mixed) and returns the span sums of
-    /// each, in the order given.
-    pub fn run(&self, batch: &[&Sequence]) -> Vec<Vec<SpanSum>> {
+    /// each, in the order given. Fails only when the device fails (a GPU lost or out of
+    /// memory: [`Error::Device`]).
+    pub fn run(&self, batch: &[&Sequence]) -> Result<Vec<Vec<SpanSum>>> {
         let inputs: Vec<EncoderInput> = batch
             .iter()
             .map(|s| EncoderInput {
@@ -487,7 +524,7 @@ impl Model {
                 adapter: s.adapter.as_ref(),
             })
             .collect();
-        let states = self.encoder.forward(&inputs);
+        let states = self.encoder.forward(&inputs)?;
         let h = self.encoder.hidden_size();
         let mut offsets = Vec::with_capacity(batch.len());
         let mut start = 0;
@@ -495,14 +532,14 @@ impl Model {
             offsets.push(start);
             start += seq.ids.len();
         }
-        batch
+        Ok(batch
             .par_iter()
             .zip(offsets.par_iter())
             .map(|(seq, &offset)| {
                 let rows = &states[offset * h..(offset + seq.ids.len()) * h];
                 pooling::sum_spans(seq, rows, h)
             })
-            .collect()
+            .collect())
     }
 
     /// Embeds one request: plan, batches of at most the token budget, finish.
@@ -512,7 +549,7 @@ impl Model {
         let mut sums = Vec::new();
         for batch in batch::pack_by_tokens(&lengths, self.max_batch_tokens) {
             let seqs: Vec<&Sequence> = batch.iter().map(|&i| &plan.sequences[i]).collect();
-            sums.extend(self.run(&seqs).into_iter().flatten());
+            sums.extend(self.run(&seqs)?.into_iter().flatten());
         }
         let finish = Finish {
             dimensions: request.dimensions,

@@ -14,6 +14,7 @@ use tracing::trace_span;
 
 use crate::adapters::{add_scaled_row, LinearSite, TaskAdapter};
 use crate::config::Config;
+use crate::device::GpuHandle;
 use crate::error::Result;
 use crate::kernels::linear::{self, LowRank, LowRankInputs, PackedMatrix, PackedType};
 use crate::kernels::{self, Cpu, KernelPlan, MatmulInit, RotaryTable, SequenceRange};
@@ -575,10 +576,17 @@ struct Activations {
     out: Vec<f32>,
 }
 
+/// Where the blocks run: the CPU kernels, or a GPU ([`crate::device`] decided at load).
+enum Blocks {
+    Cpu(Vec<Block>),
+    #[cfg(feature = "gpu")]
+    Gpu(Box<crate::gpu::GpuBlocks>),
+}
+
 /// The whole encoder.
 pub struct Encoder {
     embeddings: Embeddings,
-    blocks: Vec<Block>,
+    blocks: Blocks,
     rotary: RotaryTable,
     hidden: usize,
     intermediate: usize,
@@ -587,19 +595,36 @@ pub struct Encoder {
 
 impl Encoder {
     /// Converts the checked weights into the encoder, in the storage `plan` chose (the word
-    /// table stays mapped). The pooler is not loaded: embeddings do not use it.
-    pub fn load(weights: &Weights, config: &Config, plan: KernelPlan) -> Result<Self> {
-        let blocks = (0..config.num_hidden_layers)
-            .map(|layer| Block::load(weights, layer, config, &plan))
-            .collect::<Result<Vec<_>>>()?;
+    /// table stays mapped), its blocks on `gpu` when one was opened, else on the CPU. The
+    /// pooler is not loaded: embeddings do not use it.
+    pub(crate) fn load(
+        weights: &Weights,
+        config: &Config,
+        plan: KernelPlan,
+        gpu: Option<GpuHandle>,
+    ) -> Result<Self> {
+        let rotary = RotaryTable::new(
+            config.head_dim(),
+            config.rotary_emb_base,
+            config.max_position_embeddings,
+        );
+        let blocks = match gpu {
+            None => Blocks::Cpu(
+                (0..config.num_hidden_layers)
+                    .map(|layer| Block::load(weights, layer, config, &plan))
+                    .collect::<Result<Vec<_>>>()?,
+            ),
+            #[cfg(feature = "gpu")]
+            Some(context) => Blocks::Gpu(Box::new(crate::gpu::GpuBlocks::load(
+                context, weights, config, &rotary,
+            )?)),
+            #[cfg(not(feature = "gpu"))]
+            Some(never) => match never {},
+        };
         Ok(Encoder {
             embeddings: Embeddings::load(weights, config)?,
             blocks,
-            rotary: RotaryTable::new(
-                config.head_dim(),
-                config.rotary_emb_base,
-                config.max_position_embeddings,
-            ),
+            rotary,
             hidden: config.hidden_size,
             intermediate: config.intermediate_size,
             plan,
@@ -616,9 +641,41 @@ impl Encoder {
         self.plan.precision()
     }
 
-    /// Bytes the linear layers' weights hold in memory (one copy, in the storage that runs).
+    /// Bytes the linear layers' weights hold in host memory (one copy, in the storage that
+    /// runs; none when the blocks run on a GPU, whose memory is [`Encoder::gpu_memory`]).
     pub fn linear_weight_bytes(&self) -> usize {
-        self.blocks.iter().map(Block::weight_bytes).sum()
+        match &self.blocks {
+            Blocks::Cpu(blocks) => blocks.iter().map(Block::weight_bytes).sum(),
+            #[cfg(feature = "gpu")]
+            Blocks::Gpu(_) => 0,
+        }
+    }
+
+    /// Device memory of the GPU blocks (`None` on the CPU).
+    pub fn device_memory(&self) -> Option<crate::device::DeviceMemory> {
+        match &self.blocks {
+            Blocks::Cpu(_) => None,
+            #[cfg(feature = "gpu")]
+            Blocks::Gpu(gpu) => Some(gpu.memory()),
+        }
+    }
+
+    /// Destroys the GPU device, as a driver reset would (nothing on the CPU).
+    pub(crate) fn destroy_device(&self) {
+        match &self.blocks {
+            Blocks::Cpu(_) => {}
+            #[cfg(feature = "gpu")]
+            Blocks::Gpu(gpu) => gpu.destroy_device(),
+        }
+    }
+
+    /// Tokens one forward pass on the device holds (`None`: no device limit, the CPU).
+    pub fn device_max_tokens(&self) -> Option<usize> {
+        match &self.blocks {
+            Blocks::Cpu(_) => None,
+            #[cfg(feature = "gpu")]
+            Blocks::Gpu(gpu) => Some(gpu.max_tokens()),
+        }
     }
 
     /// Width of a token vector.
@@ -637,8 +694,9 @@ impl Encoder {
     }
 
     /// Runs the batch and returns the last layer's token vectors, packed: sequence after
-    /// sequence, `total tokens × hidden`.
-    pub fn forward(&self, batch: &[EncoderInput]) -> Vec<f32> {
+    /// sequence, `total tokens × hidden`. Fails only on a device error (a GPU lost or out of
+    /// memory); the CPU path cannot fail.
+    pub fn forward(&self, batch: &[EncoderInput]) -> Result<Vec<f32>> {
         let mut segments = Vec::with_capacity(batch.len());
         let mut start = 0;
         for seq in batch {
@@ -661,6 +719,15 @@ impl Encoder {
             self.embeddings
                 .forward(batch, &segments, &mut x, self.plan.cpu)
         });
+        // Without the `gpu` feature the CPU is the only arm.
+        #[allow(clippy::infallible_destructuring_match)]
+        let blocks = match &self.blocks {
+            Blocks::Cpu(blocks) => blocks,
+            #[cfg(feature = "gpu")]
+            Blocks::Gpu(gpu) => {
+                return trace_span!("gpu blocks").in_scope(|| gpu.forward(&x, batch))
+            }
+        };
         let ranges = segments
             .iter()
             .map(|s| SequenceRange {
@@ -681,10 +748,10 @@ impl Encoder {
             mlp_hidden: vec![0f32; tokens * self.intermediate],
             out: vec![0f32; tokens * h],
         };
-        for block in &self.blocks {
+        for block in blocks {
             block.forward(&mut x, &shared, &mut act);
         }
-        x
+        Ok(x)
     }
 }
 

@@ -103,9 +103,9 @@ fn custom_and_builtin_tasks_mix_in_one_batch() {
             })
             .collect();
         let batch: Vec<&Sequence> = plans.iter().map(|p| &p.sequences[0]).collect();
-        let together = model.run(&batch);
+        let together = model.run(&batch).unwrap();
         for (i, seq) in batch.iter().enumerate() {
-            let alone = model.run(&[seq]);
+            let alone = model.run(&[seq]).unwrap();
             let f32s =
                 |s: &jina_engine::SpanSum| s.sum.iter().map(|&v| v as f32).collect::<Vec<_>>();
             let diff = max_abs_diff(&f32s(&alone[0][0]), &f32s(&together[i][0]));
@@ -165,7 +165,7 @@ fn a_request_in_flight_keeps_its_adapter_after_unload() {
     let plan = model.plan(&request).expect("plan");
     let removed = model.remove_adapter("short-lived").expect("remove");
     assert_eq!(removed.name(), "short-lived");
-    let sums = model.run(&[&plan.sequences[0]]);
+    let sums = model.run(&[&plan.sequences[0]]).unwrap();
     assert_eq!(sums.len(), 1);
     let err = model.plan(&request).unwrap_err().to_string();
     assert!(err.contains("short-lived"), "{err}");

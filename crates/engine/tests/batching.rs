@@ -103,7 +103,7 @@ fn mixed_tasks_on(label: &str, model: &Model) {
         })
         .collect();
     let batch: Vec<&Sequence> = plans.iter().map(|(_, p)| &p.sequences[0]).collect();
-    let sums = model.run(&batch);
+    let sums = model.run(&batch).unwrap();
     let hidden = model.config().hidden_size;
     for (i, ((task, plan), sums)) in plans.iter().zip(sums).enumerate() {
         let mixed = pooling::finish(

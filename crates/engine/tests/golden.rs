@@ -3,25 +3,8 @@
 
 mod common;
 
-use common::{cosine, golden, max_abs_diff, norm, variant_models};
-use jina_engine::{EmbedRequest, LateChunking, Precision, NO_TASK};
-
-/// The request that reproduces a golden case.
-fn request_of(case: &common::GoldenCase) -> EmbedRequest {
-    EmbedRequest {
-        inputs: case.input.clone(),
-        // The golden `null` task is the official encode() without a task: base weights.
-        task: Some(case.task.clone().unwrap_or_else(|| NO_TASK.to_string())),
-        dimensions: case.dimensions,
-        normalized: case.normalized,
-        late_chunking: if case.late_chunking {
-            LateChunking::On
-        } else {
-            LateChunking::Off
-        },
-        truncate: false,
-    }
-}
+use common::{cosine, golden, golden_failures, request_of, variant_models};
+use jina_engine::Precision;
 
 #[test]
 fn every_golden_case_matches_the_official_outputs() {
@@ -34,51 +17,7 @@ fn every_golden_case_matches_the_official_outputs() {
         Precision::F32,
     ) {
         assert_eq!(model.precision(), Precision::F32);
-        for (n, case) in golden.cases.iter().enumerate() {
-            let request = request_of(case);
-            let got = model.embed(&request).unwrap();
-            if let Some(tokens) = &case.tokens {
-                let plan = model.plan(&request).unwrap();
-                let counts: Vec<usize> = plan.sequences.iter().map(|s| s.ids.len()).collect();
-                assert_eq!(&counts, tokens, "case {n}: token counts");
-                assert_eq!(
-                    got.total_tokens,
-                    tokens.iter().sum::<usize>(),
-                    "case {n}: usage"
-                );
-            }
-            if let Some(total) = case.total_tokens {
-                assert_eq!(
-                    got.total_tokens, total,
-                    "case {n}: late-chunking total tokens"
-                );
-            }
-            assert_eq!(
-                got.embeddings.len(),
-                case.embeddings.len(),
-                "case {n}: number of outputs"
-            );
-            let mut worst = 0f32;
-            for (i, (ours, theirs)) in got.embeddings.iter().zip(&case.embeddings).enumerate() {
-                let scale = if case.normalized { 1.0 } else { norm(theirs) };
-                let diff = max_abs_diff(ours, theirs);
-                worst = worst.max(diff / scale);
-                if diff > 2e-5 * scale {
-                    failures.push(format!(
-                        "{isa}: case {n} ({:?}, input {i}): max |diff| {diff:e} > {:e}",
-                        case.task,
-                        2e-5 * scale
-                    ));
-                }
-            }
-            println!(
-                "{isa:<10} case {n:2}: task {:<18} dims {:>4} normalized {:<5} late {:<5} worst relative diff {worst:.2e}",
-                case.task.as_deref().unwrap_or("null"),
-                case.dimensions.map_or("-".into(), |d| d.to_string()),
-                case.normalized,
-                case.late_chunking
-            );
-        }
+        failures.extend(golden_failures(&model, &isa.to_string(), &golden));
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

@@ -37,6 +37,8 @@ fn engine_error(error: Error) -> PyErr {
     match error {
         Error::MissingFile { .. } => PyFileNotFoundError::new_err(message),
         Error::Io { source, .. } => os_error(&source, message),
+        // A device that is not there, or failed: not the caller's value.
+        Error::Device(_) => PyRuntimeError::new_err(message),
         // Bad requests, and model files that are there but invalid.
         _ => PyValueError::new_err(message),
     }
@@ -148,15 +150,21 @@ fn texts_of(texts: &Bound<'_, PyAny>) -> PyResult<Vec<String>> {
 impl Model {
     /// Loads `folder` (config.json, tokenizer.json, model.safetensors).
     #[new]
-    #[pyo3(signature = (folder, precision = "f32", threads = None, max_batch_tokens = jina_engine::DEFAULT_MAX_BATCH_TOKENS))]
+    #[pyo3(signature = (folder, precision = "f32", threads = None, max_batch_tokens = jina_engine::DEFAULT_MAX_BATCH_TOKENS, device = None))]
     fn new(
         py: Python<'_>,
         folder: &str,
         precision: &str,
         threads: Option<usize>,
         max_batch_tokens: usize,
+        device: Option<&str>,
     ) -> PyResult<Self> {
         let precision: Precision = precision.parse().map_err(engine_error)?;
+        let device = match device {
+            Some(d) => d.parse(),
+            None => jina_engine::DeviceChoice::from_env_or(jina_engine::DeviceChoice::Auto),
+        }
+        .map_err(engine_error)?;
         if threads == Some(0) {
             return Err(PyValueError::new_err(
                 "threads 0 is out of range: it must be at least 1 (None: one per core)",
@@ -180,6 +188,7 @@ impl Model {
         #[allow(clippy::needless_update)]
         let options = LoadOptions {
             precision,
+            device,
             ..Default::default()
         };
         // Loading converts weights in parallel: on this model's own threads.
@@ -274,7 +283,7 @@ impl Model {
                 guarded(|| {
                     let sums = self
                         .pool
-                        .install(|| model.run(&chosen))
+                        .install(|| model.run(&chosen))?
                         .into_iter()
                         .flatten();
                     if direct {
@@ -284,8 +293,10 @@ impl Model {
                     } else {
                         pending.extend(sums);
                     }
+                    Ok::<(), Error>(())
                 })
-            })?;
+            })?
+            .map_err(engine_error)?;
             done += pass.len();
             py.check_signals()?;
             if let Some(callback) = &progress {
@@ -406,6 +417,12 @@ impl Model {
         info.set_item("max_tokens", model.max_tokens())?;
         info.set_item("threads", self.pool.current_num_threads())?;
         info.set_item("max_batch_tokens", self.max_batch_tokens)?;
+        let device = model.device_plan();
+        info.set_item("device", device.name())?;
+        info.set_item("requested_device", device.requested.name())?;
+        info.set_item("device_summary", device.summary())?;
+        info.set_item("gpu_adapter", device.gpu.as_ref().map(|g| g.name.clone()))?;
+        info.set_item("device_fallbacks", device.fallbacks.clone())?;
         Ok(info)
     }
 }

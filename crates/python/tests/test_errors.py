@@ -112,3 +112,26 @@ def test_hub_ids_come_from_the_cache(fixture_dir, tmp_path, monkeypatch):
     assert m.info()["path"].endswith(commit)
     assert m.model == "jinaai/jina-embeddings-v3"
     np.testing.assert_array_equal(m.encode(["x"]), Model(fixture_dir).encode(["x"]))
+
+
+def test_device_is_chosen_by_name_and_reported(fixture_dir, monkeypatch):
+    monkeypatch.delenv("JINA_DEVICE", raising=False)
+    model = jina_embeddings.Model(fixture_dir, device="cpu")
+    info = model.info()
+    assert info["device"] == "cpu" and info["requested_device"] == "cpu"
+    assert info["gpu_adapter"] is None
+    # The default is auto: the CPU here (no GPU feature in this wheel), with the reason.
+    auto = jina_embeddings.Model(fixture_dir).info()
+    assert auto["requested_device"] == "auto" and auto["device"] == "cpu"
+    assert auto["device_fallbacks"], auto
+    with pytest.raises(ValueError, match="device \"tpu\" is not supported; accepted values are cpu, gpu, auto"):
+        jina_embeddings.Model(fixture_dir, device="tpu")
+    monkeypatch.setenv("JINA_DEVICE", "nope")
+    with pytest.raises(ValueError, match="JINA_DEVICE"):
+        jina_embeddings.Model(fixture_dir)
+
+
+def test_gpu_without_the_gpu_feature_is_a_clear_runtime_error(fixture_dir):
+    # scripts/test-python.sh builds the wheel without the `gpu` feature.
+    with pytest.raises(RuntimeError, match="--features gpu"):
+        jina_embeddings.Model(fixture_dir, device="gpu")

@@ -563,6 +563,33 @@ pub struct ModelCard {
     pub kernels: Kernels,
     /// Why what runs differs from what was asked for, one line per operation (empty: nothing).
     pub precision_fallbacks: Vec<String>,
+    /// Where the encoder runs.
+    pub device: DeviceCard,
+}
+
+/// The device a model runs on, as resolved at load (`--device`).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct DeviceCard {
+    /// `cpu` or `gpu`: what runs the encoder's blocks.
+    pub kind: String,
+    /// What `--device` asked for: `cpu`, `gpu` or `auto`.
+    pub requested: String,
+    /// The GPU adapter's name (`NVIDIA L4`, `Apple M2`, `llvmpipe (…)`); absent on the CPU.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub adapter: Option<String>,
+    /// The API wgpu drives the GPU through: `Vulkan`, `Metal`, `Dx12`; absent on the CPU.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backend: Option<String>,
+    /// `discrete`, `integrated`, `virtual` or `software`; absent on the CPU.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub adapter_kind: Option<String>,
+    /// Tokens one forward pass on the device holds; absent on the CPU.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_batch_tokens: Option<usize>,
+    /// What each operation runs on and in which precision, on a GPU.
+    pub operations: Vec<String>,
+    /// Why the device differs from what was asked for, one line each (empty: nothing).
+    pub fallbacks: Vec<String>,
 }
 
 /// The kernels a model runs, as resolved at load.

@@ -131,6 +131,8 @@ pub struct ServerConfig {
     pub precision: Precision,
     /// Highest instruction-set level the kernels may use (`None`: all the CPU has).
     pub max_isa: Option<jina_engine::Isa>,
+    /// Where the encoder runs (what runs is the model's [`jina_engine::DevicePlan`]).
+    pub device: jina_engine::DeviceChoice,
     /// Origins allowed by CORS (empty: CORS off).
     pub cors_allow_origins: cors::CorsOrigins,
     /// Custom adapter folders served from the start (`--adapter`).
@@ -149,6 +151,7 @@ impl ServerConfig {
             limits: ServerLimits::default(),
             precision: Precision::F32,
             max_isa: None,
+            device: jina_engine::DeviceChoice::Cpu,
             cors_allow_origins: cors::CorsOrigins::default(),
             adapters: Vec::new(),
         }
@@ -211,12 +214,19 @@ impl AppState {
     /// Starts the scheduler over `runner`; from then on the server is ready. An error when the
     /// scheduler thread cannot start or a runner was already started.
     pub fn start(&self, runner: Arc<dyn BatchRunner>) -> anyhow::Result<()> {
-        let scheduler = Scheduler::start(
-            runner.clone(),
-            self.config.limits.max_batch_tokens,
-            self.metrics.clone(),
-        )
-        .context("cannot start the scheduler thread")?;
+        // The batching budget: the configured one, within what one pass on the device holds.
+        let budget = match runner.info().device_max_batch_tokens {
+            Some(device) if device < self.config.limits.max_batch_tokens => {
+                info!(
+                    configured = self.config.limits.max_batch_tokens,
+                    device, "max_batch_tokens lowered to what one pass on the device holds"
+                );
+                device
+            }
+            _ => self.config.limits.max_batch_tokens,
+        };
+        let scheduler = Scheduler::start(runner.clone(), budget, self.metrics.clone())
+            .context("cannot start the scheduler thread")?;
         if self.engine.set(Engine { runner, scheduler }).is_err() {
             anyhow::bail!("the model was loaded twice");
         }
@@ -297,6 +307,7 @@ pub fn load_engine(config: &ServerConfig) -> anyhow::Result<Arc<dyn BatchRunner>
     let options = LoadOptions {
         precision: config.precision,
         max_isa: config.max_isa,
+        device: config.device,
     };
     let mut model = Model::load_with(&config.model_dir, options)
         .with_context(|| format!("cannot load the model from {}", config.model_dir.display()))?;
@@ -311,12 +322,15 @@ pub fn load_engine(config: &ServerConfig) -> anyhow::Result<Arc<dyn BatchRunner>
         .context("invalid --default-task")?;
     let plan = model.plan(&EmbedRequest::new(vec!["warm up".to_string()]))?;
     let seqs: Vec<&Sequence> = plan.sequences.iter().collect();
-    model.run(&seqs);
+    model
+        .run(&seqs)
+        .context("the warm-up forward pass failed")?;
     info!(
         model = %config.model_dir.display(),
         weights = model.weights_dtype(),
         precision = model.precision().name(),
         kernels = %model.kernel_plan().summary(),
+        device = %model.device_plan().summary(),
         parameters = model.parameter_count(),
         hidden_size = model.config().hidden_size,
         default_task = model.default_task(),

@@ -29,7 +29,7 @@ use tracing::{debug, error, info, Instrument};
 use utoipa::OpenApi;
 
 use crate::api::{
-    decode_request, parse_object, typed, EmbeddingItem, EmbeddingTypes, EmbeddingValue,
+    decode_request, parse_object, typed, DeviceCard, EmbeddingItem, EmbeddingTypes, EmbeddingValue,
     EmbeddingsResponse, EncodingFormat, Health, Kernels, LateChunkingField, ModelCard, ModelList,
     TokenizeRequest, TokenizeResponse, TokenizedItem, Usage,
 };
@@ -716,6 +716,21 @@ pub async fn models(State(state): State<Arc<AppState>>, headers: HeaderMap) -> R
                 attention: model.attention_kernel.clone(),
             },
             precision_fallbacks: model.fallbacks.clone(),
+            device: DeviceCard {
+                kind: model.device.name().into(),
+                requested: model.device.requested.name().into(),
+                adapter: model.device.gpu.as_ref().map(|g| g.name.clone()),
+                backend: model.device.gpu.as_ref().map(|g| g.backend.clone()),
+                adapter_kind: model.device.gpu.as_ref().map(|g| g.kind.name().into()),
+                max_batch_tokens: model.device_max_batch_tokens,
+                operations: model
+                    .device
+                    .operations
+                    .iter()
+                    .map(|(op, how)| format!("{op}: {how}"))
+                    .collect(),
+                fallbacks: model.device.fallbacks.clone(),
+            },
         }],
     })
     .into_response()

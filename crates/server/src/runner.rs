@@ -44,6 +44,10 @@ pub struct ModelInfo {
     pub attention_kernel: String,
     /// Why what runs differs from what was asked for.
     pub fallbacks: Vec<String>,
+    /// Where the encoder runs, and why if not as asked.
+    pub device: jina_engine::DevicePlan,
+    /// Tokens one forward pass on the device holds (`None`: the CPU, no device limit).
+    pub device_max_batch_tokens: Option<usize>,
 }
 
 impl ModelInfo {
@@ -62,6 +66,8 @@ impl ModelInfo {
             linear_kernel: plan.linear.to_string(),
             attention_kernel: plan.attention.to_string(),
             fallbacks: plan.fallbacks.clone(),
+            device: model.device_plan().clone(),
+            device_max_batch_tokens: model.device_max_batch_tokens(),
         }
     }
 }
@@ -178,9 +184,9 @@ impl BatchRunner for EngineRunner {
     }
 
     fn run(&self, batch: &[&Sequence]) -> Result<Vec<Vec<SpanSum>>, String> {
-        // The engine reports no error from a forward pass: a bug is a panic, which the scheduler
-        // turns into a failed batch.
-        Ok(self.model.run(batch))
+        // A device failure (a GPU lost or out of memory) is an error; a bug is a panic, which
+        // the scheduler also turns into a failed batch.
+        self.model.run(batch).map_err(|e| e.to_string())
     }
 
     fn task_prefix(&self, task: &str) -> Result<String, jina_engine::Error> {

@@ -32,6 +32,11 @@ impl RotaryTable {
         RotaryTable { half, cos, sin }
     }
 
+    /// The cos and sin tables, `positions × half` each (the GPU uploads them).
+    pub fn tables(&self) -> (&[f32], &[f32]) {
+        (&self.cos, &self.sin)
+    }
+
     /// Number of positions covered.
     pub fn positions(&self) -> usize {
         self.cos.len() / self.half.max(1)

@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 
 use jina_engine::fixture::{write_fixture, FixtureShape};
 use jina_engine::kernels::cpu::record_variant;
-use jina_engine::{Cpu, Isa, LoadOptions, Model, Precision};
+use jina_engine::{Cpu, EmbedRequest, Isa, LateChunking, LoadOptions, Model, Precision, NO_TASK};
 use serde::Deserialize;
 
 /// A folder holding the `small` checkpoint with seed 1 (generated on first use).
@@ -42,6 +42,7 @@ pub fn variant_models(test: &str, precision: Precision) -> Vec<(Isa, Model)> {
             let options = LoadOptions {
                 precision,
                 max_isa: Some(isa),
+                ..Default::default()
             };
             let model =
                 Model::load_with(small_fixture_dir(), options).expect("load the small fixture");
@@ -95,4 +96,74 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
 /// Euclidean norm.
 pub fn norm(v: &[f32]) -> f32 {
     v.iter().map(|x| x * x).sum::<f32>().sqrt()
+}
+
+/// The request that reproduces a golden case.
+pub fn request_of(case: &GoldenCase) -> EmbedRequest {
+    EmbedRequest {
+        inputs: case.input.clone(),
+        // The golden `null` task is the official encode() without a task: base weights.
+        task: Some(case.task.clone().unwrap_or_else(|| NO_TASK.to_string())),
+        dimensions: case.dimensions,
+        normalized: case.normalized,
+        late_chunking: if case.late_chunking {
+            LateChunking::On
+        } else {
+            LateChunking::Off
+        },
+        truncate: false,
+    }
+}
+
+/// Every golden case embedded by `model` against the official vectors (2e-5 per component,
+/// × ‖v‖ for unnormalised ones); token counts must match exactly. Returns the failures, and
+/// prints each case's worst difference under `label`.
+pub fn golden_failures(model: &Model, label: &str, golden: &Golden) -> Vec<String> {
+    let mut failures = Vec::new();
+    for (n, case) in golden.cases.iter().enumerate() {
+        let request = request_of(case);
+        let got = model.embed(&request).unwrap();
+        if let Some(tokens) = &case.tokens {
+            let plan = model.plan(&request).unwrap();
+            let counts: Vec<usize> = plan.sequences.iter().map(|s| s.ids.len()).collect();
+            assert_eq!(&counts, tokens, "case {n}: token counts");
+            assert_eq!(
+                got.total_tokens,
+                tokens.iter().sum::<usize>(),
+                "case {n}: usage"
+            );
+        }
+        if let Some(total) = case.total_tokens {
+            assert_eq!(
+                got.total_tokens, total,
+                "case {n}: late-chunking total tokens"
+            );
+        }
+        assert_eq!(
+            got.embeddings.len(),
+            case.embeddings.len(),
+            "case {n}: number of outputs"
+        );
+        let mut worst = 0f32;
+        for (i, (ours, theirs)) in got.embeddings.iter().zip(&case.embeddings).enumerate() {
+            let scale = if case.normalized { 1.0 } else { norm(theirs) };
+            let diff = max_abs_diff(ours, theirs);
+            worst = worst.max(diff / scale);
+            if diff > 2e-5 * scale {
+                failures.push(format!(
+                    "{label}: case {n} ({:?}, input {i}): max |diff| {diff:e} > {:e}",
+                    case.task,
+                    2e-5 * scale
+                ));
+            }
+        }
+        println!(
+            "{label:<10} case {n:2}: task {:<18} dims {:>4} normalized {:<5} late {:<5} worst relative diff {worst:.2e}",
+            case.task.as_deref().unwrap_or("null"),
+            case.dimensions.map_or("-".into(), |d| d.to_string()),
+            case.normalized,
+            case.late_chunking
+        );
+    }
+    failures
 }

@@ -108,6 +108,10 @@ class Model:
         threads: compute threads of this model (default: one per core). Each model has its own.
         offline: never download (default: ``JINA_OFFLINE`` or ``HF_HUB_OFFLINE`` set).
         max_batch_tokens: token budget of one forward pass.
+        device: where the encoder runs: ``"cpu"``, ``"gpu"`` (a GPU through wgpu; needs a
+            package built with the ``gpu`` feature) or ``"auto"`` (a hardware GPU when there is
+            one, else the CPU); default ``JINA_DEVICE``, else ``"auto"``. ``info()["device"]``
+            says what runs.
         adapters: custom tasks to serve beside the built-in five, ``{name: folder}`` (folders
             from ``jina-embed train`` or ``train()``, or PEFT folders); ``encode(task=name)``
             then uses them, mixed with built-in tasks in one batch. More can be added with
@@ -128,6 +132,7 @@ class Model:
         offline: Optional[bool] = None,
         max_batch_tokens: int = 16384,
         adapters: Optional[Dict[str, Union[str, os.PathLike]]] = None,
+        device: Optional[str] = None,
     ) -> None:
         spec = os.fspath(model)
         # A folder is kept absolute so that an unpickled copy finds it from any working directory.
@@ -135,11 +140,13 @@ class Model:
             spec = os.path.abspath(spec)
         self._spec = spec
         self._base_options = dict(
-            precision=precision, threads=threads, offline=offline, max_batch_tokens=max_batch_tokens
+            precision=precision, threads=threads, offline=offline, max_batch_tokens=max_batch_tokens,
+            device=device,
         )
         folder = _resolve(spec, offline)
         self._native = _native.Model(
-            folder, precision=precision, threads=threads, max_batch_tokens=max_batch_tokens
+            folder, precision=precision, threads=threads, max_batch_tokens=max_batch_tokens,
+            device=device,
         )
         self._adapters: Dict[str, str] = {}
         for name, path in (adapters or {}).items():
@@ -189,7 +196,9 @@ class Model:
     def info(self) -> Dict[str, Any]:
         """What was loaded: ``precision`` (resolved on this CPU), ``dimensions``,
         ``matryoshka_dimensions``, ``tasks``, ``default_task``, ``max_tokens``, ``threads``,
-        ``path``, ``weights_dtype``, ``parameters``, ``max_batch_tokens``."""
+        ``path``, ``weights_dtype``, ``parameters``, ``max_batch_tokens``, ``device`` (``cpu``
+        or ``gpu``), ``requested_device``, ``device_summary``, ``gpu_adapter``,
+        ``device_fallbacks``."""
         return self._native.info()
 
     def encode(

@@ -27,6 +27,7 @@ class Model:
         precision: str = "f32",
         threads: Optional[int] = None,
         max_batch_tokens: int = 16384,
+        device: Optional[str] = None,
     ) -> None: ...
     def encode(
         self,
