@@ -12,7 +12,9 @@
 #   3. `jina-embed` built with `--features gpu`: `info --device gpu` names lavapipe; `embed
 #      --device gpu` equals `embed --device cpu` within 2e-5; `serve --device gpu` names the
 #      device in /v1/models and answers /v1/embeddings with the CPU's vectors.
-# JINA_GPU_SKIP_CLI=1 runs steps 1 and 2 only.
+# JINA_GPU_SKIP_CLI=1 runs steps 1 and 2 only; JINA_GPU_SKIP_ENGINE=1 skips step 2 (scripts/test.sh
+# ran those tests already). With JINA_EMBED_BIN set (a `jina-embed` built with the feature, as
+# scripts/test.sh's test step builds it), step 3 uses that binary instead of building one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,17 +29,22 @@ icd=$(ls /usr/share/vulkan/icd.d/lvp_icd*.json | head -n 1)
 export VK_ICD_FILENAMES="$icd"
 echo "lavapipe: $icd (mesa-vulkan-drivers $(dpkg-query -W -f='${Version}' mesa-vulkan-drivers 2>/dev/null || echo '?'))"
 
-started=$SECONDS
-cargo test --release -p jina-engine --features gpu --test gpu
-echo "   engine GPU tests: $((SECONDS - started)) s"
+if [ "${JINA_GPU_SKIP_ENGINE:-0}" != 1 ]; then
+    started=$SECONDS
+    cargo test --release -p jina-engine --features gpu --test gpu
+    echo "   engine GPU tests: $((SECONDS - started)) s"
+fi
 
 if [ "${JINA_GPU_SKIP_CLI:-0}" = 1 ]; then
     exit 0
 fi
-started=$SECONDS
-cargo build --release -q -p jina-embed --features gpu
-bin="${CARGO_TARGET_DIR:-$PWD/target}/release/jina-embed"
-echo "   jina-embed --features gpu built: $((SECONDS - started)) s"
+bin="${JINA_EMBED_BIN:-}"
+if [ -z "$bin" ]; then
+    started=$SECONDS
+    cargo build --release -q -p jina-embed --features gpu
+    bin="${CARGO_TARGET_DIR:-$PWD/target}/release/jina-embed"
+    echo "   jina-embed --features gpu built: $((SECONDS - started)) s"
+fi
 
 dir=$(mktemp -d)
 server=""

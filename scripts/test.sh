@@ -18,14 +18,29 @@ if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 
 fi
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
+# The same with the wgpu backend (`gpu` feature) compiled in.
+cargo clippy --workspace --all-targets --features jina-embed/gpu -- -D warnings
 if [ -f scripts/setup-test-venv.sh ]; then
     # A Python venv with the real client libraries that the client tests drive.
     bash scripts/setup-test-venv.sh
 fi
-step "cargo test --release --workspace"
+# The workspace's tests are built with the wgpu backend (`gpu`) compiled in, so that the GPU tests
+# (crates/engine/tests/gpu.rs) run among them on Mesa's lavapipe, installed here (apt, root; from
+# bookworm-backports) and made the only Vulkan driver. Every other test loads its models on the
+# CPU (`--device auto` never takes a software adapter), as the default build does.
+# JINA_SKIP_GPU=1 builds and tests without it.
+features=()
+if [ "${JINA_SKIP_GPU:-0}" != 1 ]; then
+    step "lavapipe (software Vulkan) for the GPU tests"
+    if [ "$(id -u)" -eq 0 ]; then bash scripts/setup-lavapipe.sh; else sudo bash scripts/setup-lavapipe.sh; fi
+    VK_ICD_FILENAMES=$(ls /usr/share/vulkan/icd.d/lvp_icd*.json | head -n 1)
+    export VK_ICD_FILENAMES
+    features=(--features jina-embed/gpu)
+fi
+step "cargo test --release --workspace ${features[*]}"
 export JINA_VARIANT_LOG="$PWD/target/variant-runs.txt"
 mkdir -p target && rm -f "$JINA_VARIANT_LOG"
-cargo test --release --workspace "$@"
+cargo test --release --workspace "${features[@]}" "$@"
 # The `jina-embed` that step built, for the steps below that run it: `cargo build -p jina-embed`
 # would build it again with other features (the workspace's dev-dependencies are unified into a
 # test build), 3.5 minutes of the 2-core CI machine.
@@ -59,6 +74,13 @@ fi
 if [ "${JINA_SKIP_AARCH64:-0}" != 1 ]; then
     step "aarch64 under qemu"
     bash scripts/test-aarch64.sh
+fi
+# `jina-embed` on the GPU backend (lavapipe): info, embed and serve with --device gpu against
+# --device cpu (scripts/test-gpu.sh, on the binary the test step built with the feature; the
+# engine's GPU tests already ran in that step).
+if [ "${JINA_SKIP_GPU:-0}" != 1 ]; then
+    step "jina-embed on the GPU backend (lavapipe)"
+    JINA_GPU_SKIP_ENGINE=1 bash scripts/test-gpu.sh
 fi
 # Fuzzing, bounded (docs/reliability.md): the libFuzzer targets of fuzz/, built by a plain cargo
 # build with cargo-fuzz's instrumentation (no cargo-fuzz install; stable Rust), 30 s each.
