@@ -205,7 +205,12 @@ impl Model {
         let (device, gpu) = device::resolve(options.device)?;
         tracing::info!(device = %device.summary(), requested = %options.device, "device resolved");
         for reason in &device.fallbacks {
-            tracing::warn!("device {}: {reason}", options.device);
+            // `auto` on the CPU is what it promises, not a problem worth a warning.
+            if options.device == DeviceChoice::Auto && !device.is_gpu() {
+                tracing::debug!("device {}: {reason}", options.device);
+            } else {
+                tracing::warn!("device {}: {reason}", options.device);
+            }
         }
         let encoder = Encoder::load(&weights, &config, plan, gpu)?;
         let default_task = config
