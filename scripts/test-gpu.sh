@@ -12,7 +12,10 @@
 #   3. `jina-embed` built with `--features gpu`: `info --device gpu` names lavapipe; `embed
 #      --device gpu` equals `embed --device cpu` within 2e-5; `serve --device gpu` names the
 #      device in /v1/models and answers /v1/embeddings with the CPU's vectors.
-# JINA_GPU_SKIP_CLI=1 runs steps 1 and 2 only; JINA_GPU_SKIP_ENGINE=1 skips step 2 (scripts/test.sh
+#   4. The Python package built with `--features gpu` (maturin, into its own venv .venv-py-gpu with
+#      numpy and pytest): crates/python/tests/gpu/ (golden cases, every task vs the CPU, threads
+#      sharing the device, f16 at cosine >= 0.999, fallbacks named, auto never on lavapipe).
+# JINA_GPU_SKIP_PYTHON=1 skips step 4. JINA_GPU_SKIP_CLI=1 runs steps 1 and 2 only; JINA_GPU_SKIP_ENGINE=1 skips step 2 (scripts/test.sh
 # ran those tests already). With JINA_EMBED_BIN set (a `jina-embed` built with the feature, as
 # scripts/test.sh's test step builds it), step 3 uses that binary instead of building one.
 set -euo pipefail
@@ -93,3 +96,19 @@ assert card["kind"] == "gpu" and "llvmpipe" in card["adapter"], card
 assert card["backend"] == "Vulkan" and card["adapter_kind"] == "software", card
 print(f"/v1/models: device {card['kind']}, {card['adapter']} ({card['backend']}, {card['adapter_kind']}), max_batch_tokens {card['max_batch_tokens']}")
 PY
+
+if [ "${JINA_GPU_SKIP_PYTHON:-0}" = 1 ]; then
+    exit 0
+fi
+started=$SECONDS
+venv=.venv-py-gpu
+[ -x "$venv/bin/python" ] || "${PYTHON:-python3}" -m venv "$venv"
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check "maturin>=1.7,<2" "numpy>=1.24" "pytest>=7"
+wheels="${CARGO_TARGET_DIR:-$PWD/target}/wheels-gpu"
+rm -f "$wheels"/jina_embeddings_rs-*.whl
+"$venv/bin/maturin" build --release --quiet -m crates/python/Cargo.toml --features gpu -o "$wheels"
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check --force-reinstall --no-deps "$wheels"/jina_embeddings_rs-*.whl
+echo "   Python wheel --features gpu built and installed: $((SECONDS - started)) s"
+# From the tests folder (its conftest.py and pytest.ini), so that the wheel, not the source, is imported.
+(cd crates/python/tests && "../../../$venv/bin/python" -m pytest -q -p no:cacheprovider gpu)
+echo "   Python GPU tests: $((SECONDS - started)) s"

@@ -97,13 +97,18 @@ pub fn run(args: BenchArgs, profile: Option<crate::logging::SpanTimes>) -> anyho
     let model =
         Model::load_with(&dir, options).with_context(|| format!("loading {}", dir.display()))?;
     let plan = model.kernel_plan().clone();
-    eprintln!("kernels: {}", plan.summary());
+    let on_gpu = model.device_plan().is_gpu();
+    if !on_gpu {
+        eprintln!("kernels: {}", plan.summary());
+    }
     eprintln!("device: {}", model.device_plan().summary());
     for reason in &model.device_plan().fallbacks {
         eprintln!("device note: {reason}");
     }
+    for reason in model.precision_fallbacks() {
+        eprintln!("precision note: {reason}");
+    }
     let device = model.device_plan().summary();
-    let on_gpu = model.device_plan().is_gpu();
     let adapter = model.adapter_of(&args.task)?;
     let vocab = model.config().vocab_size as u64;
     println!(
@@ -142,10 +147,11 @@ pub fn run(args: BenchArgs, profile: Option<crate::logging::SpanTimes>) -> anyho
             shape: format!("{batch}x{tokens}"),
             batch,
             tokens,
-            precision: plan.precision().name(),
+            precision: model.precision().name(),
             requested_precision: plan.requested.name(),
             isa: plan.isa().name(),
-            kernels: format!("linear {}; attention {}", plan.linear, plan.attention),
+            kernels: gpu_kernels(model.device_plan())
+                .unwrap_or_else(|| format!("linear {}; attention {}", plan.linear, plan.attention)),
             device: device.clone(),
             device_weights_mib: model
                 .device_memory()
@@ -303,4 +309,13 @@ fn peak_rss_mb() -> f64 {
                 .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
         })
         .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// On a GPU, what its linear layers and attention run (the CPU kernels only embed and pool).
+fn gpu_kernels(device: &jina_engine::DevicePlan) -> Option<String> {
+    Some(format!(
+        "linear {}; attention {}",
+        device.operation("linear")?,
+        device.operation("attention")?
+    ))
 }

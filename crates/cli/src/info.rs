@@ -85,6 +85,7 @@ pub fn run(args: InfoArgs) -> anyhow::Result<()> {
         jina_engine::Precision::F32,
         jina_engine::Precision::Bf16,
         jina_engine::Precision::Int8,
+        jina_engine::Precision::F16,
     ]
     .into_iter()
     .map(|p| {
@@ -98,7 +99,24 @@ pub fn run(args: InfoArgs) -> anyhow::Result<()> {
         })
     })
     .collect();
-    let device = jina_engine::device::plan_device(args.device)?;
+    let device = jina_engine::device::plan_device(args.device, jina_engine::Precision::F32)?;
+    // On a GPU, what its fast path would run (f16 needs the adapter's shader-f16).
+    let gpu_precisions: Vec<_> = if device.is_gpu() {
+        [jina_engine::Precision::F32, jina_engine::Precision::F16]
+            .into_iter()
+            .map(|p| {
+                let plan = jina_engine::device::plan_device(args.device, p)?;
+                Ok(json!({
+                    "requested": p.name(),
+                    "runs": plan.precision.unwrap_or_default().name(),
+                    "linear": plan.operations.iter().find(|(op, _)| *op == "linear").map(|(_, how)| how.clone()),
+                    "fallbacks": plan.precision_fallbacks,
+                }))
+            })
+            .collect::<anyhow::Result<_>>()?
+    } else {
+        Vec::new()
+    };
     let device = json!({
         "kind": device.name(),
         "requested": device.requested.name(),
@@ -113,6 +131,7 @@ pub fn run(args: InfoArgs) -> anyhow::Result<()> {
             "shader_f16": g.shader_f16,
         })),
         "operations": device.operations.iter().map(|(op, how)| json!({"operation": op, "runs": how})).collect::<Vec<_>>(),
+        "precisions": gpu_precisions,
         "fallbacks": device.fallbacks,
     });
     let info = json!({
@@ -227,6 +246,23 @@ fn print_text(info: &serde_json::Value, dir: &Path) {
     }
     for reason in info["device"]["fallbacks"].as_array().into_iter().flatten() {
         println!("        {}", reason.as_str().unwrap_or(""));
+    }
+    if let Some(precisions) = info["device"]["precisions"]
+        .as_array()
+        .filter(|p| !p.is_empty())
+    {
+        println!("  precisions   (what --precision runs on this GPU)");
+        for p in precisions {
+            println!(
+                "    {:<5} runs {:<5} linear {}",
+                p["requested"].as_str().unwrap_or(""),
+                p["runs"].as_str().unwrap_or(""),
+                p["linear"].as_str().unwrap_or("")
+            );
+            for reason in p["fallbacks"].as_array().into_iter().flatten() {
+                println!("          {}", reason.as_str().unwrap_or(""));
+            }
+        }
     }
     println!("files");
     for file in info["files"].as_array().into_iter().flatten() {

@@ -11,6 +11,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use crate::error::{Error, Result};
+use crate::precision::Precision;
 
 /// The environment variable that sets the device where a front end's option does not.
 pub const DEVICE_ENV: &str = "JINA_DEVICE";
@@ -148,7 +149,12 @@ pub struct DevicePlan {
     /// What each operation runs on and in which precision, on a GPU plan (empty on the CPU,
     /// whose kernels are the [`crate::KernelPlan`]'s).
     pub operations: Vec<(&'static str, String)>,
-    /// Why what runs differs from what was asked for, one line each.
+    /// The precision the blocks run at on the GPU: f16 where it was asked for and the adapter
+    /// has `shader-f16`, else f32. `None` on the CPU, whose precision is the kernel plan's.
+    pub precision: Option<Precision>,
+    /// Why the GPU's precision differs from the one asked for (empty on the CPU).
+    pub precision_fallbacks: Vec<String>,
+    /// Why the device differs from what was asked for, one line each.
     pub fallbacks: Vec<String>,
 }
 
@@ -159,6 +165,8 @@ impl DevicePlan {
             requested,
             gpu: None,
             operations: Vec::new(),
+            precision: None,
+            precision_fallbacks: Vec::new(),
             fallbacks: reason.into_iter().collect(),
         }
     }
@@ -175,6 +183,14 @@ impl DevicePlan {
     /// Whether a GPU runs the encoder.
     pub fn is_gpu(&self) -> bool {
         self.gpu.is_some()
+    }
+
+    /// How `operation` (`linear`, `attention`, ...) runs on the GPU; `None` on the CPU.
+    pub fn operation(&self, operation: &str) -> Option<&str> {
+        self.operations
+            .iter()
+            .find(|(op, _)| *op == operation)
+            .map(|(_, how)| how.as_str())
     }
 
     /// One line for logs and reports: the device, and on a GPU its adapter, API and kind.
@@ -198,10 +214,10 @@ impl DevicePlan {
     }
 }
 
-/// The plan `requested` resolves to on this machine, as a model load would make it (the GPU
-/// adapter is opened to read its limits, and closed again; no weights are uploaded).
-pub fn plan_device(requested: DeviceChoice) -> Result<DevicePlan> {
-    resolve(requested).map(|(plan, _)| plan)
+/// The plan `requested` resolves to on this machine for `precision`, as a model load would make
+/// it (the GPU adapter is opened to read its limits, and closed again; no weights are uploaded).
+pub fn plan_device(requested: DeviceChoice, precision: Precision) -> Result<DevicePlan> {
+    resolve(requested, precision).map(|(plan, _)| plan)
 }
 
 /// An opened GPU, as the encoder takes it (nothing can be opened without the `gpu` feature).
@@ -214,7 +230,10 @@ pub(crate) type GpuHandle = std::convert::Infallible;
 /// Resolves `requested` into a plan and, on a GPU, the opened device. Without the `gpu`
 /// feature, `gpu` is an error that says how to build it and `auto` is the CPU.
 #[cfg(not(feature = "gpu"))]
-pub(crate) fn resolve(requested: DeviceChoice) -> Result<(DevicePlan, Option<GpuHandle>)> {
+pub(crate) fn resolve(
+    requested: DeviceChoice,
+    _precision: Precision,
+) -> Result<(DevicePlan, Option<GpuHandle>)> {
     const NOT_BUILT: &str = "this build has no GPU backend (build with `--features gpu`)";
     match requested {
         DeviceChoice::Cpu => Ok((DevicePlan::cpu(requested, None), None)),
@@ -226,9 +245,13 @@ pub(crate) fn resolve(requested: DeviceChoice) -> Result<(DevicePlan, Option<Gpu
     }
 }
 
-/// Resolves `requested` into a plan and, on a GPU, the opened device.
+/// Resolves `requested` into a plan (its GPU precision from `precision`) and, on a GPU, the
+/// opened device.
 #[cfg(feature = "gpu")]
-pub(crate) fn resolve(requested: DeviceChoice) -> Result<(DevicePlan, Option<GpuHandle>)> {
+pub(crate) fn resolve(
+    requested: DeviceChoice,
+    precision: Precision,
+) -> Result<(DevicePlan, Option<GpuHandle>)> {
     use crate::gpu::GpuContext;
     match requested {
         DeviceChoice::Cpu => Ok((DevicePlan::cpu(requested, None), None)),
@@ -240,10 +263,10 @@ pub(crate) fn resolve(requested: DeviceChoice) -> Result<(DevicePlan, Option<Gpu
                         .into(),
                 )
             })?;
-            Ok((context.plan(requested), Some(context)))
+            Ok((context.plan(requested, precision), Some(context)))
         }
         DeviceChoice::Auto => match GpuContext::open(true) {
-            Ok(Some(context)) => Ok((context.plan(requested), Some(context))),
+            Ok(Some(context)) => Ok((context.plan(requested, precision), Some(context))),
             Ok(None) => Ok((
                 DevicePlan::cpu(requested, Some("auto: no hardware GPU adapter".into())),
                 None,
@@ -273,9 +296,11 @@ mod tests {
     #[cfg(not(feature = "gpu"))]
     #[test]
     fn without_the_gpu_feature_gpu_is_refused_and_auto_is_the_cpu() {
-        let err = resolve(DeviceChoice::Gpu).unwrap_err().to_string();
+        let err = resolve(DeviceChoice::Gpu, Precision::F32)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("--features gpu"), "{err}");
-        let (plan, _) = resolve(DeviceChoice::Auto).unwrap();
+        let (plan, _) = resolve(DeviceChoice::Auto, Precision::F32).unwrap();
         assert_eq!(plan.name(), "cpu");
         assert!(
             plan.fallbacks[0].contains("no GPU backend"),

@@ -197,12 +197,7 @@ impl Model {
         let weights = Weights::open(&dir.join("model.safetensors"), &config)?;
         let cpu = Cpu::host_checked()?;
         let cpu = options.max_isa.map_or(cpu, |isa| cpu.capped(isa));
-        let plan = KernelPlan::resolve(options.precision, cpu, weights.linear_weights_are_bf16());
-        tracing::info!(plan = %plan.summary(), cpu = ?cpu.feature_names(), "kernels resolved");
-        for reason in &plan.fallbacks {
-            tracing::warn!("precision {}: {reason}", options.precision.name());
-        }
-        let (device, gpu) = device::resolve(options.device)?;
+        let (device, gpu) = device::resolve(options.device, options.precision)?;
         tracing::info!(device = %device.summary(), requested = %options.device, "device resolved");
         for reason in &device.fallbacks {
             // `auto` on the CPU is what it promises, not a problem worth a warning.
@@ -212,6 +207,23 @@ impl Model {
                 tracing::warn!("device {}: {reason}", options.device);
             }
         }
+        let plan = KernelPlan::resolve(options.precision, cpu, weights.linear_weights_are_bf16());
+        if let Some(precision) = device.precision {
+            tracing::info!(precision = precision.name(), "the blocks run on the GPU");
+        } else {
+            tracing::info!(plan = %plan.summary(), cpu = ?cpu.feature_names(), "kernels resolved");
+        }
+        // On a GPU the CPU kernels only embed and pool: the device's reasons are the ones that
+        // matter.
+        let precision_fallbacks = if device.is_gpu() {
+            &device.precision_fallbacks
+        } else {
+            &plan.fallbacks
+        };
+        for reason in precision_fallbacks {
+            tracing::warn!("precision {}: {reason}", options.precision.name());
+        }
+        let gpu = gpu.map(|context| (context, device.precision.unwrap_or_default()));
         let encoder = Encoder::load(&weights, &config, plan, gpu)?;
         let default_task = config
             .lora_adaptations
@@ -249,9 +261,21 @@ impl Model {
     }
 
     /// Precision of the linear layers as they run (which may differ from the one asked for:
-    /// [`Model::kernel_plan`] says why).
+    /// [`Model::precision_fallbacks`] says why): the GPU's on a GPU, else the CPU kernels'.
     pub fn precision(&self) -> Precision {
-        self.encoder.precision()
+        self.device
+            .precision
+            .unwrap_or_else(|| self.encoder.precision())
+    }
+
+    /// Why the precision that runs differs from the one asked for, on the device that runs the
+    /// blocks (the kernel plan's reasons on the CPU, the GPU plan's on a GPU).
+    pub fn precision_fallbacks(&self) -> &[String] {
+        if self.device.is_gpu() {
+            &self.device.precision_fallbacks
+        } else {
+            &self.encoder.plan().fallbacks
+        }
     }
 
     /// What runs: precision asked for and resolved, instruction set, kernels, fallbacks.

@@ -601,7 +601,7 @@ impl Encoder {
         weights: &Weights,
         config: &Config,
         plan: KernelPlan,
-        gpu: Option<GpuHandle>,
+        gpu: Option<(GpuHandle, Precision)>,
     ) -> Result<Self> {
         let rotary = RotaryTable::new(
             config.head_dim(),
@@ -615,11 +615,11 @@ impl Encoder {
                     .collect::<Result<Vec<_>>>()?,
             ),
             #[cfg(feature = "gpu")]
-            Some(context) => Blocks::Gpu(Box::new(crate::gpu::GpuBlocks::load(
-                context, weights, config, &rotary,
+            Some((context, precision)) => Blocks::Gpu(Box::new(crate::gpu::GpuBlocks::load(
+                context, weights, config, &rotary, precision,
             )?)),
             #[cfg(not(feature = "gpu"))]
-            Some(never) => match never {},
+            Some((never, _)) => match never {},
         };
         Ok(Encoder {
             embeddings: Embeddings::load(weights, config)?,

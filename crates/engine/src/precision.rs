@@ -22,6 +22,11 @@ pub enum Precision {
     /// results); attention in bf16 (f32 without a bf16 dot product). Where no int8 kernel of
     /// ours runs, f32, reported as the resolved precision. Cosine to f32 is gated at ≥ 0.99.
     Int8,
+    /// The GPU's fast path: f16 weights and activations in the linear layers' products, summed
+    /// in f32, where the adapter has `shader-f16` (`--device gpu`); everything else f32. The
+    /// CPU kernels have no f16 path and run f32, reported as the resolved precision. Cosine to
+    /// f32 is gated at ≥ 0.999.
+    F16,
 }
 
 impl Precision {
@@ -31,6 +36,7 @@ impl Precision {
             Precision::F32 => "f32",
             Precision::Bf16 => "bf16",
             Precision::Int8 => "int8",
+            Precision::F16 => "f16",
         }
     }
 }
@@ -42,8 +48,9 @@ impl FromStr for Precision {
             "f32" => Ok(Precision::F32),
             "bf16" => Ok(Precision::Bf16),
             "int8" => Ok(Precision::Int8),
+            "f16" => Ok(Precision::F16),
             other => Err(Error::InvalidRequest(format!(
-                "precision {other:?} is not supported; accepted values are f32, bf16, int8"
+                "precision {other:?} is not supported; accepted values are f32, bf16, int8, f16"
             ))),
         }
     }

@@ -12,19 +12,34 @@ use common::{cosine, golden, golden_failures, max_abs_diff, small_fixture_dir};
 use jina_engine::fixture::{write_fixture, FixtureShape};
 use jina_engine::weights::Weights;
 use jina_engine::{
-    AdapterWeights, DeviceChoice, EmbedRequest, Error, LateChunking, LoadOptions, Model, Sequence,
+    AdapterWeights, DeviceChoice, EmbedRequest, Error, LateChunking, LoadOptions, Model, Precision,
+    Sequence,
 };
 
 /// `dir` loaded on the GPU; panics unless the plan says a GPU runs it.
 fn gpu_model(dir: &Path) -> Model {
+    gpu_model_at(dir, Precision::F32)
+}
+
+/// `dir` loaded on the GPU at `precision`; panics unless a GPU runs it at that precision (f16
+/// needs `shader-f16`, which CI's lavapipe from Mesa 25 offers: its absence is a failure, not a
+/// skip).
+fn gpu_model_at(dir: &Path, precision: Precision) -> Model {
     let options = LoadOptions {
         device: DeviceChoice::Gpu,
+        precision,
         ..Default::default()
     };
     let model = Model::load_with(dir, options).expect("load on --device gpu");
     let plan = model.device_plan();
     assert!(plan.is_gpu(), "the model runs on the CPU: {plan:?}");
-    println!("device: {}", plan.summary());
+    assert_eq!(
+        model.precision(),
+        precision,
+        "the GPU runs another precision: {:?}",
+        model.precision_fallbacks()
+    );
+    println!("device: {} at {}", plan.summary(), precision.name());
     model
 }
 
@@ -133,6 +148,90 @@ fn a_larger_fixture_matches_the_cpu_for_every_task_long_inputs_and_late_chunking
     }
 }
 
+/// The f16 path's vectors against the reference: each at cosine ≥ 0.999 (the gate);
+/// returns the worst cosine and the largest difference (zero would mean f32 ran).
+fn assert_f16_close(f16: &[Vec<f32>], reference: &[Vec<f32>], what: &str) -> (f32, f32) {
+    assert_eq!(f16.len(), reference.len(), "{what}: number of vectors");
+    let (mut worst, mut largest) = (1.0f32, 0.0f32);
+    for (i, (h, r)) in f16.iter().zip(reference).enumerate() {
+        let cos = cosine(h, r);
+        assert!(cos >= 0.999, "{what}, vector {i}: cosine {cos} < 0.999");
+        worst = worst.min(cos);
+        largest = largest.max(max_abs_diff(h, r));
+    }
+    println!("{what:<40} f16: worst cosine {worst:.7}, max |diff| {largest:.2e}");
+    (worst, largest)
+}
+
+#[test]
+fn f16_matches_the_official_outputs_at_cosine_0_999_and_is_not_f32() {
+    let golden = golden();
+    let model = gpu_model_at(small_fixture_dir(), Precision::F16);
+    let linear = &model.device_plan().operations;
+    assert!(
+        linear
+            .iter()
+            .any(|(op, how)| *op == "linear" && how.contains("f16")),
+        "{linear:?}"
+    );
+    let mut largest = 0.0f32;
+    for (n, case) in golden.cases.iter().enumerate() {
+        let got = model.embed(&common::request_of(case)).unwrap();
+        let (_, diff) = assert_f16_close(&got.embeddings, &case.embeddings, &format!("case {n}"));
+        largest = largest.max(diff);
+    }
+    // Rounding to f16 must show: identical vectors would mean the f32 kernels ran.
+    assert!(largest > 1e-6, "f16 gave the f32 results exactly");
+}
+
+#[test]
+fn f16_on_a_larger_fixture_every_task_long_inputs_and_late_chunking_stay_at_cosine_0_999() {
+    let (gpu, cpu) = models_with_a_custom_adapter(Precision::F16);
+    let mut texts: Vec<String> = vec![
+        "What is the capital of France?".into(),
+        "Ein kurzer deutscher Satz.".into(),
+    ];
+    let mut tasks = gpu.tasks().to_vec();
+    tasks.extend(["none".to_string(), "mine".to_string()]);
+    for task in &tasks {
+        let request = EmbedRequest::new(texts.clone()).with_task(task);
+        let (g, c) = (gpu.embed(&request).unwrap(), cpu.embed(&request).unwrap());
+        assert_f16_close(&g.embeddings, &c.embeddings, task);
+    }
+    texts.insert(1, long_text());
+    let long = EmbedRequest::new(texts.clone()).with_task("retrieval.query");
+    let (g, c) = (gpu.embed(&long).unwrap(), cpu.embed(&long).unwrap());
+    assert!(g.total_tokens > 600, "{} tokens", g.total_tokens);
+    assert_f16_close(&g.embeddings, &c.embeddings, "long input");
+    let mut late = EmbedRequest::new(texts).with_task("retrieval.passage");
+    late.late_chunking = LateChunking::On;
+    let (g, c) = (gpu.embed(&late).unwrap(), cpu.embed(&late).unwrap());
+    assert_f16_close(&g.embeddings, &c.embeddings, "late chunking");
+}
+
+#[test]
+fn precisions_without_gpu_kernels_run_f32_on_the_gpu_and_say_why() {
+    for precision in [Precision::Bf16, Precision::Int8] {
+        let options = LoadOptions {
+            device: DeviceChoice::Gpu,
+            precision,
+            ..Default::default()
+        };
+        let model = Model::load_with(small_fixture_dir(), options).unwrap();
+        assert!(model.device_plan().is_gpu());
+        assert_eq!(model.precision(), Precision::F32);
+        let why = model.precision_fallbacks().join("; ");
+        assert!(
+            why.contains(precision.name()) && why.contains("f16"),
+            "{why}"
+        );
+        // What runs is the f32 path: the official numbers.
+        let case = &golden().cases[1];
+        let got = model.embed(&common::request_of(case)).unwrap();
+        assert_close(&got.embeddings, &case.embeddings, precision.name());
+    }
+}
+
 /// A custom adapter: the checkpoint's `task`, every LoRA value scaled so that it differs.
 fn custom_adapter(dir: &Path, model: &Model, task: usize) -> AdapterWeights {
     let weights = Weights::open(&dir.join("model.safetensors"), model.config()).unwrap();
@@ -143,15 +242,8 @@ fn custom_adapter(dir: &Path, model: &Model, task: usize) -> AdapterWeights {
     adapter
 }
 
-#[test]
-fn mixed_batches_of_builtin_and_custom_tasks_match_the_cpu() {
-    let dir = larger_fixture_dir();
-    let (gpu, cpu) = (gpu_model(dir), cpu_model(dir));
-    for model in [&gpu, &cpu] {
-        let adapter = custom_adapter(dir, model, 1);
-        let null = serde_json::Value::Null;
-        model.add_adapter("mine", "Mine: ", adapter, null).unwrap();
-    }
+/// Sequences of several built-in tasks, no task and the custom adapter `mine`, in one batch.
+fn mixed_batch(model: &Model) -> Vec<Sequence> {
     let tasks = [
         "retrieval.query",
         "mine",
@@ -160,45 +252,77 @@ fn mixed_batches_of_builtin_and_custom_tasks_match_the_cpu() {
         "mine",
         "separation",
     ];
-    let plans = |model: &Model| -> Vec<Sequence> {
-        tasks
-            .iter()
-            .enumerate()
-            .flat_map(|(i, task)| {
-                let text = format!("input {i} for {task}: {}", "words ".repeat(i * 8));
-                let request = EmbedRequest::new(vec![text]).with_task(task);
-                model.plan(&request).unwrap().sequences
-            })
-            .collect()
-    };
-    let (gs, cs) = (plans(&gpu), plans(&cpu));
-    let g = gpu.run(&gs.iter().collect::<Vec<_>>()).unwrap();
-    let c = cpu.run(&cs.iter().collect::<Vec<_>>()).unwrap();
-    let finish = |sums: Vec<Vec<jina_engine::SpanSum>>| -> Vec<Vec<f32>> {
-        sums.into_iter()
-            .map(|s| {
-                let mean: Vec<f32> = s[0]
-                    .sum
-                    .iter()
-                    .map(|v| (v / s[0].count as f64) as f32)
-                    .collect();
-                jina_engine::pooling::finish_vector(
-                    mean,
-                    jina_engine::Finish {
-                        dimensions: None,
-                        normalized: true,
-                    },
-                )
-            })
-            .collect()
-    };
-    assert_close(&finish(g), &finish(c), "mixed batch");
+    tasks
+        .iter()
+        .enumerate()
+        .flat_map(|(i, task)| {
+            let text = format!("input {i} for {task}: {}", "words ".repeat(i * 8));
+            let request = EmbedRequest::new(vec![text]).with_task(task);
+            model.plan(&request).unwrap().sequences
+        })
+        .collect()
+}
+
+/// The normalised mean-pooled vectors of one forward pass over `batch`.
+fn run_pooled(model: &Model, batch: &[Sequence]) -> Vec<Vec<f32>> {
+    let sums = model.run(&batch.iter().collect::<Vec<_>>()).unwrap();
+    sums.into_iter()
+        .map(|s| {
+            let mean: Vec<f32> = s[0]
+                .sum
+                .iter()
+                .map(|v| (v / s[0].count as f64) as f32)
+                .collect();
+            jina_engine::pooling::finish_vector(
+                mean,
+                jina_engine::Finish {
+                    dimensions: None,
+                    normalized: true,
+                },
+            )
+        })
+        .collect()
+}
+
+/// The GPU model at `precision` and the CPU f32 one on the larger fixture, both serving the
+/// custom adapter `mine`.
+fn models_with_a_custom_adapter(precision: Precision) -> (Model, Model) {
+    let dir = larger_fixture_dir();
+    let (gpu, cpu) = (gpu_model_at(dir, precision), cpu_model(dir));
+    for model in [&gpu, &cpu] {
+        let adapter = custom_adapter(dir, model, 1);
+        let null = serde_json::Value::Null;
+        model.add_adapter("mine", "Mine: ", adapter, null).unwrap();
+    }
+    (gpu, cpu)
+}
+
+#[test]
+fn mixed_batches_of_builtin_and_custom_tasks_match_the_cpu() {
+    let (gpu, cpu) = models_with_a_custom_adapter(Precision::F32);
+    let (gs, cs) = (mixed_batch(&gpu), mixed_batch(&cpu));
+    assert_close(
+        &run_pooled(&gpu, &gs),
+        &run_pooled(&cpu, &cs),
+        "mixed batch",
+    );
     // Each sequence alone gives what it gave in the mixed batch.
     let alone = gpu.run(&[&gs[1]]).unwrap();
     let mixed = gpu.run(&gs.iter().collect::<Vec<_>>()).unwrap();
     assert_eq!(
         alone[0], mixed[1],
         "a sequence's result depends on its batch"
+    );
+}
+
+#[test]
+fn f16_mixed_batches_stay_at_cosine_0_999_of_the_cpu() {
+    let (gpu, cpu) = models_with_a_custom_adapter(Precision::F16);
+    let (gs, cs) = (mixed_batch(&gpu), mixed_batch(&cpu));
+    assert_f16_close(
+        &run_pooled(&gpu, &gs),
+        &run_pooled(&cpu, &cs),
+        "mixed batch",
     );
 }
 

@@ -400,11 +400,13 @@ impl Model {
         info.set_item("precision", model.precision().name())?;
         info.set_item("requested_precision", plan.requested.name())?;
         info.set_item("isa", plan.isa().name())?;
-        info.set_item(
-            "kernels",
-            format!("linear {}; attention {}", plan.linear, plan.attention),
-        )?;
-        info.set_item("precision_fallbacks", plan.fallbacks.clone())?;
+        let device = model.device_plan();
+        let kernels = match (device.operation("linear"), device.operation("attention")) {
+            (Some(linear), Some(attention)) => format!("linear {linear}; attention {attention}"),
+            _ => format!("linear {}; attention {}", plan.linear, plan.attention),
+        };
+        info.set_item("kernels", kernels)?;
+        info.set_item("precision_fallbacks", model.precision_fallbacks().to_vec())?;
         info.set_item("weights_dtype", model.weights_dtype())?;
         info.set_item("parameters", model.parameter_count())?;
         info.set_item("dimensions", config.hidden_size)?;

@@ -54,6 +54,7 @@ impl ModelInfo {
     /// The info of a loaded engine model.
     pub fn of(model: &Model) -> ModelInfo {
         let plan = model.kernel_plan();
+        let device = model.device_plan();
         ModelInfo {
             hidden_size: model.config().hidden_size,
             max_tokens: model.max_tokens(),
@@ -63,9 +64,14 @@ impl ModelInfo {
             precision: model.precision().name().to_string(),
             requested_precision: plan.requested.name().to_string(),
             isa: plan.isa().name().to_string(),
-            linear_kernel: plan.linear.to_string(),
-            attention_kernel: plan.attention.to_string(),
-            fallbacks: plan.fallbacks.clone(),
+            // On a GPU its operations, not the CPU kernels (which only embed and pool).
+            linear_kernel: device
+                .operation("linear")
+                .map_or_else(|| plan.linear.to_string(), str::to_string),
+            attention_kernel: device
+                .operation("attention")
+                .map_or_else(|| plan.attention.to_string(), str::to_string),
+            fallbacks: model.precision_fallbacks().to_vec(),
             device: model.device_plan().clone(),
             device_max_batch_tokens: model.device_max_batch_tokens(),
         }

@@ -9,7 +9,9 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use super::kernels::{self, KernelShapes, Kernels, LinearDispatch, LoraBuffers, Recorder};
+use super::kernels::{
+    self, KernelShapes, Kernels, LinearDispatch, LoraBuffers, Recorder, WeightFormat,
+};
 use super::GpuContext;
 use crate::adapters::{LinearSite, TaskAdapter};
 use crate::config::Config;
@@ -17,13 +19,14 @@ use crate::device::DeviceMemory;
 use crate::error::{Error, Result};
 use crate::kernels::RotaryTable;
 use crate::model::EncoderInput;
+use crate::precision::Precision;
 use crate::weights::Weights;
 
 const NO_SLOT: u32 = u32::MAX;
 
 /// A linear layer's weights on the device.
 struct GpuLinear {
-    /// `[n_out × n_in]` as bf16 pairs or f32 bits.
+    /// `[n_out × n_in]` as f32 bits, or bf16 or f16 pairs.
     weight: wgpu::Buffer,
     bias: wgpu::Buffer,
     n_in: usize,
@@ -76,13 +79,15 @@ pub(crate) struct GpuBlocks {
 }
 
 impl GpuBlocks {
-    /// Uploads every block's weights (linear weights as bf16 when the checkpoint's values are
-    /// bf16, as the published one's are; else f32).
+    /// Uploads every block's weights for `precision` (f16 or f32, as the device plan chose):
+    /// at f16 the linear weights as f16; at f32 as bf16 when the checkpoint's values are bf16,
+    /// as the published one's are, else f32.
     pub fn load(
         context: GpuContext,
         weights: &Weights,
         config: &Config,
         rotary: &RotaryTable,
+        precision: Precision,
     ) -> Result<Self> {
         let rank = config.lora_rank;
         if rank > kernels::MAX_RANK {
@@ -91,9 +96,17 @@ impl GpuBlocks {
                 kernels::MAX_RANK
             )));
         }
-        let bf16 = weights.linear_weights_are_bf16();
+        let f16 = precision == Precision::F16;
+        let format = if f16 {
+            WeightFormat::F16
+        } else if weights.linear_weights_are_bf16() {
+            WeightFormat::Bf16
+        } else {
+            WeightFormat::F32
+        };
         let shapes = KernelShapes {
-            weight_bf16: bf16,
+            weights: format,
+            f16,
             head_dim: config.head_dim(),
         };
         let kernels = Kernels::compile(&context.device, &shapes)?;
@@ -124,10 +137,10 @@ impl GpuBlocks {
                 }
                 let a_offset = block_len;
                 block_len += a_len + b_len;
-                let stored = if bf16 {
-                    bf16_words(&w)
-                } else {
-                    w.iter().map(|v| v.to_bits()).collect()
+                let stored = match format {
+                    WeightFormat::F32 => w.iter().map(|v| v.to_bits()).collect(),
+                    WeightFormat::Bf16 => bf16_words(&w),
+                    WeightFormat::F16 => f16_words(&w),
                 };
                 Ok(GpuLinear {
                     weight: upload(&prefix, bytemuck::cast_slice(&stored)),
@@ -565,6 +578,16 @@ fn storage_init(context: &GpuContext, label: &str, bytes: &[u8]) -> wgpu::Buffer
         context.queue.write_buffer(&buffer, whole as u64, &tail);
     }
     buffer
+}
+
+/// f32 values rounded to f16 (to nearest; beyond ±65504 clamped), as f16 pairs in words
+/// (element `2j` in word `j`'s low half).
+fn f16_words(values: &[f32]) -> Vec<u32> {
+    let half = |v: f32| u32::from(half::f16::from_f32(v.clamp(-65504.0, 65504.0)).to_bits());
+    values
+        .chunks(2)
+        .map(|pair| half(pair[0]) | (pair.get(1).map_or(0, |v| half(*v)) << 16))
+        .collect()
 }
 
 /// f32 values that are bf16 values, as bf16 pairs in words (element `2j` in word `j`'s low half).

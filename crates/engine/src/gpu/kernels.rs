@@ -8,6 +8,7 @@ use wgpu::util::DeviceExt;
 use crate::error::{Error, Result};
 
 const LINEAR_WGSL: &str = include_str!("shaders/linear.wgsl");
+const LINEAR_F16_WGSL: &str = include_str!("shaders/linear_f16.wgsl");
 const NORM_WGSL: &str = include_str!("shaders/norm.wgsl");
 const ROTARY_WGSL: &str = include_str!("shaders/rotary.wgsl");
 const ATTENTION_WGSL: &str = include_str!("shaders/attention.wgsl");
@@ -24,16 +25,40 @@ const MATMUL_TILE: u32 = 64;
 /// Largest workgroup count along one dimension (WebGPU's minimum limit); longer grids wrap.
 const MAX_GROUPS_X: u32 = 65535;
 
-/// The shapes the shaders are specialised for.
+/// How the linear weights sit in their buffers (`WEIGHT_FORMAT` in `linear.wgsl`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum WeightFormat {
+    /// f32 bits, one per word.
+    F32,
+    /// bf16 pairs (the published checkpoint's values, exactly).
+    Bf16,
+    /// f16 pairs, for the f16 path.
+    F16,
+}
+
+impl WeightFormat {
+    fn code(self) -> u32 {
+        match self {
+            WeightFormat::F32 => 0,
+            WeightFormat::Bf16 => 1,
+            WeightFormat::F16 => 2,
+        }
+    }
+}
+
+/// The shapes and precision the shaders are specialised for.
 pub(super) struct KernelShapes {
-    /// Linear weights stored as bf16 pairs (else f32 bits).
-    pub weight_bf16: bool,
+    /// How the linear weights are stored.
+    pub weights: WeightFormat,
+    /// The linear layers multiply in f16 (`linear_f16.wgsl`; needs `shader-f16`).
+    pub f16: bool,
     /// Width of one attention head.
     pub head_dim: usize,
 }
 
 /// Every pipeline of the forward pass.
 pub(super) struct Kernels {
+    /// `matmul_f16` on the f16 path, else the f32 `matmul`.
     matmul: wgpu::ComputePipeline,
     lora_down: wgpu::ComputePipeline,
     add_layer_norm: wgpu::ComputePipeline,
@@ -53,12 +78,12 @@ impl Kernels {
                 shapes.head_dim
             )));
         }
-        let linear = LINEAR_WGSL
-            .replace(
-                "{{WEIGHT_BF16}}",
-                if shapes.weight_bf16 { "true" } else { "false" },
-            )
+        let mut linear = LINEAR_WGSL
+            .replace("{{WEIGHT_FORMAT}}", &shapes.weights.code().to_string())
             .replace("{{MAX_RANK}}", &MAX_RANK.to_string());
+        if shapes.f16 {
+            linear = format!("enable f16;\n{linear}\n{LINEAR_F16_WGSL}");
+        }
         let attention = ATTENTION_WGSL
             .replace("{{HEAD_DIM}}", &shapes.head_dim.to_string())
             .replace("{{KEY_TILE}}", &key_tile.to_string());
@@ -68,7 +93,11 @@ impl Kernels {
         let rotary = module(device, "rotary", ROTARY_WGSL);
         let attention = module(device, "attention", &attention);
         let kernels = Kernels {
-            matmul: pipeline(device, &linear, "matmul"),
+            matmul: pipeline(
+                device,
+                &linear,
+                if shapes.f16 { "matmul_f16" } else { "matmul" },
+            ),
             lora_down: pipeline(device, &linear, "lora_down"),
             add_layer_norm: pipeline(device, &norm, "add_layer_norm"),
             rotary: pipeline(device, &rotary, "rotary"),

@@ -22,6 +22,7 @@ pub(crate) use blocks::GpuBlocks;
 
 use crate::device::{DeviceChoice, DevicePlan, GpuAdapterInfo, GpuKind};
 use crate::error::{Error, Result};
+use crate::precision::Precision;
 
 /// The environment variable that picks an adapter by (part of) its name, case-insensitively,
 /// where a machine has several.
@@ -127,8 +128,9 @@ impl GpuContext {
         &self.info
     }
 
-    /// The plan of a model on this device.
-    pub(crate) fn plan(&self, requested: DeviceChoice) -> DevicePlan {
+    /// The plan of a model on this device at `precision`: f16 where it is asked for and the
+    /// adapter has `shader-f16`, else f32 with the reason.
+    pub(crate) fn plan(&self, requested: DeviceChoice, precision: Precision) -> DevicePlan {
         let mut fallbacks = Vec::new();
         if self.info.kind == GpuKind::Software {
             fallbacks.push(format!(
@@ -136,6 +138,31 @@ impl GpuContext {
                 self.info.name
             ));
         }
+        let mut precision_fallbacks = Vec::new();
+        let runs = match precision {
+            Precision::F32 => Precision::F32,
+            Precision::F16 if self.info.shader_f16 => Precision::F16,
+            Precision::F16 => {
+                precision_fallbacks.push(format!(
+                    "f16: {} does not offer shader-f16: f32",
+                    self.info.name
+                ));
+                Precision::F32
+            }
+            Precision::Bf16 | Precision::Int8 => {
+                precision_fallbacks.push(format!(
+                    "{}: the GPU backend has no {} kernels (its fast path is f16): f32",
+                    precision.name(),
+                    precision.name()
+                ));
+                Precision::F32
+            }
+        };
+        let linear = if runs == Precision::F16 {
+            "gpu f16 (f16 weights and activations, products summed in f32) + LoRA per row in f32"
+        } else {
+            "gpu f32 (bf16 weights unpacked in the shader) + LoRA per row"
+        };
         DevicePlan {
             requested,
             gpu: Some(self.info.clone()),
@@ -144,15 +171,14 @@ impl GpuContext {
                     "embeddings",
                     "cpu f32 (the word table stays on the CPU)".into(),
                 ),
-                (
-                    "linear",
-                    "gpu f32 (bf16 weights unpacked in the shader) + LoRA per row".into(),
-                ),
+                ("linear", linear.into()),
                 ("rotary", "gpu f32".into()),
                 ("attention", "gpu f32 (flash style, online softmax)".into()),
                 ("layer norm", "gpu f32".into()),
                 ("pooling", "cpu f32".into()),
             ],
+            precision: Some(runs),
+            precision_fallbacks,
             fallbacks,
         }
     }

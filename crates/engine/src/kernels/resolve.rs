@@ -159,6 +159,13 @@ impl KernelPlan {
         let mut fallbacks = Vec::new();
         let linear = match requested {
             Precision::F32 => exact_linear(cpu, bf16_weights),
+            Precision::F16 => {
+                let kernel = exact_linear(cpu, bf16_weights);
+                fallbacks.push(format!(
+                    "f16: f16 runs on a GPU with shader-f16 (--device gpu); the CPU kernels have no f16 path: f32 ({kernel})"
+                ));
+                kernel
+            }
             Precision::Bf16 if cpu.avx512_bf16 && cpu.amx_bf16 => {
                 LinearKernel::Amx(PackedType::Bf16)
             }
@@ -204,7 +211,7 @@ impl KernelPlan {
             }
         };
         // Attention's operands are activations: int8 runs it in bf16, as bf16 does.
-        let wants_bf16 = requested != Precision::F32;
+        let wants_bf16 = matches!(requested, Precision::Bf16 | Precision::Int8);
         let attention = if cpu.amx_bf16 {
             AttentionKernel::Amx { bf16: wants_bf16 }
         } else if cpu.avx512 {
@@ -356,7 +363,7 @@ mod tests {
             ..graviton3
         };
         #[rustfmt::skip]
-        let table: [(Cpu, P, L, A, usize); 28] = [
+        let table: [(Cpu, P, L, A, usize); 31] = [
             (amx, P::F32, L::Amx(T::Bf16x3), A::Amx { bf16: false }, 0),
             (amx, P::Bf16, L::Amx(T::Bf16), A::Amx { bf16: true }, 0),
             (amx, P::Int8, L::Amx(T::Int8), A::Amx { bf16: true }, 0),
@@ -386,6 +393,10 @@ mod tests {
             (apple_m2, P::F32, L::Gemm, A::Gemm, 0),
             (apple_m2, P::Bf16, L::Bfmmla(T::Bf16), A::Gemm, 1),
             (apple_m2, P::Int8, L::I8mm(T::Int8), A::Gemm, 1),
+            // f16 is the GPU's: every CPU runs its f32 kernels and says so.
+            (amx, P::F16, L::Amx(T::Bf16x3), A::Amx { bf16: false }, 1),
+            (zen3, P::F16, L::Avx2(T::Bf16x3), A::Avx2, 1),
+            (graviton3, P::F16, L::Neon(T::Bf16x3), A::Neon, 1),
         ];
         for (i, (cpu, requested, linear, attention, fallbacks)) in table.into_iter().enumerate() {
             let plan = KernelPlan::resolve(requested, cpu, true);

@@ -4,13 +4,15 @@
 // `matmul` multiplies 64×64 output tiles with 16-wide K slices staged in workgroup memory, each
 // of the 256 invocations holding a 4×4 block (rows and columns 16 apart, so that neighbouring
 // invocations touch neighbouring columns), and adds the bias, the LoRA up-projection and GELU as
-// it stores. The weights are bf16 (two per word, unpacked here) or f32, per `WEIGHT_BF16`.
+// it stores. The weights are f32, or two bf16 or f16 values per word (unpacked here), per
+// `WEIGHT_FORMAT`. At f16, `linear_f16.wgsl` is appended and its `matmul_f16` runs instead.
 //
 // LoRA tensors of every adapter a batch uses sit in `lora`, one block of `block_len` floats per
 // slot: for each linear layer its A (`rank × n_in`) then its B (`n_out × rank`).
 
 const NO_SLOT: u32 = 0xffffffffu;
-const WEIGHT_BF16: bool = {{WEIGHT_BF16}};
+// 0: f32 bits; 1: bf16 pairs; 2: f16 pairs (element 2j in the low half of word j).
+const WEIGHT_FORMAT: u32 = {{WEIGHT_FORMAT}}u;
 const MAX_RANK: u32 = {{MAX_RANK}}u;
 
 struct MatmulParams {
@@ -42,11 +44,15 @@ var<workgroup> x_tile: array<f32, 1024>; // [TILE_K][TILE_M]
 var<workgroup> w_tile: array<f32, 1024>; // [TILE_K][TILE_N]
 
 fn weight(i: u32) -> f32 {
-    if WEIGHT_BF16 {
+    if WEIGHT_FORMAT == 1u {
         let word = w[i >> 1u];
         // Element 2j is the low half of word j (little-endian bf16 pairs).
         let bits = select(word << 16u, word & 0xffff0000u, (i & 1u) == 1u);
         return bitcast<f32>(bits);
+    }
+    if WEIGHT_FORMAT == 2u {
+        let pair = unpack2x16float(w[i >> 1u]);
+        return select(pair.x, pair.y, (i & 1u) == 1u);
     }
     return bitcast<f32>(w[i]);
 }
@@ -105,14 +111,20 @@ fn matmul(
         }
         workgroupBarrier();
     }
+    store_block(row0 + local.y, col0 + local.x, acc);
+}
+
+// Stores an invocation's 4×4 block (rows `r0 + 16i`, columns `c0 + 16j`) with the bias, the
+// row's LoRA up-projection and GELU.
+fn store_block(r0: u32, c0: u32, acc: array<f32, 16>) {
     for (var i = 0u; i < 4u; i++) {
-        let r = row0 + local.y + 16u * i;
+        let r = r0 + 16u * i;
         if r >= mp.m {
             continue;
         }
         let slot = slots[r];
         for (var j = 0u; j < 4u; j++) {
-            let c = col0 + local.x + 16u * j;
+            let c = c0 + 16u * j;
             if c >= mp.n {
                 continue;
             }
