@@ -74,6 +74,11 @@ timeout 480 "$bin" bench --model "$model" --device gpu --shape "$shapes" --iters
     | tee "$out/ours.txt"
 grep '^{' "$out/ours.txt" > "$out/ours.jsonl" || true
 
+step "bench --device gpu --precision f16 (where the adapter has shader-f16; f32 otherwise, said so)"
+timeout 300 "$bin" bench --model "$model" --device gpu --precision f16 --shape "$shapes" --iters "$iters" \
+    | tee "$out/ours-f16.txt" || echo "f16 run failed or timed out (partial results kept)"
+grep '^{' "$out/ours-f16.txt" > "$out/ours-f16.jsonl" || true
+
 step "PyTorch on the same GPU"
 if ! "$py" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
     echo "no torch with CUDA for $py: PyTorch side skipped" | tee "$out/torch.jsonl"
@@ -100,6 +105,7 @@ def lines(name):
         pass
     return rows
 ours = {r["shape"]: r for r in lines("ours.jsonl")}
+ours_f16 = {r["shape"]: r for r in lines("ours-f16.jsonl")}
 torch = {}
 for r in lines("torch.jsonl"):
     if "engine" in r:
@@ -111,6 +117,12 @@ for shape, r in ours.items():
     fmt = lambda x, w: f"{x['tokens_per_s']:>{w}.0f} {r['tokens_per_s'] / x['tokens_per_s']:>6.2f}" if x else f"{'-':>{w}} {'-':>6}"
     mib = (r.get("device_weights_mib") or 0) + (r.get("device_peak_batch_mib") or 0)
     print(f"{shape:<8} {r['tokens_per_s']:>11.0f} {r.get('cosine_to_f32_min') or 0:>9.6f} {mib:>8.0f} {fmt(f32, 10)} {fmt(bf16, 11)}")
+for shape, r in ours_f16.items():
+    f32 = ours.get(shape)
+    speedup = f"{r['tokens_per_s'] / f32['tokens_per_s']:.2f}x our f32" if f32 else "-"
+    bf16 = torch.get(shape, {}).get("torch-cuda-bf16")
+    vs = f", {r['tokens_per_s'] / bf16['tokens_per_s']:.2f}x torch bf16" if bf16 else ""
+    print(f"{shape:<8} ours {r['precision']} (requested f16): {r['tokens_per_s']:.0f} tok/s, cos(f32) {r.get('cosine_to_f32_min') or 0:.6f}, {speedup}{vs}")
 print("ratio = ours / PyTorch tokens per second (median iteration); torch f32 has TF32 off")
 print("device:", next(iter(ours.values()))["device"] if ours else "?")
 if torch:

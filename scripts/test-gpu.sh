@@ -3,8 +3,9 @@
 # driver that runs the same compute shaders on the CPU.
 #   1. scripts/setup-lavapipe.sh installs Mesa 25 from bookworm-backports (apt, root) when missing;
 #      VK_ICD_FILENAMES then points the Vulkan loader at lavapipe alone.
-#   2. The engine's GPU tests (crates/engine/tests/gpu.rs): the 16 official golden cases through
-#      `--device gpu` within 2e-5, a larger generated fixture (4 layers, 4 heads, a ~700-token
+#   2. The engine's GPU tests (crates/engine/tests/gpu.rs; the shader unit tests in
+#      crates/engine/src/gpu/tests.rs run with the workspace's): the 16 official golden cases through
+#      `--device gpu` within 2e-5, the same at `--precision f16` at cosine >= 0.999, a larger generated fixture (4 layers, 4 heads, a ~700-token
 #      input, late chunking, every task, unnormalised vectors) and mixed batches of built-in and
 #      custom adapters against the CPU f32 path within 2e-5, a lost device failing with a clear
 #      error, bad input refused. Each test asserts that the plan runs on the GPU: a silent

@@ -549,7 +549,7 @@ impl<'a> BatchPlan<'a> {
 }
 
 /// A storage buffer of `floats` f32 (at least one 16-byte word: bindings cannot be empty).
-fn storage(device: &wgpu::Device, floats: usize) -> wgpu::Buffer {
+pub(super) fn storage(device: &wgpu::Device, floats: usize) -> wgpu::Buffer {
     device.create_buffer(&wgpu::BufferDescriptor {
         label: None,
         size: (4 * floats.max(4)) as u64,
@@ -561,7 +561,7 @@ fn storage(device: &wgpu::Device, floats: usize) -> wgpu::Buffer {
 }
 
 /// A storage buffer holding `bytes` (padded to 16 bytes), written through the queue.
-fn storage_init(context: &GpuContext, label: &str, bytes: &[u8]) -> wgpu::Buffer {
+pub(super) fn storage_init(context: &GpuContext, label: &str, bytes: &[u8]) -> wgpu::Buffer {
     let buffer = context.device.create_buffer(&wgpu::BufferDescriptor {
         label: Some(label),
         size: bytes.len().next_multiple_of(16).max(16) as u64,
@@ -582,7 +582,7 @@ fn storage_init(context: &GpuContext, label: &str, bytes: &[u8]) -> wgpu::Buffer
 
 /// f32 values rounded to f16 (to nearest; beyond ±65504 clamped), as f16 pairs in words
 /// (element `2j` in word `j`'s low half).
-fn f16_words(values: &[f32]) -> Vec<u32> {
+pub(super) fn f16_words(values: &[f32]) -> Vec<u32> {
     let half = |v: f32| u32::from(half::f16::from_f32(v.clamp(-65504.0, 65504.0)).to_bits());
     values
         .chunks(2)
@@ -591,7 +591,7 @@ fn f16_words(values: &[f32]) -> Vec<u32> {
 }
 
 /// f32 values that are bf16 values, as bf16 pairs in words (element `2j` in word `j`'s low half).
-fn bf16_words(values: &[f32]) -> Vec<u32> {
+pub(super) fn bf16_words(values: &[f32]) -> Vec<u32> {
     values
         .chunks(2)
         .map(|pair| {

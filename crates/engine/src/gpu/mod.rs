@@ -14,6 +14,8 @@
 
 mod blocks;
 mod kernels;
+#[cfg(test)]
+mod tests;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
