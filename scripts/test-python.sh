@@ -7,6 +7,9 @@
 #   JINA_PY_SPARK=1        also install PySpark and run the Spark job in local[2] (opt-in: the
 #                          install and the JVM add minutes; docs/quickstart-python.md)
 #   PYTHON=python3.X       the interpreter the venv is made from (3.9 or later)
+#   JINA_PY_FEATURES=gpu   build the wheel with the wgpu backend and also run tests/gpu/ (it
+#                          needs a Vulkan driver: scripts/test.sh sets this after installing
+#                          lavapipe, so CI builds one wheel for both)
 #   extra arguments go to pytest (e.g. -k ray -x)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,7 +32,13 @@ echo "test-python: requirements installed after $(( $(date +%s) - started )) s"
 # The wheel: abi3 (CPython 3.9+), built in release mode in the workspace's target folder.
 wheels="${CARGO_TARGET_DIR:-target}/wheels"
 rm -f "$wheels"/jina_embeddings_rs-*.whl
-"$venv/bin/maturin" build --release --quiet -m crates/python/Cargo.toml -o "$wheels"
+features=()
+ignore=(--ignore=gpu)
+if [ -n "${JINA_PY_FEATURES:-}" ]; then
+    features=(--features "$JINA_PY_FEATURES")
+    case ",$JINA_PY_FEATURES," in *,gpu,*) ignore=() ;; esac
+fi
+"$venv/bin/maturin" build --release --quiet -m crates/python/Cargo.toml "${features[@]}" -o "$wheels"
 wheel=$(ls "$wheels"/jina_embeddings_rs-*.whl)
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --force-reinstall --no-deps "$wheel"
 echo "installed $(basename "$wheel") ($(du -h "$wheel" | cut -f1)) into $venv after $(( $(date +%s) - started )) s"
@@ -41,8 +50,8 @@ import jina_embeddings, os
 assert "site-packages" in jina_embeddings.__file__, f"imported {jina_embeddings.__file__}, not the wheel"
 PY
 status=0
-# gpu/ needs a wheel built with `--features gpu`: scripts/test-gpu.sh runs it.
-"../../../$venv/bin/python" -m pytest -q -p no:cacheprovider --ignore=gpu "$@" . || status=$?
+# gpu/ needs a wheel built with `--features gpu` (JINA_PY_FEATURES=gpu, or scripts/test-gpu.sh).
+"../../../$venv/bin/python" -m pytest -q -p no:cacheprovider "${ignore[@]}" "$@" . || status=$?
 if [ "$status" = 5 ]; then
     echo "test-python: pytest collected no tests (exit code 5): that is a failure" >&2
     exit 1

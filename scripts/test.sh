@@ -48,11 +48,16 @@ export JINA_EMBED_BIN="${CARGO_TARGET_DIR:-$PWD/target}/release/jina-embed"
 step "every variant ran"
 bash scripts/check-variants.sh "$JINA_VARIANT_LOG"
 # The Python package: the wheel built with maturin, installed into a fresh venv, its pytest suite
-# (golden cases, errors, GIL release, pickling, a real local Ray cluster). JINA_SKIP_PYTHON=1
-# skips it.
+# (golden cases, errors, GIL release, pickling, a real local Ray cluster). With the GPU step on,
+# the one wheel is built with `gpu` and its tests/gpu/ run on lavapipe too (every other test loads
+# on the CPU, as `auto` never takes a software adapter). JINA_SKIP_PYTHON=1 skips it.
 if [ "${JINA_SKIP_PYTHON:-0}" != 1 ]; then
     step "Python package"
-    bash scripts/test-python.sh
+    if [ "${JINA_SKIP_GPU:-0}" != 1 ]; then
+        JINA_PY_FEATURES=gpu bash scripts/test-python.sh
+    else
+        bash scripts/test-python.sh
+    fi
 fi
 # The manifests of deploy/ against the Kubernetes schemas and KEDA's ScaledObject schema
 # (kubernetes-validate, jsonschema; strict), with a self-test that the checks can fail.
@@ -77,10 +82,10 @@ if [ "${JINA_SKIP_AARCH64:-0}" != 1 ]; then
 fi
 # `jina-embed` on the GPU backend (lavapipe): info, embed and serve with --device gpu against
 # --device cpu (scripts/test-gpu.sh, on the binary the test step built with the feature; the
-# engine's GPU tests already ran in that step).
+# engine's GPU tests already ran in that step, the Python package's in the Python step).
 if [ "${JINA_SKIP_GPU:-0}" != 1 ]; then
     step "jina-embed on the GPU backend (lavapipe)"
-    JINA_GPU_SKIP_ENGINE=1 bash scripts/test-gpu.sh
+    JINA_GPU_SKIP_ENGINE=1 JINA_GPU_SKIP_PYTHON=1 bash scripts/test-gpu.sh
 fi
 # Fuzzing, bounded (docs/reliability.md): the libFuzzer targets of fuzz/, built by a plain cargo
 # build with cargo-fuzz's instrumentation (no cargo-fuzz install; stable Rust), 30 s each.

@@ -195,3 +195,12 @@ impl Error {
         )
     }
 }
+
+/// The message of a caught panic's payload (`panic!` with a literal or a formatted string), for
+/// the front ends that turn one pass's panic into that pass's error.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> Option<String> {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+}

@@ -55,10 +55,7 @@ fn os_error(source: &std::io::Error, message: String) -> PyErr {
 /// Runs `f`, turning a panic into a `RuntimeError` so that none unwinds into Python.
 fn guarded<T>(f: impl FnOnce() -> T) -> PyResult<T> {
     std::panic::catch_unwind(AssertUnwindSafe(f)).map_err(|payload| {
-        let what = payload
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| payload.downcast_ref::<String>().cloned())
+        let what = jina_engine::error::panic_message(payload.as_ref())
             .unwrap_or_else(|| "a panic without a message".into());
         PyRuntimeError::new_err(format!(
             "internal error in jina-engine (please report it): {what}"

@@ -283,10 +283,7 @@ fn run_one_batch(
             picks.iter().for_each(|&(e, _)| failed[e] = true);
         }
         Err(panic) => {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
+            let what = jina_engine::error::panic_message(panic.as_ref())
                 .unwrap_or_else(|| "unknown panic".into());
             error!(panic = %what, sequences = picks.len(), tokens, "the forward pass panicked; failing its requests");
             picks.iter().for_each(|&(e, _)| failed[e] = true);

@@ -250,10 +250,7 @@ impl GpuBlocks {
             self.forward_passes(x, batch)
         }))
         .unwrap_or_else(|panic| {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
+            let what = crate::error::panic_message(panic.as_ref())
                 .unwrap_or_else(|| "unknown failure".into());
             Err(Error::Device(format!("{}: {what}", self.context.info.name)))
         })

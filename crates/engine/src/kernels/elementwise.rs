@@ -111,16 +111,44 @@ pub fn gelu_fast(x: f32) -> f32 {
 /// erf by Abramowitz–Stegun 7.1.26: `1 − t·P(t)·e^(−z²)`, `t = 1 / (1 + 0.3275911·|z|)`.
 #[inline(always)]
 fn erf_as(z: f32) -> f32 {
+    erf_as_with(z, super::softmax::exp(-z * z))
+}
+
+/// [`erf_as`] with `e^(−z²)` given (the GELU backward shares it with the normal density).
+#[inline(always)]
+fn erf_as_with(z: f32, exp_minus_z2: f32) -> f32 {
     let a = z.abs();
     let t = 1.0 / (1.0 + 0.327_591_1 * a);
     let poly = ((((1.061_405_4 * t - 1.453_152) * t + 1.421_413_8) * t - 0.284_496_72) * t
         + 0.254_829_6)
         * t;
-    let r = 1.0 - poly * super::softmax::exp(-a * a);
+    let r = 1.0 - poly * exp_minus_z2;
     if z < 0.0 {
         -r
     } else {
         r
+    }
+}
+
+/// The exact GELU's backward, in place: `dg[i] ·= GELU'(u[i]) = Φ(u) + u·φ(u)`, `Φ` from the
+/// forward's erf and `φ(u) = e^(−u²/2)/√(2π)` from the same exponential (so one `exp` per
+/// value), vectorised as the forward is. Relative to the f64 formula: ≤ 3e-7 (test below).
+pub fn gelu_backward_in_place(u: &[f32], dg: &mut [f32], cpu: Cpu) {
+    assert_eq!(u.len(), dg.len(), "one gradient per activation");
+    dg.par_chunks_mut(1 << 14)
+        .zip(u.par_chunks(1 << 14))
+        .for_each(|(dg, u)| {
+            vectorized!(cpu, fn(dg: &mut [f32], u: &[f32]) { gelu_backward_generic(dg, u) })
+        });
+}
+
+#[inline(always)]
+fn gelu_backward_generic(dg: &mut [f32], u: &[f32]) {
+    const INV_SQRT_2PI: f32 = 0.398_942_3;
+    for (g, &u) in dg.iter_mut().zip(u) {
+        let e = super::softmax::exp(-0.5 * u * u);
+        let cdf = 0.5 * (1.0 + erf_as_with(u * std::f32::consts::FRAC_1_SQRT_2, e));
+        *g *= cdf + u * e * INV_SQRT_2PI;
     }
 }
 
@@ -135,6 +163,30 @@ pub fn gelu_erf(x: f32) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_gelu_backward_matches_the_f64_derivative_on_every_variant() {
+        let u: Vec<f32> = (0..4001).map(|i| (i as f32 - 2000.0) / 250.0).collect();
+        let dg: Vec<f32> = (0..u.len()).map(|i| 1.0 - (i % 5) as f32 * 0.5).collect();
+        let host = Cpu::detected();
+        for isa in host.test_variants() {
+            crate::kernels::cpu::record_variant("elementwise::gelu_backward", isa);
+            let cpu = host.capped(isa);
+            let mut got = dg.clone();
+            gelu_backward_in_place(&u, &mut got, cpu);
+            for ((&u, &g), &dg) in u.iter().zip(&got).zip(&dg) {
+                let x = u as f64;
+                let cdf = 0.5 * (1.0 + libm::erf(x * std::f64::consts::FRAC_1_SQRT_2));
+                let pdf = (-0.5 * x * x).exp() / (2.0 * std::f64::consts::PI).sqrt();
+                let want = dg as f64 * (cdf + x * pdf);
+                assert!(
+                    (g as f64 - want).abs() <= 3e-7 * (1.0 + want.abs()),
+                    "{}: u {u}: {g} against {want}",
+                    cpu.level()
+                );
+            }
+        }
+    }
 
     #[test]
     fn erf_matches_known_values() {

@@ -226,20 +226,6 @@ fn layer_norm(norm: &Norm, z: &[f32], width: usize, cpu: Cpu) -> Vec<f32> {
     y
 }
 
-/// `du = dg · GELU'(u)` for the exact GELU: `GELU'(u) = Φ(u) + u·φ(u)`.
-fn gelu_backward(u: &[f32], dg: &[f32]) -> Vec<f32> {
-    const INV_SQRT_2PI: f64 = 0.398_942_280_401_432_7;
-    u.par_iter()
-        .zip(dg.par_iter())
-        .map(|(&u, &dg)| {
-            let u = u as f64;
-            let cdf = 0.5 * (1.0 + libm::erf(u * std::f64::consts::FRAC_1_SQRT_2));
-            let pdf = (-0.5 * u * u).exp() * INV_SQRT_2PI;
-            (dg as f64 * (cdf + u * pdf)) as f32
-        })
-        .collect()
-}
-
 /// `T[0] + s·(A_tt[0]·B_tt)`: the token-type row under `adapter`, as the model folds it.
 fn token_type_row(base: &[f32], adapter: Option<&AdapterWeights>) -> Vec<f32> {
     let mut row = base.to_vec();
@@ -422,7 +408,9 @@ impl Block {
         let cpu = pass.cpu();
         let dz2 = self.norm2.backward(&tape.z2, d_out, h);
         let dg = self.fc2.backward(&tape.g, &dz2, adapter, grads, cpu);
-        let du = gelu_backward(&tape.u, &dg);
+        // du = dg · GELU'(u), in place.
+        let mut du = dg;
+        kernels::elementwise::gelu_backward_in_place(&tape.u, &mut du, cpu);
         let mut dh1 = self.fc1.backward(&tape.h1, &du, adapter, grads, cpu);
         add_into(&mut dh1, &dz2);
         let dz1 = self.norm1.backward(&tape.z1, &dh1, h);
