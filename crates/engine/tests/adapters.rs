@@ -63,6 +63,28 @@ fn copy_matches_builtin(test: &str, precision: Precision, tolerance: f32) {
                     "{isa:?} {precision:?} {name}: custom copy differs by {diff}"
                 );
             }
+            // The tolerance tells adapters apart: the other task's tensors under this task's
+            // prefix give vectors far outside it.
+            let other = if task == 0 { 3 } else { 0 };
+            let wrong = format!("wrong.{name}");
+            model
+                .add_adapter(
+                    &wrong,
+                    &prefix,
+                    builtin_copy(&model, other),
+                    serde_json::Value::Null,
+                )
+                .expect("add the wrong copy");
+            let far = embed(&model, &wrong);
+            let moved = want
+                .iter()
+                .zip(&far)
+                .map(|(w, f)| max_abs_diff(w, f))
+                .fold(0f32, f32::max);
+            assert!(
+                moved > 10.0 * tolerance,
+                "{isa:?} {precision:?} {name}: another task's tensors moved the vectors by only {moved}"
+            );
         }
     }
 }
@@ -72,9 +94,14 @@ fn custom_copy_of_a_builtin_task_matches_it_f32() {
     copy_matches_builtin("adapters::custom_copy_f32", Precision::F32, 1e-6);
 }
 
+/// 1e-4, not 1e-5: a built-in task's LoRA is part of the bf16 product (its `B` as extra weight
+/// columns, `s·x·Aᵀ` as extra inputs), so where the product rounds its inputs to bf16
+/// (AVX512_BF16, AMX) the built-in low-rank term carries bf16's 2⁻⁹ relative rounding, while the
+/// custom copy takes the exact f32 epilogue (seen: 1.6e-5 on a Zen 4's avx512bf16 variant;
+/// another task's tensors move the vectors by more than ten times the tolerance, checked).
 #[test]
 fn custom_copy_of_a_builtin_task_matches_it_bf16() {
-    copy_matches_builtin("adapters::custom_copy_bf16", Precision::Bf16, 1e-5);
+    copy_matches_builtin("adapters::custom_copy_bf16", Precision::Bf16, 1e-4);
 }
 
 #[test]
