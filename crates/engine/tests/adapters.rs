@@ -34,6 +34,18 @@ fn embed(model: &Model, task: &str) -> Vec<Vec<f32>> {
         .embeddings
 }
 
+/// Serves built-in task `task`'s tensors as the custom task `name` with `prefix`.
+fn add_builtin_copy(model: &Model, name: &str, prefix: &str, task: usize) {
+    model
+        .add_adapter(
+            name,
+            prefix,
+            builtin_copy(model, task),
+            serde_json::Value::Null,
+        )
+        .expect("add the copy");
+}
+
 /// A copy of a built-in task served as a custom one gives that task's vectors: the custom path
 /// (its own tensors, the epilogue's low-rank term) computes what the built-in path does.
 fn copy_matches_builtin(test: &str, precision: Precision, tolerance: f32) {
@@ -46,14 +58,7 @@ fn copy_matches_builtin(test: &str, precision: Precision, tolerance: f32) {
                 .cloned()
                 .unwrap_or_default();
             let copy = format!("copy.{name}");
-            model
-                .add_adapter(
-                    &copy,
-                    &prefix,
-                    builtin_copy(&model, task),
-                    serde_json::Value::Null,
-                )
-                .expect("add the copy");
+            add_builtin_copy(&model, &copy, &prefix, task);
             let want = embed(&model, name);
             let got = embed(&model, &copy);
             for (w, g) in want.iter().zip(&got) {
@@ -67,14 +72,7 @@ fn copy_matches_builtin(test: &str, precision: Precision, tolerance: f32) {
             // prefix give vectors far outside it.
             let other = if task == 0 { 3 } else { 0 };
             let wrong = format!("wrong.{name}");
-            model
-                .add_adapter(
-                    &wrong,
-                    &prefix,
-                    builtin_copy(&model, other),
-                    serde_json::Value::Null,
-                )
-                .expect("add the wrong copy");
+            add_builtin_copy(&model, &wrong, &prefix, other);
             let far = embed(&model, &wrong);
             let moved = want
                 .iter()
